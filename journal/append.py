@@ -1,0 +1,127 @@
+"""The append protocol, shared by the sync and asyncio clients.
+
+``prepare`` turns drafts into the Lua script's KEYS/ARGV (validating and encoding every
+event, deciding which payloads go to object storage) without any I/O; the client uploads
+the blobs, runs the script, and ``parse_reply`` turns the reply into records or a typed
+error. Keeping the pure part here means both clients run the very same checks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from journal import codec, keys
+from journal.errors import ConflictError, InvalidEvent, JournalError, PayloadTooLarge, ThreadFenced
+from journal.events import BlobRef, Draft, Event
+from journal.settings import Settings
+
+#: Most events one script call takes; larger batches are split by the client.
+MAX_BATCH = 1000
+
+
+@dataclass(slots=True)
+class Prepared:
+    """One script call's worth of validated, encoded events."""
+
+    tenant: str
+    drafts: list[Draft]
+    payloads: list[Any]
+    actors: list[dict[str, Any]]
+    blob_refs: list[BlobRef | None]
+    keys: list[str]
+    args: list[Any]
+    #: (ref, encoded payload) still to upload before the script runs.
+    uploads: list[tuple[BlobRef, bytes]] = field(default_factory=list)
+
+
+def as_draft(item: Draft | Mapping[str, Any]) -> Draft:
+    if isinstance(item, Draft):
+        return item
+    if not isinstance(item, Mapping):
+        raise InvalidEvent(f"append_many takes Draft objects or mappings, got {type(item).__name__}")
+    try:
+        return Draft(**item)
+    except TypeError as e:
+        raise InvalidEvent(f"bad event fields {sorted(item)}: {e}") from e
+
+
+def prepare(settings: Settings, tenant: str, drafts: Iterable[Draft | Mapping[str, Any]]) -> Prepared:
+    keys.validate_id(tenant, "tenant")
+    items = [as_draft(d) for d in drafts]
+    if not items:
+        raise InvalidEvent("append_many needs at least one event")
+    if len(items) > MAX_BATCH:
+        raise InvalidEvent(f"a batch holds at most {MAX_BATCH} events, got {len(items)}")
+    script_keys = [keys.stream(tenant), keys.heads(tenant), keys.fences(tenant)]
+    idem_index: dict[tuple[str, str], int] = {}
+    args: list[Any] = [settings.idempotency_ttl, len(items)]
+    prepared = Prepared(tenant, items, [], [], [], script_keys, args)
+    for i, d in enumerate(items):
+        where = f"event[{i}].payload" if len(items) > 1 else "payload"
+        payload = codec.normalize(d.payload, where, settings.max_payload_bytes)
+        actor = codec.normalize(dict(d.actor), where.replace("payload", "actor"))
+        packed = codec.pack(payload)
+        if len(packed) > settings.max_payload_bytes:
+            raise PayloadTooLarge(len(packed), settings.max_payload_bytes)
+        ref = None
+        if len(packed) > settings.blob_threshold:
+            blob = codec.frame(packed)
+            ref = BlobRef(hashlib.sha256(blob).hexdigest(), len(blob))
+            prepared.uploads.append((ref, blob))
+        ik = 0
+        if d.idempotency_key is not None:
+            slot = (d.thread, d.idempotency_key)
+            if slot not in idem_index:
+                script_keys.append(keys.idempotency(tenant, d.thread, d.idempotency_key))
+                idem_index[slot] = len(script_keys)  # Lua's KEYS is 1-based
+            ik = idem_index[slot]
+        body = codec.encode_body(d.type, payload, d.node, d.idempotency_key, actor, ref)
+        args.extend((d.thread, "" if d.expected_seq is None else d.expected_seq, ik, body))
+        prepared.payloads.append(payload)
+        prepared.actors.append(actor)
+        prepared.blob_refs.append(ref)
+    return prepared
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    events: list[Event]
+    #: True when this call created the tenant's stream (register the tenant).
+    created_stream: bool
+    #: True when at least one event was written (not all were idempotent repeats).
+    wrote: bool
+
+
+def parse_reply(p: Prepared, reply: list[Any]) -> Outcome:
+    status = _text(reply[0])
+    if status == "conflict":
+        d = p.drafts[int(reply[1])]
+        raise ConflictError(p.tenant, d.thread, d.expected_seq if d.expected_seq is not None else -1, int(reply[2]))
+    if status == "fenced":
+        raise ThreadFenced(p.tenant, _text(reply[1]), _text(reply[2]))
+    if status != "ok":
+        raise JournalError(f"unexpected reply from the append script: {reply[:3]!r}")
+    created = bool(int(reply[1]))
+    events = []
+    wrote = False
+    for i, d in enumerate(p.drafts):
+        seq, dup, ts = (int(x) for x in reply[3 + 3 * i : 6 + 3 * i])
+        wrote = wrote or not dup
+        events.append(Event(tenant=p.tenant, thread=d.thread, seq=seq, type=d.type, payload=p.payloads[i],
+                            ts_ms=ts, node=d.node, idempotency_key=d.idempotency_key, actor=p.actors[i],
+                            blob=p.blob_refs[i]))
+    return Outcome(events, created, wrote)
+
+
+def resolve_blob(event: Event, data: bytes) -> Event:
+    """The event with its offloaded payload filled in from the blob's bytes."""
+    from dataclasses import replace
+
+    return replace(event, payload=codec.unframe(data))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,117 @@
+"""Content-addressed payload blobs in S3-compatible object storage.
+
+A blob lives at ``{tenant}/blobs/{sha256}``: written once (a second put of the same bytes
+is a HEAD and nothing more), verified against its name when read. botocore errors are
+translated here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import boto3
+import botocore.config
+import botocore.exceptions
+
+from journal.errors import AccessDenied, BlobCorrupt, BlobError, BlobMissing, StoreUnavailable
+from journal.events import BlobRef
+from journal.keys import blob_key
+from journal.settings import Settings
+
+_MISSING = {"404", "NoSuchKey", "NotFound"}
+_DENIED = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
+
+
+def s3_client(settings: Settings) -> Any:
+    """A boto3 S3 client for the configured endpoint (path-style, short timeouts, few retries)."""
+    return boto3.client(
+        "s3",
+        endpoint_url=settings.s3_url,
+        aws_access_key_id=settings.s3_access_key,
+        aws_secret_access_key=settings.s3_secret_key,
+        region_name=settings.s3_region,
+        config=botocore.config.Config(
+            s3={"addressing_style": "path"}, connect_timeout=3, read_timeout=30,
+            retries={"max_attempts": 2, "mode": "standard"},
+        ),
+    )
+
+
+def _translate(e: Exception, what: str) -> Exception:
+    if isinstance(e, botocore.exceptions.ClientError):
+        code = str(e.response.get("Error", {}).get("Code", ""))
+        if code in _DENIED:
+            return AccessDenied(f"object storage refused {what}: {code}; check JOURNAL_S3_ACCESS_KEY/SECRET_KEY")
+        return BlobError(f"object storage failed {what}: {code} {e}")
+    return StoreUnavailable(f"object storage unreachable during {what}: {e}; check JOURNAL_S3_URL and that "
+                            "the S3 server runs")
+
+
+class BlobStore:
+    """Put and get payload blobs for any tenant, under that tenant's prefix."""
+
+    def __init__(self, client: Any, bucket: str) -> None:
+        self._s3 = client
+        self.bucket = bucket
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BlobStore:
+        return cls(s3_client(settings), settings.s3_bucket)
+
+    def ensure_bucket(self) -> None:
+        """Create the bucket if it does not exist."""
+        try:
+            self._s3.head_bucket(Bucket=self.bucket)
+            return
+        except botocore.exceptions.ClientError as e:
+            if str(e.response.get("Error", {}).get("Code")) not in _MISSING:
+                raise _translate(e, f"head_bucket {self.bucket}") from e
+        except (botocore.exceptions.BotoCoreError, OSError) as e:
+            raise _translate(e, f"head_bucket {self.bucket}") from e
+        try:
+            self._s3.create_bucket(Bucket=self.bucket)
+        except botocore.exceptions.ClientError as e:
+            if str(e.response.get("Error", {}).get("Code")) not in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
+                raise _translate(e, f"create_bucket {self.bucket}") from e
+        except (botocore.exceptions.BotoCoreError, OSError) as e:
+            raise _translate(e, f"create_bucket {self.bucket}") from e
+
+    def put(self, tenant: str, data: bytes) -> BlobRef:
+        """Store ``data`` (once) and return its reference."""
+        ref = BlobRef(hashlib.sha256(data).hexdigest(), len(data))
+        key = blob_key(tenant, ref.sha256)
+        if self.exists(key):
+            return ref
+        try:
+            self._s3.put_object(Bucket=self.bucket, Key=key, Body=data)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as e:
+            raise _translate(e, f"put {key}") from e
+        return ref
+
+    def exists(self, key: str) -> bool:
+        try:
+            self._s3.head_object(Bucket=self.bucket, Key=key)
+            return True
+        except botocore.exceptions.ClientError as e:
+            if str(e.response.get("Error", {}).get("Code")) in _MISSING:
+                return False
+            raise _translate(e, f"head {key}") from e
+        except (botocore.exceptions.BotoCoreError, OSError) as e:
+            raise _translate(e, f"head {key}") from e
+
+    def get(self, tenant: str, ref: BlobRef) -> bytes:
+        """The blob's bytes, verified against its digest; ``BlobMissing`` if it is gone."""
+        key = blob_key(tenant, ref.sha256)
+        try:
+            data = self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except botocore.exceptions.ClientError as e:
+            if str(e.response.get("Error", {}).get("Code")) in _MISSING:
+                raise BlobMissing(f"s3://{self.bucket}/{key}") from e
+            raise _translate(e, f"get {key}") from e
+        except (botocore.exceptions.BotoCoreError, OSError) as e:
+            raise _translate(e, f"get {key}") from e
+        if hashlib.sha256(data).hexdigest() != ref.sha256:
+            raise BlobCorrupt(f"blob s3://{self.bucket}/{key} does not match its sha256; restore it from backup")
+        return data
+

@@ -1,0 +1,214 @@
+"""The synchronous append client.
+
+    client = JournalClient.from_env()
+    rec = client.append("acme", "run-42", "message", {"role": "user", "content": "hi"})
+    client.append("acme", "run-42", "tool_call", {...}, expected_seq=rec.seq)
+
+A client is cheap to share between threads (redis-py pools connections). It holds no
+tenant: every call names its tenant, and every key it touches carries that tenant's tag.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import redis
+import structlog
+
+from journal import append as protocol
+from journal import codec, keys
+from journal.blobs import BlobStore
+from journal.embedded import resolve
+from journal.errors import ConfigError, DurabilityError, InvalidEvent, JournalError
+from journal.events import Draft, Event
+from journal.redis_store import connect, script_source, translate, warn_if_volatile
+from journal.settings import DURABILITY_LEVELS, Settings
+
+log = structlog.get_logger("journal.client")
+READ_PAGE = 1000
+
+
+class JournalClient:
+    """Append to, and read the hot tail of, per-tenant agent journals in Redis."""
+
+    def __init__(self, redis_client: redis.Redis, *, settings: Settings | None = None,
+                 blobs: BlobStore | None = None) -> None:
+        self.redis = redis_client
+        self.settings = settings or Settings()
+        self.blobs = blobs
+        self._append = redis_client.register_script(script_source("append"))
+        self._registered: set[str] = set()
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> JournalClient:
+        """A client for the ``JOURNAL_*`` environment, or the embedded stack `agent-journal up` started."""
+        return cls.from_settings(resolve(Settings.from_env(**overrides)))
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> JournalClient:
+        if not settings.redis_url:
+            raise ConfigError("no Redis URL: set JOURNAL_REDIS_URL or run `agent-journal up`")
+        client = connect(settings.redis_url)
+        blobs = BlobStore.from_settings(settings) if settings.s3_url else None
+        self = cls(client, settings=settings, blobs=blobs)
+        self.check_server()
+        return self
+
+    def check_server(self) -> None:
+        """Connect now, and warn loudly if the server keeps nothing on disk."""
+        try:
+            info = self.redis.info("persistence")
+        except redis.RedisError as e:
+            if "NOPERM" in str(e):
+                return  # A tenant-scoped ACL user may not run INFO; the operator checked at `tenant create`.
+            raise translate(e, "INFO persistence") from e
+        warn_if_volatile(info, self.settings.redis_url or "redis")
+        if self.blobs is not None:
+            self.blobs.ensure_bucket()
+
+    def close(self) -> None:
+        self.redis.close()
+
+    def __enter__(self) -> JournalClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writing -----------------------------------------------------------------------------------
+
+    def append(self, tenant: str, thread: str, type: str, payload: Any = None, *, node: str | None = None,
+               idempotency_key: str | None = None, expected_seq: int | None = None,
+               actor: Mapping[str, Any] | None = None, durability: str | None = None) -> Event:
+        """Append one event and return it with its ``seq`` and server time.
+
+        ``expected_seq`` (the head you last saw; 0 for a new thread) raises ``ConflictError``
+        if another writer got there first. A retry with the same ``idempotency_key`` returns
+        the original record and writes nothing.
+        """
+        draft = Draft(thread=thread, type=type, payload=payload, node=node, idempotency_key=idempotency_key,
+                      expected_seq=expected_seq, actor=actor or {})
+        return self.append_many(tenant, [draft], durability=durability)[0]
+
+    def append_many(self, tenant: str, events: Iterable[Draft | Mapping[str, Any]], *,
+                    durability: str | None = None) -> list[Event]:
+        """Append a batch atomically in one round trip: all events are written or none is.
+
+        Events may belong to several threads of the tenant. Batches over ``MAX_BATCH`` are
+        refused; split them.
+        """
+        level = self._level(durability)
+        p = protocol.prepare(self.settings, tenant, events)
+        self._upload(p)
+        try:
+            reply = self._append(keys=p.keys, args=p.args)
+        except redis.RedisError as e:
+            raise translate(e, f"append to tenant {tenant}") from e
+        outcome = protocol.parse_reply(p, reply)
+        if outcome.created_stream:
+            self._register(tenant)
+        self._await(level, tenant, outcome.events)
+        return outcome.events
+
+    def _level(self, durability: str | None) -> str:
+        level = durability or self.settings.durability
+        if level not in DURABILITY_LEVELS:
+            raise InvalidEvent(f"durability {level!r} is not one of {DURABILITY_LEVELS}")
+        return level
+
+    def _upload(self, p: protocol.Prepared) -> None:
+        if not p.uploads:
+            return
+        if self.blobs is None:
+            raise ConfigError("this payload is over the blob threshold but no object storage is configured; "
+                              "set JOURNAL_S3_URL (or run `agent-journal up`)")
+        for ref, data in p.uploads:
+            self.blobs.put(p.tenant, data)
+            log.debug("blob_stored", tenant=p.tenant, sha256=ref.sha256, size=ref.size)
+
+    def _register(self, tenant: str) -> None:
+        # The registry lets the projector find new tenants without SCAN. It lives outside the
+        # tenant's hash tag, so it cannot be in the append script; a client whose ACL forbids it
+        # leaves discovery to the projector's periodic scan.
+        try:
+            self.redis.sadd(keys.TENANT_REGISTRY, tenant)
+        except redis.RedisError as e:
+            log.debug("tenant_register_skipped", tenant=tenant, error=str(e))
+
+    def _await(self, level: str, tenant: str, events: list[Event]) -> None:
+        if level == "memory":
+            return
+        timeout = self.settings.durability_timeout
+        if level == "fsync":
+            try:
+                local, _ = self.redis.execute_command("WAITAOF", 1, 0, int(timeout * 1000))
+            except redis.RedisError as e:
+                raise translate(e, "WAITAOF (durability='fsync')") from e
+            if int(local) < 1:
+                raise DurabilityError(f"the append was accepted but not fsynced to the AOF within {timeout}s; "
+                                      "it may be lost if Redis crashes now. Check the server's disk.")
+            return
+        self._await_projected(tenant, events, timeout)
+
+    def _await_projected(self, tenant: str, events: list[Event], timeout: float) -> None:
+        want: dict[str, int] = {}
+        for e in events:
+            want[e.thread] = max(want.get(e.thread, 0), e.seq)
+        deadline = time.monotonic() + timeout
+        delay = 0.002
+        threads = list(want)
+        while True:
+            try:
+                done = self.redis.hmget(keys.projected(tenant), threads)
+            except redis.RedisError as e:
+                raise translate(e, "waiting for projection") from e
+            if all(v is not None and int(v) >= want[t] for t, v in zip(threads, done, strict=True)):
+                return
+            if time.monotonic() > deadline:
+                raise DurabilityError(
+                    f"events were appended but not committed to PostgreSQL within {timeout}s; is a projector "
+                    "running (`agent-journal project`)? They are safe in Redis and will be projected later.")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    # -- reading -----------------------------------------------------------------------------------
+
+    def head(self, tenant: str, thread: str) -> int:
+        """The latest seq issued for the thread (0 if none)."""
+        keys.validate_id(thread, "thread")
+        try:
+            value = self.redis.hget(keys.heads(tenant), thread)
+        except redis.RedisError as e:
+            raise translate(e, "HGET head") from e
+        return int(value or 0)
+
+    def read(self, tenant: str, thread: str, after_seq: int = 0, *, resolve_blobs: bool = True) -> list[Event]:
+        """Events of the thread still in the hot tail (Redis) with seq > ``after_seq``, in seq order."""
+        keys.validate_id(thread, "thread")
+        out = [e for e in self._scan(tenant) if e.thread == thread and e.seq > after_seq]
+        out.sort(key=lambda e: e.seq)
+        return [self.resolve(e) for e in out] if resolve_blobs else out
+
+    def _scan(self, tenant: str) -> Iterator[Event]:
+        stream = keys.stream(tenant)
+        start = "-"
+        while True:
+            try:
+                page = self.redis.xrange(stream, min=start, max="+", count=READ_PAGE)
+            except redis.RedisError as e:
+                raise translate(e, "XRANGE") from e
+            for entry_id, fields in page:
+                yield codec.decode_entry(tenant, fields, entry_id.decode())
+            if len(page) < READ_PAGE:
+                return
+            start = "(" + page[-1][0].decode()
+
+    def resolve(self, event: Event) -> Event:
+        """The event with an offloaded payload fetched from object storage (``BlobMissing`` if gone)."""
+        if event.blob is None:
+            return event
+        if self.blobs is None:
+            raise JournalError("this event's payload is in object storage but no S3 is configured; set JOURNAL_S3_URL")
+        return protocol.resolve_blob(event, self.blobs.get(event.tenant, event.blob))

@@ -1,0 +1,132 @@
+"""One exception hierarchy for the whole journal.
+
+Every error says what was wrong and what to do about it. Driver exceptions (redis,
+psycopg, botocore) are translated at the boundary that talks to the driver and chained
+with ``raise ... from e``; they never reach a caller of the public API.
+"""
+
+from __future__ import annotations
+
+
+class JournalError(Exception):
+    """Root of every error agent-journal raises."""
+
+
+class ConfigError(JournalError):
+    """The configuration is missing or inconsistent."""
+
+
+class InvalidIdentifier(JournalError, ValueError):
+    """A tenant, thread or event-type name is not allowed by the key schema."""
+
+
+class InvalidEvent(JournalError, ValueError):
+    """An event cannot be accepted as given (bad field, bad type, bad shape)."""
+
+
+class UnserializableValue(InvalidEvent):
+    """A payload holds a value the codec refuses; ``path`` names where it is."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(
+            f"{path}: {reason}. Payloads hold only None, bool, int (64-bit), finite float, str, "
+            "list and dict with str keys; convert the value (e.g. bytes to base64, datetime to ISO text)."
+        )
+
+
+class PayloadTooLarge(InvalidEvent):
+    """The encoded payload is over the configured maximum."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"payload encodes to {size} bytes, over the limit of {limit} bytes; split it into several "
+            "events or store it elsewhere and put a reference in the payload (JOURNAL_MAX_PAYLOAD_BYTES)"
+        )
+
+
+class CodecError(JournalError):
+    """Stored bytes cannot be decoded (unknown format tag, corrupt data)."""
+
+
+class ConflictError(JournalError):
+    """``expected_seq`` did not match the thread's head: another writer got there first."""
+
+    def __init__(self, tenant: str, thread: str, expected: int, actual: int) -> None:
+        self.tenant = tenant
+        self.thread = thread
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"thread {tenant}/{thread}: expected head {expected} but it is {actual}; "
+            "another writer appended first. Re-read the thread (resume) and retry with expected_seq="
+            f"{actual}."
+        )
+
+
+class ThreadFenced(JournalError):
+    """The thread is fenced after a sequence conflict and refuses appends until resolved."""
+
+    def __init__(self, tenant: str, thread: str, reason: str) -> None:
+        self.tenant = tenant
+        self.thread = thread
+        self.reason = reason
+        super().__init__(
+            f"thread {tenant}/{thread} is fenced ({reason}); appends are refused until an operator "
+            "inspects the conflicts table and runs `agent-journal unfence`."
+        )
+
+
+class DurabilityError(JournalError):
+    """The requested durability level could not be confirmed."""
+
+
+class DurabilityUnsupported(DurabilityError):
+    """The server cannot provide the requested durability level."""
+
+
+class StoreUnavailable(JournalError):
+    """A backing store (Redis, PostgreSQL, S3) could not be reached or refused the request."""
+
+
+class AccessDenied(JournalError):
+    """The server refused the operation for these credentials (ACL, row-level security)."""
+
+
+class BlobError(JournalError):
+    """The blob store failed."""
+
+
+class BlobMissing(BlobError):
+    """An event references a blob that the object store does not have."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        super().__init__(
+            f"blob {key} is referenced by an event but missing from object storage; the payload cannot "
+            "be read. Restore the object from backup or the archive bundle."
+        )
+
+
+class BlobCorrupt(BlobError):
+    """A blob's bytes do not hash to the digest that names it."""
+
+
+class NotFound(JournalError):
+    """The tenant, thread or sequence asked for does not exist."""
+
+
+class GapError(JournalError):
+    """A sequence number is missing from a range that must be gapless."""
+
+    def __init__(self, tenant: str, thread: str, missing: int) -> None:
+        self.tenant = tenant
+        self.thread = thread
+        self.missing = missing
+        super().__init__(
+            f"thread {tenant}/{thread}: seq {missing} is missing from the history; the record is "
+            "incomplete. Run `agent-journal verify` and restore the event from the archive."
+        )

@@ -1,0 +1,62 @@
+"""The boundary to Redis/Valkey: connections, the Lua scripts, error translation.
+
+redis-py exceptions are turned into ``JournalError``s here and only here.
+"""
+
+from __future__ import annotations
+
+import warnings
+from importlib import resources
+from typing import Any
+
+import redis
+import redis.asyncio
+import structlog
+
+from journal.errors import AccessDenied, DurabilityUnsupported, JournalError, StoreUnavailable
+
+log = structlog.get_logger("journal.redis")
+
+
+class PersistenceWarning(UserWarning):
+    """The Redis server keeps nothing on disk: acknowledged events can be lost on restart."""
+
+
+def script_source(name: str) -> str:
+    return resources.files("journal").joinpath("lua", f"{name}.lua").read_text()
+
+
+def connect(url: str, **kwargs: Any) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_connect_timeout=3, health_check_interval=30, **kwargs)
+
+
+def connect_async(url: str, **kwargs: Any) -> redis.asyncio.Redis:
+    return redis.asyncio.Redis.from_url(url, socket_connect_timeout=3, health_check_interval=30, **kwargs)
+
+
+def translate(e: Exception, what: str) -> JournalError:
+    """A ``JournalError`` saying what failed and what to do, for a redis-py exception."""
+    if isinstance(e, redis.exceptions.NoPermissionError | redis.exceptions.AuthenticationError) or (
+        isinstance(e, redis.exceptions.ResponseError) and "NOPERM" in str(e)
+    ):
+        return AccessDenied(f"Redis refused {what}: {e}. These credentials do not cover this tenant or command; "
+                            "use the tenant's own credentials (`agent-journal tenant create`).")
+    if isinstance(e, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+        return StoreUnavailable(f"Redis unreachable during {what}: {e}. Check JOURNAL_REDIS_URL and that the "
+                                "server runs (`agent-journal status`).")
+    if isinstance(e, redis.exceptions.ResponseError) and "unknown command" in str(e).lower():
+        return DurabilityUnsupported(f"this Redis server does not support {what} ({e}); durability='fsync' needs "
+                                     "WAITAOF (Redis >= 7.2 or Valkey >= 8). Use durability='memory' or upgrade.")
+    return StoreUnavailable(f"Redis failed {what}: {e}")
+
+
+def warn_if_volatile(info: dict[str, Any], url: str) -> bool:
+    """Warn loudly when the server has persistence off; return whether it is volatile."""
+    if int(info.get("aof_enabled", 0)):
+        return False
+    message = (f"Redis at {url} has AOF off (appendonly no): events acknowledged with durability 'memory' "
+               "are lost if it restarts before the projector commits them, and durability 'fsync' is "
+               "unavailable. Enable appendonly yes / appendfsync everysec for production.")
+    log.warning("redis_persistence_off", url=url)
+    warnings.warn(message, PersistenceWarning, stacklevel=3)
+    return True

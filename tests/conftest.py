@@ -1,0 +1,57 @@
+"""Session-wide real servers: the embedded stack, or the URLs given in the environment.
+
+Set ``JOURNAL_REDIS_URL`` / ``JOURNAL_DATABASE_URL`` / ``JOURNAL_S3_URL`` to run the suite
+against other servers (e.g. the machine's Redis 7.0 and PostgreSQL 15); whatever is not
+set is started from the PyPI wheels in a temporary folder and stopped at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from journal.client import JournalClient
+from journal.embedded import EmbeddedStack
+from journal.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
+    """The embedded servers for whatever the environment does not configure."""
+    s = EmbeddedStack(tmp_path_factory.mktemp("stack"))
+    yield s
+    s.down()
+
+
+@pytest.fixture(scope="session")
+def settings(stack: EmbeddedStack) -> Settings:
+    base = Settings.from_env(data_dir=stack.data_dir)
+    embedded = stack.up(tuple(base.missing_urls)) if base.missing_urls else base
+    return base.with_(
+        redis_url=base.redis_url or embedded.redis_url,
+        database_url=base.database_url or embedded.database_url,
+        s3_url=base.s3_url or embedded.s3_url,
+    )
+
+
+@pytest.fixture(scope="session")
+def embedded_redis(settings: Settings, stack: EmbeddedStack) -> EmbeddedStack:
+    """The stack, for tests that kill and restart the Redis server; skipped against an external Redis."""
+    if os.environ.get("JOURNAL_REDIS_URL"):
+        pytest.skip("kills the Redis server: runs only against the embedded Valkey")
+    return stack
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[JournalClient]:
+    with JournalClient.from_settings(settings) as c:
+        yield c
+
+
+@pytest.fixture
+def tenant() -> str:
+    """A tenant id no other test uses, so tests never see each other's data."""
+    return f"t-{uuid.uuid4().hex[:12]}"
