@@ -13,6 +13,7 @@ import fcntl
 import importlib.util
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -216,7 +217,8 @@ class EmbeddedStack:
         if "redis" in state:
             urls["redis_url"] = f"redis://127.0.0.1:{state['redis']['port']}/0"
         if "postgres" in state:
-            urls["database_url"] = f"postgresql://postgres@127.0.0.1:{state['postgres']['port']}/{DATABASE}"
+            auth = f"postgres:{self._pg_password()}" if self._pg_password() else "postgres"
+            urls["database_url"] = f"postgresql://{auth}@127.0.0.1:{state['postgres']['port']}/{DATABASE}"
         if "s3" in state:
             urls["s3_url"] = f"http://127.0.0.1:{state['s3']['port']}"
         return Settings(data_dir=self.data_dir, **urls)
@@ -269,19 +271,37 @@ class EmbeddedStack:
             if user:
                 shutil.chown(data, user, user)
             data.chmod(0o700)
-            done = subprocess.run([str(bin_dir / "initdb"), "-D", str(data), "--auth=trust",
-                                   "--encoding=UTF8", "--locale=C", "-U", "postgres"],
+            # Password auth over TCP: with trust, any local user could log in as any tenant's
+            # reader role and row-level security would bind nothing.
+            password = secrets.token_urlsafe(18)
+            pwfile = self.data_dir / ".pwfile"
+            pwfile.write_text(password + "\n")
+            if user:
+                shutil.chown(pwfile, user, user)
+            done = subprocess.run([str(bin_dir / "initdb"), "-D", str(data), "--auth-host=scram-sha-256",
+                                   "--auth-local=trust", "--encoding=UTF8", "--locale=C", "-U", "postgres",
+                                   f"--pwfile={pwfile}"],
                                   capture_output=True, text=True, cwd=self.data_dir, **_as_user(user))
+            pwfile.unlink()
             if done.returncode:
                 raise StoreUnavailable(f"initdb failed for {data}:\n{done.stdout}{done.stderr}")
+            secret = self.data_dir / "postgres.password"
+            secret.write_text(password)
+            secret.chmod(0o600)
         port = free_port(prev.get("port"))
         argv = [str(bin_dir / "postgres"), "-D", str(data), "-p", str(port), "-h", "127.0.0.1",
                 "-c", "unix_socket_directories=", "-c", "max_connections=200", "-c", "shared_buffers=256MB",
                 "-c", "max_wal_size=2GB", "-c", "listen_addresses=127.0.0.1"]
         proc = self._spawn("postgres", argv, log, user=user)
         _wait_port(port, proc, "postgres", log, START_TIMEOUT)
-        self._ensure_database(port)
+        self._ensure_database(port, self._pg_password())
         return {"pid": proc.pid, "port": port}
+
+    def _pg_password(self) -> str:
+        try:
+            return (self.data_dir / "postgres.password").read_text().strip()
+        except OSError:
+            return ""
 
     def _postgres_user(self) -> str | None:
         """The user to run PostgreSQL as: ourselves, or a dedicated system user when we are root."""
@@ -303,13 +323,13 @@ class EmbeddedStack:
         return PG_USER
 
     @staticmethod
-    def _ensure_database(port: int) -> None:
+    def _ensure_database(port: int, password: str) -> None:
         import psycopg
 
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             try:
-                with psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres",
+                with psycopg.connect(host="127.0.0.1", port=port, user="postgres", password=password, dbname="postgres",
                                      autocommit=True, connect_timeout=2) as conn:
                     if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)).fetchone():
                         conn.execute(f'CREATE DATABASE "{DATABASE}"')

@@ -1,0 +1,117 @@
+"""The boundary to PostgreSQL: connections in a role, migrations, tenant reader roles.
+
+psycopg errors are translated to ``JournalError``s here (and in the worker's batch loop).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import psycopg
+from alembic import command
+from alembic.config import Config
+from psycopg import sql
+
+from journal.errors import AccessDenied, ConfigError, StoreUnavailable
+from journal.keys import validate_id
+from journal.settings import Settings
+
+WRITER = "journal_writer"
+READER = "journal_reader"
+APP = "journal_app"
+OWNER = "journal_owner"
+
+
+def _require_url(settings: Settings) -> str:
+    if not settings.database_url:
+        raise ConfigError("no PostgreSQL URL: set JOURNAL_DATABASE_URL or run `agent-journal up`")
+    return settings.database_url
+
+
+def connect(settings: Settings, *, role: str | None = WRITER, autocommit: bool = False) -> psycopg.Connection:
+    """A connection from ``JOURNAL_DATABASE_URL`` that has ``SET ROLE role`` (RLS applies to it)."""
+    url = _require_url(settings)
+    try:
+        conn = psycopg.connect(url, autocommit=autocommit, connect_timeout=5)
+    except psycopg.OperationalError as e:
+        raise StoreUnavailable(f"PostgreSQL unreachable: {e}. Check JOURNAL_DATABASE_URL and that the server "
+                               "runs (`agent-journal status`).") from e
+    if role:
+        try:
+            conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
+            if not autocommit:
+                conn.commit()
+        except psycopg.Error as e:
+            conn.close()
+            raise AccessDenied(f"cannot SET ROLE {role}: {e}. Run `agent-journal migrate` (it creates the roles) "
+                               f"and grant {role} to the database user.") from e
+    return conn
+
+
+def alembic_config(settings: Settings) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    url = _require_url(settings)
+    cfg.set_main_option("sqlalchemy.url", "postgresql+psycopg://" + url.split("://", 1)[1].replace("%", "%%"))
+    return cfg
+
+
+def migrate(settings: Settings, revision: str = "head") -> None:
+    """Bring the schema to ``revision`` (idempotent)."""
+    try:
+        command.upgrade(alembic_config(settings), revision)
+    except Exception as e:  # alembic wraps driver errors in SQLAlchemy ones
+        raise StoreUnavailable(f"migration to {revision} failed: {e}") from e
+
+
+@dataclass(frozen=True, slots=True)
+class ReaderCredentials:
+    tenant: str
+    role: str
+    password: str
+
+    def database_url(self, base_url: str) -> str:
+        """``base_url`` with this reader's user and password."""
+        parts = urlsplit(base_url)
+        host = parts.hostname or "127.0.0.1"
+        netloc = f"{quote(self.role)}:{quote(self.password)}@{host}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def reader_role_name(tenant: str) -> str:
+    # Role names are cluster-wide and at most 63 bytes; tenant ids go up to 128 characters.
+    return "jr_" + hashlib.sha256(validate_id(tenant, "tenant").encode()).hexdigest()[:24]
+
+
+def create_tenant_reader(settings: Settings, tenant: str, password: str | None = None) -> ReaderCredentials:
+    """A login role that sees only ``tenant``'s rows, whatever SQL it sends (rotates if it exists)."""
+    role = reader_role_name(tenant)
+    password = password or secrets.token_urlsafe(24)
+    with connect(settings, role=None, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+        verb = "ALTER" if exists else "CREATE"
+        conn.execute(sql.SQL(verb + " ROLE {} LOGIN NOCREATEDB NOCREATEROLE PASSWORD {}").format(
+            sql.Identifier(role), sql.Literal(password)))
+        conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(READER), sql.Identifier(role)))
+        conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(OWNER)))
+        conn.execute("INSERT INTO journal.tenant_roles (role_name, tenant_id) VALUES (%s, %s) "
+                     "ON CONFLICT (role_name) DO UPDATE SET tenant_id = EXCLUDED.tenant_id", (role, tenant))
+    return ReaderCredentials(tenant, role, password)
+
+
+def revoke_tenant_reader(settings: Settings, tenant: str) -> bool:
+    """Drop the tenant's reader role and its binding; True if it existed."""
+    role = reader_role_name(tenant)
+    with connect(settings, role=None, autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
+            return False
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (role,))
+        conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(OWNER)))
+        conn.execute("DELETE FROM journal.tenant_roles WHERE role_name = %s", (role,))
+        conn.execute("RESET ROLE")
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+    return True

@@ -1,0 +1,68 @@
+"""Snapshot policy: fold a thread's state every K events, with the one reducer.
+
+A snapshot stores the state at seq ``m·K`` as framed msgpack (exact round trip) together
+with the chain hash at that seq, so a replay starting from it is tied to the verified chain.
+"""
+
+from __future__ import annotations
+
+import psycopg
+import structlog
+
+from journal import codec
+from journal.events import Event
+from replayer.reducer import ReducerError, ThreadState, apply, empty
+
+log = structlog.get_logger("projections.snapshots")
+
+
+def encode_state(state: ThreadState) -> bytes:
+    return codec.frame(codec.pack(codec.normalize(state.to_dict(), "state")))
+
+
+def decode_state(data: bytes) -> ThreadState:
+    return ThreadState.from_dict(codec.unframe(bytes(data)))
+
+
+def load_events(conn: psycopg.Connection, tenant: str, thread: str, after: int, upto: int) -> list[Event]:
+    rows = conn.execute(
+        "SELECT seq, ts_ms, body FROM journal.events WHERE tenant_id = %s AND thread_id = %s "
+        "AND seq > %s AND seq <= %s ORDER BY seq", (tenant, thread, after, upto)).fetchall()
+    return [codec.decode_body(tenant, thread, s, ts, bytes(b)) for s, ts, b in rows]
+
+
+def write_due(conn: psycopg.Connection, tenant: str, thread: str, old_seq: int, new_seq: int,
+              chained: list[Event], every: int) -> int:
+    """Write the snapshots due at each multiple of ``every`` in (old_seq, new_seq]; return how many."""
+    targets = list(range((old_seq // every + 1) * every, new_seq + 1, every))
+    if not targets:
+        return 0
+    row = conn.execute(
+        "SELECT seq, state FROM journal.snapshots WHERE tenant_id = %s AND thread_id = %s AND seq <= %s "
+        "ORDER BY seq DESC LIMIT 1", (tenant, thread, targets[0])).fetchone()
+    base_seq, state = (row[0], decode_state(row[1])) if row else (0, empty(tenant, thread))
+    first_new = chained[0].seq if chained else new_seq + 1
+    history = load_events(conn, tenant, thread, base_seq, first_new - 1) + [e for e in chained if e.seq > base_seq]
+    hashes = dict(conn.execute(
+        "SELECT seq, hash FROM journal.events WHERE tenant_id = %s AND thread_id = %s AND seq = ANY(%s)",
+        (tenant, thread, targets)).fetchall())
+    written = 0
+    wanted = set(targets)
+    for ev in history:
+        try:
+            state = apply(state, ev)
+        except ReducerError as e:
+            # The event stays in the journal (it is valid data); only the snapshot cannot be built.
+            log.error("snapshot_reducer_failed", tenant=tenant, thread=thread, seq=ev.seq, error=str(e))
+            conn.execute(
+                "INSERT INTO journal.dead_letters (tenant_id, stream_id, thread_id, seq, reason) "
+                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (tenant_id, stream_id) DO UPDATE SET "
+                "attempts = journal.dead_letters.attempts + 1, last_seen = now()",
+                (tenant, f"reducer:{thread}:{ev.seq}", thread, ev.seq, f"reducer failed: {e}"))
+            return written
+        if ev.seq in wanted and ev.seq in hashes:
+            conn.execute(
+                "INSERT INTO journal.snapshots (tenant_id, thread_id, seq, state, hash) VALUES (%s, %s, %s, %s, %s) "
+                "ON CONFLICT DO NOTHING", (tenant, thread, ev.seq, encode_state(state), hashes[ev.seq]))
+            written += 1
+    return written

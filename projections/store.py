@@ -1,0 +1,253 @@
+"""One projector batch into PostgreSQL, in one transaction.
+
+Per thread, under a row lock on ``threads`` (taken in key order so workers never deadlock):
+events already stored are compared byte for byte — an identical redelivery is skipped, a
+different event under the same seq is a conflict (recorded, thread fenced, nothing
+overwritten); new events are inserted with their chain hash when they extend the verified
+head, or without one (to be chained when the gap fills) when an earlier seq is still in
+flight on another worker. The stream position is recorded in the same transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from journal import codec
+from journal.chain import GENESIS, link
+from journal.events import COMPLETE, FAIL, PAUSE, RESUME, TOOL_CALL, TOOL_RESULT, Event
+from projections import snapshots
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """A decoded stream entry ready to project."""
+
+    stream_id: str
+    event: Event
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Poison:
+    """A stream entry that cannot be projected, and why."""
+
+    tenant: str
+    stream_id: str
+    reason: str
+    entry: bytes
+    thread: str | None = None
+    seq: int | None = None
+
+
+@dataclass(slots=True)
+class BatchResult:
+    inserted: int = 0
+    duplicates: int = 0
+    conflicts: list[tuple[str, str, int]] = field(default_factory=list)
+    #: (tenant, thread) -> verified head after the batch, for the "projected" marker.
+    heads: dict[tuple[str, str], int] = field(default_factory=dict)
+    snapshots: int = 0
+    dead_letters: int = 0
+
+
+_STATUS_OF = {PAUSE: "paused", RESUME: "active", COMPLETE: "completed", FAIL: "failed"}
+
+
+def _sid(stream_id: str) -> tuple[int, int]:
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _row(item: Item, prev: bytes | None, h: bytes | None) -> tuple[Any, ...]:
+    e = item.event
+    tool = None
+    if e.type in (TOOL_CALL, TOOL_RESULT) and isinstance(e.payload, dict):
+        t = e.payload.get("tool")
+        tool = t if isinstance(t, str) else None
+    agent = e.actor.get("agent_id") if isinstance(e.actor, dict) else None
+    return (
+        e.tenant, e.thread, e.seq, e.type, e.node, tool, agent if isinstance(agent, str) else None,
+        json.dumps(e.actor, separators=(",", ":")), e.ts_ms,
+        None if e.blob else json.dumps(e.payload, separators=(",", ":")),
+        e.blob.sha256 if e.blob else None, e.blob.size if e.blob else None, e.idempotency_key, e.version,
+        item.body, item.stream_id, prev, h,
+    )
+
+
+_INSERT_EVENTS = """
+INSERT INTO journal.events (tenant_id, thread_id, seq, type, node, tool, agent_id, actor, ts_ms, appended_at,
+    payload, blob_sha256, blob_size, idempotency_key, version, body, stream_id, prev_hash, hash)
+SELECT t, th, s, ty, n, tl, ag, ac::jsonb, ts, to_timestamp(ts / 1000.0), p::jsonb, bs, bz, ik, v, b, sid, ph, h
+FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
+            %s::bigint[], %s::text[], %s::text[], %s::bigint[], %s::text[], %s::smallint[], %s::bytea[],
+            %s::text[], %s::bytea[], %s::bytea[])
+     AS u(t, th, s, ty, n, tl, ag, ac, ts, p, bs, bz, ik, v, b, sid, ph, h)
+ON CONFLICT DO NOTHING
+"""
+
+
+def write_batch(conn: psycopg.Connection, items: Iterable[Item], poison: Iterable[Poison] = (), *,
+                key: bytes | None = None, snapshot_every: int = 100) -> BatchResult:
+    """Project ``items`` (and dead-letter ``poison``) in one transaction; the caller commits via ``with``."""
+    result = BatchResult()
+    by_thread: dict[tuple[str, str], list[Item]] = defaultdict(list)
+    positions: dict[str, tuple[int, int]] = {}
+    for it in items:
+        by_thread[(it.event.tenant, it.event.thread)].append(it)
+        pos = _sid(it.stream_id)
+        if pos > positions.get(it.event.tenant, (0, 0)):
+            positions[it.event.tenant] = pos
+    poison = list(poison)
+    for p in poison:
+        pos = _sid(p.stream_id)
+        if pos > positions.get(p.tenant, (0, 0)):
+            positions[p.tenant] = pos
+
+    with conn.transaction():
+        if by_thread:
+            _project_threads(conn, by_thread, result, key, snapshot_every)
+        if poison:
+            conn.cursor().executemany(
+                "INSERT INTO journal.dead_letters (tenant_id, stream_id, thread_id, seq, reason, entry) "
+                "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (tenant_id, stream_id) DO UPDATE SET "
+                "attempts = journal.dead_letters.attempts + 1, last_seen = now(), reason = EXCLUDED.reason",
+                [(p.tenant, p.stream_id, p.thread, p.seq, p.reason, p.entry) for p in poison])
+            result.dead_letters = len(poison)
+        if positions:
+            tenants = sorted(positions)
+            conn.execute(
+                "INSERT INTO journal.offsets (tenant_id, stream_ms, stream_seq) "
+                "SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bigint[]) "
+                "ON CONFLICT (tenant_id) DO UPDATE SET updated_at = now(), "
+                "stream_ms = GREATEST(journal.offsets.stream_ms, EXCLUDED.stream_ms), "
+                "stream_seq = CASE WHEN (EXCLUDED.stream_ms, EXCLUDED.stream_seq) > "
+                "(journal.offsets.stream_ms, journal.offsets.stream_seq) THEN EXCLUDED.stream_seq "
+                "ELSE journal.offsets.stream_seq END",
+                (tenants, [positions[t][0] for t in tenants], [positions[t][1] for t in tenants]))
+    return result
+
+
+def _project_threads(conn: psycopg.Connection, by_thread: dict[tuple[str, str], list[Item]], result: BatchResult,
+                     key: bytes | None, snapshot_every: int) -> None:
+    order = sorted(by_thread)
+    tenants = [t for t, _ in order]
+    thread_ids = [th for _, th in order]
+    conn.execute("INSERT INTO journal.threads (tenant_id, thread_id) SELECT * FROM unnest(%s::text[], %s::text[]) "
+                 "ON CONFLICT DO NOTHING", (tenants, thread_ids))
+    heads = {
+        (r[0], r[1]): r[2:]
+        for r in conn.execute(
+            "SELECT t.tenant_id, t.thread_id, t.last_seq, t.last_hash, t.max_seq, t.status, t.node "
+            "FROM journal.threads t JOIN unnest(%s::text[], %s::text[]) u(a, b) "
+            "ON t.tenant_id = u.a AND t.thread_id = u.b ORDER BY t.tenant_id, t.thread_id FOR UPDATE OF t",
+            (tenants, thread_ids))
+    }
+
+    # Which incoming seqs may already be stored? Fetch their bodies to compare.
+    probe = [(t, th, it.event.seq) for (t, th), its in by_thread.items() for it in its
+             if it.event.seq <= heads[(t, th)][2]]
+    stored: dict[tuple[str, str, int], bytes] = {}
+    if probe:
+        for t, th, s, b in conn.execute(
+            "SELECT e.tenant_id, e.thread_id, e.seq, e.body FROM journal.events e "
+            "JOIN unnest(%s::text[], %s::text[], %s::bigint[]) u(a, b, c) "
+            "ON e.tenant_id = u.a AND e.thread_id = u.b AND e.seq = u.c",
+            ([p[0] for p in probe], [p[1] for p in probe], [p[2] for p in probe]),
+        ):
+            stored[(t, th, s)] = bytes(b)
+
+    rows: list[tuple[Any, ...]] = []
+    conflict_rows: list[tuple[Any, ...]] = []
+    updates: list[tuple[Any, ...]] = []
+    hash_updates: list[tuple[Any, ...]] = []
+    snapshot_jobs: list[tuple[str, str, int, int, list[Event]]] = []
+    for (tenant, thread), its in by_thread.items():
+        last_seq, last_hash, max_seq, status, node = heads[(tenant, thread)]
+        head_hash = bytes(last_hash) if last_hash is not None else GENESIS
+        fresh: dict[int, Item] = {}
+        for it in sorted(its, key=lambda i: i.event.seq):
+            seq = it.event.seq
+            existing = stored.get((tenant, thread, seq))
+            if existing is None and seq in fresh:
+                existing = fresh[seq].body
+            if existing is None:
+                fresh[seq] = it
+            elif existing == it.body:
+                result.duplicates += 1
+            else:
+                conflict_rows.append((tenant, thread, seq, it.stream_id, existing, it.body))
+                result.conflicts.append((tenant, thread, seq))
+        # Extend the verified chain as far as the new events, and ones stored earlier without a
+        # hash (their gap is now filled), allow.
+        unchained = _load_unchained(conn, tenant, thread, last_seq) if max_seq > last_seq else {}
+        chained: list[Event] = []
+        seq = last_seq
+        new_count = len(fresh)
+        while True:
+            nxt = seq + 1
+            if nxt in fresh:
+                it = fresh.pop(nxt)
+                h = link(head_hash, it.event, key)
+                rows.append(_row(it, head_hash, h))
+                chained.append(it.event)
+            elif nxt in unchained:
+                ev = unchained.pop(nxt)
+                h = link(head_hash, ev, key)
+                hash_updates.append((tenant, thread, nxt, head_hash, h))
+                chained.append(ev)
+            else:
+                break
+            head_hash, seq = h, nxt
+        rows.extend(_row(it, None, None) for it in fresh.values())  # an earlier seq is still in flight
+        for ev in chained:
+            status = _STATUS_OF.get(ev.type, status)
+            node = ev.node or node
+        top = max([max_seq, seq, *fresh])
+        updates.append((tenant, thread, seq, head_hash if seq else None, top, status, node, new_count))
+        result.inserted += new_count
+        if seq > last_seq:
+            result.heads[(tenant, thread)] = seq
+            if seq // snapshot_every > last_seq // snapshot_every:
+                snapshot_jobs.append((tenant, thread, last_seq, seq, chained))
+
+    if rows:
+        conn.execute(_INSERT_EVENTS, [list(col) for col in zip(*rows, strict=True)])
+    if hash_updates:
+        conn.execute(
+            "UPDATE journal.events e SET prev_hash = u.p, hash = u.h FROM unnest(%s::text[], %s::text[], "
+            "%s::bigint[], %s::bytea[], %s::bytea[]) u(a, b, s, p, h) "
+            "WHERE e.tenant_id = u.a AND e.thread_id = u.b AND e.seq = u.s",
+            [list(col) for col in zip(*hash_updates, strict=True)])
+    if updates:
+        conn.execute(
+            "UPDATE journal.threads t SET last_seq = u.s, last_hash = u.h, max_seq = u.m, status = "
+            "CASE WHEN t.status = 'abandoned' THEN 'active' ELSE u.st END, node = u.n, "
+            "event_count = t.event_count + u.c, updated_at = now() "
+            "FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bytea[], %s::bigint[], %s::text[], %s::text[], "
+            "%s::bigint[]) u(a, b, s, h, m, st, n, c) WHERE t.tenant_id = u.a AND t.thread_id = u.b",
+            [list(col) for col in zip(*updates, strict=True)])
+    if conflict_rows:
+        conn.cursor().executemany(
+            "INSERT INTO journal.conflicts (tenant_id, thread_id, seq, incoming_stream_id, existing_body, "
+            "incoming_body) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING", conflict_rows)
+        fenced = sorted({(t, th) for t, th, *_ in conflict_rows})
+        conn.execute(
+            "UPDATE journal.threads t SET fenced = true, fence_reason = 'sequence conflict; see journal.conflicts' "
+            "FROM unnest(%s::text[], %s::text[]) u(a, b) WHERE t.tenant_id = u.a AND t.thread_id = u.b",
+            ([f[0] for f in fenced], [f[1] for f in fenced]))
+    for tenant, thread, old_seq, new_seq, chained in snapshot_jobs:
+        result.snapshots += snapshots.write_due(conn, tenant, thread, old_seq, new_seq, chained, snapshot_every)
+
+
+def _load_unchained(conn: psycopg.Connection, tenant: str, thread: str, after: int) -> dict[int, Event]:
+    """Events stored above the verified head without a hash, waiting for an earlier seq."""
+    rows = conn.execute(
+        "SELECT seq, ts_ms, body FROM journal.events WHERE tenant_id = %s AND thread_id = %s AND seq > %s "
+        "AND hash IS NULL ORDER BY seq", (tenant, thread, after)).fetchall()
+    return {s: codec.decode_body(tenant, thread, s, ts, bytes(b)) for s, ts, b in rows}

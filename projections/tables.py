@@ -1,0 +1,127 @@
+"""The PostgreSQL schema, as SQLAlchemy Core tables (queries are built from these).
+
+Everything lives in the ``journal`` schema. ``tenant_id`` leads every key, so a distributed
+PostgreSQL (Citus) can shard every table on it, and ``events`` is hash-partitioned on it.
+Migrations (``projections/migrations``) create exactly this; change both together.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    Table,
+    Text,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
+
+SCHEMA = "journal"
+metadata = MetaData(schema=SCHEMA)
+
+TS = TIMESTAMP(timezone=True)
+
+#: One row per agent step. ``body`` is the event exactly as appended (the hashed truth);
+#: the typed columns and ``payload`` JSONB are its queryable projection.
+events = Table(
+    "events", metadata,
+    Column("tenant_id", Text, primary_key=True),
+    Column("thread_id", Text, primary_key=True),
+    Column("seq", BigInteger, primary_key=True),
+    Column("type", Text, nullable=False),
+    Column("node", Text),
+    Column("tool", Text),
+    Column("agent_id", Text),
+    Column("actor", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("ts_ms", BigInteger, nullable=False),
+    Column("appended_at", TS, nullable=False),
+    Column("recorded_at", TS, nullable=False, server_default=text("now()")),
+    Column("payload", JSONB),
+    Column("blob_sha256", Text),
+    Column("blob_size", BigInteger),
+    Column("idempotency_key", Text),
+    Column("version", SmallInteger, nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Column("stream_id", Text, nullable=False),
+    Column("prev_hash", LargeBinary),
+    Column("hash", LargeBinary),
+)
+
+threads = Table(
+    "threads", metadata,
+    Column("tenant_id", Text, primary_key=True),
+    Column("thread_id", Text, primary_key=True),
+    Column("status", Text, nullable=False, server_default="active"),
+    #: Head of the verified chain: every seq up to here is stored and hashed.
+    Column("last_seq", BigInteger, nullable=False, server_default="0"),
+    Column("last_hash", LargeBinary),
+    #: Highest seq stored (above last_seq only while an earlier seq is still in flight).
+    Column("max_seq", BigInteger, nullable=False, server_default="0"),
+    Column("node", Text),
+    Column("event_count", BigInteger, nullable=False, server_default="0"),
+    Column("created_at", TS, nullable=False, server_default=text("now()")),
+    Column("updated_at", TS, nullable=False, server_default=text("now()")),
+    Column("fenced", Boolean, nullable=False, server_default=text("false")),
+    Column("fence_reason", Text),
+)
+
+snapshots = Table(
+    "snapshots", metadata,
+    Column("tenant_id", Text, primary_key=True),
+    Column("thread_id", Text, primary_key=True),
+    Column("seq", BigInteger, primary_key=True),
+    #: The reducer's state as framed msgpack (exact round trip, unlike JSONB floats).
+    Column("state", LargeBinary, nullable=False),
+    Column("hash", LargeBinary, nullable=False),
+    Column("created_at", TS, nullable=False, server_default=text("now()")),
+)
+
+dead_letters = Table(
+    "dead_letters", metadata,
+    Column("tenant_id", Text, primary_key=True),
+    Column("stream_id", Text, primary_key=True),
+    Column("thread_id", Text),
+    Column("seq", BigInteger),
+    Column("reason", Text, nullable=False),
+    Column("entry", LargeBinary),
+    Column("attempts", Integer, nullable=False, server_default="1"),
+    Column("first_seen", TS, nullable=False, server_default=text("now()")),
+    Column("last_seen", TS, nullable=False, server_default=text("now()")),
+)
+
+conflicts = Table(
+    "conflicts", metadata,
+    Column("tenant_id", Text, primary_key=True),
+    Column("thread_id", Text, primary_key=True),
+    Column("seq", BigInteger, primary_key=True),
+    Column("incoming_stream_id", Text, primary_key=True),
+    Column("existing_body", LargeBinary),
+    Column("incoming_body", LargeBinary, nullable=False),
+    Column("detected_at", TS, nullable=False, server_default=text("now()")),
+    Column("resolved_at", TS),
+    Column("resolution", Text),
+)
+
+#: The stream position consumed per tenant, written in the same transaction as the rows.
+offsets = Table(
+    "offsets", metadata,
+    Column("tenant_id", Text, primary_key=True),
+    Column("stream_ms", BigInteger, nullable=False),
+    Column("stream_seq", BigInteger, nullable=False),
+    Column("updated_at", TS, nullable=False, server_default=text("now()")),
+)
+
+#: Login roles bound to one tenant (readers). Row-level security lets a role see only its own row.
+tenant_roles = Table(
+    "tenant_roles", metadata,
+    Column("role_name", Text, primary_key=True),
+    Column("tenant_id", Text, nullable=False),
+    Column("created_at", TS, nullable=False, server_default=text("now()")),
+)
+
+TENANT_TABLES = ("events", "threads", "snapshots", "dead_letters", "conflicts", "offsets")

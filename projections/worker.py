@@ -1,0 +1,427 @@
+"""The projector: tenant streams → PostgreSQL, through the consumer group ``projector``.
+
+One loop per process. Each turn it reads new entries of every known tenant stream
+(XREADGROUP), writes them in one transaction (``store.write_batch``), and only then XACKs
+them and raises the per-thread ``projected`` marker. Every few seconds it also claims
+entries left pending by dead workers (XAUTOCLAIM), trims streams below what is durably
+projected (XTRIM MINID, keeping a hot window), and checks whether Redis lost its tail (a
+stream behind the position PostgreSQL recorded): then it raises the Lua heads to what
+PostgreSQL holds, so no seq is ever issued twice.
+
+A batch that PostgreSQL rejects as a whole is retried entry by entry; an entry that still
+fails after ``max_attempts`` goes to ``dead_letters`` and the loop keeps going. While
+PostgreSQL is down the loop backs off and retries the same batch; appends keep flowing
+into Redis and nothing is acknowledged that is not committed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+import msgpack
+import psycopg
+import redis
+import structlog
+
+from journal import codec, keys
+from journal.chain import key_bytes
+from journal.errors import CodecError, JournalError, StoreUnavailable
+from journal.redis_store import connect as redis_connect
+from journal.redis_store import script_source
+from journal.settings import Settings
+from projections import db, metrics
+from projections.store import BatchResult, Item, Poison, write_batch
+
+log = structlog.get_logger("projections.worker")
+GROUP = "projector"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerOptions:
+    batch_size: int = 2000
+    #: Streams per XREADGROUP call (one call can name many tenant streams).
+    streams_per_read: int = 500
+    block_ms: int = 100
+    #: A pending entry idle this long belongs to a dead worker and is claimed.
+    claim_idle_ms: int = 30_000
+    maintenance_every: float = 5.0
+    tenant_refresh_every: float = 1.0
+    max_attempts: int = 3
+
+
+def _sid_tuple(sid: str) -> tuple[int, int]:
+    ms, _, seq = sid.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class Projector:
+    """A projector worker. ``run()`` loops until ``stop()`` or SIGTERM; ``run_once()`` does one turn."""
+
+    def __init__(self, settings: Settings, options: WorkerOptions | None = None, *,
+                 consumer: str | None = None) -> None:
+        self.settings = settings
+        self.options = options or WorkerOptions()
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.key = key_bytes(settings.hash_key)
+        self._stop = threading.Event()
+        self._redis: redis.Redis | None = None
+        self._pg: psycopg.Connection | None = None
+        self._tenants: set[str] = set()
+        self._grouped: set[str] = set()
+        self._raise: Any = None
+        self._last_refresh = 0.0
+        self._last_maintenance = 0.0
+        self._attempts: dict[tuple[str, str], int] = defaultdict(int)
+        self._repaired: dict[str, tuple[int, int]] = {}
+        self.log = log.bind(consumer=self.consumer)
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    @property
+    def redis(self) -> redis.Redis:
+        if self._redis is None:
+            if not self.settings.redis_url:
+                raise StoreUnavailable("no Redis URL configured for the projector")
+            self._redis = redis_connect(self.settings.redis_url)
+        return self._redis
+
+    @property
+    def pg(self) -> psycopg.Connection:
+        if self._pg is None or self._pg.closed:
+            self._pg = db.connect(self.settings)
+        return self._pg
+
+    def _raise_script(self) -> Any:
+        """The raise-to-at-least script (heads after a tail loss; the projected marker)."""
+        if self._raise is None:
+            self._raise = self.redis.register_script(script_source("raise_heads"))
+        return self._raise
+
+    def stop(self, *_: Any) -> None:
+        self._stop.set()
+
+    def close(self) -> None:
+        if self._pg is not None:
+            self._pg.close()
+        if self._redis is not None:
+            self._redis.close()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.log.info("projector_stopping", signal=signum)
+        self.stop()
+
+    def run(self) -> None:
+        """Project until stopped; the batch in hand is finished and acknowledged first."""
+        self.log.info("projector_started")
+        backoff = 0.2
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+                backoff = 0.2
+            except (StoreUnavailable, psycopg.OperationalError, redis.ConnectionError, redis.TimeoutError) as e:
+                self.log.warning("projector_backoff", error=str(e), sleep=backoff)
+                self._reset_connections()
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+        self.close()
+        self.log.info("projector_stopped")
+
+    def _reset_connections(self) -> None:
+        if self._pg is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._pg.close()
+            self._pg = None
+        self._grouped.clear()
+
+    # -- one turn ------------------------------------------------------------------------------------
+
+    def run_once(self) -> int:
+        """Refresh tenants, read and project one round of entries, and do due maintenance."""
+        now = time.monotonic()
+        if now - self._last_refresh >= self.options.tenant_refresh_every or not self._tenants:
+            self.refresh_tenants()
+            self._last_refresh = now
+        done = 0
+        if now - self._last_maintenance >= self.options.maintenance_every:
+            self._last_maintenance = now
+            self.check_tail()
+            done += self.claim()
+            self.trim()
+            if self.settings.metrics_port:
+                metrics.observe_lag(self.redis, self._tenants, GROUP)
+        done += self.read_and_project()
+        return done
+
+    def refresh_tenants(self) -> None:
+        found = {m.decode() for m in self.redis.smembers(keys.TENANT_REGISTRY)}
+        if not self._tenants:
+            # First turn: also tenants PostgreSQL knows (Redis may have lost its registry) and a
+            # scan for tenants whose clients may not register (ACL users cannot write the registry).
+            found |= self._pg_tenants()
+            for k in self.redis.scan_iter(match=keys.stream_pattern(), count=1000, _type="stream"):
+                found.add(keys.tenant_of_stream(k.decode()))
+        for t in found - self._tenants:
+            self.log.info("tenant_discovered", tenant=t)
+        self._tenants |= found
+        self._ensure_groups(self._tenants - self._grouped)
+
+    def _pg_tenants(self) -> set[str]:
+        with self.pg.transaction():
+            return {r[0] for r in self.pg.execute("SELECT tenant_id FROM journal.offsets")}
+
+    def _ensure_groups(self, tenants: Iterable[str]) -> None:
+        tenants = list(tenants)
+        if not tenants:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for t in tenants:
+            pipe.xgroup_create(keys.stream(t), GROUP, id="0", mkstream=True)
+        for t, res in zip(tenants, pipe.execute(raise_on_error=False), strict=True):
+            if isinstance(res, Exception) and "BUSYGROUP" not in str(res):
+                raise res
+            self._grouped.add(t)
+
+    def read_and_project(self) -> int:
+        tenants = sorted(self._tenants)
+        if not tenants:
+            self._stop.wait(self.options.block_ms / 1000)
+            return 0
+        total = 0
+        per_stream = max(10, self.options.batch_size // max(1, min(len(tenants), self.options.streams_per_read)))
+        for i in range(0, len(tenants), self.options.streams_per_read):
+            chunk = tenants[i : i + self.options.streams_per_read]
+            streams = {keys.stream(t): ">" for t in chunk}
+            try:
+                reply = self.redis.xreadgroup(GROUP, self.consumer, streams, count=per_stream,
+                                              block=self.options.block_ms if len(tenants) <= len(chunk) else None)
+            except redis.ResponseError as e:
+                if "NOGROUP" in str(e):  # Redis restarted empty or a stream was deleted: recreate groups.
+                    self._grouped.clear()
+                    self._ensure_groups(chunk)
+                    continue
+                raise
+            entries = [(keys.tenant_of_stream(k.decode()), sid.decode(), fields)
+                       for k, msgs in reply or [] for sid, fields in msgs if fields is not None]
+            if entries:
+                total += self.project(entries)
+        return total
+
+    def claim(self) -> int:
+        """Take over entries pending on dead consumers for longer than ``claim_idle_ms``."""
+        tenants = sorted(self._tenants)
+        if not tenants:
+            return 0
+        pipe = self.redis.pipeline(transaction=False)
+        for t in tenants:
+            pipe.xautoclaim(keys.stream(t), GROUP, self.consumer, self.options.claim_idle_ms, "0-0", count=1000)
+        entries = []
+        for t, res in zip(tenants, pipe.execute(raise_on_error=False), strict=True):
+            if isinstance(res, Exception):
+                continue
+            for sid, fields in res[1]:
+                if fields is not None:
+                    entries.append((t, sid.decode(), fields))
+        if entries:
+            self.log.info("claimed_pending", entries=len(entries))
+            metrics.CLAIMED.inc(len(entries))
+            return self.project(entries)
+        return 0
+
+    # -- projection ----------------------------------------------------------------------------------
+
+    def project(self, entries: list[tuple[str, str, dict[bytes, Any]]]) -> int:
+        """Decode, write in one transaction, then acknowledge. Returns entries handled."""
+        items: list[Item] = []
+        poison: list[Poison] = []
+        for tenant, sid, fields in entries:
+            try:
+                ev = codec.decode_entry(tenant, fields, sid)
+                body = fields[b"b"]
+                codec.canonical_bytes(ev)  # the hash chain must be computable
+                items.append(Item(sid, ev, body))
+            except (CodecError, JournalError, KeyError, ValueError, TypeError) as e:
+                poison.append(self._poison(tenant, sid, fields, f"undecodable: {e}"))
+        t0 = time.perf_counter()
+        try:
+            with self.pg.transaction():
+                result = write_batch(self.pg, items, poison, key=self.key,
+                                     snapshot_every=self.settings.snapshot_every)
+        except psycopg.OperationalError:
+            raise
+        except psycopg.Error as e:
+            self.log.warning("batch_rejected_retrying_one_by_one", error=str(e), entries=len(entries))
+            return self._project_singly(items, poison)
+        metrics.BATCH_SECONDS.observe(time.perf_counter() - t0)
+        self._after_commit(result, [(i.event.tenant, i.stream_id) for i in items] +
+                           [(p.tenant, p.stream_id) for p in poison])
+        return len(entries)
+
+    def _project_singly(self, items: list[Item], poison: list[Poison]) -> int:
+        done: list[tuple[str, str]] = []
+        total = BatchResult()
+        for it in items:
+            slot = (it.event.tenant, it.stream_id)
+            try:
+                with self.pg.transaction():
+                    r = write_batch(self.pg, [it], key=self.key, snapshot_every=self.settings.snapshot_every)
+                total.heads.update(r.heads)
+                total.conflicts += r.conflicts
+                total.inserted += r.inserted
+                done.append(slot)
+            except psycopg.OperationalError:
+                raise
+            except psycopg.Error as e:
+                self._attempts[slot] += 1
+                if self._attempts[slot] >= self.options.max_attempts:
+                    poison.append(Poison(it.event.tenant, it.stream_id, f"PostgreSQL refused it "
+                                         f"{self._attempts[slot]} times: {e}", it.body, it.event.thread, it.event.seq))
+                    self._attempts.pop(slot, None)
+                else:
+                    self.log.warning("entry_failed", tenant=it.event.tenant, thread=it.event.thread,
+                                     seq=it.event.seq, attempt=self._attempts[slot], error=str(e))
+        if poison:
+            with self.pg.transaction():
+                r = write_batch(self.pg, [], poison)
+            total.dead_letters = r.dead_letters
+            done += [(p.tenant, p.stream_id) for p in poison]
+        self._after_commit(total, done)
+        return len(done)
+
+    def _poison(self, tenant: str, sid: str, fields: dict[bytes, Any], reason: str) -> Poison:
+        thread = fields.get(b"t")
+        seq = fields.get(b"s")
+        try:
+            seq_i = int(seq) if seq is not None else None
+        except ValueError:
+            seq_i = None
+        raw = msgpack.packb({k.decode(errors="replace"): v for k, v in fields.items()}, use_bin_type=True)
+        self.log.error("dead_letter", tenant=tenant, stream_id=sid, reason=reason)
+        return Poison(tenant, sid, reason, raw, thread.decode(errors="replace") if thread else None, seq_i)
+
+    def _after_commit(self, result: BatchResult, acked: list[tuple[str, str]]) -> None:
+        by_tenant: dict[str, list[str]] = defaultdict(list)
+        for tenant, sid in acked:
+            by_tenant[tenant].append(sid)
+        heads: dict[str, list[Any]] = defaultdict(list)
+        for (tenant, thread), seq in result.heads.items():
+            heads[tenant] += [thread, seq]
+        pipe = self.redis.pipeline(transaction=False)
+        for tenant, sids in by_tenant.items():
+            pipe.xack(keys.stream(tenant), GROUP, *sids)
+        script = self._raise_script()
+        for tenant, args in heads.items():
+            script(keys=[keys.projected(tenant)], args=args, client=pipe)
+        for tenant, thread, seq in result.conflicts:
+            pipe.hset(keys.fences(tenant), thread, f"seq {seq} was issued twice with different content")
+            self.log.error("sequence_conflict_thread_fenced", tenant=tenant, thread=thread, seq=seq)
+        pipe.execute()
+        metrics.PROJECTED.inc(result.inserted)
+        metrics.DUPLICATES.inc(result.duplicates)
+        metrics.CONFLICTS.inc(len(result.conflicts))
+        metrics.DEAD_LETTERS.inc(result.dead_letters)
+
+    # -- maintenance ---------------------------------------------------------------------------------
+
+    def trim(self) -> None:
+        """XTRIM MINID below the oldest entry not yet committed, keeping ``hot_window`` entries."""
+        for tenant in sorted(self._tenants):
+            stream = keys.stream(tenant)
+            try:
+                groups = self.redis.xinfo_groups(stream)
+                summary = self.redis.xpending(stream, GROUP)
+            except redis.ResponseError:
+                continue
+            group = next((g for g in groups if g["name"] in (GROUP, GROUP.encode())), None)
+            if group is None:
+                continue
+            delivered = group["last-delivered-id"]
+            safe = delivered.decode() if isinstance(delivered, bytes) else str(delivered)
+            if summary and summary.get("pending"):
+                low = summary["min"]
+                low = low.decode() if isinstance(low, bytes) else str(low)
+                safe = min(safe, low, key=_sid_tuple)
+            elif safe == "0-0":
+                continue
+            # Keep the hot window: the oldest id to keep is hot_window entries before `safe`.
+            window = self.redis.xrevrange(stream, max=safe, min="-", count=self.settings.hot_window + 1)
+            if len(window) <= self.settings.hot_window:
+                continue
+            keep_from = window[-2][0] if len(window) >= 2 else window[-1][0]
+            self.redis.xtrim(stream, minid=keep_from.decode(), approximate=False)
+
+    def check_tail(self) -> None:
+        """If a stream is behind the position PostgreSQL committed, Redis lost its tail: repair the heads."""
+        with self.pg.transaction():
+            committed = {t: (ms, sq) for t, ms, sq in self.pg.execute(
+                "SELECT tenant_id, stream_ms, stream_seq FROM journal.offsets")}
+        if not committed:
+            return
+        tenants = sorted(committed)
+        pipe = self.redis.pipeline(transaction=False)
+        for t in tenants:
+            pipe.xinfo_stream(keys.stream(t))
+        for t, info in zip(tenants, pipe.execute(raise_on_error=False), strict=True):
+            last = (0, 0) if isinstance(info, Exception) else _sid_tuple(_text(info["last-generated-id"]))
+            if last < committed[t] and self._repaired.get(t) != committed[t]:
+                self.repair_heads(t)
+                self._repaired[t] = committed[t]
+        self._tenants |= set(tenants)
+        self._ensure_groups(set(tenants) - self._grouped)
+
+    def repair_heads(self, tenant: str) -> int:
+        """Raise the tenant's Lua heads to at least what PostgreSQL holds for each thread."""
+        with self.pg.transaction():
+            rows = self.pg.execute("SELECT thread_id, GREATEST(last_seq, max_seq) FROM journal.threads "
+                                   "WHERE tenant_id = %s", (tenant,)).fetchall()
+        raised = 0
+        script = self._raise_script()
+        for i in range(0, len(rows), 500):
+            args: list[Any] = []
+            for thread, seq in rows[i : i + 500]:
+                args += [thread, seq]
+            raised += int(script(keys=[keys.heads(tenant)], args=args))
+        self.log.error("redis_lost_tail_heads_restored", tenant=tenant, threads=len(rows), raised=raised)
+        metrics.TAIL_REPAIRS.inc()
+        return raised
+
+    def drain(self, timeout: float = 30.0) -> None:
+        """Project until every known stream has nothing new or pending (tests and the demo)."""
+        deadline = time.monotonic() + timeout
+        self.refresh_tenants()
+        while time.monotonic() < deadline:
+            self.refresh_tenants()
+            self.run_once()
+            if self.backlog() == 0:
+                return
+        raise StoreUnavailable(f"projector did not drain within {timeout}s (backlog {self.backlog()})")
+
+    def backlog(self) -> int:
+        """Entries not yet acknowledged (undelivered lag + pending) over all known tenants."""
+        total = 0
+        for t in self._tenants:
+            try:
+                for g in self.redis.xinfo_groups(keys.stream(t)):
+                    if _text(g["name"]) == GROUP:
+                        total += int(g.get("lag") or 0) + int(g.get("pending") or 0)
+            except redis.ResponseError:
+                continue
+        return total
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
