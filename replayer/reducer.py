@@ -1,0 +1,709 @@
+"""The one fold: ``apply(state, event) -> state`` (invariant 7).
+
+Snapshots (``projections``) and replays (``replayer``) both call :func:`fold` and nothing
+else, so ``state(at_seq=n)`` is the same whichever path computed it.
+
+Rules that keep the fold trustworthy:
+
+* **Pure and deterministic.** ``apply`` reads only its arguments and returns a new
+  :class:`ThreadState`; the old one never changes. Every container inside a state is
+  immutable (tuples, ``MappingProxyType``) and every payload value is copied through
+  :func:`freeze`, so no caller can alias into a state and mutate it later.
+* **Lenient with built-in types.** A built-in event with an odd payload (missing field,
+  wrong type) is applied as far as it makes sense and the oddity is recorded in
+  ``state.anomalies``; a built-in reducer never raises, because a raise would stop
+  projection of the whole tenant.
+* **Strict with custom reducers.** A registered reducer for a custom type
+  (``x.acme.refund_issued``) that raises is wrapped in :class:`ReducerError` naming the seq
+  and type, so the projector can dead-letter that one event and keep going. Custom types
+  without a reducer are kept in ``state.opaque``, never a crash.
+* **Idempotent on redelivery.** An event whose seq is not above ``state.last_seq`` is
+  already folded in and is ignored; a seq that skips ahead is applied and recorded as an
+  anomaly (the gap is the verifier's business, not the fold's).
+
+Canonical form: every mapping inside a state is key-sorted (as ``codec.normalize`` sorts),
+so a state restored from a snapshot (which went through ``normalize``) equals, field by
+field and in iteration order, the state computed by a full fold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any
+
+from journal import codec
+from journal import events as ev
+from journal.errors import CodecError, InvalidEvent, JournalError
+from journal.events import Event
+from journal.keys import validate_type
+
+#: Version of the ``to_dict`` layout; a snapshot with another version is refused.
+STATE_FORMAT = 1
+
+ACTIVE, PAUSED, COMPLETED, FAILED = "active", "paused", "completed", "failed"
+STATUSES = (ACTIVE, PAUSED, COMPLETED, FAILED)
+ENTER, EXIT = "enter", "exit"
+
+Reducer = Callable[["ThreadState", Event], "ThreadState"]
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+class ReducerError(JournalError):
+    """A custom reducer failed on an event; the projector dead-letters that event."""
+
+    def __init__(self, event: Event, reason: str) -> None:
+        self.seq = event.seq
+        self.type = event.type
+        self.tenant = event.tenant
+        self.thread = event.thread
+        self.reason = reason
+        super().__init__(
+            f"reducer for event type {event.type!r} failed at seq {event.seq} of {event.tenant}/{event.thread}: "
+            f"{reason}. The event is kept (dead-lettered); fix or unregister the reducer, then rebuild the "
+            "thread's projections."
+        )
+
+
+# -- immutable plain data --------------------------------------------------------------------------
+
+
+def freeze(value: Any, path: str = "value") -> Any:
+    """An immutable, canonical copy of plain data: maps key-sorted as ``MappingProxyType``, lists as tuples.
+
+    Raises ``UnserializableValue`` (via ``codec.normalize``) for anything a payload may not hold,
+    so whatever a state contains is guaranteed to survive ``to_dict`` → ``codec.pack``.
+    """
+    return _deep_freeze(codec.normalize(value, path))
+
+
+def _deep_freeze(value: Any) -> Any:
+    if isinstance(value, dict):
+        return MappingProxyType({k: _deep_freeze(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return tuple(_deep_freeze(v) for v in value)
+    return value
+
+
+def thaw(value: Any) -> Any:
+    """Plain mutable data (dicts and lists) from a frozen value, for serialization."""
+    if isinstance(value, Mapping):
+        return {k: thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [thaw(v) for v in value]
+    return value
+
+
+# -- the state -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One conversational message."""
+
+    seq: int
+    role: str | None
+    content: Any
+    tool_calls: tuple[str, ...] = ()
+    node: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResult:
+    """The outcome of a tool call."""
+
+    seq: int
+    tool: str | None
+    output: Any
+    error: Any
+    node: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A tool invocation; ``seq`` is None for a result whose call was never journalled."""
+
+    call_id: str
+    seq: int | None
+    tool: str | None
+    args: Any
+    node: str | None = None
+    result: ToolResult | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OpaqueEntry:
+    """A custom event that no registered reducer interprets, kept verbatim."""
+
+    seq: int
+    type: str
+    payload: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Anomaly:
+    """Something odd the fold tolerated (malformed payload, unknown call id, seq gap, …)."""
+
+    seq: int
+    type: str
+    message: str
+
+
+#: (seq, node, "enter" | "exit")
+NodeStep = tuple[int, str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadState:
+    """The folded state of one agent thread after ``last_seq`` events."""
+
+    tenant: str
+    thread: str
+    last_seq: int = 0
+    event_count: int = 0
+    created_ms: int | None = None
+    updated_ms: int | None = None
+    status: str = ACTIVE
+    pause_reason: Any = None
+    resumed_by: Any = None
+    #: The resume payload without ``by`` (e.g. ``{"decision": "approved"}``).
+    resume_detail: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    summary: Any = None
+    error: Any = None
+    messages: tuple[Message, ...] = ()
+    #: Keyed by call id, in order of first appearance.
+    tool_calls: Mapping[str, ToolCall] = field(default_factory=lambda: _EMPTY)
+    node: str | None = None
+    node_history: tuple[NodeStep, ...] = ()
+    #: Nodes entered and not yet exited, oldest first (a stack for nested graphs).
+    pending_branches: tuple[str, ...] = ()
+    memory: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    opaque: tuple[OpaqueEntry, ...] = ()
+    #: State kept by custom reducers, one key per extension (see :meth:`with_custom`).
+    custom: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    anomalies: tuple[Anomaly, ...] = ()
+
+    @property
+    def pending_calls(self) -> tuple[str, ...]:
+        """Call ids that have no result yet, in call order."""
+        return tuple(cid for cid, call in self.tool_calls.items() if call.result is None)
+
+    def with_custom(self, name: str, value: Any) -> ThreadState:
+        """A copy with ``custom[name] = value`` (frozen); the way custom reducers keep their state."""
+        return replace(self, custom=_set_key(self.custom, name, freeze(value, f"custom.{name}")))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (JSON- and ``codec.pack``-friendly); :meth:`from_dict` inverts it exactly."""
+        return {
+            "format": STATE_FORMAT,
+            "tenant": self.tenant,
+            "thread": self.thread,
+            "last_seq": self.last_seq,
+            "event_count": self.event_count,
+            "created_ms": self.created_ms,
+            "updated_ms": self.updated_ms,
+            "status": self.status,
+            "pause_reason": thaw(self.pause_reason),
+            "resumed_by": thaw(self.resumed_by),
+            "resume_detail": thaw(self.resume_detail),
+            "summary": thaw(self.summary),
+            "error": thaw(self.error),
+            "messages": [_message_dict(m) for m in self.messages],
+            # A list, not a map: call order is meaningful and a map would be key-sorted by normalize.
+            "tool_calls": [_call_dict(c) for c in self.tool_calls.values()],
+            "node": self.node,
+            "node_history": [list(step) for step in self.node_history],
+            "pending_branches": list(self.pending_branches),
+            "memory": thaw(self.memory),
+            "opaque": [{"seq": o.seq, "type": o.type, "payload": thaw(o.payload)} for o in self.opaque],
+            "custom": thaw(self.custom),
+            "anomalies": [{"seq": a.seq, "type": a.type, "message": a.message} for a in self.anomalies],
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ThreadState:
+        """Rebuild a state from :meth:`to_dict` output (possibly after ``codec.normalize``/msgpack)."""
+        if not isinstance(d, Mapping):
+            raise CodecError(f"snapshot state must be a map, got {type(d).__name__}")
+        if d.get("format") != STATE_FORMAT:
+            raise CodecError(
+                f"snapshot state format {d.get('format')!r} is not supported by this reader (knows {STATE_FORMAT}); "
+                "upgrade agent-journal or rebuild the snapshot"
+            )
+        for name in ("memory", "custom", "resume_detail"):
+            if not isinstance(d.get(name), Mapping):
+                raise CodecError(f"snapshot state is malformed: {name} must be a map; rebuild the snapshot")
+        try:
+            calls = (_call_from(c) for c in d["tool_calls"])
+            return cls(
+                tenant=str(d["tenant"]),
+                thread=str(d["thread"]),
+                last_seq=int(d["last_seq"]),
+                event_count=int(d["event_count"]),
+                created_ms=_opt_int(d["created_ms"]),
+                updated_ms=_opt_int(d["updated_ms"]),
+                status=str(d["status"]),
+                pause_reason=freeze(d["pause_reason"]),
+                resumed_by=freeze(d["resumed_by"]),
+                resume_detail=freeze(d["resume_detail"]),
+                summary=freeze(d["summary"]),
+                error=freeze(d["error"]),
+                messages=tuple(
+                    Message(int(m["seq"]), _opt_str(m["role"]), freeze(m["content"]),
+                            tuple(str(c) for c in m["tool_calls"]), _opt_str(m["node"]))
+                    for m in d["messages"]
+                ),
+                tool_calls=MappingProxyType({c.call_id: c for c in calls}),
+                node=_opt_str(d["node"]),
+                node_history=tuple((int(s), str(n), str(a)) for s, n, a in d["node_history"]),
+                pending_branches=tuple(str(n) for n in d["pending_branches"]),
+                memory=freeze(d["memory"]),
+                opaque=tuple(OpaqueEntry(int(o["seq"]), str(o["type"]), freeze(o["payload"])) for o in d["opaque"]),
+                custom=freeze(d["custom"]),
+                anomalies=tuple(Anomaly(int(a["seq"]), str(a["type"]), str(a["message"])) for a in d["anomalies"]),
+            )
+        except (KeyError, TypeError, ValueError, JournalError) as e:
+            raise CodecError(f"snapshot state is malformed ({type(e).__name__}: {e}); rebuild the snapshot") from e
+
+
+def _message_dict(m: Message) -> dict[str, Any]:
+    return {"seq": m.seq, "role": m.role, "content": thaw(m.content), "tool_calls": list(m.tool_calls),
+            "node": m.node}
+
+
+def _result_dict(r: ToolResult | None) -> dict[str, Any] | None:
+    if r is None:
+        return None
+    return {"seq": r.seq, "tool": r.tool, "output": thaw(r.output), "error": thaw(r.error), "node": r.node}
+
+
+def _call_dict(c: ToolCall) -> dict[str, Any]:
+    return {"call_id": c.call_id, "seq": c.seq, "tool": c.tool, "args": thaw(c.args), "node": c.node,
+            "result": _result_dict(c.result)}
+
+
+def _call_from(c: Mapping[str, Any]) -> ToolCall:
+    r = c["result"]
+    result = None if r is None else ToolResult(int(r["seq"]), _opt_str(r["tool"]), freeze(r["output"]),
+                                               freeze(r["error"]), _opt_str(r["node"]))
+    return ToolCall(str(c["call_id"]), _opt_int(c["seq"]), _opt_str(c["tool"]), freeze(c["args"]),
+                    _opt_str(c["node"]), result)
+
+
+def _opt_int(v: Any) -> int | None:
+    return None if v is None else int(v)
+
+
+def _opt_str(v: Any) -> str | None:
+    if v is not None and not isinstance(v, str):
+        raise TypeError(f"expected a str or null, got {type(v).__name__}")
+    return v
+
+
+def empty(tenant: str, thread: str) -> ThreadState:
+    """The state of a thread before its first event."""
+    return ThreadState(tenant=tenant, thread=thread)
+
+
+# -- registry --------------------------------------------------------------------------------------
+
+#: The process-wide registry of custom reducers; pass an explicit mapping to ``fold``/``apply`` to isolate.
+REGISTRY: dict[str, Reducer] = {}
+
+
+def register(type_name: str, fn: Reducer, registry: dict[str, Reducer] | None = None) -> Reducer:
+    """Register ``fn(state, event) -> state`` for a namespaced custom type such as ``x.acme.refund_issued``.
+
+    Built-in types cannot be overridden: there is exactly one fold for them. Returns ``fn``.
+    """
+    validate_type(type_name)
+    if not type_name.startswith("x."):
+        raise InvalidEvent(
+            f"cannot register a reducer for {type_name!r}: only namespaced custom types ('x.<org>.<name>') "
+            "take custom reducers; built-in types have exactly one fold"
+        )
+    if not callable(fn):
+        raise InvalidEvent(f"reducer for {type_name!r} must be callable, got {type(fn).__name__}")
+    (REGISTRY if registry is None else registry)[type_name] = fn
+    return fn
+
+
+# -- the fold --------------------------------------------------------------------------------------
+
+
+def fold(events: Iterable[Event], state: ThreadState | None = None,
+         registry: Mapping[str, Reducer] | None = None) -> ThreadState:
+    """Apply ``events`` in order to ``state`` (or to the empty state of the first event's thread)."""
+    it = iter(events)
+    if state is None:
+        first = next(it, None)
+        if first is None:
+            raise InvalidEvent("fold of no events needs a starting state: pass state=empty(tenant, thread)")
+        state = apply(empty(first.tenant, first.thread), first, registry)
+    for event in it:
+        state = apply(state, event, registry)
+    return state
+
+
+def apply(state: ThreadState, event: Event, registry: Mapping[str, Reducer] | None = None) -> ThreadState:
+    """The state after ``event``; ``state`` is left unchanged."""
+    if event.tenant != state.tenant or event.thread != state.thread:
+        raise ReducerError(event, f"event belongs to {event.tenant}/{event.thread}, not to the state's "
+                                  f"{state.tenant}/{state.thread}")
+    if event.seq <= state.last_seq:
+        return state  # already folded in: redelivery after a crash, or a snapshot overlapping its tail
+    notes: list[str] = []
+    if event.seq != state.last_seq + 1:
+        notes.append(f"seq gap: expected {state.last_seq + 1}, got {event.seq}")
+    if state.status in (COMPLETED, FAILED):
+        notes.append(f"event after the thread was {state.status}")
+    handler = _BUILTIN.get(event.type)
+    if handler is not None:
+        try:
+            new = handler(state, event, _payload(event, notes), notes)
+        except Exception as e:  # a built-in rule must never stop projection; the oddity is recorded instead
+            notes.append(f"could not apply ({type(e).__name__}: {e})")
+            new = state
+    else:
+        fn = (REGISTRY if registry is None else registry).get(event.type)
+        new = _opaque(state, event, notes) if fn is None else _custom(fn, state, event)
+    anomalies = new.anomalies
+    if notes:
+        anomalies += tuple(Anomaly(event.seq, event.type, n) for n in notes)
+    return replace(
+        new,
+        last_seq=event.seq,
+        event_count=state.event_count + 1,
+        created_ms=event.ts_ms if state.created_ms is None else state.created_ms,
+        updated_ms=event.ts_ms,
+        anomalies=anomalies,
+    )
+
+
+def _custom(fn: Reducer, state: ThreadState, event: Event) -> ThreadState:
+    try:
+        new = fn(state, event)
+    except Exception as e:
+        raise ReducerError(event, f"{type(e).__name__}: {e}") from e
+    if not isinstance(new, ThreadState):
+        raise ReducerError(event, f"reducer returned {type(new).__name__}, not a ThreadState")
+    if (new.tenant, new.thread) != (state.tenant, state.thread):
+        raise ReducerError(event, "reducer changed the state's tenant or thread")
+    try:
+        # A reducer may have used dataclasses.replace with a plain dict; re-freeze so the state stays immutable.
+        return replace(new, custom=freeze(new.custom, "custom"))
+    except JournalError as e:
+        raise ReducerError(event, f"reducer stored non-plain data in custom state: {e}") from e
+
+
+def _opaque(state: ThreadState, event: Event, notes: list[str]) -> ThreadState:
+    payload = _plain(event.payload, "payload", notes)
+    return replace(state, opaque=(*state.opaque, OpaqueEntry(event.seq, event.type, payload)))
+
+
+def _payload(event: Event, notes: list[str]) -> Mapping[str, Any]:
+    p = event.payload
+    if isinstance(p, Mapping):
+        return p
+    if p is None and event.blob is not None:
+        notes.append(f"payload is offloaded to blob {event.blob.sha256} and was not resolved before folding")
+    else:
+        notes.append(f"payload is {type(p).__name__}, expected a map")
+    return {}
+
+
+def _plain(value: Any, where: str, notes: list[str]) -> Any:
+    try:
+        return freeze(value, where)
+    except JournalError as e:
+        notes.append(f"{where} is not plain data and was dropped ({e})")
+        return None
+
+
+def _str_field(payload: Mapping[str, Any], key: str, notes: list[str], required: bool = True) -> str | None:
+    v = payload.get(key)
+    if isinstance(v, str):
+        return v
+    if v is not None or required:
+        notes.append(f"{key} is {'missing' if v is None else type(v).__name__}, expected a str")
+    return None
+
+
+def _set_key(m: Mapping[str, Any], key: str, value: Any) -> Mapping[str, Any]:
+    d = dict(m)
+    d[key] = value
+    return MappingProxyType(dict(sorted(d.items())))
+
+
+# -- built-in rules --------------------------------------------------------------------------------
+
+_Handler = Callable[[ThreadState, Event, Mapping[str, Any], list[str]], ThreadState]
+
+
+def _message(s: ThreadState, e: Event, p: Mapping[str, Any], notes: list[str]) -> ThreadState:
+    role = _str_field(p, "role", notes)
+    if "content" not in p:
+        notes.append("content is missing")
+    content = _plain(p.get("content"), "content", notes)
+    raw_calls = p.get("tool_calls") or ()
+    calls: list[str] = []
+    if isinstance(raw_calls, list | tuple):
+        for c in raw_calls:
+            if isinstance(c, str):
+                calls.append(c)
+            else:
+                notes.append(f"tool_calls entry {c!r} is not a call id str")
+    else:
+        notes.append(f"tool_calls is {type(raw_calls).__name__}, expected a list of call ids")
+    return replace(s, messages=(*s.messages, Message(e.seq, role, content, tuple(calls), e.node)))
+
+
+def _tool_call(s: ThreadState, e: Event, p: Mapping[str, Any], notes: list[str]) -> ThreadState:
+    call_id = _str_field(p, "call_id", notes)
+    if call_id is None:
+        call_id = f"#seq-{e.seq}"  # still tracked (and pending), under a name that cannot clash with real ids
+        notes.append(f"tool call recorded as {call_id}")
+    tool = _str_field(p, "tool", notes)
+    args = _plain(p.get("args"), "args", notes)
+    old = s.tool_calls.get(call_id)
+    if old is not None and old.seq is not None:
+        notes.append(f"duplicate tool call id {call_id!r} (first at seq {old.seq}); the first is kept")
+        return s
+    # A result may have arrived first (old.seq is None): keep it and fill in the call.
+    call = ToolCall(call_id, e.seq, tool, args, e.node, old.result if old else None)
+    return replace(s, tool_calls=_put_call(s.tool_calls, call))
+
+
+def _tool_result(s: ThreadState, e: Event, p: Mapping[str, Any], notes: list[str]) -> ThreadState:
+    call_id = _str_field(p, "call_id", notes)
+    if call_id is None:
+        notes.append("tool result without a call id cannot be matched to a call")
+        return s
+    tool = _str_field(p, "tool", notes, required=False)
+    if "output" not in p and "error" not in p:
+        notes.append("tool result has neither output nor error")
+    result = ToolResult(e.seq, tool, _plain(p.get("output"), "output", notes), _plain(p.get("error"), "error", notes),
+                        e.node)
+    old = s.tool_calls.get(call_id)
+    if old is None:
+        notes.append(f"result for unknown tool call {call_id!r}")
+        call = ToolCall(call_id, None, tool, None, None, result)
+    elif old.result is not None:
+        notes.append(f"second result for tool call {call_id!r} (first at seq {old.result.seq}); the first is kept")
+        return s
+    else:
+        if tool is not None and old.tool is not None and tool != old.tool:
+            notes.append(f"result names tool {tool!r} but call {call_id!r} was to {old.tool!r}")
+        call = replace(old, result=result)
+    return replace(s, tool_calls=_put_call(s.tool_calls, call))
+
+
+def _put_call(calls: Mapping[str, ToolCall], call: ToolCall) -> Mapping[str, ToolCall]:
+    d = dict(calls)  # insertion order = order of first appearance; an update keeps its place
+    d[call.call_id] = call
+    return MappingProxyType(d)
+
+
+def _node_name(e: Event, p: Mapping[str, Any], notes: list[str]) -> str | None:
+    node = p.get("node")
+    if isinstance(node, str) and node:
+        return node
+    if node is not None:
+        notes.append(f"node is {type(node).__name__}, expected a str")
+    if e.node:
+        return e.node
+    notes.append("no node in the payload or on the event")
+    return None
+
+
+def _node_enter(s: ThreadState, e: Event, p: Mapping[str, Any], notes: list[str]) -> ThreadState:
+    node = _node_name(e, p, notes)
+    if node is None:
+        return s
+    return replace(s, node=node, node_history=(*s.node_history, (e.seq, node, ENTER)),
+                   pending_branches=(*s.pending_branches, node))
+
+
+def _node_exit(s: ThreadState, e: Event, p: Mapping[str, Any], notes: list[str]) -> ThreadState:
+    node = _node_name(e, p, notes)
+    if node is None:
+        return s
+    pending = s.pending_branches
+    if node in pending:
+        i = len(pending) - 1 - pending[::-1].index(node)  # the innermost entry of that node
+        pending = pending[:i] + pending[i + 1:]
+    else:
+        notes.append(f"exit from node {node!r} that was not entered")
+    # After an exit the thread is back in the enclosing node, if any.
+    return replace(s, node=pending[-1] if pending else None, node_history=(*s.node_history, (e.seq, node, EXIT)),
+                   pending_branches=pending)
+
+
+def _memory_path(p: Mapping[str, Any], notes: list[str]) -> tuple[str, ...] | None:
+    raw = p.get("path")
+    if isinstance(raw, str):
+        parts: tuple[Any, ...] = tuple(raw.split("."))
+    elif isinstance(raw, list | tuple):
+        parts = tuple(raw)
+    else:
+        notes.append(f"path is {'missing' if raw is None else type(raw).__name__}, expected a list or dotted str")
+        return None
+    if not parts or not all(isinstance(k, str) and k for k in parts):
+        notes.append(f"path {raw!r} must be a non-empty list of non-empty str keys")
+        return None
+    return parts
+
+
+def _memory_set(s: ThreadState, e: Event, p: Mapping[str, Any], notes: list[str]) -> ThreadState:
+    path = _memory_path(p, notes)
+    if path is None:
+        return s
+    if "value" not in p:
+        notes.append("value is missing; null is stored")
+    value = _plain(p.get("value"), "value", notes)
+    return replace(s, memory=_mem_set(s.memory, path, value, notes))
+
+
+def _mem_set(m: Mapping[str, Any], path: tuple[str, ...], value: Any, notes: list[str]) -> Mapping[str, Any]:
+    head, rest = path[0], path[1:]
+    if rest:
+        child = m.get(head)
+        if not isinstance(child, Mapping):
+            if child is not None:
+                notes.append(f"memory key {head!r} held a {type(child).__name__}; replaced by a map")
+            child = _EMPTY
+        value = _mem_set(child, rest, value, notes)
+    return _set_key(m, head, value)
+
+
+def _memory_delete(s: ThreadState, e: Event, p: Mapping[str, Any], notes: list[str]) -> ThreadState:
+    path = _memory_path(p, notes)
+    if path is None:
+        return s
+    # Deleting a key that is not there is a no-op: deletes are idempotent.
+    return replace(s, memory=_mem_delete(s.memory, path))
+
+
+def _mem_delete(m: Mapping[str, Any], path: tuple[str, ...]) -> Mapping[str, Any]:
+    head, rest = path[0], path[1:]
+    if head not in m:
+        return m
+    d = dict(m)
+    if rest:
+        child = m[head]
+        if not isinstance(child, Mapping):
+            return m
+        d[head] = _mem_delete(child, rest)
+    else:
+        del d[head]
+    return MappingProxyType(d)
+
+
+def _pause(s: ThreadState, e: Event, p: Mapping[str, Any], notes: list[str]) -> ThreadState:
+    if s.status == PAUSED:
+        notes.append("pause while already paused")
+    return replace(s, status=PAUSED, pause_reason=_plain(p.get("reason"), "reason", notes))
+
+
+def _resume(s: ThreadState, e: Event, p: Mapping[str, Any], notes: list[str]) -> ThreadState:
+    if s.status != PAUSED:
+        notes.append(f"resume while {s.status}, not paused")
+    detail = _plain({k: v for k, v in p.items() if k != "by"}, "resume", notes)
+    return replace(s, status=ACTIVE, pause_reason=None, resumed_by=_plain(p.get("by"), "by", notes),
+                   resume_detail=detail if detail is not None else _EMPTY)
+
+
+def _complete(s: ThreadState, e: Event, p: Mapping[str, Any], notes: list[str]) -> ThreadState:
+    return replace(s, status=COMPLETED, summary=_plain(p.get("summary"), "summary", notes))
+
+
+def _fail(s: ThreadState, e: Event, p: Mapping[str, Any], notes: list[str]) -> ThreadState:
+    return replace(s, status=FAILED, error=_plain(p.get("error"), "error", notes))
+
+
+_BUILTIN: dict[str, _Handler] = {
+    ev.MESSAGE: _message,
+    ev.TOOL_CALL: _tool_call,
+    ev.TOOL_RESULT: _tool_result,
+    ev.NODE_ENTER: _node_enter,
+    ev.NODE_EXIT: _node_exit,
+    ev.MEMORY_SET: _memory_set,
+    ev.MEMORY_DELETE: _memory_delete,
+    ev.PAUSE: _pause,
+    ev.RESUME: _resume,
+    ev.COMPLETE: _complete,
+    ev.FAIL: _fail,
+}
+if set(_BUILTIN) != ev.BUILTIN_TYPES:  # a new built-in type must get its rule here, not fall into opaque
+    raise RuntimeError(f"reducer rules out of date: {sorted(ev.BUILTIN_TYPES ^ set(_BUILTIN))}")
+
+
+# -- diff ------------------------------------------------------------------------------------------
+
+
+def diff(a: ThreadState, b: ThreadState) -> dict[str, Any]:
+    """What changed from ``a`` to ``b``, as JSON-friendly data; only non-empty sections are present."""
+    out: dict[str, Any] = {"from_seq": a.last_seq, "to_seq": b.last_seq}
+    a_msgs = {m.seq for m in a.messages}
+    b_msgs = {m.seq for m in b.messages}
+    _section(out, "messages_added", [_message_dict(m) for m in b.messages if m.seq not in a_msgs])
+    _section(out, "messages_removed", [_message_dict(m) for m in a.messages if m.seq not in b_msgs])
+    _section(out, "tool_calls_added", [_call_dict(c) for cid, c in b.tool_calls.items() if cid not in a.tool_calls])
+    _section(out, "tool_calls_removed", [cid for cid in a.tool_calls if cid not in b.tool_calls])
+    resolved = []
+    for cid, c in b.tool_calls.items():
+        old = a.tool_calls.get(cid)
+        if c.result is not None and (old is None or old.result is None):
+            resolved.append({"call_id": cid, **(_result_dict(c.result) or {})})
+    _section(out, "tool_calls_resolved", resolved)
+    old_mem, new_mem = _leaves(a.memory), _leaves(b.memory)
+    _section(out, "memory_set", [
+        {"path": list(k), "old": thaw(old_mem.get(k)), "new": thaw(v)}
+        for k, v in new_mem.items() if k not in old_mem or not _same(old_mem[k], v)
+    ])
+    _section(out, "memory_removed", [{"path": list(k), "old": thaw(v)} for k, v in old_mem.items() if k not in new_mem])
+    for name in ("node", "status", "pause_reason", "resumed_by", "summary", "error"):
+        old, new = getattr(a, name), getattr(b, name)
+        if not _same(old, new):
+            out[name] = {"old": thaw(old), "new": thaw(new)}
+    if a.pending_branches != b.pending_branches:
+        out["pending_branches"] = {"old": list(a.pending_branches), "new": list(b.pending_branches)}
+    a_steps = {step[0] for step in a.node_history}
+    _section(out, "node_steps_added", [list(step) for step in b.node_history if step[0] not in a_steps])
+    a_opaque = {o.seq for o in a.opaque}
+    _section(out, "opaque_added", [{"seq": o.seq, "type": o.type, "payload": thaw(o.payload)}
+                                   for o in b.opaque if o.seq not in a_opaque])
+    custom = {k: {"old": thaw(a.custom.get(k)), "new": thaw(b.custom.get(k))}
+              for k in sorted(set(a.custom) | set(b.custom)) if not _same(a.custom.get(k), b.custom.get(k))}
+    _section(out, "custom_changed", custom)
+    a_anom = set(a.anomalies)
+    _section(out, "anomalies_added", [{"seq": x.seq, "type": x.type, "message": x.message}
+                                      for x in b.anomalies if x not in a_anom])
+    return out
+
+
+def _section(out: dict[str, Any], name: str, value: Any) -> None:
+    if value:
+        out[name] = value
+
+
+def _leaves(m: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    """Flatten memory to path → leaf value; an empty map is itself a leaf (so creating one shows)."""
+    out: dict[tuple[str, ...], Any] = {}
+    for k, v in m.items():
+        if isinstance(v, Mapping) and v:
+            out.update(_leaves(v, (*prefix, k)))
+        else:
+            out[(*prefix, k)] = v
+    return out
+
+
+def _same(x: Any, y: Any) -> bool:
+    # Python's == says True == 1 == 1.0; a change of type is a change for an auditor.
+    return codec.pack(thaw(x)) == codec.pack(thaw(y))
