@@ -19,7 +19,7 @@ from typing import Any
 import msgpack
 import zstandard
 
-from journal.errors import CodecError, PayloadTooLarge, UnserializableValue
+from journal.errors import CodecError, JournalError, PayloadTooLarge, UnserializableValue
 from journal.events import SCHEMA_VERSION, BlobRef, Event
 
 MAGIC = 0x4A  # "J"
@@ -44,37 +44,58 @@ def _zstd() -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
 def normalize(value: Any, path: str = "payload", limit: int | None = None) -> Any:
     """Return ``value`` as canonical plain data (maps key-sorted, tuples as lists).
 
-    Raises ``UnserializableValue`` naming the field path of the first offending value,
-    and ``PayloadTooLarge`` as soon as the strings alone exceed ``limit`` bytes.
+    Raises ``UnserializableValue`` naming the field path of the first offending value, and
+    ``PayloadTooLarge`` as soon as a lower bound of the packed size (every value counts at
+    least one byte, strings and map keys at least one per character) exceeds ``limit`` bytes,
+    so an oversized payload is refused while walking, before it is packed.
     """
-    budget = [0, limit if limit is not None else -1]  # [string bytes seen, limit or -1]
+    budget = [0, limit if limit is not None else -1]  # [lower bound of packed bytes so far, limit or -1]
     return _normalize(value, path, 0, set(), budget)
+
+
+def _spend(budget: list[int], size: int) -> None:
+    if budget[1] >= 0:
+        budget[0] += size
+        if budget[0] > budget[1]:
+            raise PayloadTooLarge(budget[0], budget[1])
+
+
+def _check_text(value: str, path: str) -> None:
+    """Refuse strings msgpack or PostgreSQL cannot store: lone surrogates and NUL characters."""
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UnserializableValue(path, "string is not valid UTF-8 (lone surrogate)") from None
+    if "\x00" in value:
+        raise UnserializableValue(path, "string contains a NUL character, which PostgreSQL JSONB cannot store")
+
+
+def _int_size(value: int) -> int:
+    if -32 <= value <= 127:
+        return 1
+    bits = value.bit_length() if value >= 0 else (~value).bit_length() + 1
+    return 2 if bits <= 8 else 3 if bits <= 16 else 5 if bits <= 32 else 9
 
 
 def _normalize(value: Any, path: str, depth: int, on_path: set[int], budget: list[int]) -> Any:
     if value is None or value is True or value is False:
+        _spend(budget, 1)
         return value
     kind = type(value)
     if kind is str:
-        if not value.isascii():
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                raise UnserializableValue(path, "string is not valid UTF-8 (lone surrogate)") from None
-        if "\x00" in value:
-            raise UnserializableValue(path, "string contains a NUL character, which PostgreSQL JSONB cannot store")
-        if budget[1] >= 0:
-            budget[0] += len(value)
-            if budget[0] > budget[1]:
-                raise PayloadTooLarge(budget[0], budget[1])
+        _spend(budget, len(value) + 1)  # checked first: a huge string is refused without scanning it
+        _check_text(value, path)
         return value
     if kind is int:
         if not _INT_MIN <= value <= _INT_MAX:
             raise UnserializableValue(path, "integer does not fit in 64 bits")
+        _spend(budget, _int_size(value))
         return value
     if kind is float:
         if not math.isfinite(value):
             raise UnserializableValue(path, f"float {value!r} is not finite")
+        _spend(budget, 9)
         return value
     if depth >= MAX_DEPTH:
         raise UnserializableValue(path, f"nesting is deeper than {MAX_DEPTH} levels")
@@ -83,32 +104,67 @@ def _normalize(value: Any, path: str, depth: int, on_path: set[int], budget: lis
         if ident in on_path:
             raise UnserializableValue(path, "value contains itself (a reference cycle)")
         on_path.add(ident)
+        _spend(budget, 1)
         try:
             if isinstance(value, Mapping):
-                out: dict[str, Any] = {}
-                for key in sorted(value, key=_key_order(path)):
-                    out[key] = _normalize(value[key], f"{path}.{key}", depth + 1, on_path, budget)
-                return out
+                if isinstance(value, dict):
+                    return _normalize_map(value, path, depth, on_path, budget)
+                try:  # a user-defined Mapping may fail in any way while being read
+                    return _normalize_map(value, path, depth, on_path, budget)
+                except (JournalError, RecursionError, MemoryError):
+                    raise
+                except Exception as e:
+                    raise UnserializableValue(path, f"reading the {kind.__name__} failed: {e!r:.200}") from e
             return [_normalize(v, f"{path}[{i}]", depth + 1, on_path, budget) for i, v in enumerate(value)]
         finally:
             on_path.discard(ident)
-    if isinstance(value, bool | int | float | str):  # subclasses (IntEnum, str enums): store the plain value
-        return _normalize(kind.__mro__[-2](value), path, depth, on_path, budget)
+    # Subclasses of the scalars (IntEnum, StrEnum, float subclasses): store the exact base value. The
+    # base type's own conversion is used, so an overridden __int__/__str__/__float__ is never called.
+    if isinstance(value, int):  # bool cannot be subclassed, so this is a true int subclass
+        return _normalize(int.__int__(value), path, depth, on_path, budget)
+    if isinstance(value, float):
+        return _normalize(float.__float__(value), path, depth, on_path, budget)
+    if isinstance(value, str):
+        return _normalize(str.__str__(value), path, depth, on_path, budget)
     raise UnserializableValue(path, f"type {kind.__name__} is not plain data")
+
+
+def _normalize_map(value: Mapping[Any, Any], path: str, depth: int, on_path: set[int],
+                   budget: list[int]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in sorted(value, key=_key_order(path)):
+        _spend(budget, len(key) + 1)
+        _check_text(key, f"{path}[{_describe(key)}]")
+        where = f"{path}.{key}" if len(key) <= 64 else f"{path}.{key[:64]}…"
+        out[key] = _normalize(value[key], where, depth + 1, on_path, budget)
+    return out
 
 
 def _key_order(path: str) -> Any:
     def check(key: Any) -> str:
         if type(key) is not str:
-            raise UnserializableValue(f"{path}[{key!r}]", f"map key of type {type(key).__name__} is not a str")
+            raise UnserializableValue(f"{path}[{_describe(key)}]",
+                                      f"map key of type {type(key).__name__} is not a str")
         return key
 
     return check
 
 
+def _describe(value: Any) -> str:
+    """A short repr for error messages that cannot itself fail or flood the message."""
+    try:
+        text = repr(value)
+    except Exception:
+        return f"<{type(value).__name__}>"
+    return text if len(text) <= 64 else text[:64] + "…"
+
+
 def pack(value: Any) -> bytes:
-    """msgpack a normalized value."""
-    return msgpack.packb(value, use_bin_type=True)
+    """msgpack a normalized value (``UnserializableValue`` if it was not normalized after all)."""
+    try:
+        return msgpack.packb(value, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise UnserializableValue("value", f"msgpack cannot encode it ({e}); pass it through normalize first") from e
 
 
 def frame(raw: bytes) -> bytes:
@@ -141,8 +197,14 @@ def encode_body(
 ) -> bytes:
     """The writer's half of an event as stored in the stream (seq and time are added by Redis).
 
-    ``payload`` and ``actor`` must already be normalized.
+    ``payload`` and ``actor`` must already be normalized; ``node`` and ``idempotency_key``
+    are refused here if msgpack or PostgreSQL could not store them.
     """
+    for name, text in (("node", node), ("idempotency_key", idempotency_key)):
+        if text is not None:
+            if type(text) is not str:
+                raise UnserializableValue(name, f"must be a str, got {type(text).__name__}")
+            _check_text(text, name)
     return frame(
         pack([SCHEMA_VERSION, type_, node, None if blob else payload, idempotency_key, actor,
               blob.to_wire() if blob else None])
