@@ -97,6 +97,14 @@ def _normalize(value: Any, path: str, depth: int, on_path: set[int], budget: lis
             raise UnserializableValue(path, f"float {value!r} is not finite")
         _spend(budget, 9)
         return value
+    # Subclasses of the scalars (IntEnum, StrEnum, float subclasses): store the exact base value. The
+    # base type's own conversion is used, so an overridden __int__/__str__/__float__ is never called.
+    if isinstance(value, int):  # bool cannot be subclassed, so this is a true int subclass
+        return _normalize(int.__int__(value), path, depth, on_path, budget)
+    if isinstance(value, float):
+        return _normalize(float.__float__(value), path, depth, on_path, budget)
+    if isinstance(value, str):
+        return _normalize(str.__str__(value), path, depth, on_path, budget)
     if depth >= MAX_DEPTH:
         raise UnserializableValue(path, f"nesting is deeper than {MAX_DEPTH} levels")
     if isinstance(value, Mapping | list | tuple):
@@ -118,14 +126,6 @@ def _normalize(value: Any, path: str, depth: int, on_path: set[int], budget: lis
             return [_normalize(v, f"{path}[{i}]", depth + 1, on_path, budget) for i, v in enumerate(value)]
         finally:
             on_path.discard(ident)
-    # Subclasses of the scalars (IntEnum, StrEnum, float subclasses): store the exact base value. The
-    # base type's own conversion is used, so an overridden __int__/__str__/__float__ is never called.
-    if isinstance(value, int):  # bool cannot be subclassed, so this is a true int subclass
-        return _normalize(int.__int__(value), path, depth, on_path, budget)
-    if isinstance(value, float):
-        return _normalize(float.__float__(value), path, depth, on_path, budget)
-    if isinstance(value, str):
-        return _normalize(str.__str__(value), path, depth, on_path, budget)
     raise UnserializableValue(path, f"type {kind.__name__} is not plain data")
 
 
