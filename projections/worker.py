@@ -399,21 +399,22 @@ class Projector:
         metrics.TAIL_REPAIRS.inc()
         return raised
 
-    def drain(self, timeout: float = 30.0) -> None:
-        """Project until every known stream has nothing new or pending (tests and the demo)."""
+    def drain(self, timeout: float = 30.0, tenants: Iterable[str] | None = None) -> None:
+        """Project until ``tenants`` (default: all known) have nothing new or pending (tests, the demo)."""
         deadline = time.monotonic() + timeout
-        self.refresh_tenants()
-        while time.monotonic() < deadline:
+        while True:
             self.refresh_tenants()
             self.run_once()
-            if self.backlog() == 0:
+            left = self.backlog(tenants)
+            if left == 0:
                 return
-        raise StoreUnavailable(f"projector did not drain within {timeout}s (backlog {self.backlog()})")
+            if time.monotonic() > deadline:
+                raise StoreUnavailable(f"projector did not drain within {timeout}s ({left} entries left)")
 
-    def backlog(self) -> int:
-        """Entries not yet acknowledged (undelivered lag + pending) over all known tenants."""
+    def backlog(self, tenants: Iterable[str] | None = None) -> int:
+        """Entries not yet acknowledged (undelivered lag + pending) over ``tenants`` (default: all known)."""
         total = 0
-        for t in self._tenants:
+        for t in self._tenants if tenants is None else tenants:
             try:
                 for g in self.redis.xinfo_groups(keys.stream(t)):
                     if _text(g["name"]) == GROUP:

@@ -55,3 +55,21 @@ def client(settings: Settings) -> Iterator[JournalClient]:
 def tenant() -> str:
     """A tenant id no other test uses, so tests never see each other's data."""
     return f"t-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def migrated(settings: Settings) -> Settings:
+    """Settings whose database has the schema at head."""
+    from projections import db
+
+    db.migrate(settings)
+    return settings
+
+
+@pytest.fixture
+def admin_pg(migrated: Settings) -> Iterator[object]:
+    """A connection as the configured (administrative) database user, for assertions."""
+    from projections import db
+
+    with db.connect(migrated, role=None, autocommit=True) as conn:
+        yield conn

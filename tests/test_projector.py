@@ -1,0 +1,199 @@
+"""The projector against real Redis/Valkey and PostgreSQL."""
+
+from __future__ import annotations
+
+import random
+import threading
+from typing import Any
+
+import pytest
+
+from journal import keys
+from journal.chain import GENESIS, link
+from journal.client import JournalClient
+from journal.codec import decode_body
+from journal.errors import ThreadFenced
+from journal.settings import Settings
+from projections.worker import GROUP, Projector, WorkerOptions
+
+
+def projector(settings: Settings, **opts: Any) -> Projector:
+    return Projector(settings, WorkerOptions(**opts))
+
+
+def assert_exactly_once(pg: Any, tenant: str, heads: dict[str, int]) -> None:
+    """Every thread has seqs 1..head exactly once, all chained, chain recomputes."""
+    for thread, head in heads.items():
+        rows = pg.execute("SELECT seq, ts_ms, body, prev_hash, hash FROM journal.events WHERE tenant_id = %s AND "
+                          "thread_id = %s ORDER BY seq", (tenant, thread)).fetchall()
+        assert [r[0] for r in rows] == list(range(1, head + 1)), (tenant, thread)
+        h = GENESIS
+        for seq, ts, body, prev, stored in rows:
+            ev = decode_body(tenant, thread, seq, ts, bytes(body))
+            assert bytes(prev) == h
+            h = link(h, ev)
+            assert bytes(stored) == h
+        t = pg.execute("SELECT last_seq, event_count FROM journal.threads WHERE tenant_id = %s AND thread_id = %s",
+                       (tenant, thread)).fetchone()
+        assert t == (head, head)
+
+
+def test_four_writers_twenty_tenants_exactly_once(migrated: Settings, admin_pg: Any) -> None:
+    """Events from 4 writers over 20 tenants are all in `events` exactly once after a drain."""
+    tenants = [f"p4-{random.getrandbits(40):x}-{i}" for i in range(20)]
+    heads: dict[tuple[str, str], int] = {}
+    lock = threading.Lock()
+
+    def writer(w: int) -> None:
+        with JournalClient.from_settings(migrated) as c:
+            for i in range(300):
+                t = tenants[(w * 7 + i) % 20]
+                rec = c.append(t, f"th{i % 3}", "message", {"w": w, "i": i})
+                with lock:
+                    heads[(t, rec.thread)] = max(heads.get((t, rec.thread), 0), rec.seq)
+
+    ws = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
+    for w in ws:
+        w.start()
+    for w in ws:
+        w.join()
+    p = projector(migrated)
+    p.drain(tenants=tenants)
+    p.close()
+    for t in tenants:
+        assert_exactly_once(admin_pg, t, {th: h for (tt, th), h in heads.items() if tt == t})
+    assert sum(heads.values()) == 1200
+
+
+def test_redelivery_is_idempotent(migrated: Settings, admin_pg: Any, client: JournalClient, tenant: str) -> None:
+    """Projecting the same entries twice (a crash after commit, before XACK) adds nothing."""
+    for i in range(30):
+        client.append(tenant, "th", "message", {"i": i})
+    entries = [(tenant, sid.decode(), f) for sid, f in client.redis.xrange(keys.stream(tenant))]
+    p = projector(migrated)
+    p.refresh_tenants()
+    p.project(entries)
+    p.project(entries)
+    p.drain(tenants=[tenant])
+    p.close()
+    assert_exactly_once(admin_pg, tenant, {"th": 30})
+
+
+def test_poison_event_goes_to_dead_letters_and_later_events_project(
+        migrated: Settings, admin_pg: Any, client: JournalClient, tenant: str) -> None:
+    """An undecodable entry lands in dead_letters with a reason; events after it still project."""
+    client.append(tenant, "th", "message", {"i": 1})
+    bad = client.redis.xadd(keys.stream(tenant), {"t": "th", "s": 2, "ts": 1, "b": b"\x00garbage"}).decode()
+    client.redis.hset(keys.heads(tenant), "th", 2)  # the garbage took seq 2
+    client.append(tenant, "th", "message", {"i": 3})
+    client.append(tenant, "other", "message", {"i": 1})
+    p = projector(migrated)
+    p.drain(tenants=[tenant])
+    p.close()
+    row = admin_pg.execute("SELECT reason, seq FROM journal.dead_letters WHERE tenant_id = %s AND stream_id = %s",
+                           (tenant, bad)).fetchone()
+    assert row is not None and "undecodable" in row[0] and row[1] == 2
+    got = admin_pg.execute("SELECT thread_id, seq, hash IS NOT NULL FROM journal.events WHERE tenant_id = %s "
+                           "ORDER BY 1, 2", (tenant,)).fetchall()
+    # seq 3 is stored but cannot be chained past the dead seq 2: visible, unhashed, never lost.
+    assert got == [("other", 1, True), ("th", 1, True), ("th", 3, False)]
+
+
+def test_reused_seq_with_different_content_is_a_conflict_and_fences(
+        migrated: Settings, admin_pg: Any, client: JournalClient, tenant: str) -> None:
+    """A seq issued twice (Redis lost its head) lands in conflicts, fences the thread, overwrites nothing."""
+    for i in range(3):
+        client.append(tenant, "th", "message", {"v": "original", "i": i})
+    p = projector(migrated)
+    p.drain(tenants=[tenant])
+    client.redis.hset(keys.heads(tenant), "th", 1)  # as if Redis restored an old snapshot
+    client.append(tenant, "th", "message", {"v": "impostor"})  # issued seq 2 again
+    p.drain(tenants=[tenant])
+    p.close()
+    conflict = admin_pg.execute("SELECT seq FROM journal.conflicts WHERE tenant_id = %s", (tenant,)).fetchall()
+    assert conflict == [(2,)]
+    body = admin_pg.execute("SELECT payload FROM journal.events WHERE tenant_id = %s AND seq = 2",
+                            (tenant,)).fetchone()
+    assert body == ({"v": "original", "i": 1},)
+    assert admin_pg.execute("SELECT fenced FROM journal.threads WHERE tenant_id = %s", (tenant,)).fetchone() == (True,)
+    with pytest.raises(ThreadFenced):
+        client.append(tenant, "th", "message", {})
+
+
+def test_lost_redis_tail_restores_heads_from_postgres(
+        migrated: Settings, admin_pg: Any, client: JournalClient, tenant: str) -> None:
+    """After Redis loses a tenant's keys, the projector raises heads to PostgreSQL's last seq before reuse."""
+    for i in range(5):
+        client.append(tenant, "th", "message", {"i": i})
+    p = projector(migrated)
+    p.drain(tenants=[tenant])
+    client.redis.delete(keys.stream(tenant), keys.heads(tenant), keys.projected(tenant))
+    p.check_tail()
+    assert client.head(tenant, "th") == 5
+    assert client.append(tenant, "th", "message", {"i": 5}).seq == 6
+    p.drain(tenants=[tenant])
+    p.close()
+    assert_exactly_once(admin_pg, tenant, {"th": 6})
+
+
+def test_dead_workers_pending_entries_are_claimed(
+        migrated: Settings, admin_pg: Any, client: JournalClient, tenant: str) -> None:
+    """Entries read by a worker that died before XACK are claimed and projected by another."""
+    for i in range(40):
+        client.append(tenant, "th", "message", {"i": i})
+    client.redis.xgroup_create(keys.stream(tenant), GROUP, id="0", mkstream=True)
+    client.redis.xreadgroup(GROUP, "dead-worker", {keys.stream(tenant): ">"}, count=25)
+    p = projector(migrated, claim_idle_ms=50, maintenance_every=0.0)
+    p.drain(tenants=[tenant])
+    p.close()
+    assert_exactly_once(admin_pg, tenant, {"th": 40})
+    assert client.redis.xpending(keys.stream(tenant), GROUP)["pending"] == 0
+
+
+def test_trim_never_passes_an_uncommitted_entry(migrated: Settings, client: JournalClient, tenant: str) -> None:
+    """XTRIM keeps every entry pending on a (dead) consumer, even with no hot window."""
+    for i in range(30):
+        client.append(tenant, "th", "message", {"i": i})
+    client.redis.xgroup_create(keys.stream(tenant), GROUP, id="0", mkstream=True)
+    held = client.redis.xreadgroup(GROUP, "slow-worker", {keys.stream(tenant): ">"}, count=10)
+    held_ids = [sid for sid, _ in held[0][1]]
+    for i in range(30):
+        client.append(tenant, "th", "message", {"i": 30 + i})
+    p = projector(migrated.with_(hot_window=1), claim_idle_ms=3_600_000)
+    p.refresh_tenants()
+    p.read_and_project()
+    p.trim()
+    remaining = [sid for sid, _ in client.redis.xrange(keys.stream(tenant))]
+    assert set(held_ids) <= set(remaining)
+    p.close()
+    client.redis.delete(keys.stream(tenant))  # leave no pending entries for other tests' drains
+
+
+def test_trim_keeps_hot_window(migrated: Settings, client: JournalClient, tenant: str) -> None:
+    """After projection the stream is trimmed to the configured hot window."""
+    for i in range(50):
+        client.append(tenant, "th", "message", {"i": i})
+    p = projector(migrated.with_(hot_window=10))
+    p.drain(tenants=[tenant])
+    p.trim()
+    p.close()
+    assert client.redis.xlen(keys.stream(tenant)) == 10
+    assert [e.seq for e in client.read(tenant, "th")] == list(range(41, 51))
+
+
+def test_projected_durability_waits_for_postgres(migrated: Settings, tenant: str) -> None:
+    """append(durability='projected') returns once the event is committed in PostgreSQL."""
+    p = projector(migrated, block_ms=20)
+    t = threading.Thread(target=p.run, daemon=True)
+    t.start()
+    try:
+        with JournalClient.from_settings(migrated) as c:
+            rec = c.append(tenant, "th", "message", {"x": 1}, durability="projected")
+        from projections import db
+
+        with db.connect(migrated, role=None) as conn:
+            assert conn.execute("SELECT seq FROM journal.events WHERE tenant_id = %s", (tenant,)).fetchall() == [
+                (rec.seq,)]
+    finally:
+        p.stop()
+        t.join(10)
