@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run a simulated multi-tenant agent workload and summarize it")
     demo.add_argument("--tenants", type=int, default=3)
     demo.add_argument("--threads", type=int, default=4, help="agent threads per tenant")
-    demo.add_argument("--steps", type=int, default=40, help="agent steps per thread (roughly)")
+    demo.add_argument("--steps", type=int, default=110, help="agent steps per thread (roughly)")
     demo.set_defaults(func=_cmd_demo)
 
     for ep in entry_points(group="agent_journal.commands"):
