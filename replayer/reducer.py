@@ -198,6 +198,11 @@ class ThreadState:
         """A copy with ``custom[name] = value`` (frozen); the way custom reducers keep their state."""
         return replace(self, custom=_set_key(self.custom, name, freeze(value, f"custom.{name}")))
 
+    def __reduce__(self) -> tuple[Any, tuple[dict[str, Any]]]:
+        # MappingProxyType cannot be pickled; going through plain data makes pickle, deepcopy and
+        # process pools work, and is exact because from_dict inverts to_dict.
+        return (ThreadState.from_dict, (self.to_dict(),))
+
     def to_dict(self) -> dict[str, Any]:
         """Plain data (JSON- and ``codec.pack``-friendly); :meth:`from_dict` inverts it exactly."""
         return {

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import pickle
 from dataclasses import replace
 from typing import Any
 
@@ -454,6 +456,14 @@ def test_from_dict_refuses_malformed() -> None:
     del d["messages"]
     with pytest.raises(CodecError, match="malformed"):
         ThreadState.from_dict(d)
+
+
+def test_state_pickles_and_deep_copies() -> None:
+    """A state survives pickle and deepcopy unchanged (immutable mappings are rebuilt via to_dict)."""
+    s = fold([ev(1, "memory_set", {"path": "a.b", "value": [1, {"c": 2}]}),
+              ev(2, "tool_call", {"call_id": "c1", "tool": "t", "args": {"x": 1}})])
+    assert pickle.loads(pickle.dumps(s)) == s
+    assert copy.deepcopy(s) == s
 
 
 # -- diff ------------------------------------------------------------------------------------------
