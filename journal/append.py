@@ -59,10 +59,13 @@ def prepare(settings: Settings, tenant: str, drafts: Iterable[Draft | Mapping[st
     idem_index: dict[tuple[str, str], int] = {}
     args: list[Any] = [settings.idempotency_ttl, len(items)]
     prepared = Prepared(tenant, items, [], [], [], script_keys, args)
+    actors: dict[int, dict[str, Any]] = {}  # agents pass one actor mapping for a whole batch
     for i, d in enumerate(items):
         where = f"event[{i}].payload" if len(items) > 1 else "payload"
         payload = codec.normalize(d.payload, where, settings.max_payload_bytes)
-        actor = codec.normalize(dict(d.actor), where.replace("payload", "actor"))
+        actor = actors.get(id(d.actor))
+        if actor is None:
+            actor = actors[id(d.actor)] = codec.normalize(dict(d.actor), where.replace("payload", "actor"))
         packed = codec.pack(payload)
         if len(packed) > settings.max_payload_bytes:
             raise PayloadTooLarge(len(packed), settings.max_payload_bytes)
@@ -95,7 +98,9 @@ class Outcome:
     wrote: bool
 
 
-def parse_reply(p: Prepared, reply: list[Any]) -> Outcome:
+def parse_reply(p: Prepared, reply: list[Any] | bytes) -> Outcome:
+    if isinstance(reply, bytes | str):  # the "ok" reply comes as one space-separated string (cheap to parse)
+        reply = _text(reply).split()
     status = _text(reply[0])
     if status == "conflict":
         d = p.drafts[int(reply[1])]

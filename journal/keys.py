@@ -12,6 +12,7 @@ and free of Unicode look-alikes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 
@@ -55,6 +56,14 @@ def validate_type(value: object) -> str:
 
 
 def _tag(tenant: str) -> str:
+    if type(tenant) is str:
+        return _valid_tag(tenant)
+    return f"{PREFIX}:{{{validate_id(tenant, 'tenant')}}}"  # raises InvalidIdentifier
+
+
+@functools.lru_cache(maxsize=4096)
+def _valid_tag(tenant: str) -> str:
+    # Cached: every append builds three keys, and the id regex dominated that cost.
     return f"{PREFIX}:{{{validate_id(tenant, 'tenant')}}}"
 
 

@@ -10,10 +10,13 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
+from journal.chain import GENESIS, link
 from journal.client import JournalClient
+from journal.codec import decode_body
 from journal.embedded import EmbeddedStack
 from journal.settings import Settings
 
@@ -73,3 +76,20 @@ def admin_pg(migrated: Settings) -> Iterator[object]:
 
     with db.connect(migrated, role=None, autocommit=True) as conn:
         yield conn
+
+
+def assert_exactly_once(pg: Any, tenant: str, heads: dict[str, int]) -> None:
+    """Every thread has seqs 1..head exactly once, all chained, chain recomputes."""
+    for thread, head in heads.items():
+        rows = pg.execute("SELECT seq, ts_ms, body, prev_hash, hash FROM journal.events WHERE tenant_id = %s AND "
+                          "thread_id = %s ORDER BY seq", (tenant, thread)).fetchall()
+        assert [r[0] for r in rows] == list(range(1, head + 1)), (tenant, thread)
+        h = GENESIS
+        for seq, ts, body, prev, stored in rows:
+            ev = decode_body(tenant, thread, seq, ts, bytes(body))
+            assert bytes(prev) == h
+            h = link(h, ev)
+            assert bytes(stored) == h
+        t = pg.execute("SELECT last_seq, event_count FROM journal.threads WHERE tenant_id = %s AND thread_id = %s",
+                       (tenant, thread)).fetchone()
+        assert t == (head, head)

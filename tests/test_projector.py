@@ -7,11 +7,10 @@ import threading
 from typing import Any
 
 import pytest
+from conftest import assert_exactly_once
 
 from journal import keys
-from journal.chain import GENESIS, link
 from journal.client import JournalClient
-from journal.codec import decode_body
 from journal.errors import ThreadFenced
 from journal.settings import Settings
 from projections.worker import GROUP, Projector, WorkerOptions
@@ -19,23 +18,6 @@ from projections.worker import GROUP, Projector, WorkerOptions
 
 def projector(settings: Settings, **opts: Any) -> Projector:
     return Projector(settings, WorkerOptions(**opts))
-
-
-def assert_exactly_once(pg: Any, tenant: str, heads: dict[str, int]) -> None:
-    """Every thread has seqs 1..head exactly once, all chained, chain recomputes."""
-    for thread, head in heads.items():
-        rows = pg.execute("SELECT seq, ts_ms, body, prev_hash, hash FROM journal.events WHERE tenant_id = %s AND "
-                          "thread_id = %s ORDER BY seq", (tenant, thread)).fetchall()
-        assert [r[0] for r in rows] == list(range(1, head + 1)), (tenant, thread)
-        h = GENESIS
-        for seq, ts, body, prev, stored in rows:
-            ev = decode_body(tenant, thread, seq, ts, bytes(body))
-            assert bytes(prev) == h
-            h = link(h, ev)
-            assert bytes(stored) == h
-        t = pg.execute("SELECT last_seq, event_count FROM journal.threads WHERE tenant_id = %s AND thread_id = %s",
-                       (tenant, thread)).fetchone()
-        assert t == (head, head)
 
 
 def test_four_writers_twenty_tenants_exactly_once(migrated: Settings, admin_pg: Any) -> None:

@@ -5,8 +5,9 @@
 -- ARGV[1] idempotency TTL (s)  ARGV[2] n events, then per event 4 values:
 --   thread, expected head ("" = any), index into KEYS of its idempotency key (0 = none), body
 --
--- Replies {"ok", created, ts, seq1, dup1, ts1, seq2, dup2, ts2, ...} where created = 1 when this
--- call made the stream; {"conflict", i, actual_head}; or {"fenced", thread, reason}.
+-- Replies "ok created ts seq1 dup1 ts1 seq2 dup2 ts2 ..." as one space-separated string (a flat
+-- array costs the client a parse per element) where created = 1 when this call made the stream;
+-- or {"conflict", i, actual_head}; or {"fenced", thread, reason}.
 -- Everything is checked before anything is written, so a refused batch writes nothing.
 
 local ttl = tonumber(ARGV[1])
@@ -17,13 +18,14 @@ local ts = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local heads = {}      -- thread -> head as it will be after the items seen so far
 local batch_idem = {} -- KEYS index -> "seq:ts" issued earlier in this batch
 local plan = {}       -- per item: seq, dup flag, ts
+local any_fence = redis.call('EXISTS', KEYS[3]) == 1
 
 for i = 0, n - 1 do
   local base = 3 + i * 4
   local thread = ARGV[base]
   local expected = ARGV[base + 1]
   local ik = tonumber(ARGV[base + 2])
-  local fence = redis.call('HGET', KEYS[3], thread)
+  local fence = any_fence and redis.call('HGET', KEYS[3], thread)
   if fence then
     return {'fenced', thread, fence}
   end
@@ -73,4 +75,4 @@ end
 for thread, head in pairs(heads) do
   redis.call('HSET', KEYS[2], thread, head)
 end
-return reply
+return table.concat(reply, ' ')
