@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator, Mapping
+from importlib.metadata import entry_points
 from typing import Any
 
 import redis
@@ -205,6 +206,50 @@ class JournalClient:
                 return
             start = "(" + page[-1][0].decode()
 
+    def wait(self, tenant: str, thread: str, after_seq: int, types: Iterable[str] | None = ("resume",),
+             timeout: float | None = 30.0) -> Event | None:
+        """Block until an event of ``types`` (None = any) with seq > ``after_seq`` is appended to the thread.
+
+        How a paused agent learns that the human approved: XREAD BLOCK on the tenant stream,
+        no polling, works across processes. Returns the event, or None after ``timeout`` seconds.
+        """
+        keys.validate_id(thread, "thread")
+        wanted = None if types is None else set(types)
+        stream = keys.stream(tenant)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            # Fix the position first, then look at what is already there: nothing appended in
+            # between can slip past, since XREAD continues exactly from that position.
+            last = self.redis.xrevrange(stream, count=1)
+            position = last[0][0].decode() if last else "0-0"
+            for ev in self._scan(tenant):
+                if _matches(ev, thread, after_seq, wanted):
+                    return self.resolve(ev)
+            while True:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return None
+                block = 0 if left is None else max(1, int(left * 1000))
+                reply = self.redis.xread({stream: position}, block=block, count=100)
+                for _, entries in reply or []:
+                    for entry_id, fields in entries:
+                        position = entry_id.decode()
+                        ev = codec.decode_entry(tenant, fields, position)
+                        if _matches(ev, thread, after_seq, wanted):
+                            return self.resolve(ev)
+        except redis.RedisError as e:
+            raise translate(e, "XREAD BLOCK (wait)") from e
+
+    def resume(self, tenant: str, thread: str) -> Any:
+        """The thread's latest state and seq from every tier, to continue with ``expected_seq=seq``.
+
+        Provided by the replayer package (entry point ``agent_journal.resume``), which owns the
+        fold and the PostgreSQL/S3 tiers; the journal itself only knows the hot tail.
+        """
+        for ep in entry_points(group="agent_journal.resume"):
+            return ep.load()(self, tenant, thread)
+        raise ConfigError("resume needs the replayer package (pip install agent-journal installs it)")
+
     def resolve(self, event: Event) -> Event:
         """The event with an offloaded payload fetched from object storage (``BlobMissing`` if gone)."""
         if event.blob is None:
@@ -212,3 +257,7 @@ class JournalClient:
         if self.blobs is None:
             raise JournalError("this event's payload is in object storage but no S3 is configured; set JOURNAL_S3_URL")
         return protocol.resolve_blob(event, self.blobs.get(event.tenant, event.blob))
+
+
+def _matches(ev: Event, thread: str, after_seq: int, types: set[str] | None) -> bool:
+    return ev.thread == thread and ev.seq > after_seq and (types is None or ev.type in types)

@@ -155,3 +155,26 @@ def test_async_client_matches_sync(settings: Settings, tenant: str) -> None:
             assert await c.head(tenant, "th") == 52
 
     asyncio.run(go())
+
+
+def test_wait_blocks_until_resume_across_processes(settings: Settings, tenant: str) -> None:
+    """wait() returns the resume event appended later by another process; times out with None otherwise."""
+    import subprocess
+    import sys
+    import time
+
+    with JournalClient.from_settings(settings) as c:
+        paused = c.append(tenant, "th", "pause", {"reason": "approval"})
+        assert c.wait(tenant, "th", paused.seq, timeout=0.2) is None
+        code = ("import sys, time; from journal.client import JournalClient; from journal.settings import Settings; "
+                "time.sleep(0.5); c = JournalClient.from_settings(Settings(redis_url=sys.argv[1])); "
+                "c.append(sys.argv[2], 'other', 'resume', {}); c.append(sys.argv[2], 'th', 'message', {}); "
+                "c.append(sys.argv[2], 'th', 'resume', {'by': 'human:alice'})")
+        proc = subprocess.Popen([sys.executable, "-c", code, settings.redis_url or "", tenant])
+        t0 = time.monotonic()
+        ev = c.wait(tenant, "th", paused.seq, timeout=20)
+        proc.wait(10)
+        assert ev is not None and ev.type == "resume" and ev.payload == {"by": "human:alice"} and ev.seq == 3
+        assert time.monotonic() - t0 >= 0.4
+        # Already there: returns at once.
+        assert c.wait(tenant, "th", paused.seq, timeout=0) == ev
