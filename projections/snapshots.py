@@ -6,14 +6,19 @@ with the chain hash at that seq, so a replay starting from it is tied to the ver
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import psycopg
 import structlog
 
 from journal import codec
+from journal.errors import BlobError, JournalError
 from journal.events import Event
 from replayer.reducer import ReducerError, ThreadState, apply, empty
 
 log = structlog.get_logger("projections.snapshots")
+
+Resolver = Callable[[Event], Event]
 
 
 def encode_state(state: ThreadState) -> bytes:
@@ -32,8 +37,13 @@ def load_events(conn: psycopg.Connection, tenant: str, thread: str, after: int, 
 
 
 def write_due(conn: psycopg.Connection, tenant: str, thread: str, old_seq: int, new_seq: int,
-              chained: list[Event], every: int) -> int:
-    """Write the snapshots due at each multiple of ``every`` in (old_seq, new_seq]; return how many."""
+              chained: list[Event], every: int, resolve: Resolver | None = None) -> int:
+    """Write the snapshots due at each multiple of ``every`` in (old_seq, new_seq]; return how many.
+
+    ``resolve`` fills in payloads offloaded to object storage: the fold must see the same
+    events here as in a replay. If a blob cannot be had, the snapshot is skipped (a later one,
+    or the replay from an earlier one, covers it); the events are already safe.
+    """
     targets = list(range((old_seq // every + 1) * every, new_seq + 1, every))
     if not targets:
         return 0
@@ -49,6 +59,14 @@ def write_due(conn: psycopg.Connection, tenant: str, thread: str, old_seq: int, 
     written = 0
     wanted = set(targets)
     for ev in history:
+        if ev.blob is not None:
+            try:
+                if resolve is None:
+                    raise BlobError("no object storage configured to read offloaded payloads")
+                ev = resolve(ev)
+            except JournalError as e:
+                log.warning("snapshot_skipped_blob_unavailable", tenant=tenant, thread=thread, seq=ev.seq, error=str(e))
+                return written
         try:
             state = apply(state, ev)
         except ReducerError as e:

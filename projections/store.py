@@ -93,7 +93,8 @@ ON CONFLICT DO NOTHING
 
 
 def write_batch(conn: psycopg.Connection, items: Iterable[Item], poison: Iterable[Poison] = (), *,
-                key: bytes | None = None, snapshot_every: int = 100) -> BatchResult:
+                key: bytes | None = None, snapshot_every: int = 100,
+                resolve: snapshots.Resolver | None = None) -> BatchResult:
     """Project ``items`` (and dead-letter ``poison``) in one transaction; the caller commits via ``with``."""
     result = BatchResult()
     by_thread: dict[tuple[str, str], list[Item]] = defaultdict(list)
@@ -111,7 +112,7 @@ def write_batch(conn: psycopg.Connection, items: Iterable[Item], poison: Iterabl
 
     with conn.transaction():
         if by_thread:
-            _project_threads(conn, by_thread, result, key, snapshot_every)
+            _project_threads(conn, by_thread, result, key, snapshot_every, resolve)
         if poison:
             conn.cursor().executemany(
                 "INSERT INTO journal.dead_letters (tenant_id, stream_id, thread_id, seq, reason, entry) "
@@ -134,7 +135,7 @@ def write_batch(conn: psycopg.Connection, items: Iterable[Item], poison: Iterabl
 
 
 def _project_threads(conn: psycopg.Connection, by_thread: dict[tuple[str, str], list[Item]], result: BatchResult,
-                     key: bytes | None, snapshot_every: int) -> None:
+                     key: bytes | None, snapshot_every: int, resolve: snapshots.Resolver | None) -> None:
     order = sorted(by_thread)
     tenants = [t for t, _ in order]
     thread_ids = [th for _, th in order]
@@ -242,7 +243,8 @@ def _project_threads(conn: psycopg.Connection, by_thread: dict[tuple[str, str], 
             "FROM unnest(%s::text[], %s::text[]) u(a, b) WHERE t.tenant_id = u.a AND t.thread_id = u.b",
             ([f[0] for f in fenced], [f[1] for f in fenced]))
     for tenant, thread, old_seq, new_seq, chained in snapshot_jobs:
-        result.snapshots += snapshots.write_due(conn, tenant, thread, old_seq, new_seq, chained, snapshot_every)
+        result.snapshots += snapshots.write_due(conn, tenant, thread, old_seq, new_seq, chained, snapshot_every,
+                                                resolve)
 
 
 def _load_unchained(conn: psycopg.Connection, tenant: str, thread: str, after: int) -> dict[int, Event]:

@@ -35,8 +35,11 @@ import redis
 import structlog
 
 from journal import codec, keys
+from journal.append import resolve_blob
+from journal.blobs import BlobStore
 from journal.chain import key_bytes
-from journal.errors import CodecError, JournalError, StoreUnavailable
+from journal.errors import BlobError, CodecError, JournalError, StoreUnavailable
+from journal.events import Event
 from journal.redis_store import connect as redis_connect
 from journal.redis_store import script_source
 from journal.settings import Settings
@@ -84,6 +87,7 @@ class Projector:
         self._last_maintenance = 0.0
         self._attempts: dict[tuple[str, str], int] = defaultdict(int)
         self._repaired: dict[str, tuple[int, int]] = {}
+        self._blobs = BlobStore.from_settings(settings) if settings.s3_url else None
         self.log = log.bind(consumer=self.consumer)
 
     # -- lifecycle -----------------------------------------------------------------------------------
@@ -107,6 +111,14 @@ class Projector:
         if self._raise is None:
             self._raise = self.redis.register_script(script_source("raise_heads"))
         return self._raise
+
+    def resolve(self, event: Event) -> Event:
+        """The event with its offloaded payload, for the snapshot fold."""
+        if event.blob is None:
+            return event
+        if self._blobs is None:
+            raise BlobError("no object storage configured (JOURNAL_S3_URL) to read offloaded payloads")
+        return resolve_blob(event, self._blobs.get(event.tenant, event.blob))
 
     def stop(self, *_: Any) -> None:
         self._stop.set()
@@ -260,7 +272,8 @@ class Projector:
         try:
             with self.pg.transaction():
                 result = write_batch(self.pg, items, poison, key=self.key,
-                                     snapshot_every=self.settings.snapshot_every)
+                                     snapshot_every=self.settings.snapshot_every,
+                                     resolve=self.resolve)
         except psycopg.OperationalError:
             raise
         except psycopg.Error as e:
@@ -278,7 +291,8 @@ class Projector:
             slot = (it.event.tenant, it.stream_id)
             try:
                 with self.pg.transaction():
-                    r = write_batch(self.pg, [it], key=self.key, snapshot_every=self.settings.snapshot_every)
+                    r = write_batch(self.pg, [it], key=self.key, snapshot_every=self.settings.snapshot_every,
+                                    resolve=self.resolve)
                 total.heads.update(r.heads)
                 total.conflicts += r.conflicts
                 total.inserted += r.inserted

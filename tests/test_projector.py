@@ -179,3 +179,22 @@ def test_projected_durability_waits_for_postgres(migrated: Settings, tenant: str
     finally:
         p.stop()
         t.join(10)
+
+
+def test_snapshots_fold_offloaded_payloads(migrated: Settings, admin_pg: Any, client: JournalClient,
+                                           tenant: str) -> None:
+    """A snapshot over a tool result stored in S3 folds the real payload: the call is resolved, not pending."""
+    from projections.snapshots import decode_state
+    from replayer.reducer import fold
+
+    client.append(tenant, "th", "tool_call", {"call_id": "c1", "tool": "ocr", "args": {}})
+    big = client.append(tenant, "th", "tool_result", {"call_id": "c1", "tool": "ocr", "output": "x" * 300_000})
+    assert big.blob is not None
+    p = projector(migrated.with_(snapshot_every=2))
+    p.drain(tenants=[tenant])
+    p.close()
+    (state,) = admin_pg.execute("SELECT state FROM journal.snapshots WHERE tenant_id = %s AND seq = 2",
+                                (tenant,)).fetchone()
+    snap = decode_state(state)
+    assert snap == fold(client.read(tenant, "th"))
+    assert not snap.pending_calls
