@@ -10,6 +10,8 @@ import pytest
 import redis
 from hypothesis import given
 from hypothesis import strategies as st
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from journal import keys
 from journal.blobs import BlobStore, s3_client
@@ -48,7 +50,7 @@ def ids(values: list[Any]) -> list[str]:
 def offline_client(settings: Settings) -> Iterator[JournalClient]:
     """A real client whose Redis and S3 endpoints are closed ports: any I/O would fail with StoreUnavailable."""
     dead = free_port()
-    r = redis.Redis(host="127.0.0.1", port=dead, socket_connect_timeout=0.2)
+    r = redis.Redis(host="127.0.0.1", port=dead, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
     blobs = BlobStore(s3_client(settings.with_(s3_url=f"http://127.0.0.1:{dead}")), "nowhere")
     with JournalClient(r, settings=settings, blobs=blobs) as c:
         yield c
