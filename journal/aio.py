@@ -53,9 +53,9 @@ class AsyncJournalClient:
     async def check_server(self) -> None:
         try:
             info = await self.redis.info("persistence")
+        except redis.exceptions.NoPermissionError:
+            return  # see JournalClient.check_server
         except redis.RedisError as e:
-            if "NOPERM" in str(e):
-                return
             raise translate(e, "INFO persistence") from e
         warn_if_volatile(info, self.settings.redis_url or "redis")
         if self.blobs is not None:

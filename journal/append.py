@@ -18,8 +18,10 @@ from journal.errors import ConflictError, InvalidEvent, JournalError, PayloadToo
 from journal.events import BlobRef, Draft, Event
 from journal.settings import Settings
 
-#: Most events one script call takes; larger batches are split by the client.
+#: Most events one script call takes; larger batches are refused (split them).
 MAX_BATCH = 1000
+#: Actor metadata (agent id, model, run id) is small; a large one is a mistake or an attack.
+MAX_ACTOR_BYTES = 64 * 1024
 
 
 @dataclass(slots=True)
@@ -65,7 +67,8 @@ def prepare(settings: Settings, tenant: str, drafts: Iterable[Draft | Mapping[st
         payload = codec.normalize(d.payload, where, settings.max_payload_bytes)
         actor = actors.get(id(d.actor))
         if actor is None:
-            actor = actors[id(d.actor)] = codec.normalize(dict(d.actor), where.replace("payload", "actor"))
+            actor = actors[id(d.actor)] = codec.normalize(dict(d.actor), where.replace("payload", "actor"),
+                                                          MAX_ACTOR_BYTES)
         packed = codec.pack(payload)
         if len(packed) > settings.max_payload_bytes:
             raise PayloadTooLarge(len(packed), settings.max_payload_bytes)

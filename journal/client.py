@@ -61,9 +61,9 @@ class JournalClient:
         """Connect now, and warn loudly if the server keeps nothing on disk."""
         try:
             info = self.redis.info("persistence")
+        except redis.exceptions.NoPermissionError:
+            return  # A tenant-scoped ACL user may not run INFO; the operator checked at `tenant create`.
         except redis.RedisError as e:
-            if "NOPERM" in str(e):
-                return  # A tenant-scoped ACL user may not run INFO; the operator checked at `tenant create`.
             raise translate(e, "INFO persistence") from e
         warn_if_volatile(info, self.settings.redis_url or "redis")
         if self.blobs is not None:

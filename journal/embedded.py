@@ -50,6 +50,8 @@ def free_port(preferred: int | None = None) -> int:
     """``preferred`` if it can be bound on 127.0.0.1, else a port the OS picks."""
     for candidate in ([preferred] if preferred else []) + [0]:
         with socket.socket() as s:
+            # As the servers do: a just-killed server's port still has TIME_WAIT connections.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind(("127.0.0.1", candidate))
             except OSError:

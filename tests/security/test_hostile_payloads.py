@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import math
 import os
@@ -222,12 +221,10 @@ def test_hostile_actor_shapes_are_refused(client: JournalClient, s3: Any, settin
     assert_nothing_stored(client, s3, settings, tenant)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="append.prepare normalizes actor without a size limit (proposed fix in the report)")
 def test_oversized_actor_is_refused(client: JournalClient, s3: Any, settings: Settings, tenant: str) -> None:
-    """An actor whose strings exceed max_payload_bytes is refused as PayloadTooLarge and writes nothing."""
+    """An actor whose strings exceed its 64 KB limit is refused as PayloadTooLarge and writes nothing."""
     actor = {"agent_id": "x" * (settings.max_payload_bytes + 1)}
-    with contextlib.suppress(PayloadTooLarge):
+    with pytest.raises(PayloadTooLarge):
         client.append(tenant, "th", "message", {}, actor=actor)
     assert_nothing_stored(client, s3, settings, tenant)
 

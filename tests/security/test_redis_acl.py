@@ -143,9 +143,6 @@ def test_first_append_skips_the_tenant_registry_with_a_log(a_client: JournalClie
     assert not admin.sismember(keys.TENANT_REGISTRY, tenant)
 
 
-@pytest.mark.xfail(strict=True, raises=AccessDenied,
-                   reason="redis-py 8 strips the NOPERM prefix from NoPermissionError, so check_server's "
-                          "'NOPERM' in str(e) test misses it (fix proposed in the report)")
 def test_check_server_tolerates_noperm_on_info(a_client: JournalClient) -> None:
     """check_server on tenant credentials (INFO refused) returns quietly."""
     a_client.check_server()
