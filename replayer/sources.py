@@ -1,0 +1,264 @@
+"""Where a replay reads history from: the tiers of the resumption cascade.
+
+A :class:`HistorySource` answers two questions about one thread: how far does this tier go
+(``head``) and which events does it hold in a seq range (``events``). The replayer asks the
+tiers in order — Redis (the hot tail, not yet projected), PostgreSQL (the durable truth),
+and the S3 archive (cold history, :class:`ArchiveSource`, not implemented yet) — and merges
+them by seq.
+
+Sources return events exactly as stored: an offloaded payload (``event.blob``) is *not*
+fetched here; the replayer resolves blobs in one place before folding, so every path folds
+the same events.
+
+PostgreSQL is read through a role that row-level security applies to: the pooled
+application role ``journal_app`` with ``journal.tenant`` set per transaction, or a tenant
+reader's own login (whose binding wins over any setting). Transactions are read-only and
+``REPEATABLE READ``, so a snapshot, the events after it and the thread's head are one
+consistent view even while the projector commits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+import psycopg
+import redis
+
+from journal import codec, keys
+from journal.errors import CodecError, StoreUnavailable
+from journal.events import Event
+from journal.redis_store import translate
+from journal.settings import Settings
+from projections import db
+from projections.snapshots import decode_state
+from replayer.reducer import ThreadState
+from replayer.verify import StoredEvent
+
+#: Entries per XREVRANGE page when walking the hot tail backwards.
+REDIS_PAGE = 500
+
+
+@runtime_checkable
+class HistorySource(Protocol):
+    """One tier of a thread's history."""
+
+    def head(self, tenant: str, thread: str) -> int:
+        """The highest seq this tier knows for the thread (0 if none)."""
+        ...
+
+    def events(self, tenant: str, thread: str, after: int, upto: int | None = None) -> Iterator[Event]:
+        """The events with ``after < seq <= upto`` (no upper bound if None) this tier holds, in seq order.
+
+        Blob payloads are left unresolved; a tier may hold only part of the range (gaps are
+        the caller's business: it merges tiers and then checks the range is complete).
+        """
+        ...
+
+
+@runtime_checkable
+class ArchiveSource(HistorySource, Protocol):
+    """The S3 cold tier: sealed segments under ``{tenant}/archive/{thread}/`` with a manifest.
+
+    Not implemented yet (the archiver arrives later). An implementation must return the same
+    ``Event`` values the other tiers return (decoded from the archived ``body`` bytes, which
+    carry the chain), cover ``1..head`` of what it archived, and be read-only. The replayer
+    consults it for seqs below what PostgreSQL still holds; pass one to ``Replayer(archive=…)``.
+    """
+
+
+# -- Redis: the hot tail --------------------------------------------------------------------------
+
+
+class RedisSource:
+    """Events still in the tenant's stream, found by walking it backwards from the newest entry.
+
+    Per thread, stream order is seq order (the Lua append assigns the seq and XADDs in one
+    step), so the walk stops at the first entry of the thread at or below ``after``: reading the
+    tail costs what the tail holds, not what the stream holds (``JournalClient.read`` scans the
+    whole stream, which is fine for a small stream and slow for a 100,000-entry backlog).
+    """
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+
+    def head(self, tenant: str, thread: str) -> int:
+        keys.validate_id(thread, "thread")
+        try:
+            value = self.redis.hget(keys.heads(tenant), thread)
+        except redis.RedisError as e:
+            raise translate(e, "HGET head") from e
+        return int(value or 0)
+
+    def events(self, tenant: str, thread: str, after: int, upto: int | None = None) -> Iterator[Event]:
+        head = self.head(tenant, thread)
+        top = head if upto is None else min(head, upto)
+        if top <= after:
+            return iter(())  # the common case: nothing unprojected, no stream read at all
+        stream = keys.stream(tenant)
+        want = thread.encode()
+        found: dict[int, Event] = {}
+        end = "+"
+        try:
+            while True:
+                page = self.redis.xrevrange(stream, max=end, min="-", count=REDIS_PAGE)
+                done = False
+                for entry_id, fields in page:
+                    if fields.get(b"t") != want:
+                        continue
+                    seq = int(fields[b"s"])
+                    if seq <= after:
+                        done = True
+                        break
+                    if seq <= top:
+                        found[seq] = codec.decode_entry(tenant, fields, entry_id.decode())
+                if done or len(page) < REDIS_PAGE or len(found) >= top - after:
+                    break
+                end = "(" + page[-1][0].decode()
+        except redis.RedisError as e:
+            raise translate(e, "XREVRANGE (hot tail)") from e
+        return iter([found[s] for s in sorted(found)])
+
+
+# -- PostgreSQL: the durable truth ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadHead:
+    """What ``journal.threads`` records about a thread's projected chain."""
+
+    thread: str
+    last_seq: int
+    last_hash: bytes | None
+    max_seq: int
+    status: str
+
+
+class PostgresSource:
+    """Events, snapshots and chain heads from PostgreSQL, in a role where row-level security applies.
+
+    ``scope(tenant)`` opens one read-only REPEATABLE READ transaction and sets the tenant for
+    the pooled ``journal_app`` role; every method joins the scope that is open, or opens a
+    short one of its own.
+    """
+
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self.conn = conn
+        # Read-only by construction: a replay or an audit never writes, whatever SQL it builds.
+        conn.read_only = True
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        self._scope: str | None = None
+
+    @classmethod
+    def connect(cls, settings: Settings, *, url: str | None = None) -> PostgresSource:
+        """As ``journal_app`` from the settings' URL, or as the login of ``url`` (a tenant reader's own)."""
+        if url is None:
+            return cls(db.connect(settings, role=db.APP))
+        try:
+            return cls(psycopg.connect(url, connect_timeout=5))
+        except psycopg.OperationalError as e:
+            raise StoreUnavailable(f"PostgreSQL unreachable with the reader URL: {e}") from e
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextlib.contextmanager
+    def scope(self, tenant: str) -> Iterator[PostgresSource]:
+        """One consistent, read-only view of ``tenant``'s rows (reentrant for the same tenant)."""
+        keys.validate_id(tenant, "tenant")
+        if self._scope is not None:
+            if self._scope != tenant:
+                raise RuntimeError(f"a scope for tenant {self._scope} is open; cannot read {tenant} inside it")
+            yield self
+            return
+        try:
+            with self.conn.transaction():
+                # Transaction-local (is_local = true): a pooled connection never carries it to the next user.
+                self.conn.execute("SELECT set_config('journal.tenant', %s, true)", (tenant,))
+                self._scope = tenant
+                try:
+                    yield self
+                finally:
+                    self._scope = None
+        except psycopg.OperationalError as e:
+            raise StoreUnavailable(f"PostgreSQL failed while reading tenant {tenant}: {e}") from e
+
+    def _rows(self, tenant: str, query: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        with self.scope(tenant):
+            return self.conn.execute(query, params).fetchall()
+
+    def thread_head(self, tenant: str, thread: str) -> ThreadHead | None:
+        rows = self._rows(tenant, "SELECT thread_id, last_seq, last_hash, max_seq, status FROM journal.threads "
+                                  "WHERE tenant_id = %s AND thread_id = %s", (tenant, thread))
+        if not rows:
+            return None
+        t, last, h, top, status = rows[0]
+        return ThreadHead(t, int(last), bytes(h) if h is not None else None, int(top), status)
+
+    def head(self, tenant: str, thread: str) -> int:
+        """The highest stored seq (rows above the chained head included: they are durable too)."""
+        rows = self._rows(tenant, "SELECT max(seq) FROM journal.events WHERE tenant_id = %s AND thread_id = %s",
+                          (tenant, thread))
+        return int(rows[0][0] or 0)
+
+    def events(self, tenant: str, thread: str, after: int, upto: int | None = None) -> Iterator[Event]:
+        # ``body`` is the hashed truth; the JSONB ``payload`` is only its queryable copy and is not read here.
+        rows = self._rows(
+            tenant, "SELECT seq, ts_ms, body FROM journal.events WHERE tenant_id = %s AND thread_id = %s "
+                    "AND seq > %s AND seq <= %s ORDER BY seq", (tenant, thread, after, _top(upto)))
+        return iter([codec.decode_body(tenant, thread, s, ts, bytes(b)) for s, ts, b in rows])
+
+    def snapshot(self, tenant: str, thread: str, at_or_below: int) -> ThreadState | None:
+        """The newest snapshot at or below ``at_or_below``, decoded (None if there is none)."""
+        rows = self._rows(tenant, "SELECT state FROM journal.snapshots WHERE tenant_id = %s AND thread_id = %s "
+                                  "AND seq <= %s ORDER BY seq DESC LIMIT 1", (tenant, thread, at_or_below))
+        return decode_state(rows[0][0]) if rows else None
+
+    def seq_at_time(self, tenant: str, thread: str, at: datetime) -> int:
+        """The seq of the last stored event appended at or before ``at`` (0 if none)."""
+        rows = self._rows(
+            tenant, "SELECT seq FROM journal.events WHERE tenant_id = %s AND thread_id = %s AND appended_at <= %s "
+                    "ORDER BY appended_at DESC, seq DESC LIMIT 1", (tenant, thread, at))
+        return int(rows[0][0]) if rows else 0
+
+    def threads(self, tenant: str) -> list[str]:
+        """Every thread of the tenant: those recorded in ``threads`` and any that only have events."""
+        rows = self._rows(tenant, "SELECT thread_id FROM journal.threads WHERE tenant_id = %s UNION "
+                                  "SELECT DISTINCT thread_id FROM journal.events WHERE tenant_id = %s ORDER BY 1",
+                          (tenant, tenant))
+        return [r[0] for r in rows]
+
+    def stored_events(self, tenant: str, thread: str, upto: int | None = None) -> Iterator[StoredEvent | BadRow]:
+        """The thread's rows with their chain columns and JSONB copy, for verification and bundles.
+
+        A row whose body does not decode is returned as a :class:`BadRow` (verification names it).
+        """
+        rows = self._rows(
+            tenant, "SELECT seq, ts_ms, body, prev_hash, hash, payload FROM journal.events WHERE tenant_id = %s "
+                    "AND thread_id = %s AND seq <= %s ORDER BY seq", (tenant, thread, _top(upto)))
+        out: list[StoredEvent | BadRow] = []
+        for seq, ts, body, prev, h, payload in rows:
+            try:
+                ev = codec.decode_body(tenant, thread, seq, ts, bytes(body))
+            except CodecError as e:
+                out.append(BadRow(int(seq), str(e), h is not None))
+                continue
+            out.append(StoredEvent(ev, bytes(h) if h is not None else b"", bytes(prev) if prev is not None else b"",
+                                   payload))
+        return iter(out)
+
+
+def _top(upto: int | None) -> int:
+    return 2**62 if upto is None else upto
+
+
+@dataclass(frozen=True, slots=True)
+class BadRow:
+    """A stored row whose body cannot be decoded (altered bytes, or a format this reader does not know)."""
+
+    seq: int
+    reason: str
+    hashed: bool
