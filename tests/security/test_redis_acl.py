@@ -409,3 +409,11 @@ def test_hostile_tenant_never_becomes_an_acl_rule(admin: redis.Redis, bad: str) 
     with pytest.raises(InvalidIdentifier):
         acl.revoke_tenant_user(admin, bad)
     assert admin.execute_command("ACL", "USERS") == users_before
+
+
+def test_acl_covers_every_command_the_append_script_calls() -> None:
+    """Every redis.call/pcall in journal/lua/append.lua is granted, so ACL drift breaks this test, not prod."""
+    import re
+
+    called = {c.lower() for c in re.findall(r"redis\.p?call\(\s*['\"]([A-Za-z]+)['\"]", script_source("append"))}
+    assert called and called <= set(acl.SCRIPT_COMMANDS) | set(acl.BASE_COMMANDS)
