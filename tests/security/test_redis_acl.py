@@ -327,6 +327,7 @@ def private_valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def test_locked_default_user_blocks_auth_escalation(private_valkey: str) -> None:
     """With the default user password-protected, A's connection cannot AUTH/HELLO into it and stays confined."""
     admin = redis.Redis.from_url(private_valkey)
+    admin.execute_command("ACL", "SETUSER", "default", "nopass")  # start open, as a stock server ships
     assert "default" in acl.open_users(admin)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", acl.TenantIsolationWarning)
@@ -334,6 +335,7 @@ def test_locked_default_user_blocks_auth_escalation(private_valkey: str) -> None
     acl.protect_default_user(admin, "operator-" + uuid.uuid4().hex)
     assert acl.open_users(admin) == []
     a = redis.Redis.from_url(creds.redis_url(private_valkey))
+    anonymous = "redis://" + private_valkey.split("://", 1)[1].rpartition("@")[2]
     for attempt in (("AUTH", "default", ""), ("AUTH", "default", "guess"), ("AUTH", "guess"),
                     ("HELLO", "2", "AUTH", "default", "guess")):
         with pytest.raises(AccessDenied):
@@ -341,7 +343,7 @@ def test_locked_default_user_blocks_auth_escalation(private_valkey: str) -> None
     with pytest.raises(AccessDenied):
         run(lambda: a.execute_command("KEYS", "*"))
     with pytest.raises(AccessDenied):
-        run(lambda: redis.Redis.from_url(private_valkey).ping(), "anonymous PING")
+        run(lambda: redis.Redis.from_url(anonymous).ping(), "anonymous PING")
     a.close()
     admin.close()
 
