@@ -204,10 +204,10 @@ class Replayer:
             raise GapError(tenant, thread, missing)
         return [merged[s] for s in range(after + 1, upto + 1)]
 
-    def resolve_blobs(self, events: Iterable[Event]) -> list[Event]:
+    def resolve_blobs(self, events: Iterable[Event], cache: dict[str, bytes] | None = None) -> list[Event]:
         """The events with offloaded payloads fetched from S3 (verified against their sha256)."""
         out: list[Event] = []
-        cache: dict[str, bytes] = {}
+        cache = {} if cache is None else cache
         for e in events:
             if e.blob is not None:
                 out.append(resolve_blob(e, self.fetch_blob(e, cache)))
