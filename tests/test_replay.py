@@ -166,3 +166,19 @@ def test_resume_returns_latest_state_and_tenant_context(migrated: Settings, clie
     r = client.resume(tenant, "th")
     assert r.tenant_context is not None and r.tenant_context.memory["prefs"]["tone"] == "formal"
     client.append(tenant, "th", "message", {"role": "user", "content": "ok"}, expected_seq=r.seq)
+
+
+@pytest.mark.xfail(reason="projections.snapshots.write_due folds unresolved blob payloads; the projector change "
+                          "that resolves them before folding is in progress", strict=False)
+def test_snapshot_after_a_blob_equals_the_full_fold(migrated: Settings, client: JournalClient, tenant: str,
+                                                   replayer: Replayer) -> None:
+    """A snapshot taken after an offloaded payload agrees with folding the resolved events from empty."""
+    big = "PDF:" + "z" * (migrated.blob_threshold + 10)
+    client.append(tenant, "th", "tool_call", {"call_id": "c1", "tool": "fetch_invoice", "args": {}})
+    client.append(tenant, "th", "tool_result", {"call_id": "c1", "tool": "fetch_invoice", "output": big})
+    client.append_many(tenant, agent_steps("th", 8))
+    p = Projector(migrated.with_(snapshot_every=5))
+    p.drain(tenants=[tenant])
+    p.close()
+    events = client.read(tenant, "th")  # blobs resolved
+    assert as_dict(replayer.replay(tenant, "th", at_seq=7)) == as_dict(fold(events[:7]))
