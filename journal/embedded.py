@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import importlib.util
 import json
 import os
@@ -217,7 +218,8 @@ class EmbeddedStack:
         state = self._read_state() if state is None else state
         urls: dict[str, str] = {}
         if "redis" in state:
-            urls["redis_url"] = f"redis://127.0.0.1:{state['redis']['port']}/0"
+            auth = f":{self._secret('redis')}@" if self._secret("redis") else ""
+            urls["redis_url"] = f"redis://{auth}127.0.0.1:{state['redis']['port']}/0"
         if "postgres" in state:
             auth = f"postgres:{self._pg_password()}" if self._pg_password() else "postgres"
             urls["database_url"] = f"postgresql://{auth}@127.0.0.1:{state['postgres']['port']}/{DATABASE}"
@@ -241,7 +243,18 @@ class EmbeddedStack:
         data.mkdir(parents=True, exist_ok=True)
         port = free_port(prev.get("port"))
         log = self.data_dir / "redis.log"
+        # ACL users (tenant credentials) persist in users.acl; the default user needs a password,
+        # or any tenant connection could AUTH as it and leave its tenant.
+        aclfile = data / "users.acl"
+        if not aclfile.exists():
+            password = secrets.token_urlsafe(18)
+            digest = hashlib.sha256(password.encode()).hexdigest()
+            aclfile.write_text(f"user default on #{digest} ~* &* +@all\n")
+            secret = self.data_dir / "redis.password"
+            secret.write_text(password)
+            secret.chmod(0o600)
         argv = [str(binary), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
+                "--aclfile", str(aclfile),
                 "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--daemonize", "no",
                 "--protected-mode", "yes", "--maxmemory-policy", "noeviction"]
         proc = self._spawn("redis", argv, log)
@@ -250,7 +263,7 @@ class EmbeddedStack:
         import redis
 
         deadline = time.monotonic() + START_TIMEOUT
-        client = redis.Redis(port=port, host="127.0.0.1")
+        client = redis.Redis(port=port, host="127.0.0.1", password=self._secret("redis") or None)
         while True:
             try:
                 client.ping()
@@ -300,8 +313,11 @@ class EmbeddedStack:
         return {"pid": proc.pid, "port": port}
 
     def _pg_password(self) -> str:
+        return self._secret("postgres")
+
+    def _secret(self, service: str) -> str:
         try:
-            return (self.data_dir / "postgres.password").read_text().strip()
+            return (self.data_dir / f"{service}.password").read_text().strip()
         except OSError:
             return ""
 

@@ -5,6 +5,7 @@ redis-py exceptions are turned into ``JournalError``s here and only here.
 
 from __future__ import annotations
 
+import re
 import warnings
 from importlib import resources
 from typing import Any
@@ -16,6 +17,9 @@ import structlog
 from journal.errors import AccessDenied, DurabilityUnsupported, JournalError, StoreUnavailable
 
 log = structlog.get_logger("journal.redis")
+
+#: NOPERM, and an ACL refusal inside a Lua script (Valkey 8 / Redis >= 7.2 wording, then Redis 7.0's).
+_ACL_REFUSAL = re.compile(r"NOPERM|ACL failure in script|The user executing the script can't")
 
 
 class PersistenceWarning(UserWarning):
@@ -37,7 +41,7 @@ def connect_async(url: str, **kwargs: Any) -> redis.asyncio.Redis:
 def translate(e: Exception, what: str) -> JournalError:
     """A ``JournalError`` saying what failed and what to do, for a redis-py exception."""
     if isinstance(e, redis.exceptions.NoPermissionError | redis.exceptions.AuthenticationError) or (
-        isinstance(e, redis.exceptions.ResponseError) and "NOPERM" in str(e)
+        isinstance(e, redis.exceptions.ResponseError) and _ACL_REFUSAL.search(str(e))
     ):
         return AccessDenied(f"Redis refused {what}: {e}. These credentials do not cover this tenant or command; "
                             "use the tenant's own credentials (`agent-journal tenant create`).")

@@ -12,10 +12,12 @@ from journal import codec
 from journal.errors import CodecError, PayloadTooLarge, UnserializableValue
 from journal.events import Event
 
+#: Map keys as PostgreSQL JSONB can store them: the codec refuses NUL in keys as in values.
+jsonb_keys = st.text(max_size=8).filter(lambda s: "\x00" not in s)
 plain = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False, allow_infinity=False)
     | st.text().filter(lambda s: "\x00" not in s),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(jsonb_keys, children, max_size=4),
     max_leaves=20,
 )
 
@@ -27,7 +29,7 @@ def test_round_trip_of_plain_data(value: object) -> None:
     assert codec.unframe(codec.frame(codec.pack(norm))) == norm
 
 
-@given(st.dictionaries(st.text(max_size=6), st.integers(-(2**63), 2**63), max_size=8))
+@given(st.dictionaries(jsonb_keys, st.integers(-(2**63), 2**63), max_size=8))
 def test_canonical_bytes_ignore_key_order(d: dict[str, int]) -> None:
     """Equal events give equal canonical bytes whatever the map insertion order."""
     rev = dict(reversed(list(d.items())))

@@ -13,6 +13,7 @@ import uuid
 from typing import Any
 
 from conftest import assert_exactly_once
+
 from journal.client import JournalClient
 from journal.events import Draft
 from journal.settings import Settings
@@ -30,7 +31,7 @@ def start_projector(settings: Settings) -> subprocess.Popen[bytes]:
 
 
 def test_projector_sigkilled_ten_times_loses_and_duplicates_nothing(migrated: Settings, admin_pg: Any) -> None:
-    """20,000 events under load, the projector SIGKILLed at 10 random instants: every event exactly once, chains verify."""
+    """20,000 events, the projector SIGKILLed at 10 random instants: every event exactly once, chains verify."""
     run = uuid.uuid4().hex[:6]
     tenants = [f"kill-{run}-{i}" for i in range(8)]
     heads: dict[tuple[str, str], int] = {}
