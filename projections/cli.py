@@ -63,6 +63,32 @@ def _cmd_unfence(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tenant(args: argparse.Namespace) -> int:
+    """Provision (or rotate, or revoke) a tenant's Redis ACL user and PostgreSQL reader role together."""
+    from journal import acl
+    from journal.redis_store import connect
+    from projections import db
+
+    settings = _settings(args)
+    assert settings.redis_url and settings.database_url
+    admin = connect(settings.redis_url)
+    if args.action == "revoke":
+        gone_redis = acl.revoke_tenant_user(admin, args.tenant)
+        gone_pg = db.revoke_tenant_reader(settings, args.tenant)
+        console.print(f"tenant {args.tenant}: Redis user {'revoked' if gone_redis else 'absent'}, "
+                      f"PostgreSQL reader {'revoked' if gone_pg else 'absent'}")
+        return 0
+    if args.action == "rotate":
+        redis_creds = acl.rotate_tenant_user(admin, args.tenant, kill_connections=True)
+    else:
+        redis_creds = acl.create_tenant_user(admin, args.tenant)
+    reader = db.create_tenant_reader(settings, args.tenant)
+    console.print(f"credentials for tenant {args.tenant} (shown once; store them in your secret manager):")
+    print(f"JOURNAL_REDIS_URL={redis_creds.redis_url(settings.redis_url)}")
+    print(f"JOURNAL_READER_DATABASE_URL={reader.database_url(settings.database_url)}")
+    return 0
+
+
 def status_table(settings: Settings) -> Table | None:
     """Projector lag per tenant, for `agent-journal status`."""
     from journal import keys
@@ -98,6 +124,11 @@ def register(sub: Any) -> None:
     p.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics on 127.0.0.1:PORT")
     p.add_argument("--no-migrate", action="store_true", help="do not run migrations at start")
     p.set_defaults(func=_cmd_project)
+
+    p = sub.add_parser("tenant", help="tenant-scoped credentials: a Redis ACL user and a PostgreSQL reader role")
+    p.add_argument("action", choices=("create", "rotate", "revoke"))
+    p.add_argument("tenant")
+    p.set_defaults(func=_cmd_tenant)
 
     p = sub.add_parser("unfence", help="resolve a thread fenced after a sequence conflict")
     p.add_argument("tenant")
