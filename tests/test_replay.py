@@ -168,8 +168,6 @@ def test_resume_returns_latest_state_and_tenant_context(migrated: Settings, clie
     client.append(tenant, "th", "message", {"role": "user", "content": "ok"}, expected_seq=r.seq)
 
 
-@pytest.mark.xfail(reason="projections.snapshots.write_due folds unresolved blob payloads; the projector change "
-                          "that resolves them before folding is in progress", strict=False)
 def test_snapshot_after_a_blob_equals_the_full_fold(migrated: Settings, client: JournalClient, tenant: str,
                                                    replayer: Replayer) -> None:
     """A snapshot taken after an offloaded payload agrees with folding the resolved events from empty."""
