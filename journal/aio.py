@@ -18,10 +18,10 @@ from journal import append as protocol
 from journal import codec, keys
 from journal.blobs import BlobStore
 from journal.embedded import resolve
-from journal.errors import ConfigError, DurabilityError, InvalidEvent, JournalError
+from journal.errors import ConfigError, JournalError
 from journal.events import Draft, Event
 from journal.redis_store import connect_async, script_source, translate, warn_if_volatile
-from journal.settings import DURABILITY_LEVELS, Settings
+from journal.settings import Settings
 
 READ_PAGE = 1000
 
@@ -81,9 +81,7 @@ class AsyncJournalClient:
     async def append_many(self, tenant: str, events: Iterable[Draft | Mapping[str, Any]], *,
                           durability: str | None = None) -> list[Event]:
         """See ``JournalClient.append_many``."""
-        level = durability or self.settings.durability
-        if level not in DURABILITY_LEVELS:
-            raise InvalidEvent(f"durability {level!r} is not one of {DURABILITY_LEVELS}")
+        level = protocol.durability_level(durability, self.settings)
         p = protocol.prepare(self.settings, tenant, events)
         if p.uploads:
             if self.blobs is None:
@@ -112,22 +110,20 @@ class AsyncJournalClient:
                 local, _ = await self.redis.execute_command("WAITAOF", 1, 0, int(timeout * 1000))
             except redis.RedisError as e:
                 raise translate(e, "WAITAOF (durability='fsync')") from e
-            if int(local) < 1:
-                raise DurabilityError(f"the append was accepted but not fsynced to the AOF within {timeout}s")
+            protocol.fsync_result(local, timeout)
             return
-        want: dict[str, int] = {}
-        for e in events:
-            want[e.thread] = max(want.get(e.thread, 0), e.seq)
-        threads = list(want)
+        want = protocol.projected_targets(events)
         deadline = time.monotonic() + timeout
         delay = 0.002
         while True:
-            done = await self.redis.hmget(keys.projected(tenant), threads)
-            if all(v is not None and int(v) >= want[t] for t, v in zip(threads, done, strict=True)):
+            try:
+                committed = await self.redis.hmget(keys.projected(tenant), list(want))
+            except redis.RedisError as e:
+                raise translate(e, "waiting for projection") from e
+            if protocol.all_projected(want, committed):
                 return
             if time.monotonic() > deadline:
-                raise DurabilityError(f"events were appended but not committed to PostgreSQL within {timeout}s; "
-                                      "is a projector running (`agent-journal project`)?")
+                raise protocol.not_projected(timeout)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.05)
 

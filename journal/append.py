@@ -14,9 +14,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from journal import codec, keys
-from journal.errors import ConflictError, InvalidEvent, JournalError, PayloadTooLarge, ThreadFenced
+from journal.errors import (
+    ConflictError,
+    DurabilityError,
+    InvalidEvent,
+    JournalError,
+    PayloadTooLarge,
+    ThreadFenced,
+)
 from journal.events import BlobRef, Draft, Event
-from journal.settings import Settings
+from journal.settings import DURABILITY_LEVELS, Settings
 
 #: Most events one script call takes; larger batches are refused (split them).
 MAX_BATCH = 1000
@@ -122,6 +129,37 @@ def parse_reply(p: Prepared, reply: list[Any] | bytes) -> Outcome:
                             ts_ms=ts, node=d.node, idempotency_key=d.idempotency_key, actor=p.actors[i],
                             blob=p.blob_refs[i]))
     return Outcome(events, created, wrote)
+
+
+def durability_level(requested: str | None, settings: Settings) -> str:
+    level = requested or settings.durability
+    if level not in DURABILITY_LEVELS:
+        raise InvalidEvent(f"durability {level!r} is not one of {DURABILITY_LEVELS}")
+    return level
+
+
+def projected_targets(events: list[Event]) -> dict[str, int]:
+    """thread -> the seq PostgreSQL must have committed for ``durability='projected'``."""
+    want: dict[str, int] = {}
+    for e in events:
+        want[e.thread] = max(want.get(e.thread, 0), e.seq)
+    return want
+
+
+def all_projected(want: dict[str, int], committed: list[Any]) -> bool:
+    """``committed`` are the ``projected`` hash values for ``want``'s threads, in order."""
+    return all(v is not None and int(v) >= seq for seq, v in zip(want.values(), committed, strict=True))
+
+
+def fsync_result(local: Any, timeout: float) -> None:
+    if int(local) < 1:
+        raise DurabilityError(f"the append was accepted but not fsynced to the AOF within {timeout}s; it may be "
+                              "lost if Redis crashes now. Check the server's disk.")
+
+
+def not_projected(timeout: float) -> DurabilityError:
+    return DurabilityError(f"events were appended but not committed to PostgreSQL within {timeout}s; is a projector "
+                           "running (`agent-journal project`)? They are safe in Redis and will be projected later.")
 
 
 def resolve_blob(event: Event, data: bytes) -> Event:

@@ -22,10 +22,10 @@ from journal import append as protocol
 from journal import codec, keys
 from journal.blobs import BlobStore
 from journal.embedded import resolve
-from journal.errors import ConfigError, DurabilityError, InvalidEvent, JournalError
+from journal.errors import ConfigError, JournalError
 from journal.events import Draft, Event
 from journal.redis_store import connect, script_source, translate, warn_if_volatile
-from journal.settings import DURABILITY_LEVELS, Settings
+from journal.settings import Settings
 
 log = structlog.get_logger("journal.client")
 READ_PAGE = 1000
@@ -100,7 +100,7 @@ class JournalClient:
         Events may belong to several threads of the tenant. Batches over ``MAX_BATCH`` are
         refused; split them.
         """
-        level = self._level(durability)
+        level = protocol.durability_level(durability, self.settings)
         p = protocol.prepare(self.settings, tenant, events)
         self._upload(p)
         try:
@@ -112,12 +112,6 @@ class JournalClient:
             self._register(tenant)
         self._await(level, tenant, outcome.events)
         return outcome.events
-
-    def _level(self, durability: str | None) -> str:
-        level = durability or self.settings.durability
-        if level not in DURABILITY_LEVELS:
-            raise InvalidEvent(f"durability {level!r} is not one of {DURABILITY_LEVELS}")
-        return level
 
     def _upload(self, p: protocol.Prepared) -> None:
         if not p.uploads:
@@ -147,30 +141,20 @@ class JournalClient:
                 local, _ = self.redis.execute_command("WAITAOF", 1, 0, int(timeout * 1000))
             except redis.RedisError as e:
                 raise translate(e, "WAITAOF (durability='fsync')") from e
-            if int(local) < 1:
-                raise DurabilityError(f"the append was accepted but not fsynced to the AOF within {timeout}s; "
-                                      "it may be lost if Redis crashes now. Check the server's disk.")
+            protocol.fsync_result(local, timeout)
             return
-        self._await_projected(tenant, events, timeout)
-
-    def _await_projected(self, tenant: str, events: list[Event], timeout: float) -> None:
-        want: dict[str, int] = {}
-        for e in events:
-            want[e.thread] = max(want.get(e.thread, 0), e.seq)
+        want = protocol.projected_targets(events)
         deadline = time.monotonic() + timeout
         delay = 0.002
-        threads = list(want)
         while True:
             try:
-                done = self.redis.hmget(keys.projected(tenant), threads)
+                committed = self.redis.hmget(keys.projected(tenant), list(want))
             except redis.RedisError as e:
                 raise translate(e, "waiting for projection") from e
-            if all(v is not None and int(v) >= want[t] for t, v in zip(threads, done, strict=True)):
+            if protocol.all_projected(want, committed):
                 return
             if time.monotonic() > deadline:
-                raise DurabilityError(
-                    f"events were appended but not committed to PostgreSQL within {timeout}s; is a projector "
-                    "running (`agent-journal project`)? They are safe in Redis and will be projected later.")
+                raise protocol.not_projected(timeout)
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
 

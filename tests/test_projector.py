@@ -198,3 +198,28 @@ def test_snapshots_fold_offloaded_payloads(migrated: Settings, admin_pg: Any, cl
     snap = decode_state(state)
     assert snap == fold(client.read(tenant, "th"))
     assert not snap.pending_calls
+
+
+def test_async_projected_durability_and_timeout(migrated: Settings, tenant: str) -> None:
+    """The asyncio client's 'projected' waits for the commit, and times out with DurabilityError without a worker."""
+    import asyncio
+
+    from journal.aio import AsyncJournalClient
+    from journal.errors import DurabilityError
+
+    async def go() -> None:
+        async with await AsyncJournalClient.from_settings(migrated.with_(durability_timeout=0.3)) as c:
+            with pytest.raises(DurabilityError, match="projector"):
+                await c.append(tenant, "th", "message", {}, durability="projected")
+            p = projector(migrated, block_ms=20)
+            t = threading.Thread(target=p.run, daemon=True)
+            t.start()
+            try:
+                async with await AsyncJournalClient.from_settings(migrated) as c2:
+                    rec = await c2.append(tenant, "th", "message", {}, durability="projected")
+                    assert rec.seq == 2
+            finally:
+                p.stop()
+                t.join(10)
+
+    asyncio.run(go())
