@@ -49,8 +49,68 @@ def normalize(value: Any, path: str = "payload", limit: int | None = None) -> An
     least one byte, strings and map keys at least one per character) exceeds ``limit`` bytes,
     so an oversized payload is refused while walking, before it is packed.
     """
+    try:
+        return _fast(value, 0, [0, limit if limit is not None else -1])
+    except _Slow:
+        pass
     budget = [0, limit if limit is not None else -1]  # [lower bound of packed bytes so far, limit or -1]
     return _normalize(value, path, 0, set(), budget)
+
+
+class _Slow(Exception):
+    """The fast walk met something unusual: redo the walk with paths, checks and messages."""
+
+
+def _fast(value: Any, depth: int, budget: list[int]) -> Any:
+    # The common case (exact dict/list/str/int/float/bool/None, valid text, within limits) without
+    # building field paths; anything else falls back to the checked walk, so results and errors
+    # are the same either way. Cycles end here too: they exceed MAX_DEPTH.
+    kind = type(value)
+    if kind is str:
+        if "\x00" in value or (not value.isascii() and not _utf8_ok(value)):
+            raise _Slow
+        budget[0] += len(value) + 1
+    elif value is None or kind is bool:
+        budget[0] += 1
+    elif kind is int:
+        if not _INT_MIN <= value <= _INT_MAX:
+            raise _Slow
+        budget[0] += 1
+    elif kind is float:
+        if not math.isfinite(value):
+            raise _Slow
+        budget[0] += 9
+    elif kind is dict:
+        if depth >= MAX_DEPTH:
+            raise _Slow
+        out = {}
+        for key in sorted(value) if all(type(k) is str for k in value) else _raise_slow():
+            if "\x00" in key or (not key.isascii() and not _utf8_ok(key)):
+                raise _Slow
+            budget[0] += len(key) + 1
+            out[key] = _fast(value[key], depth + 1, budget)
+        value = out
+    elif kind is list or kind is tuple:
+        if depth >= MAX_DEPTH:
+            raise _Slow
+        value = [_fast(v, depth + 1, budget) for v in value]
+    else:
+        raise _Slow
+    if 0 <= budget[1] < budget[0]:
+        raise _Slow
+    return value
+
+
+def _raise_slow() -> Any:
+    raise _Slow
+
+
+def _utf8_ok(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _spend(budget: list[int], size: int) -> None:
