@@ -48,6 +48,9 @@ def translate(e: Exception, what: str) -> JournalError:
     if isinstance(e, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
         return StoreUnavailable(f"Redis unreachable during {what}: {e}. Check JOURNAL_REDIS_URL and that the "
                                 "server runs (`agent-journal status`).")
+    if isinstance(e, redis.exceptions.ResponseError) and "appendonly is disabled" in str(e):
+        return DurabilityUnsupported(f"{what}: this Redis server has AOF off (appendonly no), so nothing is "
+                                     "fsynced; use durability='memory' or enable appendonly yes.")
     if isinstance(e, redis.exceptions.ResponseError) and "unknown command" in str(e).lower():
         return DurabilityUnsupported(f"this Redis server does not support {what} ({e}); durability='fsync' needs "
                                      "WAITAOF (Redis >= 7.2 or Valkey >= 8). Use durability='memory' or upgrade.")

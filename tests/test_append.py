@@ -178,3 +178,22 @@ def test_wait_blocks_until_resume_across_processes(settings: Settings, tenant: s
         assert time.monotonic() - t0 >= 0.4
         # Already there: returns at once.
         assert c.wait(tenant, "th", paused.seq, timeout=0) == ev
+
+
+def test_fsync_durability_is_clear_about_what_the_server_supports(client: JournalClient, tenant: str) -> None:
+    """'fsync' works with WAITAOF and AOF on; without either (Redis 7.0, appendonly no) it is DurabilityUnsupported."""
+    import redis
+
+    from journal.errors import DurabilityUnsupported
+
+    try:
+        client.redis.execute_command("WAITAOF", 0, 0, 1)
+        known = True
+    except redis.ResponseError as e:
+        known = "unknown command" not in str(e).lower()
+    aof = int(client.redis.info("persistence").get("aof_enabled", 0))
+    if known and aof:
+        assert client.append(tenant, "th", "message", {}, durability="fsync").seq == 1
+    else:
+        with pytest.raises(DurabilityUnsupported, match="WAITAOF" if not known else "AOF off"):
+            client.append(tenant, "th", "message", {}, durability="fsync")
