@@ -91,7 +91,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="agent-journal", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="agent-journal",
+        description="Durable, resumable, provable state for long-running multi-tenant AI agents.")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="embedded servers' data folder (default $JOURNAL_DATA_DIR or ./.agent-journal)")
     parser.add_argument("--log-level", default="warning", help="debug, info, warning (default), error")
