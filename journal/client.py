@@ -19,7 +19,7 @@ import redis
 import structlog
 
 from journal import append as protocol
-from journal import codec, keys
+from journal import codec, keys, tail
 from journal.blobs import BlobStore
 from journal.embedded import resolve
 from journal.errors import ConfigError, JournalError
@@ -162,18 +162,11 @@ class JournalClient:
 
     def head(self, tenant: str, thread: str) -> int:
         """The latest seq issued for the thread (0 if none)."""
-        keys.validate_id(thread, "thread")
-        try:
-            value = self.redis.hget(keys.heads(tenant), thread)
-        except redis.RedisError as e:
-            raise translate(e, "HGET head") from e
-        return int(value or 0)
+        return tail.head(self.redis, tenant, thread)
 
     def read(self, tenant: str, thread: str, after_seq: int = 0, *, resolve_blobs: bool = True) -> list[Event]:
         """Events of the thread still in the hot tail (Redis) with seq > ``after_seq``, in seq order."""
-        keys.validate_id(thread, "thread")
-        out = [e for e in self._scan(tenant) if e.thread == thread and e.seq > after_seq]
-        out.sort(key=lambda e: e.seq)
+        out = tail.read_tail(self.redis, tenant, thread, after_seq)
         return [self.resolve(e) for e in out] if resolve_blobs else out
 
     def _scan(self, tenant: str) -> Iterator[Event]:

@@ -28,10 +28,9 @@ from typing import Any, Protocol, runtime_checkable
 import psycopg
 import redis
 
-from journal import codec, keys
+from journal import codec, keys, tail
 from journal.errors import CodecError, StoreUnavailable
 from journal.events import Event
-from journal.redis_store import translate
 from journal.settings import Settings
 from projections import db
 from projections.snapshots import decode_state
@@ -39,7 +38,6 @@ from replayer.reducer import ThreadState
 from replayer.verify import StoredEvent
 
 #: Entries per XREVRANGE page when walking the hot tail backwards.
-REDIS_PAGE = 500
 
 
 @runtime_checkable
@@ -74,53 +72,16 @@ class ArchiveSource(HistorySource, Protocol):
 
 
 class RedisSource:
-    """Events still in the tenant's stream, found by walking it backwards from the newest entry.
-
-    Per thread, stream order is seq order (the Lua append assigns the seq and XADDs in one
-    step), so the walk stops at the first entry of the thread at or below ``after``: reading the
-    tail costs what the tail holds, not what the stream holds (``JournalClient.read`` scans the
-    whole stream, which is fine for a small stream and slow for a 100,000-entry backlog).
-    """
+    """Events still in the tenant's stream (``journal.tail``: a backwards walk that stops at the projected part)."""
 
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
 
     def head(self, tenant: str, thread: str) -> int:
-        keys.validate_id(thread, "thread")
-        try:
-            value = self.redis.hget(keys.heads(tenant), thread)
-        except redis.RedisError as e:
-            raise translate(e, "HGET head") from e
-        return int(value or 0)
+        return tail.head(self.redis, tenant, thread)
 
     def events(self, tenant: str, thread: str, after: int, upto: int | None = None) -> Iterator[Event]:
-        head = self.head(tenant, thread)
-        top = head if upto is None else min(head, upto)
-        if top <= after:
-            return iter(())  # the common case: nothing unprojected, no stream read at all
-        stream = keys.stream(tenant)
-        want = thread.encode()
-        found: dict[int, Event] = {}
-        end = "+"
-        try:
-            while True:
-                page = self.redis.xrevrange(stream, max=end, min="-", count=REDIS_PAGE)
-                done = False
-                for entry_id, fields in page:
-                    if fields.get(b"t") != want:
-                        continue
-                    seq = int(fields[b"s"])
-                    if seq <= after:
-                        done = True
-                        break
-                    if seq <= top:
-                        found[seq] = codec.decode_entry(tenant, fields, entry_id.decode())
-                if done or len(page) < REDIS_PAGE or len(found) >= top - after:
-                    break
-                end = "(" + page[-1][0].decode()
-        except redis.RedisError as e:
-            raise translate(e, "XREVRANGE (hot tail)") from e
-        return iter([found[s] for s in sorted(found)])
+        return iter(tail.read_tail(self.redis, tenant, thread, after, upto))
 
 
 # -- PostgreSQL: the durable truth ----------------------------------------------------------------
