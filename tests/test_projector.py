@@ -223,3 +223,25 @@ def test_async_projected_durability_and_timeout(migrated: Settings, tenant: str)
                 t.join(10)
 
     asyncio.run(go())
+
+
+def test_new_tenant_is_picked_up_without_restart(migrated: Settings, tenant: str) -> None:
+    """A tenant whose first event comes after the worker started is projected within a couple of seconds."""
+    import time
+
+    from prometheus_client import REGISTRY
+
+    p = projector(migrated, block_ms=20)
+    t = threading.Thread(target=p.run, daemon=True)
+    t.start()
+    try:
+        time.sleep(0.3)  # the worker is running and knows only the older tenants
+        before = REGISTRY.get_sample_value("journal_events_projected_total") or 0
+        t0 = time.monotonic()
+        with JournalClient.from_settings(migrated.with_(durability_timeout=3.0)) as c:
+            c.append(tenant, "th", "message", {"first": True}, durability="projected")
+        assert time.monotonic() - t0 < 3.0
+        assert (REGISTRY.get_sample_value("journal_events_projected_total") or 0) >= before + 1
+    finally:
+        p.stop()
+        t.join(10)
