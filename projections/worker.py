@@ -231,6 +231,9 @@ class Projector:
                        for k, msgs in reply or [] for sid, fields in msgs if fields is not None]
             if entries:
                 total += self.project(entries)
+        if total == 0 and len(tenants) > self.options.streams_per_read:
+            # Many streams cannot share one blocking read: idle briefly instead of spinning.
+            self._stop.wait(self.options.block_ms / 1000)
         return total
 
     def claim(self) -> int:
