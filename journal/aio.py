@@ -13,6 +13,7 @@ from typing import Any
 
 import redis
 import redis.asyncio
+import structlog
 
 from journal import append as protocol
 from journal import codec, keys
@@ -23,6 +24,7 @@ from journal.events import Draft, Event
 from journal.redis_store import connect_async, script_source, translate, warn_if_volatile
 from journal.settings import Settings
 
+log = structlog.get_logger("journal.aio")
 READ_PAGE = 1000
 
 
@@ -59,7 +61,10 @@ class AsyncJournalClient:
             raise translate(e, "INFO persistence") from e
         warn_if_volatile(info, self.settings.redis_url or "redis")
         if self.blobs is not None:
-            await asyncio.to_thread(self.blobs.ensure_bucket)
+            try:
+                await asyncio.to_thread(self.blobs.ensure_bucket)
+            except JournalError as e:  # small appends need only Redis; big ones will say what is wrong
+                log.warning("object_storage_unavailable", error=str(e))
 
     async def close(self) -> None:
         await self.redis.aclose()

@@ -83,10 +83,18 @@ class BlobStore:
         key = blob_key(tenant, ref.sha256)
         if self.exists(key):
             return ref
-        try:
-            self._s3.put_object(Bucket=self.bucket, Key=key, Body=data)
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as e:
-            raise _translate(e, f"put {key}") from e
+        for attempt in (1, 2):
+            try:
+                self._s3.put_object(Bucket=self.bucket, Key=key, Body=data)
+                return ref
+            except botocore.exceptions.ClientError as e:
+                # The bucket could not be made when the client started (S3 was down): make it now.
+                if attempt == 1 and str(e.response.get("Error", {}).get("Code")) == "NoSuchBucket":
+                    self.ensure_bucket()
+                    continue
+                raise _translate(e, f"put {key}") from e
+            except (botocore.exceptions.BotoCoreError, OSError) as e:
+                raise _translate(e, f"put {key}") from e
         return ref
 
     def exists(self, key: str) -> bool:

@@ -67,7 +67,10 @@ class JournalClient:
             raise translate(e, "INFO persistence") from e
         warn_if_volatile(info, self.settings.redis_url or "redis")
         if self.blobs is not None:
-            self.blobs.ensure_bucket()
+            try:
+                self.blobs.ensure_bucket()
+            except JournalError as e:  # small appends need only Redis; big ones will say what is wrong
+                log.warning("object_storage_unavailable", error=str(e))
 
     def close(self) -> None:
         self.redis.close()

@@ -87,6 +87,11 @@ def projected(tenant: str) -> str:
     return f"{_tag(tenant)}:projected"
 
 
+#: Field of the ``projected`` hash holding the committed stream time (ms); ':' keeps it apart
+#: from thread ids. The projector compares it with PostgreSQL to detect a Redis that lost its tail.
+COMMITTED_MARK = ":committed_ms"
+
+
 def idempotency(tenant: str, thread: str, key: str) -> str:
     """String key holding the seq first issued for an idempotency key (with a TTL).
 

@@ -54,6 +54,8 @@ class BatchResult:
     heads: dict[tuple[str, str], int] = field(default_factory=dict)
     snapshots: int = 0
     dead_letters: int = 0
+    #: tenant -> highest stream position committed by this batch (ms, seq).
+    positions: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 _STATUS_OF = {PAUSE: "paused", RESUME: "active", COMPLETE: "completed", FAIL: "failed"}
@@ -97,8 +99,8 @@ def write_batch(conn: psycopg.Connection, items: Iterable[Item], poison: Iterabl
                 resolve: snapshots.Resolver | None = None) -> BatchResult:
     """Project ``items`` (and dead-letter ``poison``) in one transaction; the caller commits via ``with``."""
     result = BatchResult()
+    positions = result.positions
     by_thread: dict[tuple[str, str], list[Item]] = defaultdict(list)
-    positions: dict[str, tuple[int, int]] = {}
     for it in items:
         by_thread[(it.event.tenant, it.event.thread)].append(it)
         pos = _sid(it.stream_id)

@@ -61,6 +61,8 @@ class WorkerOptions:
     maintenance_every: float = 5.0
     tenant_refresh_every: float = 1.0
     max_attempts: int = 3
+    #: Offsets committed more recently than this are not compared yet (their mark may be in flight).
+    tail_check_grace_ms: int = 1000
 
 
 def _sid_tuple(sid: str) -> tuple[int, int]:
@@ -86,7 +88,8 @@ class Projector:
         self._last_refresh = 0.0
         self._last_maintenance = 0.0
         self._attempts: dict[tuple[str, str], int] = defaultdict(int)
-        self._repaired: dict[str, tuple[int, int]] = {}
+        #: Re-read this consumer's own pending entries (at start, and after a failed batch).
+        self._recover = True
         self._blobs = BlobStore.from_settings(settings) if settings.s3_url else None
         self.log = log.bind(consumer=self.consumer)
 
@@ -147,6 +150,7 @@ class Projector:
                 backoff = 0.2
             except (StoreUnavailable, psycopg.OperationalError, redis.ConnectionError, redis.TimeoutError) as e:
                 self.log.warning("projector_backoff", error=str(e), sleep=backoff)
+                self._recover = True  # the batch in hand is still pending on this consumer: retry it
                 self._reset_connections()
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -176,8 +180,29 @@ class Projector:
             self.trim()
             if self.settings.metrics_port:
                 metrics.observe_lag(self.redis, self._tenants, GROUP)
+        if self._recover:
+            done += self.recover_own()
+            self._recover = False
         done += self.read_and_project()
         return done
+
+    def recover_own(self) -> int:
+        """Project entries delivered to this consumer but never acknowledged (a failed batch)."""
+        total = 0
+        tenants = sorted(self._tenants)
+        for i in range(0, len(tenants), self.options.streams_per_read):
+            streams = {keys.stream(t): "0" for t in tenants[i : i + self.options.streams_per_read]}
+            for _ in range(100):  # bounded: an entry failing below max_attempts stays pending
+                reply = self.redis.xreadgroup(GROUP, self.consumer, streams, count=self.options.batch_size)
+                entries = [(keys.tenant_of_stream(k.decode()), sid.decode(), fields)
+                           for k, msgs in reply or [] for sid, fields in msgs if fields is not None]
+                if not entries:
+                    break
+                done = self.project(entries)
+                total += done
+                if not done:
+                    break
+        return total
 
     def refresh_tenants(self) -> None:
         found = {m.decode() for m in self.redis.smembers(keys.TENANT_REGISTRY)}
@@ -337,6 +362,8 @@ class Projector:
         heads: dict[str, list[Any]] = defaultdict(list)
         for (tenant, thread), seq in result.heads.items():
             heads[tenant] += [thread, seq]
+        for tenant, (ms, _) in result.positions.items():
+            heads[tenant] += [keys.COMMITTED_MARK, ms]
         pipe = self.redis.pipeline(transaction=False)
         for tenant, sids in by_tenant.items():
             pipe.xack(keys.stream(tenant), GROUP, *sids)
@@ -347,6 +374,8 @@ class Projector:
             pipe.hset(keys.fences(tenant), thread, f"seq {seq} was issued twice with different content")
             self.log.error("sequence_conflict_thread_fenced", tenant=tenant, thread=thread, seq=seq)
         pipe.execute()
+        for tenant in sorted({c[0] for c in result.conflicts}):
+            self.repair_heads(tenant)  # a reused seq proves Redis lost its tail: stop further reuse now
         metrics.PROJECTED.inc(result.inserted)
         metrics.DUPLICATES.inc(result.duplicates)
         metrics.CONFLICTS.inc(len(result.conflicts))
@@ -382,37 +411,51 @@ class Projector:
             self.redis.xtrim(stream, minid=keep_from.decode(), approximate=False)
 
     def check_tail(self) -> None:
-        """If a stream is behind the position PostgreSQL committed, Redis lost its tail: repair the heads."""
+        """Detect that Redis lost its tail, and repair the heads of the tenants concerned.
+
+        After each commit the worker raises ``projected[COMMITTED_MARK]`` to the committed stream
+        time. A server restored from an older AOF/RDB, or a fresh one, has an older mark (or none)
+        than ``journal.offsets`` in PostgreSQL, even after new appends. Offsets younger than
+        ``tail_check_grace_ms`` are skipped: their mark may still be on its way from another worker.
+        """
         with self.pg.transaction():
-            committed = {t: (ms, sq) for t, ms, sq in self.pg.execute(
-                "SELECT tenant_id, stream_ms, stream_seq FROM journal.offsets")}
+            committed = {t: ms for t, ms in self.pg.execute(
+                "SELECT tenant_id, stream_ms FROM journal.offsets WHERE updated_at <= now() - %s * interval '1 ms'",
+                (self.options.tail_check_grace_ms,))}
         if not committed:
             return
         tenants = sorted(committed)
         pipe = self.redis.pipeline(transaction=False)
         for t in tenants:
-            pipe.xinfo_stream(keys.stream(t))
-        for t, info in zip(tenants, pipe.execute(raise_on_error=False), strict=True):
-            last = (0, 0) if isinstance(info, Exception) else _sid_tuple(_text(info["last-generated-id"]))
-            if last < committed[t] and self._repaired.get(t) != committed[t]:
-                self.repair_heads(t)
-                self._repaired[t] = committed[t]
+            pipe.hget(keys.projected(t), keys.COMMITTED_MARK)
+        for t, mark in zip(tenants, pipe.execute(), strict=True):
+            if int(mark or 0) < committed[t]:
+                self.repair_heads(t, committed[t])
         self._tenants |= set(tenants)
         self._ensure_groups(set(tenants) - self._grouped)
 
-    def repair_heads(self, tenant: str) -> int:
-        """Raise the tenant's Lua heads to at least what PostgreSQL holds for each thread."""
+    def repair_heads(self, tenant: str, committed_ms: int | None = None) -> int:
+        """Raise the tenant's Lua heads to at least what PostgreSQL holds, and restore its fences."""
         with self.pg.transaction():
-            rows = self.pg.execute("SELECT thread_id, GREATEST(last_seq, max_seq) FROM journal.threads "
-                                   "WHERE tenant_id = %s", (tenant,)).fetchall()
+            rows = self.pg.execute("SELECT thread_id, GREATEST(last_seq, max_seq), fenced, fence_reason "
+                                   "FROM journal.threads WHERE tenant_id = %s", (tenant,)).fetchall()
+            if committed_ms is None:
+                found = self.pg.execute("SELECT stream_ms FROM journal.offsets WHERE tenant_id = %s",
+                                        (tenant,)).fetchone()
+                committed_ms = found[0] if found else 0
         raised = 0
         script = self._raise_script()
         for i in range(0, len(rows), 500):
             args: list[Any] = []
-            for thread, seq in rows[i : i + 500]:
+            for thread, seq, _, _ in rows[i : i + 500]:
                 args += [thread, seq]
             raised += int(script(keys=[keys.heads(tenant)], args=args))
-        self.log.error("redis_lost_tail_heads_restored", tenant=tenant, threads=len(rows), raised=raised)
+        fenced = {thread: reason or "fenced in PostgreSQL" for thread, _, is_fenced, reason in rows if is_fenced}
+        if fenced:
+            self.redis.hset(keys.fences(tenant), mapping=fenced)
+        script(keys=[keys.projected(tenant)], args=[keys.COMMITTED_MARK, committed_ms])
+        self.log.error("redis_lost_tail_heads_restored", tenant=tenant, threads=len(rows), raised=raised,
+                       fenced=len(fenced))
         metrics.TAIL_REPAIRS.inc()
         return raised
 

@@ -107,7 +107,7 @@ def test_lost_redis_tail_restores_heads_from_postgres(
     """After Redis loses a tenant's keys, the projector raises heads to PostgreSQL's last seq before reuse."""
     for i in range(5):
         client.append(tenant, "th", "message", {"i": i})
-    p = projector(migrated)
+    p = projector(migrated, tail_check_grace_ms=0)
     p.drain(tenants=[tenant])
     client.redis.delete(keys.stream(tenant), keys.heads(tenant), keys.projected(tenant))
     p.check_tail()

@@ -12,7 +12,6 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import pytest
 from conftest import assert_exactly_once
 
 from journal.client import JournalClient
@@ -145,9 +144,6 @@ def test_postgres_stopped_20s_appends_flow_and_projector_catches_up(
     record_property("events", load.acked)
 
 
-@pytest.mark.xfail(strict=True, reason="a batch read when PostgreSQL fails stays pending on the projector's own "
-                   "consumer until XAUTOCLAIM takes it after claim_idle_ms (30 s by default); the worker does not "
-                   "retry the batch in hand (proposed fix in the fault-suite report)")
 def test_postgres_blip_projector_retries_its_own_batch_without_claim(
         private_stack: EmbeddedStack, fault_settings: Settings, admin_connect: Callable[..., Any]) -> None:
     """After a short PostgreSQL outage the projector re-projects the batch it held, without waiting for a claim."""

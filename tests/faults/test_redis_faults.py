@@ -34,7 +34,7 @@ def aof_dir(stack: EmbeddedStack) -> Path:
 
 
 def drain(settings: Settings, tenants: list[str], timeout: float = 60.0) -> None:
-    p = Projector(settings, WorkerOptions(claim_idle_ms=100, maintenance_every=0.2))
+    p = Projector(settings, WorkerOptions(claim_idle_ms=100, maintenance_every=0.2, tail_check_grace_ms=0))
     try:
         p.drain(tenants=tenants, timeout=timeout)
     finally:
@@ -278,7 +278,7 @@ def test_redis_restarted_empty_never_reissues_a_projected_seq(
         with JournalClient.from_settings(fault_settings) as client:
             assert client.redis.exists(*(keys.stream(t) for t in tenants)) == 0, "Valkey did not start empty"
             assert client.head(tenants[0], "a") == 0
-        p = Projector(fault_settings, WorkerOptions())
+        p = Projector(fault_settings, WorkerOptions(tail_check_grace_ms=0))
         p.check_tail()
         p.close()
         with JournalClient.from_settings(fault_settings) as client:
@@ -373,9 +373,6 @@ def test_old_aof_restored_heads_raised_and_early_reuse_fenced(
         pg.close()
 
 
-@pytest.mark.xfail(strict=True, reason="check_tail detects a lost tail only while the stream's last id is below "
-                   "PostgreSQL's committed offset; one append in the window moves it past, so the tenant's other "
-                   "heads are never raised (proposed fix in the fault-suite report: compare heads with PostgreSQL)")
 def test_old_aof_other_threads_raised_after_an_early_append(old_aof: OldAof) -> None:
     """After an append in the detection window, check_tail still raises the tenant's other threads' heads."""
     with JournalClient.from_settings(old_aof.settings) as client:

@@ -123,9 +123,6 @@ def test_s3_down_small_appends_still_succeed(outage: Outage) -> None:
     assert all(e.blob is None for e in outage.small_while_down)
 
 
-@pytest.mark.xfail(strict=True, reason="JournalClient.from_settings runs BlobStore.ensure_bucket in check_server "
-                   "and raises StoreUnavailable when S3 is down, although small appends need only Redis "
-                   "(proposed fix in the fault-suite report)")
 def test_s3_down_new_client_still_appends_small_events(outage: Outage) -> None:
     """An agent starting while S3 is down can still create a client and append small events."""
     assert outage.new_client_error is None
