@@ -393,7 +393,7 @@ class Bench:
             stats = workers.stop()
         return {"seconds": t1 - t0, "eps": expected / (t1 - t0), "workers": stats}
 
-    def copy_ceiling(self, names: list[str], run: int) -> dict[str, Any]:
+    def copy_ceiling(self, names: list[str], observed: list[int]) -> dict[str, Any]:
         """Binary COPY of the rows the one-worker run wrote, under other tenant ids, batch by batch."""
         rename = {n: n.replace("-w1-", "-cp-", 1) for n in names}
         cols = ", ".join(f"{c}::text" if c in ("actor", "payload") else c for c in COPY_COLUMNS)
@@ -424,7 +424,8 @@ class Bench:
         prepared = [(rename[r[0]], *r[1:7], Jsonb(r[7], dumps=identity), r[8], r[9],
                      None if r[10] is None else Jsonb(r[10], dumps=identity), *r[11:]) for r in rows]
         del rows
-        batch = self.projector_batch(len(names))
+        # The one-worker run's mean transaction size: "the same batches" whatever the worker's read policy.
+        batch = round(statistics.mean(observed)) if observed else self.projector_batch(len(names))
         # PostgreSQL refuses COPY FROM under row-level security ("use INSERT"), and journal_writer has it
         # forced: the ceiling runs as the login user (a superuser on the embedded stack), which bypasses it.
         conn = db.connect(self.settings, role=None)
@@ -458,7 +459,7 @@ class Bench:
         self.log(f"run {run + 1}: one worker drained it in {one['seconds']:.2f}s = {one['eps']:,.0f} events/s")
 
         # 3. raw COPY of the same rows (before the one-worker rows are deleted)
-        cp = self.copy_ceiling(w1, run)
+        cp = self.copy_ceiling(w1, [b for w in one["workers"] for b in w["batches"]])
         fig["copy_eps"], fig["copy_seconds"], fig["copy_batch"] = cp["eps"], cp["seconds"], cp["batch"]
         self.log(f"run {run + 1}: binary COPY of the same {cp['rows']:,} rows in batches of {cp['batch']:,}: "
                  f"{cp['seconds']:.2f}s = {cp['eps']:,.0f} rows/s")
@@ -757,8 +758,8 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"servers: {rv}, {pv} ({where}); {cpus} CPUs; load average {os.getloadavg()[0]:.2f}; "
                           f"Python {sys.version.split()[0]}, psycopg {psycopg.__version__} "
                           f"({psycopg.pq.__impl__}), redis-py {redis.__version__}", highlight=False)
-            console.print(f"worker options: {asdict(bench.options)}; projector batch on this backlog: "
-                          f"{bench.projector_batch(args.tenants):,} entries", highlight=False)
+            console.print(f"worker options: {asdict(bench.options)}; projector batch on this backlog per "
+                          f"worker.py's formula: {bench.projector_batch(args.tenants):,} entries", highlight=False)
             t_all = time.perf_counter()
             runs: list[dict[str, Any]] = []
             for i in range(args.runs):
