@@ -29,9 +29,9 @@ def key_bytes(key: str | bytes | None) -> bytes | None:
         return key.encode()
 
 
-def link(prev_hash: bytes, event: Event, key: bytes | None = None) -> bytes:
-    """The chain hash of ``event`` given the hash of the event before it."""
-    data = prev_hash + canonical_bytes(event)
+def link(prev_hash: bytes, event: Event, key: bytes | None = None, canonical: bytes | None = None) -> bytes:
+    """The chain hash of ``event`` given the hash of the event before it (``canonical``: its bytes, if known)."""
+    data = prev_hash + (canonical if canonical is not None else canonical_bytes(event))
     if key:
         return hmac.new(key, data, hashlib.sha256).digest()
     return hashlib.sha256(data).digest()

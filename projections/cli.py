@@ -118,7 +118,7 @@ def register(sub: Any) -> None:
     p.set_defaults(func=_cmd_migrate)
 
     p = sub.add_parser("project", help="run a projector worker (Redis streams → PostgreSQL) until SIGTERM")
-    p.add_argument("--batch-size", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=5000, help="entries per PostgreSQL transaction")
     p.add_argument("--claim-idle-ms", type=int, default=30_000,
                    help="claim entries pending this long on a dead worker (default 30000)")
     p.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics on 127.0.0.1:PORT")

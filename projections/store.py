@@ -31,6 +31,8 @@ class Item:
     stream_id: str
     event: Event
     body: bytes
+    #: ``codec.canonical_bytes(event)``, computed once when the entry was decoded.
+    canonical: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,9 +88,9 @@ _INSERT_EVENTS = """
 INSERT INTO journal.events (tenant_id, thread_id, seq, type, node, tool, agent_id, actor, ts_ms, appended_at,
     payload, blob_sha256, blob_size, idempotency_key, version, body, stream_id, prev_hash, hash)
 SELECT t, th, s, ty, n, tl, ag, ac::jsonb, ts, to_timestamp(ts / 1000.0), p::jsonb, bs, bz, ik, v, b, sid, ph, h
-FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
-            %s::bigint[], %s::text[], %s::text[], %s::bigint[], %s::text[], %s::smallint[], %s::bytea[],
-            %s::text[], %s::bytea[], %s::bytea[])
+FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[],
+            %b::bigint[], %b::text[], %b::text[], %b::bigint[], %b::text[], %b::smallint[], %b::bytea[],
+            %b::text[], %b::bytea[], %b::bytea[])
      AS u(t, th, s, ty, n, tl, ag, ac, ts, p, bs, bz, ik, v, b, sid, ph, h)
 ON CONFLICT DO NOTHING
 """
@@ -126,7 +128,7 @@ def write_batch(conn: psycopg.Connection, items: Iterable[Item], poison: Iterabl
             tenants = sorted(positions)
             conn.execute(
                 "INSERT INTO journal.offsets (tenant_id, stream_ms, stream_seq) "
-                "SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bigint[]) "
+                "SELECT * FROM unnest(%b::text[], %b::bigint[], %b::bigint[]) "
                 "ON CONFLICT (tenant_id) DO UPDATE SET updated_at = now(), "
                 "stream_ms = GREATEST(journal.offsets.stream_ms, EXCLUDED.stream_ms), "
                 "stream_seq = CASE WHEN (EXCLUDED.stream_ms, EXCLUDED.stream_seq) > "
@@ -141,15 +143,15 @@ def _project_threads(conn: psycopg.Connection, by_thread: dict[tuple[str, str], 
     order = sorted(by_thread)
     tenants = [t for t, _ in order]
     thread_ids = [th for _, th in order]
-    conn.execute("INSERT INTO journal.threads (tenant_id, thread_id) SELECT * FROM unnest(%s::text[], %s::text[]) "
+    conn.execute("INSERT INTO journal.threads (tenant_id, thread_id) SELECT * FROM unnest(%b::text[], %b::text[]) "
                  "ON CONFLICT DO NOTHING", (tenants, thread_ids))
     heads = {
         (r[0], r[1]): r[2:]
         for r in conn.execute(
             "SELECT t.tenant_id, t.thread_id, t.last_seq, t.last_hash, t.max_seq, t.status, t.node "
-            "FROM journal.threads t JOIN unnest(%s::text[], %s::text[]) u(a, b) "
+            "FROM journal.threads t JOIN unnest(%b::text[], %b::text[]) u(a, b) "
             "ON t.tenant_id = u.a AND t.thread_id = u.b ORDER BY t.tenant_id, t.thread_id FOR UPDATE OF t",
-            (tenants, thread_ids))
+            (tenants, thread_ids)).fetchall()
     }
 
     # Which incoming seqs may already be stored? Fetch their bodies to compare.
@@ -159,7 +161,7 @@ def _project_threads(conn: psycopg.Connection, by_thread: dict[tuple[str, str], 
     if probe:
         for t, th, s, b in conn.execute(
             "SELECT e.tenant_id, e.thread_id, e.seq, e.body FROM journal.events e "
-            "JOIN unnest(%s::text[], %s::text[], %s::bigint[]) u(a, b, c) "
+            "JOIN unnest(%b::text[], %b::text[], %b::bigint[]) u(a, b, c) "
             "ON e.tenant_id = u.a AND e.thread_id = u.b AND e.seq = u.c",
             ([p[0] for p in probe], [p[1] for p in probe], [p[2] for p in probe]),
         ):
@@ -196,7 +198,7 @@ def _project_threads(conn: psycopg.Connection, by_thread: dict[tuple[str, str], 
             nxt = seq + 1
             if nxt in fresh:
                 it = fresh.pop(nxt)
-                h = link(head_hash, it.event, key)
+                h = link(head_hash, it.event, key, it.canonical)
                 rows.append(_row(it, head_hash, h))
                 chained.append(it.event)
             elif nxt in unchained:
@@ -223,8 +225,8 @@ def _project_threads(conn: psycopg.Connection, by_thread: dict[tuple[str, str], 
         conn.execute(_INSERT_EVENTS, [list(col) for col in zip(*rows, strict=True)])
     if hash_updates:
         conn.execute(
-            "UPDATE journal.events e SET prev_hash = u.p, hash = u.h FROM unnest(%s::text[], %s::text[], "
-            "%s::bigint[], %s::bytea[], %s::bytea[]) u(a, b, s, p, h) "
+            "UPDATE journal.events e SET prev_hash = u.p, hash = u.h FROM unnest(%b::text[], %b::text[], "
+            "%b::bigint[], %b::bytea[], %b::bytea[]) u(a, b, s, p, h) "
             "WHERE e.tenant_id = u.a AND e.thread_id = u.b AND e.seq = u.s",
             [list(col) for col in zip(*hash_updates, strict=True)])
     if updates:
@@ -232,8 +234,8 @@ def _project_threads(conn: psycopg.Connection, by_thread: dict[tuple[str, str], 
             "UPDATE journal.threads t SET last_seq = u.s, last_hash = u.h, max_seq = u.m, status = "
             "CASE WHEN t.status = 'abandoned' THEN 'active' ELSE u.st END, node = u.n, "
             "event_count = t.event_count + u.c, updated_at = now() "
-            "FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bytea[], %s::bigint[], %s::text[], %s::text[], "
-            "%s::bigint[]) u(a, b, s, h, m, st, n, c) WHERE t.tenant_id = u.a AND t.thread_id = u.b",
+            "FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::bytea[], %b::bigint[], %b::text[], %b::text[], "
+            "%b::bigint[]) u(a, b, s, h, m, st, n, c) WHERE t.tenant_id = u.a AND t.thread_id = u.b",
             [list(col) for col in zip(*updates, strict=True)])
     if conflict_rows:
         conn.cursor().executemany(
@@ -242,7 +244,7 @@ def _project_threads(conn: psycopg.Connection, by_thread: dict[tuple[str, str], 
         fenced = sorted({(t, th) for t, th, *_ in conflict_rows})
         conn.execute(
             "UPDATE journal.threads t SET fenced = true, fence_reason = 'sequence conflict; see journal.conflicts' "
-            "FROM unnest(%s::text[], %s::text[]) u(a, b) WHERE t.tenant_id = u.a AND t.thread_id = u.b",
+            "FROM unnest(%b::text[], %b::text[]) u(a, b) WHERE t.tenant_id = u.a AND t.thread_id = u.b",
             ([f[0] for f in fenced], [f[1] for f in fenced]))
     for tenant, thread, old_seq, new_seq, chained in snapshot_jobs:
         result.snapshots += snapshots.write_due(conn, tenant, thread, old_seq, new_seq, chained, snapshot_every,

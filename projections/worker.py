@@ -52,10 +52,13 @@ GROUP = "projector"
 
 @dataclass(frozen=True, slots=True)
 class WorkerOptions:
-    batch_size: int = 2000
-    #: Streams per XREADGROUP call (one call can name many tenant streams).
+    #: Entries per PostgreSQL transaction.
+    batch_size: int = 5000
+    #: Streams per XREADGROUP call (one call can name many tenant streams; calls are pipelined).
     streams_per_read: int = 500
-    block_ms: int = 100
+    #: Entries read per round over all streams (each stream gets at least 10).
+    read_ahead: int = 20_000
+    block_ms: int = 50
     #: A pending entry idle this long belongs to a dead worker and is claimed.
     claim_idle_ms: int = 30_000
     maintenance_every: float = 5.0
@@ -234,32 +237,44 @@ class Projector:
             self._grouped.add(t)
 
     def read_and_project(self) -> int:
+        """Read new entries of every known stream in one pipelined round trip, then project them."""
         tenants = sorted(self._tenants)
         if not tenants:
             self._stop.wait(self.options.block_ms / 1000)
             return 0
-        total = 0
-        per_stream = max(10, self.options.batch_size // max(1, min(len(tenants), self.options.streams_per_read)))
-        for i in range(0, len(tenants), self.options.streams_per_read):
-            chunk = tenants[i : i + self.options.streams_per_read]
-            streams = {keys.stream(t): ">" for t in chunk}
+        chunks = [tenants[i : i + self.options.streams_per_read]
+                  for i in range(0, len(tenants), self.options.streams_per_read)]
+        # Enough per stream that a thread's backlog lands in one transaction, bounded per round.
+        per_stream = max(10, self.options.read_ahead // len(tenants))
+        replies: list[Any]
+        if len(chunks) == 1:  # one read can block until something arrives
+            streams = {keys.stream(t): ">" for t in tenants}
             try:
-                reply = self.redis.xreadgroup(GROUP, self.consumer, streams, count=per_stream,
-                                              block=self.options.block_ms if len(tenants) <= len(chunk) else None)
+                replies = [self.redis.xreadgroup(GROUP, self.consumer, streams, count=per_stream,
+                                                 block=self.options.block_ms)]
             except redis.ResponseError as e:
-                if "NOGROUP" in str(e):  # Redis restarted empty or a stream was deleted: recreate groups.
+                replies = [e]
+        else:
+            pipe = self.redis.pipeline(transaction=False)
+            for chunk in chunks:
+                pipe.xreadgroup(GROUP, self.consumer, {keys.stream(t): ">" for t in chunk}, count=per_stream)
+            replies = pipe.execute(raise_on_error=False)
+        entries = []
+        for chunk, reply in zip(chunks, replies, strict=True):
+            if isinstance(reply, Exception):
+                if "NOGROUP" in str(reply):  # Redis restarted empty or a stream was deleted: recreate groups.
                     self._grouped.clear()
                     self._ensure_groups(chunk)
                     continue
-                raise
-            entries = [(keys.tenant_of_stream(k.decode()), sid.decode(), fields)
-                       for k, msgs in reply or [] for sid, fields in msgs if fields is not None]
-            if entries:
-                total += self.project(entries)
-        if total == 0 and len(tenants) > self.options.streams_per_read:
-            # Many streams cannot share one blocking read: idle briefly instead of spinning.
-            self._stop.wait(self.options.block_ms / 1000)
-        return total
+                raise reply
+            entries += [(keys.tenant_of_stream(k.decode()), sid.decode(), fields)
+                        for k, msgs in reply or [] for sid, fields in msgs if fields is not None]
+        if not entries:
+            if len(chunks) > 1:  # many streams cannot share one blocking read: idle briefly, do not spin
+                self._stop.wait(self.options.block_ms / 1000)
+            return 0
+        size = self.options.batch_size
+        return sum(self.project(entries[i : i + size]) for i in range(0, len(entries), size))
 
     def claim(self) -> int:
         """Take over entries pending on dead consumers for longer than ``claim_idle_ms``."""
@@ -291,9 +306,8 @@ class Projector:
         for tenant, sid, fields in entries:
             try:
                 ev = codec.decode_entry(tenant, fields, sid)
-                body = fields[b"b"]
-                codec.canonical_bytes(ev)  # the hash chain must be computable
-                items.append(Item(sid, ev, body))
+                # Computed here (an event whose chain bytes cannot be made is poison) and reused by the chain.
+                items.append(Item(sid, ev, fields[b"b"], codec.canonical_bytes(ev)))
             except (CodecError, JournalError, KeyError, ValueError, TypeError) as e:
                 poison.append(self._poison(tenant, sid, fields, f"undecodable: {e}"))
         t0 = time.perf_counter()
@@ -385,7 +399,14 @@ class Projector:
 
     def trim(self) -> None:
         """XTRIM MINID below the oldest entry not yet committed, keeping ``hot_window`` entries."""
-        for tenant in sorted(self._tenants):
+        tenants = sorted(self._tenants)
+        pipe = self.redis.pipeline(transaction=False)
+        for tenant in tenants:
+            pipe.xlen(keys.stream(tenant))
+        lengths = pipe.execute(raise_on_error=False)
+        for tenant, length in zip(tenants, lengths, strict=True):
+            if isinstance(length, Exception) or int(length) <= self.settings.hot_window:
+                continue  # nothing to trim: skip the per-stream round trips
             stream = keys.stream(tenant)
             try:
                 groups = self.redis.xinfo_groups(stream)
