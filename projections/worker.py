@@ -57,7 +57,7 @@ class WorkerOptions:
     #: Streams per XREADGROUP call (one call can name many tenant streams; calls are pipelined).
     streams_per_read: int = 500
     #: Entries read per round over all streams (each stream gets at least 10).
-    read_ahead: int = 20_000
+    read_ahead: int = 100_000
     block_ms: int = 50
     #: A pending entry idle this long belongs to a dead worker and is claimed.
     claim_idle_ms: int = 30_000

@@ -62,7 +62,7 @@ CREATE TABLE journal.threads (
     fenced boolean NOT NULL DEFAULT false,
     fence_reason text,
     PRIMARY KEY (tenant_id, thread_id)
-);
+) WITH (fillfactor = 70);  -- room on each page for HOT updates: every batch rewrites its threads' rows
 CREATE INDEX threads_active_idx ON journal.threads (tenant_id, thread_id) WHERE status = 'active';
 
 CREATE TABLE journal.snapshots (
