@@ -310,11 +310,40 @@ def canonical_bytes(event: Event) -> bytes:
 
     An offloaded payload is covered by its blob digest rather than its bytes.
     """
+    payload = None if event.blob else event.payload
+    actor = event.actor
+    # Decoded events are canonical already (the writer normalized them); checking is cheaper than rebuilding.
+    if not _is_canonical(payload, 0):
+        payload = normalize(payload)
+    if not _is_canonical(actor, 0):
+        actor = normalize(actor)
     return pack(
         [event.version, event.tenant, event.thread, event.seq, event.type, event.node, event.ts_ms,
-         None if event.blob else normalize(event.payload), event.idempotency_key, normalize(event.actor),
-         event.blob.to_wire() if event.blob else None]
+         payload, event.idempotency_key, actor, event.blob.to_wire() if event.blob else None]
     )
+
+
+def _is_canonical(value: Any, depth: int) -> bool:
+    """Whether ``normalize(value)`` would return an equal value unchanged: plain, valid, key-sorted."""
+    kind = type(value)
+    if kind is str:
+        return "\x00" not in value and (value.isascii() or _utf8_ok(value))
+    if value is None or kind is bool:
+        return True
+    if kind is int:
+        return _INT_MIN <= value <= _INT_MAX
+    if kind is float:
+        return math.isfinite(value)
+    if depth >= MAX_DEPTH:
+        return False
+    if kind is dict:
+        keys = list(value)
+        if not all(type(k) is str and "\x00" not in k and (k.isascii() or _utf8_ok(k)) for k in keys):
+            return False
+        return keys == sorted(keys) and all(_is_canonical(v, depth + 1) for v in value.values())
+    if kind is list:
+        return all(_is_canonical(v, depth + 1) for v in value)
+    return False
 
 
 def _text(value: Any) -> str:
