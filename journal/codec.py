@@ -337,10 +337,16 @@ def _is_canonical(value: Any, depth: int) -> bool:
     if depth >= MAX_DEPTH:
         return False
     if kind is dict:
-        keys = list(value)
-        if not all(type(k) is str and "\x00" not in k and (k.isascii() or _utf8_ok(k)) for k in keys):
-            return False
-        return keys == sorted(keys) and all(_is_canonical(v, depth + 1) for v in value.values())
+        prev = None
+        for k, v in value.items():
+            if type(k) is not str or "\x00" in k or (prev is not None and k <= prev):
+                return False
+            if not k.isascii() and not _utf8_ok(k):
+                return False
+            if not _is_canonical(v, depth + 1):
+                return False
+            prev = k
+        return True
     if kind is list:
         return all(_is_canonical(v, depth + 1) for v in value)
     return False
