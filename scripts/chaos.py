@@ -100,6 +100,8 @@ class Chaos:
     max_lag_events: int = 0
     max_lag_seconds: float = 0.0
     lag_samples: int = 0
+    #: (seconds since start, entries not yet acknowledged by the projector), one per sample
+    lag_series: list[tuple[float, int]] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
     proc: subprocess.Popen[bytes] | None = None
     proc_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -250,6 +252,7 @@ class Chaos:
     def sampler(self) -> None:
         assert self.settings.redis_url
         r = redis_connect(self.settings.redis_url)
+        t0 = time.monotonic()
         try:
             while not self.stop.wait(1.0):
                 self.watch_projector()
@@ -258,7 +261,9 @@ class Chaos:
                 except Exception:  # Valkey is down right now: no sample
                     continue
                 self.lag_samples += 1
-                self.max_lag_events = max(self.max_lag_events, sum(x.undelivered + x.pending for x in lags))
+                backlog = sum(x.undelivered + x.pending for x in lags)
+                self.lag_series.append((round(time.monotonic() - t0, 1), backlog))
+                self.max_lag_events = max(self.max_lag_events, backlog)
                 self.max_lag_seconds = max([self.max_lag_seconds, *(x.seconds for x in lags)])
         finally:
             r.close()
@@ -374,6 +379,8 @@ def check(c: Chaos) -> dict[str, Any]:
         "max_lag_events": c.max_lag_events,
         "max_lag_seconds": round(c.max_lag_seconds, 1),
         "lag_samples": c.lag_samples,
+        "lag_at_end_of_load": c.lag_series[-1][1] if c.lag_series else None,
+        "lag_series": c.lag_series,
     }
 
 
@@ -404,7 +411,7 @@ def table(r: dict[str, Any], title: str) -> Table:
     t.add_row("chains failing / unchained events", f"{len(r['chain_failures'])} / {r['unchained_events']}")
     t.add_row("max lag observed", f"{r['max_lag_events']} entries, {r['max_lag_seconds']}s "
               f"({r['lag_samples']} samples)")
-    t.add_row("drain after load", f"{r['drain_seconds']:.1f}s")
+    t.add_row("backlog at end of load / drain time", f"{r['lag_at_end_of_load']} entries / {r['drain_seconds']:.1f}s")
     errs = ", ".join(f"{k} {v}" for k, v in sorted(r["writer_errors"].items())) or "none"
     t.add_row("writer errors (not acknowledged)", errs)
     return t
@@ -444,7 +451,8 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
             with c.ledger.lock:
                 acked = len(c.ledger.acked)
-            console.log(f"{acked} acknowledged, faults {dict(c.faults)}, max lag {c.max_lag_events}")
+            now_lag = c.lag_series[-1][1] if c.lag_series else None
+            console.log(f"{acked} acknowledged, faults {dict(c.faults)}, lag {now_lag} (max {c.max_lag_events})")
         c.stop.set()
         for t in helpers + workers:
             t.join(120)
