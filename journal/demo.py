@@ -80,7 +80,8 @@ def agent_run(client: JournalClient, tenant: str, thread: str, steps: int, rng: 
             step("node_exit", {"node": "approval"}, "approval")
             step("node_enter", {"node": "planner"}, "planner")
     step("memory_delete", {"path": ["customer", "last_tool"]}, "planner")
-    step("complete", {"summary": "refund issued"}, "planner")
+    step("node_exit", {"node": "planner"}, "planner")
+    step("complete", {"summary": "refund issued"})
     return lat, blobs, seq
 
 
