@@ -59,6 +59,8 @@ class BatchResult:
     dead_letters: int = 0
     #: tenant -> highest stream position committed by this batch (ms, seq).
     positions: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: tenant -> committed stream time (ms) before this batch (0 for a new tenant).
+    previous_ms: dict[str, int] = field(default_factory=dict)
 
 
 _STATUS_OF = {PAUSE: "paused", RESUME: "active", COMPLETE: "completed", FAIL: "failed"}
@@ -147,6 +149,9 @@ def write_batch(conn: psycopg.Connection, items: Iterable[Item], poison: Iterabl
             result.dead_letters = len(poison)
         if positions:
             tenants = sorted(positions)
+            result.previous_ms = dict.fromkeys(tenants, 0)
+            result.previous_ms.update(conn.execute(
+                "SELECT tenant_id, stream_ms FROM journal.offsets WHERE tenant_id = ANY(%b)", (tenants,)).fetchall())
             conn.execute(
                 "INSERT INTO journal.offsets (tenant_id, stream_ms, stream_seq) "
                 "SELECT * FROM unnest(%b::text[], %b::bigint[], %b::bigint[]) "

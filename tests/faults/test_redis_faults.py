@@ -382,10 +382,6 @@ def test_old_aof_other_threads_raised_after_an_early_append(old_aof: OldAof) -> 
         f"{old_aof.pg_last[old_aof.early]['b']}: its next append reissues a projected seq")
 
 
-@pytest.mark.xfail(strict=True, reason="the committed mark is raised again by the first batch projected after the "
-                   "restart (new entries carry new stream times), so check_tail no longer sees the loss; stale heads "
-                   "stay until a reissued seq conflicts (proposed fix in the fault-suite report: repair on a new "
-                   "Redis run_id)")
 def test_old_aof_detected_under_continuous_load_before_any_reuse(
         private_stack: EmbeddedStack, fault_settings: Settings, admin_connect: Callable[..., Any]) -> None:
     """Valkey restored from an older AOF while a projector runs and a writer keeps appending to another thread:
