@@ -23,7 +23,7 @@ _MISSING = {"404", "NoSuchKey", "NotFound"}
 _DENIED = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
 
 
-def s3_client(settings: Settings) -> Any:
+def s3_client(settings: Settings, *, read_timeout: float = 30, attempts: int = 2) -> Any:
     """A boto3 S3 client for the configured endpoint (path-style, short timeouts, few retries)."""
     return boto3.client(
         "s3",
@@ -32,8 +32,8 @@ def s3_client(settings: Settings) -> Any:
         aws_secret_access_key=settings.s3_secret_key,
         region_name=settings.s3_region,
         config=botocore.config.Config(
-            s3={"addressing_style": "path"}, connect_timeout=3, read_timeout=30,
-            retries={"max_attempts": 2, "mode": "standard"},
+            s3={"addressing_style": "path"}, connect_timeout=3, read_timeout=read_timeout,
+            retries={"max_attempts": attempts, "mode": "standard"},
         ),
     )
 

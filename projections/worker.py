@@ -36,7 +36,7 @@ import structlog
 
 from journal import codec, keys
 from journal.append import resolve_blob
-from journal.blobs import BlobStore
+from journal.blobs import BlobStore, s3_client
 from journal.chain import key_bytes
 from journal.errors import BlobError, CodecError, JournalError, StoreUnavailable
 from journal.events import Event
@@ -93,7 +93,9 @@ class Projector:
         self._attempts: dict[tuple[str, str], int] = defaultdict(int)
         #: Re-read this consumer's own pending entries (at start, and after a failed batch).
         self._recover = True
-        self._blobs = BlobStore.from_settings(settings) if settings.s3_url else None
+        # Blobs are read only to fold snapshots, which can be skipped: fail fast rather than stall a batch.
+        self._blobs = (BlobStore(s3_client(settings, read_timeout=5, attempts=1), settings.s3_bucket)
+                       if settings.s3_url else None)
         self.log = log.bind(consumer=self.consumer)
 
     # -- lifecycle -----------------------------------------------------------------------------------
