@@ -303,6 +303,9 @@ class Projector:
 
     def project(self, entries: list[tuple[str, str, dict[bytes, Any]]]) -> int:
         """Decode, write in one transaction, then acknowledge. Returns entries handled."""
+        return self._write(*self._decode(entries))
+
+    def _decode(self, entries: list[tuple[str, str, dict[bytes, Any]]]) -> tuple[list[Item], list[Poison]]:
         items: list[Item] = []
         poison: list[Poison] = []
         for tenant, sid, fields in entries:
@@ -312,6 +315,9 @@ class Projector:
                 items.append(Item(sid, ev, fields[b"b"], codec.canonical_bytes(ev)))
             except (CodecError, JournalError, KeyError, ValueError, TypeError) as e:
                 poison.append(self._poison(tenant, sid, fields, f"undecodable: {e}"))
+        return items, poison
+
+    def _write(self, items: list[Item], poison: list[Poison]) -> int:
         t0 = time.perf_counter()
         try:
             with self.pg.transaction():
@@ -321,12 +327,12 @@ class Projector:
         except psycopg.OperationalError:
             raise
         except psycopg.Error as e:
-            self.log.warning("batch_rejected_retrying_one_by_one", error=str(e), entries=len(entries))
+            self.log.warning("batch_rejected_retrying_one_by_one", error=str(e), entries=len(items) + len(poison))
             return self._project_singly(items, poison)
         metrics.BATCH_SECONDS.observe(time.perf_counter() - t0)
         self._after_commit(result, [(i.event.tenant, i.stream_id) for i in items] +
                            [(p.tenant, p.stream_id) for p in poison])
-        return len(entries)
+        return len(items) + len(poison)
 
     def _project_singly(self, items: list[Item], poison: list[Poison]) -> int:
         done: list[tuple[str, str]] = []
