@@ -14,7 +14,8 @@ import structlog
 from journal import codec
 from journal.errors import BlobError, JournalError
 from journal.events import Event
-from replayer.reducer import ReducerError, ThreadState, apply, empty
+from replayer.reducer import ReducerError, apply
+from replayer.state import ThreadState, empty
 
 log = structlog.get_logger("projections.snapshots")
 

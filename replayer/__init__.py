@@ -75,8 +75,9 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from replayer.audit import Step, ToolUsage, export_bundle, state_diff, timeline, tool_usage
     from replayer.bundle import BundleReport, verify_bundle, write_bundle
-    from replayer.reducer import ReducerError, ThreadState, apply, diff, empty, fold, register
+    from replayer.reducer import ReducerError, apply, fold, register
     from replayer.replay import InvalidQuery, Replayer, ThreadVerdict, replay, verify
     from replayer.resume import Resumed, resume
     from replayer.sources import ArchiveSource, HistorySource, PostgresSource, RedisSource
+    from replayer.state import ThreadState, diff, empty
     from replayer.verify import StoredEvent, VerifyResult, verify_chain

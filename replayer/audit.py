@@ -18,12 +18,12 @@ from journal import events as ev
 from journal.errors import NotFound
 from journal.events import Event
 from journal.keys import validate_id
-from replayer import reducer
+from replayer import reducer, state
 from replayer.bundle import write_bundle
 from replayer.replay import InvalidQuery, Replayer, ThreadVerdict, verify_rows
 
-_STATUS_AFTER = {ev.PAUSE: reducer.PAUSED, ev.RESUME: reducer.ACTIVE, ev.COMPLETE: reducer.COMPLETED,
-                 ev.FAIL: reducer.FAILED}
+_STATUS_AFTER = {ev.PAUSE: state.PAUSED, ev.RESUME: state.ACTIVE, ev.COMPLETE: state.COMPLETED,
+                 ev.FAIL: state.FAILED}
 
 
 # -- timeline --------------------------------------------------------------------------------------
@@ -89,7 +89,7 @@ def timeline(r: Replayer, tenant: str, thread: str, after: int = 0, upto: int | 
     events = r.history(tenant, thread, after, upto, resolve_blobs=False)
     if not events and after == 0:
         raise NotFound(f"thread {tenant}/{thread} has no events (or this reader may not see them)")
-    status = reducer.ACTIVE
+    status = state.ACTIVE
     if after:
         status = r.replay(tenant, thread, at_seq=after).status
     out: list[Step] = []
@@ -187,8 +187,8 @@ def parse_time(text: str) -> datetime:
 
 
 def state_diff(r: Replayer, tenant: str, thread: str, from_seq: int, to_seq: int) -> dict[str, Any]:
-    """``reducer.diff`` between the thread's states at ``from_seq`` and ``to_seq``."""
-    return reducer.diff(r.replay(tenant, thread, at_seq=from_seq), r.replay(tenant, thread, at_seq=to_seq))
+    """``state.diff`` between the thread's states at ``from_seq`` and ``to_seq``."""
+    return state.diff(r.replay(tenant, thread, at_seq=from_seq), r.replay(tenant, thread, at_seq=to_seq))
 
 
 # -- bundles ---------------------------------------------------------------------------------------
@@ -224,8 +224,8 @@ def export_bundle(r: Replayer, tenant: str, thread: str, out: str | os.PathLike[
     events = [s.event for s in rows]
     cache: dict[str, bytes] = {}
     blobs = {e.blob.sha256: r.fetch_blob(e, cache) for e in events if e.blob is not None}
-    state = reducer.fold(r.resolve_blobs(events, cache), reducer.empty(tenant, thread), r.registry)
-    path = write_bundle(out, tenant, thread, rows, blobs, state, r.key_id)
+    final = reducer.fold(r.resolve_blobs(events, cache), state.empty(tenant, thread), r.registry)
+    path = write_bundle(out, tenant, thread, rows, blobs, final, r.key_id)
     # Exported even when broken (the bundle is then evidence of it), but the caller is told.
     chain = verify_rows(tenant, thread, rows, head, r.key)
     return Exported(path, tenant, thread, len(rows), len(blobs), rows[-1].hash, r.key_id, chain)

@@ -30,8 +30,9 @@ from journal.events import Event
 from journal.keys import validate_id
 from journal.redis_store import connect as redis_connect
 from journal.settings import Settings
-from replayer.reducer import Reducer, ThreadState, empty, fold
+from replayer.reducer import Reducer, fold
 from replayer.sources import ArchiveSource, BadRow, PostgresSource, RedisSource, ThreadHead
+from replayer.state import ThreadState, empty
 from replayer.verify import CHANGED, StoredEvent, VerifyResult, verify_chain
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

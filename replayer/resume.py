@@ -18,9 +18,10 @@ from journal.chain import key_bytes
 from journal.client import JournalClient
 from journal.errors import NotFound
 from journal.keys import TENANT_CONTEXT_THREAD, validate_id
-from replayer.reducer import ThreadState, empty, fold
+from replayer.reducer import fold
 from replayer.replay import Replayer
 from replayer.sources import PostgresSource, RedisSource
+from replayer.state import ThreadState, empty
 
 
 @dataclass(frozen=True, slots=True)

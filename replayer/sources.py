@@ -34,7 +34,7 @@ from journal.events import Event
 from journal.settings import Settings
 from projections import db
 from projections.snapshots import decode_state
-from replayer.reducer import ThreadState
+from replayer.state import ThreadState
 from replayer.verify import StoredEvent
 
 #: Entries per XREVRANGE page when walking the hot tail backwards.

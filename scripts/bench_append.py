@@ -17,6 +17,7 @@ import gc
 import json
 import os
 import random
+import re
 import shutil
 import statistics
 import sys
@@ -440,7 +441,8 @@ def main(argv: list[str] | None = None) -> int:
             server = bench.server_line()
             cpus = os.cpu_count() or 0
             affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cpus
-            console.print(f"server: {server} at {url}{' (embedded)' if stack else ''}")
+            shown = re.sub(r"//[^@/]*@", "//", url)  # never print credentials
+            console.print(f"server: {server} at {shown}{' (embedded)' if stack else ''}")
             console.print(f"client: Python {sys.version.split()[0]}, redis-py {redis.__version__}, "
                           f"{cpus} CPUs ({affinity} usable), load average {os.getloadavg()[0]:.2f}")
             runs: list[dict[str, float]] = []

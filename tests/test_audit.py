@@ -15,8 +15,9 @@ from journal.events import Draft
 from journal.settings import Settings
 from projections.worker import Projector
 from replayer.audit import explain_tool_usage
-from replayer.reducer import diff, fold
+from replayer.reducer import fold
 from replayer.replay import Replayer
+from replayer.state import diff
 
 ACTOR = {"agent_id": "support-bot-7", "model": "sim"}
 

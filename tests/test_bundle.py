@@ -16,7 +16,8 @@ from journal.errors import BlobMissing, InvalidEvent
 from journal.events import BlobRef, Event
 from replayer import bundle as b
 from replayer.bundle import BundleError, UnsupportedBundleVersion, verify_bundle, write_bundle
-from replayer.reducer import Reducer, ThreadState, empty, fold, register
+from replayer.reducer import Reducer, fold, register
+from replayer.state import ThreadState, empty
 from replayer.verify import StoredEvent
 
 TENANT, THREAD = "acme", "run-42"

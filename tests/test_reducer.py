@@ -16,7 +16,9 @@ from journal import codec
 from journal.errors import CodecError, InvalidEvent, JournalError
 from journal.events import BlobRef, Event
 from replayer import reducer as r
-from replayer.reducer import ReducerError, ThreadState, apply, diff, empty, fold, register
+from replayer import state as rs
+from replayer.reducer import ReducerError, apply, fold, register
+from replayer.state import ThreadState, diff, empty
 
 TENANT, THREAD = "acme", "run-1"
 
@@ -211,7 +213,7 @@ def test_bookkeeping_tracks_seq_count_and_times() -> None:
 def test_message_rule() -> None:
     """A message records role, content, tool-call ids, node and seq."""
     s = fold([ev(1, "message", {"role": "assistant", "content": "use a tool", "tool_calls": ["c1"]}, "planner")])
-    assert s.messages == (r.Message(1, "assistant", "use a tool", ("c1",), "planner"),)
+    assert s.messages == (rs.Message(1, "assistant", "use a tool", ("c1",), "planner"),)
     assert s.anomalies == ()
 
 
@@ -294,10 +296,10 @@ def test_memory_set_and_delete_on_nested_paths() -> None:
     s = fold([ev(1, "memory_set", {"path": ["customer", "last_tool"], "value": "search"}),
               ev(2, "memory_set", {"path": "customer.tier", "value": {"level": 2}}),
               ev(3, "memory_set", {"path": ["plan"], "value": [1, 2]})])
-    assert r.thaw(s.memory) == {"customer": {"last_tool": "search", "tier": {"level": 2}}, "plan": [1, 2]}
+    assert rs.thaw(s.memory) == {"customer": {"last_tool": "search", "tier": {"level": 2}}, "plan": [1, 2]}
     s2 = apply(s, ev(4, "memory_delete", {"path": ["customer", "last_tool"]}))
-    assert r.thaw(s2.memory) == {"customer": {"tier": {"level": 2}}, "plan": [1, 2]}
-    assert r.thaw(s.memory)["customer"]["last_tool"] == "search"
+    assert rs.thaw(s2.memory) == {"customer": {"tier": {"level": 2}}, "plan": [1, 2]}
+    assert rs.thaw(s.memory)["customer"]["last_tool"] == "search"
     s3 = apply(s2, ev(5, "memory_delete", {"path": "nothing.here"}))
     assert s3.memory == s2.memory and s3.anomalies == ()
 
@@ -305,7 +307,7 @@ def test_memory_set_and_delete_on_nested_paths() -> None:
 def test_memory_set_through_a_scalar_replaces_it() -> None:
     """Setting below a key that holds a scalar turns it into a map, with an anomaly."""
     s = fold([ev(1, "memory_set", {"path": "a", "value": 5}), ev(2, "memory_set", {"path": "a.b", "value": 6})])
-    assert r.thaw(s.memory) == {"a": {"b": 6}} and s.anomalies[0].seq == 2
+    assert rs.thaw(s.memory) == {"a": {"b": 6}} and s.anomalies[0].seq == 2
 
 
 def test_memory_bad_path_is_an_anomaly() -> None:
@@ -329,7 +331,7 @@ def test_pause_resume_complete() -> None:
 def test_fail_and_events_after_terminal_status() -> None:
     """fail records the error; an event after a terminal status is applied and flagged."""
     s = fold([ev(1, "fail", {"error": {"kind": "timeout"}}), ev(2, "message", {"role": "user", "content": "?"})])
-    assert s.status == "failed" and r.thaw(s.error) == {"kind": "timeout"}
+    assert s.status == "failed" and rs.thaw(s.error) == {"kind": "timeout"}
     assert "after the thread was failed" in s.anomalies[0].message
 
 
@@ -392,7 +394,7 @@ def test_custom_type_with_registered_reducer() -> None:
 def test_custom_type_without_reducer_is_opaque() -> None:
     """An unregistered custom type is recorded verbatim in opaque, never a crash."""
     s = fold([ev(1, "x.acme.refund_issued", {"amount": 12})], registry={})
-    assert s.opaque == (r.OpaqueEntry(1, "x.acme.refund_issued", r.freeze({"amount": 12})),)
+    assert s.opaque == (rs.OpaqueEntry(1, "x.acme.refund_issued", rs.freeze({"amount": 12})),)
 
 
 def test_failing_custom_reducer_raises_reducer_error() -> None:

@@ -16,9 +16,10 @@ from journal.keys import TENANT_CONTEXT_THREAD
 from journal.settings import Settings
 from projections import db
 from projections.worker import Projector
-from replayer.reducer import empty, fold
+from replayer.reducer import fold
 from replayer.replay import InvalidQuery, Replayer
 from replayer.resume import Resumed
+from replayer.state import empty
 
 
 def project(settings: Settings, *tenants: str) -> None:
