@@ -91,7 +91,7 @@ def prepare(settings: Settings, tenant: str, drafts: Iterable[Draft | Mapping[st
                 script_keys.append(keys.idempotency(tenant, d.thread, d.idempotency_key))
                 idem_index[slot] = len(script_keys)  # Lua's KEYS is 1-based
             ik = idem_index[slot]
-        body = codec.encode_body(d.type, payload, d.node, d.idempotency_key, actor, ref)
+        body = codec.encode_body(d.type, payload, d.node, d.idempotency_key, actor, ref, packed_payload=packed)
         args.extend((d.thread, "" if d.expected_seq is None else d.expected_seq, ik, body))
         prepared.payloads.append(payload)
         prepared.actors.append(actor)
