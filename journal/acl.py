@@ -25,7 +25,7 @@ import re
 import secrets
 import warnings
 from dataclasses import dataclass
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import redis
 import structlog
@@ -33,6 +33,7 @@ import structlog
 from journal import keys
 from journal.errors import AccessDenied, ConfigError, JournalError
 from journal.redis_store import translate as _translate
+from journal.settings import with_credentials
 
 log = structlog.get_logger("journal.acl")
 
@@ -69,12 +70,10 @@ class TenantCredentials:
 
     def redis_url(self, base_url: str) -> str:
         """``base_url`` (host, port, db, options kept) with these credentials in place of any given."""
-        parts = urlsplit(base_url)
-        if parts.scheme not in ("redis", "rediss", "unix"):
-            raise ConfigError(f"not a Redis URL: {parts.scheme!r}; expected redis://, rediss:// or unix://")
-        host = parts.netloc.rpartition("@")[2]
-        netloc = f"{quote(self.username, safe='')}:{quote(self.password, safe='')}@{host}"
-        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+        scheme = urlsplit(base_url).scheme
+        if scheme not in ("redis", "rediss", "unix"):
+            raise ConfigError(f"not a Redis URL: {scheme!r}; expected redis://, rediss:// or unix://")
+        return with_credentials(base_url, self.username, self.password)
 
     def __repr__(self) -> str:  # never print the password into logs or test reports
         return f"TenantCredentials(tenant={self.tenant!r}, username={self.username!r}, password='***')"

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from journal.errors import ConfigError
 
@@ -97,3 +98,11 @@ class Settings:
             if value:
                 out.append(f"export JOURNAL_{name}={value}")
         return out
+
+
+def with_credentials(url: str, user: str, password: str) -> str:
+    """``url`` (host, port, path, options kept) with ``user:password`` in place of any credentials."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))

@@ -9,7 +9,6 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg
 from alembic import command
@@ -18,7 +17,7 @@ from psycopg import sql
 
 from journal.errors import AccessDenied, ConfigError, StoreUnavailable
 from journal.keys import validate_id
-from journal.settings import Settings
+from journal.settings import Settings, with_credentials
 
 WRITER = "journal_writer"
 READER = "journal_reader"
@@ -76,10 +75,7 @@ class ReaderCredentials:
 
     def database_url(self, base_url: str) -> str:
         """``base_url`` with this reader's user and password."""
-        parts = urlsplit(base_url)
-        host = parts.hostname or "127.0.0.1"
-        netloc = f"{quote(self.role)}:{quote(self.password)}@{host}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+        return with_credentials(base_url, self.role, self.password)
 
 
 def reader_role_name(tenant: str) -> str:
