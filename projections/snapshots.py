@@ -6,7 +6,7 @@ with the chain hash at that seq, so a replay starting from it is tied to the ver
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Protocol
 
 import psycopg
 import structlog
@@ -19,7 +19,12 @@ from replayer.state import ThreadState, empty
 
 log = structlog.get_logger("projections.snapshots")
 
-Resolver = Callable[[Event], Event]
+class BlobSource(Protocol):
+    """Fills in offloaded payloads for the fold, and says whether object storage is usable now."""
+
+    def __call__(self, event: Event) -> Event: ...
+
+    def available(self) -> bool: ...
 
 
 def encode_state(state: ThreadState) -> bytes:
@@ -38,7 +43,7 @@ def load_events(conn: psycopg.Connection, tenant: str, thread: str, after: int, 
 
 
 def write_due(conn: psycopg.Connection, tenant: str, thread: str, old_seq: int, new_seq: int,
-              chained: list[Event], every: int, resolve: Resolver | None = None) -> int:
+              chained: list[Event], every: int, resolve: BlobSource | None = None) -> int:
     """Write the snapshots due at each multiple of ``every`` in (old_seq, new_seq]; return how many.
 
     ``resolve`` fills in payloads offloaded to object storage: the fold must see the same
@@ -52,6 +57,13 @@ def write_due(conn: psycopg.Connection, tenant: str, thread: str, old_seq: int, 
         "SELECT seq, state FROM journal.snapshots WHERE tenant_id = %s AND thread_id = %s AND seq <= %s "
         "ORDER BY seq DESC LIMIT 1", (tenant, thread, targets[0])).fetchone()
     base_seq, state = (row[0], decode_state(row[1])) if row else (0, empty(tenant, thread))
+    if (resolve is None or not resolve.available()) and conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM journal.events WHERE tenant_id = %s AND thread_id = %s AND seq > %s "
+        "AND seq <= %s AND blob_sha256 IS NOT NULL)", (tenant, thread, base_seq, new_seq)).fetchone()[0]:
+        # Skip before loading anything: a fold far behind its last snapshot is costly to redo at
+        # every batch while object storage is down.
+        log.info("snapshot_deferred_blobs_unavailable", tenant=tenant, thread=thread, seq=targets[-1])
+        return 0
     first_new = chained[0].seq if chained else new_seq + 1
     history = load_events(conn, tenant, thread, base_seq, first_new - 1) + [e for e in chained if e.seq > base_seq]
     hashes = dict(conn.execute(

@@ -121,7 +121,7 @@ def _insert_events(conn: psycopg.Connection, rows: list[tuple[Any, ...]]) -> Non
 
 def write_batch(conn: psycopg.Connection, items: Iterable[Item], poison: Iterable[Poison] = (), *,
                 key: bytes | None = None, snapshot_every: int = 100,
-                resolve: snapshots.Resolver | None = None) -> BatchResult:
+                resolve: snapshots.BlobSource | None = None) -> BatchResult:
     """Project ``items`` (and dead-letter ``poison``) in one transaction; the caller commits via ``with``."""
     result = BatchResult()
     positions = result.positions
@@ -165,7 +165,7 @@ def write_batch(conn: psycopg.Connection, items: Iterable[Item], poison: Iterabl
 
 
 def _project_threads(conn: psycopg.Connection, by_thread: dict[tuple[str, str], list[Item]], result: BatchResult,
-                     key: bytes | None, snapshot_every: int, resolve: snapshots.Resolver | None) -> None:
+                     key: bytes | None, snapshot_every: int, resolve: snapshots.BlobSource | None) -> None:
     order = sorted(by_thread)
     tenants = [t for t, _ in order]
     thread_ids = [th for _, th in order]

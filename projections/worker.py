@@ -68,6 +68,32 @@ class WorkerOptions:
     tail_check_grace_ms: int = 1000
 
 
+class SnapshotBlobs:
+    """Offloaded payloads for snapshot folds, with a breaker: after a failed read, snapshots that
+    need blobs are deferred for ``pause`` seconds instead of being re-folded at every batch."""
+
+    def __init__(self, store: BlobStore | None, pause: float = 10.0) -> None:
+        self.store = store
+        self.pause = pause
+        self._down_until = 0.0
+
+    def available(self) -> bool:
+        return self.store is not None and time.monotonic() >= self._down_until
+
+    def __call__(self, event: Event) -> Event:
+        if event.blob is None:
+            return event
+        if self.store is None:
+            raise BlobError("no object storage configured (JOURNAL_S3_URL) to read offloaded payloads")
+        if not self.available():
+            raise BlobError("object storage failed moments ago; snapshot deferred")
+        try:
+            return resolve_blob(event, self.store.get(event.tenant, event.blob))
+        except JournalError:
+            self._down_until = time.monotonic() + self.pause
+            raise
+
+
 def _sid_tuple(sid: str) -> tuple[int, int]:
     ms, _, seq = sid.partition("-")
     return int(ms), int(seq or 0)
@@ -94,8 +120,8 @@ class Projector:
         #: Re-read this consumer's own pending entries (at start, and after a failed batch).
         self._recover = True
         # Blobs are read only to fold snapshots, which can be skipped: fail fast rather than stall a batch.
-        self._blobs = (BlobStore(s3_client(settings, read_timeout=5, attempts=1), settings.s3_bucket)
-                       if settings.s3_url else None)
+        self.resolve = SnapshotBlobs(BlobStore(s3_client(settings, read_timeout=5, attempts=1), settings.s3_bucket)
+                                     if settings.s3_url else None)
         self.log = log.bind(consumer=self.consumer)
 
     # -- lifecycle -----------------------------------------------------------------------------------
@@ -119,14 +145,6 @@ class Projector:
         if name not in self._scripts:
             self._scripts[name] = self.redis.register_script(script_source(name))
         return self._scripts[name]
-
-    def resolve(self, event: Event) -> Event:
-        """The event with its offloaded payload, for the snapshot fold."""
-        if event.blob is None:
-            return event
-        if self._blobs is None:
-            raise BlobError("no object storage configured (JOURNAL_S3_URL) to read offloaded payloads")
-        return resolve_blob(event, self._blobs.get(event.tenant, event.blob))
 
     def stop(self, *_: Any) -> None:
         self._stop.set()
