@@ -166,8 +166,20 @@ class EmbeddedStack:
             for name in services:
                 entry = state.get(name, {})
                 if not _alive(entry.get("pid")):
-                    state[name] = getattr(self, f"_start_{name}")(entry)
+                    state[name] = self._start_with_retry(name, entry)
         return self.settings()
+
+    def _start_with_retry(self, name: str, entry: dict[str, int]) -> dict[str, int]:
+        # A port probed free can still be taken a moment later, e.g. as the local end of some
+        # process's outgoing connection; the server then exits at once. Try again a few times.
+        for attempt in range(1, 4):
+            try:
+                return getattr(self, f"_start_{name}")(entry)
+            except StoreUnavailable:
+                if attempt == 3:
+                    raise
+                time.sleep(0.5 * attempt)
+        raise AssertionError("unreachable")
 
     def start(self, name: str) -> None:
         """Start one service (after ``kill`` or ``stop``) on its previous port and data."""
@@ -369,7 +381,8 @@ class EmbeddedStack:
         data.mkdir(parents=True, exist_ok=True)
         port = free_port(prev.get("port"))
         names = ["master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3_grpc"]
-        ports = {n: free_port(prev.get(n)) for n in names}
+        # Only the S3 port is in the URL; the internal ones are picked afresh at every start.
+        ports = {n: free_port() for n in names}
         log = self.data_dir / "s3.log"
         argv = [str(binary), "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                 f"-master.port={ports['master']}", f"-master.port.grpc={ports['master_grpc']}",

@@ -95,6 +95,7 @@ class Chaos:
     log_dir: Path
     ledger: Ledger = field(default_factory=Ledger)
     faults: Counter[str] = field(default_factory=Counter)
+    restart_failures: Counter[str] = field(default_factory=Counter)
     fault_seconds: Counter[str] = field(default_factory=Counter)
     projector_exits: list[str] = field(default_factory=list)
     max_lag_events: int = 0
@@ -231,23 +232,32 @@ class Chaos:
                 return
             kind = self.rng.choices(list(weights), weights=list(weights.values()))[0]
             t0 = time.monotonic()
-            if kind == "projector_kill":
-                self.kill_projector()
-            elif kind == "redis_kill":
-                self.stack.kill("redis")
-                time.sleep(self.rng.uniform(0.5, 2.0))
-                self.stack.start("redis")
-            elif kind == "postgres_stop":
-                self.stack.stop("postgres")
-                time.sleep(self.rng.uniform(5.0, 20.0))
-                self.stack.start("postgres")
-            else:
-                self.stack.stop("s3")
-                time.sleep(self.rng.uniform(2.0, 5.0))
-                self.stack.start("s3")
+            try:
+                self.inject(kind)
+            except Exception as e:  # a server that will not come back is a finding, not the end of the soak
+                self.restart_failures[kind] += 1
+                console.log(f"[red]fault {kind}: restart failed: {e}[/]")
+                time.sleep(1.0)
+                self.stack.up()
             self.faults[kind] += 1
             self.fault_seconds[kind] += time.monotonic() - t0
             console.log(f"fault {kind} ({time.monotonic() - t0:.1f}s)")
+
+    def inject(self, kind: str) -> None:
+        if kind == "projector_kill":
+            self.kill_projector()
+        elif kind == "redis_kill":
+            self.stack.kill("redis")
+            time.sleep(self.rng.uniform(0.5, 2.0))
+            self.stack.start("redis")
+        elif kind == "postgres_stop":
+            self.stack.stop("postgres")
+            time.sleep(self.rng.uniform(5.0, 20.0))
+            self.stack.start("postgres")
+        else:
+            self.stack.stop("s3")
+            time.sleep(self.rng.uniform(2.0, 5.0))
+            self.stack.start("s3")
 
     def sampler(self) -> None:
         assert self.settings.redis_url
@@ -374,6 +384,7 @@ def check(c: Chaos) -> dict[str, Any]:
         "appends_given_up": led.gave_up,
         "writer_errors": dict(led.errors),
         "faults": {k: c.faults.get(k, 0) for k in FAULTS},
+        "restart_failures": {k: c.restart_failures.get(k, 0) for k in FAULTS},
         "fault_seconds": {k: round(c.fault_seconds.get(k, 0.0), 1) for k in FAULTS},
         "projector_unexpected_exits": c.projector_exits,
         "max_lag_events": c.max_lag_events,
@@ -389,7 +400,9 @@ def table(r: dict[str, Any], title: str) -> Table:
     t.add_column("measure")
     t.add_column("value", justify="right")
     for kind in FAULTS:
-        t.add_row(f"faults: {kind}", f"{r['faults'][kind]} ({r['fault_seconds'][kind]:.0f}s)")
+        failed = r["restart_failures"][kind]
+        t.add_row(f"faults: {kind}", f"{r['faults'][kind]} ({r['fault_seconds'][kind]:.0f}s)"
+                  + (f", {failed} restart(s) failed" if failed else ""))
     t.add_row("projector exits (unexpected)", str(len(r["projector_unexpected_exits"])))
     t.add_row("events appended (attempted)", f"{r['attempted']} ({r['calls']} calls, {r['big_attempted']} blobs)")
     for lvl in LEVELS:
