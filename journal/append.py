@@ -76,14 +76,17 @@ def prepare(settings: Settings, tenant: str, drafts: Iterable[Draft | Mapping[st
         if actor is None:
             actor = actors[id(d.actor)] = codec.normalize(dict(d.actor), where.replace("payload", "actor"),
                                                           MAX_ACTOR_BYTES)
-        packed = codec.pack(payload)
-        if len(packed) > settings.max_payload_bytes:
-            raise PayloadTooLarge(len(packed), settings.max_payload_bytes)
+        # One pack per event: the size that decides on offloading is the packed event body
+        # (payload plus its small envelope); the rare offloaded event is packed again.
+        raw = codec.pack_body(d.type, payload, d.node, d.idempotency_key, actor, None)
+        if len(raw) > settings.max_payload_bytes:
+            raise PayloadTooLarge(len(raw), settings.max_payload_bytes)
         ref = None
-        if len(packed) > settings.blob_threshold:
-            blob = codec.frame(packed)
+        if len(raw) > settings.blob_threshold:
+            blob = codec.frame(codec.pack(payload))
             ref = BlobRef(hashlib.sha256(blob).hexdigest(), len(blob))
             prepared.uploads.append((ref, blob))
+            raw = codec.pack_body(d.type, None, d.node, d.idempotency_key, actor, ref)
         ik = 0
         if d.idempotency_key is not None:
             slot = (d.thread, d.idempotency_key)
@@ -91,7 +94,7 @@ def prepare(settings: Settings, tenant: str, drafts: Iterable[Draft | Mapping[st
                 script_keys.append(keys.idempotency(tenant, d.thread, d.idempotency_key))
                 idem_index[slot] = len(script_keys)  # Lua's KEYS is 1-based
             ik = idem_index[slot]
-        body = codec.encode_body(d.type, payload, d.node, d.idempotency_key, actor, ref, packed_payload=packed)
+        body = codec.frame(raw)
         args.extend((d.thread, "" if d.expected_seq is None else d.expected_seq, ik, body))
         prepared.payloads.append(payload)
         prepared.actors.append(actor)

@@ -247,6 +247,28 @@ def unframe(data: bytes) -> Any:
         raise CodecError(f"corrupt event body: {e}") from e
 
 
+def pack_body(
+    type_: str,
+    payload: Any,
+    node: str | None,
+    idempotency_key: str | None,
+    actor: Mapping[str, Any],
+    blob: BlobRef | None,
+) -> bytes:
+    """The writer's half of an event, packed but not framed (seq and time are added by Redis).
+
+    ``payload`` and ``actor`` must already be normalized; ``node`` and ``idempotency_key``
+    are refused here if msgpack or PostgreSQL could not store them.
+    """
+    for name, text in (("node", node), ("idempotency_key", idempotency_key)):
+        if text is not None:
+            if type(text) is not str:
+                raise UnserializableValue(name, f"must be a str, got {type(text).__name__}")
+            _check_text(text, name)
+    return pack([SCHEMA_VERSION, type_, node, None if blob else payload, idempotency_key, actor,
+                 blob.to_wire() if blob else None])
+
+
 def encode_body(
     type_: str,
     payload: Any,
@@ -254,32 +276,9 @@ def encode_body(
     idempotency_key: str | None,
     actor: Mapping[str, Any],
     blob: BlobRef | None,
-    *,
-    packed_payload: bytes | None = None,
 ) -> bytes:
-    """The writer's half of an event as stored in the stream (seq and time are added by Redis).
-
-    ``payload`` and ``actor`` must already be normalized; ``node`` and ``idempotency_key``
-    are refused here if msgpack or PostgreSQL could not store them. ``packed_payload`` is
-    ``pack(payload)`` when the caller has it already (it measured the size): the body is then
-    assembled around it, byte for byte what packing the whole list would give.
-    """
-    for name, text in (("node", node), ("idempotency_key", idempotency_key)):
-        if text is not None:
-            if type(text) is not str:
-                raise UnserializableValue(name, f"must be a str, got {type(text).__name__}")
-            _check_text(text, name)
-    if packed_payload is not None and blob is None:
-        return frame(b"".join((_FIXARRAY_7, pack(SCHEMA_VERSION), pack(type_), pack(node), packed_payload,
-                               pack(idempotency_key), pack(actor), _NIL)))
-    return frame(
-        pack([SCHEMA_VERSION, type_, node, None if blob else payload, idempotency_key, actor,
-              blob.to_wire() if blob else None])
-    )
-
-
-_FIXARRAY_7 = b"\x97"  # msgpack header of a 7-element array
-_NIL = b"\xc0"
+    """``pack_body`` framed for storage: what the stream entry's ``b`` field holds."""
+    return frame(pack_body(type_, payload, node, idempotency_key, actor, blob))
 
 
 def decode_entry(tenant: str, fields: Mapping[bytes | str, Any], stream_id: str | None = None) -> Event:

@@ -95,11 +95,3 @@ def test_large_bodies_are_compressed() -> None:
     framed = codec.frame(raw)
     assert framed[1] & codec.FLAG_ZSTD and len(framed) < len(raw)
 
-
-@given(plain, st.one_of(st.none(), st.text(max_size=5).filter(lambda s: "\x00" not in s)))
-def test_body_assembled_around_packed_payload_is_identical(value: object, node: str | None) -> None:
-    """encode_body with a pre-packed payload gives exactly the bytes of packing the whole list."""
-    norm = codec.normalize(value)
-    actor = {"agent_id": "a"}
-    assert codec.encode_body("message", norm, node, "k", actor, None, packed_payload=codec.pack(norm)) == \
-        codec.encode_body("message", norm, node, "k", actor, None)
