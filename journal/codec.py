@@ -269,18 +269,6 @@ def pack_body(
                  blob.to_wire() if blob else None])
 
 
-def encode_body(
-    type_: str,
-    payload: Any,
-    node: str | None,
-    idempotency_key: str | None,
-    actor: Mapping[str, Any],
-    blob: BlobRef | None,
-) -> bytes:
-    """``pack_body`` framed for storage: what the stream entry's ``b`` field holds."""
-    return frame(pack_body(type_, payload, node, idempotency_key, actor, blob))
-
-
 def decode_entry(tenant: str, fields: Mapping[bytes | str, Any], stream_id: str | None = None) -> Event:
     """Build an ``Event`` from a stream entry's fields (``t`` thread, ``s`` seq, ``ts`` ms, ``b`` body)."""
     try:

@@ -125,7 +125,7 @@ def raw_fields(d: dict[str, Any], seq: int) -> dict[str, Any]:
     """The exact stream fields the Lua script writes for draft ``d``, encoded once up front."""
     payload = codec.normalize(d["payload"])
     actor = codec.normalize(dict(d["actor"]))
-    body = codec.encode_body(d["type"], payload, d["node"], d.get("idempotency_key"), actor, None)
+    body = codec.frame(codec.pack_body(d["type"], payload, d["node"], d.get("idempotency_key"), actor, None))
     return {"t": d["thread"], "s": seq, "ts": int(time.time() * 1000), "b": body}
 
 

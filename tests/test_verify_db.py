@@ -46,7 +46,7 @@ def forge(pg: Any, tenant: str, seq: int, content: str) -> None:
                           "AND seq = %s", (tenant, seq - 1)).fetchone()
     payload = {"content": content, "role": "user"}
     ev = Event(tenant, "th", seq, "message", payload, ts + 1, actor={"agent_id": "a1"})
-    body = codec.encode_body("message", payload, None, None, {"agent_id": "a1"}, None)
+    body = codec.frame(codec.pack_body("message", payload, None, None, {"agent_id": "a1"}, None))
     pg.execute(
         "INSERT INTO journal.events (tenant_id, thread_id, seq, type, agent_id, actor, ts_ms, appended_at, payload, "
         "version, body, stream_id, prev_hash, hash) VALUES (%s, 'th', %s, 'message', 'a1', %s, %s, "
