@@ -109,6 +109,16 @@ class VerifyResult:
                 "head_hash": self.head_hash.hex(), "detail": self.detail}
 
 
+def chained(events: Iterable[Event], key: bytes | None = None) -> list[StoredEvent]:
+    """``events`` (in seq order) with the hashes a correct chain gives them: what the projector stores."""
+    rows, prev = [], GENESIS
+    for e in events:
+        h = link(prev, e, key)
+        rows.append(StoredEvent(e, h, prev))
+        prev = h
+    return rows
+
+
 def verify_chain(events: Iterable[StoredEvent], key: bytes | None = None, *, expected_head: bytes | None = None,
                  expected_last_seq: int | None = None) -> VerifyResult:
     """Recompute the chain of one thread's events from ``GENESIS`` and report the first bad seq.

@@ -18,7 +18,7 @@ from replayer import bundle as b
 from replayer.bundle import BundleError, UnsupportedBundleVersion, verify_bundle, write_bundle
 from replayer.reducer import Reducer, fold, register
 from replayer.state import ThreadState, empty
-from replayer.verify import StoredEvent
+from replayer.verify import chained
 
 TENANT, THREAD = "acme", "run-42"
 KEY = b"audit-key-0123456789abcdef012345"
@@ -53,21 +53,11 @@ def history(extra: list[tuple[str, Any]] | None = None) -> tuple[list[Event], di
     return events, {ref.sha256: blob}
 
 
-def stored(events: list[Event], key: bytes | None = None) -> list[StoredEvent]:
-    """Events with the chain hashes the projector would store."""
-    rows, prev = [], GENESIS
-    for e in events:
-        h = link(prev, e, key)
-        rows.append(StoredEvent(e, h, prev))
-        prev = h
-    return rows
-
-
 def make(tmp_path: Path, key: bytes | None = None, key_id: str | None = None,
          registry: dict[str, Reducer] | None = None, extra: list[tuple[str, Any]] | None = None,
          name: str = "run.ajb") -> tuple[Path, list[Event], dict[str, bytes]]:
     events, blobs = history(extra)
-    path = write_bundle(tmp_path / name, TENANT, THREAD, stored(events, key), blobs,
+    path = write_bundle(tmp_path / name, TENANT, THREAD, chained(events, key), blobs,
                         fold(events, empty(TENANT, THREAD), registry), key_id, created_ms=1_700_000_999_000)
     return path, events, blobs
 
@@ -165,7 +155,7 @@ def test_every_single_byte_flip_fails(tmp_path: Path) -> None:
     events, _ = history()
     small = [e for e in events if e.blob is None][:4]
     small = [replace(e, seq=i) for i, e in enumerate(small, 1)]
-    path = write_bundle(tmp_path / "s.ajb", TENANT, THREAD, stored(small), {}, fold(small), None, created_ms=5)
+    path = write_bundle(tmp_path / "s.ajb", TENANT, THREAD, chained(small), {}, fold(small), None, created_ms=5)
     data = path.read_bytes()
     assert verify_bundle(path).ok
     undetected = []
@@ -277,7 +267,7 @@ def test_custom_types_need_their_reducers(tmp_path: Path) -> None:
 def test_write_refuses_missing_or_wrong_inputs(tmp_path: Path) -> None:
     """Writing refuses a referenced blob that is absent and events or state of another thread."""
     events, blobs = history()
-    rows = stored(events)
+    rows = chained(events)
     state = fold(events)
     with pytest.raises(BlobMissing):
         write_bundle(tmp_path / "a.ajb", TENANT, THREAD, rows, {}, state, None)

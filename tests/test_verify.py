@@ -18,6 +18,7 @@ from replayer.verify import (
     REORDERED,
     StoredEvent,
     VerifyResult,
+    chained,
     payload_matches,
     verify_chain,
 )
@@ -39,16 +40,6 @@ def make_events(n: int, texts: list[str] | None = None) -> list[Event]:
     ]
 
 
-def chain(events: list[Event], key: bytes | None = None) -> list[StoredEvent]:
-    """Rows as the projector stores them: each with hash = link(prev_hash, event)."""
-    rows, prev = [], GENESIS
-    for e in events:
-        h = link(prev, e, key)
-        rows.append(StoredEvent(e, h, prev))
-        prev = h
-    return rows
-
-
 def content_of(e: Event) -> dict[str, Any]:
     """Everything of an event except its seq."""
     return {"type": e.type, "payload": e.payload, "ts_ms": e.ts_ms, "node": e.node, "actor": e.actor,
@@ -66,7 +57,7 @@ def check(result: VerifyResult, seq: int, reason: str, orig: list[StoredEvent] |
 
 def test_intact_chain_verifies() -> None:
     """An untouched chain is ok, every event checked, head = last hash."""
-    rows = chain(make_events(12))
+    rows = chained(make_events(12))
     res = verify_chain(rows)
     assert res.ok and res.checked == 12 and res.head_hash == rows[-1].hash
     assert res.first_bad_seq is None and res.reason is None
@@ -82,7 +73,7 @@ def test_empty_chain_verifies() -> None:
 
 def test_to_dict_is_json_friendly() -> None:
     """The result renders as plain data with a hex head."""
-    d = verify_chain(chain(make_events(2))).to_dict()
+    d = verify_chain(chained(make_events(2))).to_dict()
     assert d["ok"] is True and isinstance(d["head_hash"], str) and len(d["head_hash"]) == 64
 
 
@@ -98,7 +89,7 @@ keys = st.sampled_from([None, KEY])
 def test_changed_payload_byte(nk: tuple[int, int], key: bytes | None) -> None:
     """One byte of one payload changed (columns untouched) → changed at that seq."""
     n, k = nk
-    rows = chain(make_events(n), key)
+    rows = chained(make_events(n), key)
     orig = list(rows)
     e = rows[k - 1].event
     rows[k - 1] = replace(rows[k - 1], event=replace(e, payload={**e.payload, "i": e.payload["i"] ^ 1}))
@@ -110,7 +101,7 @@ def test_changed_payload_byte(nk: tuple[int, int], key: bytes | None) -> None:
 def test_changed_type_only(nk: tuple[int, int], key: bytes | None) -> None:
     """true → 1 in a payload (equal under Python ==) → changed at that seq."""
     n, k = nk
-    rows = chain(make_events(n), key)
+    rows = chained(make_events(n), key)
     orig = list(rows)
     e = rows[k - 1].event
     rows[k - 1] = replace(rows[k - 1], event=replace(e, payload={**e.payload, "ok": 1}))
@@ -124,7 +115,7 @@ def test_deleted_event_leaves_a_gap(nk: tuple[int, int], key: bytes | None) -> N
     n, k = nk
     if k == n:
         k -= 1
-    rows = chain(make_events(n), key)
+    rows = chained(make_events(n), key)
     orig = list(rows)
     del rows[k - 1]
     check(verify_chain(rows, key), k, MISSING, orig)
@@ -137,7 +128,7 @@ def test_deleted_event_with_renumbering(nk: tuple[int, int], key: bytes | None) 
     n, k = nk
     if k == n:
         k -= 1
-    rows = chain(make_events(n), key)
+    rows = chained(make_events(n), key)
     orig = list(rows)
     del rows[k - 1]
     for j in range(k - 1, len(rows)):
@@ -150,7 +141,7 @@ def test_deleted_event_with_renumbering(nk: tuple[int, int], key: bytes | None) 
 def test_deleted_tail_needs_an_anchor(nk: tuple[int, int], key: bytes | None) -> None:
     """Events cut off the end are caught with the recorded head or last seq → missing at the first cut."""
     n, k = nk
-    rows = chain(make_events(n), key)
+    rows = chained(make_events(n), key)
     orig = list(rows)
     head = rows[-1].hash
     cut = rows[: k - 1]
@@ -163,7 +154,7 @@ def test_deleted_tail_needs_an_anchor(nk: tuple[int, int], key: bytes | None) ->
 def test_inserted_with_duplicate_seq(nk: tuple[int, int], key: bytes | None, fake_first: bool) -> None:
     """An extra row carrying an existing seq → inserted at that seq, whichever copy comes first."""
     n, k = nk
-    rows = chain(make_events(n), key)
+    rows = chained(make_events(n), key)
     orig = list(rows)
     target = rows[k - 1]
     fake = StoredEvent(replace(target.event, payload={"forged": True}), bytes(32), target.prev_hash)
@@ -180,7 +171,7 @@ def test_inserted_with_renumbering(nk: tuple[int, int], key: bytes | None, forge
     or garbage hashes; both are caught.
     """
     n, k = nk
-    rows = chain(make_events(n), key)
+    rows = chained(make_events(n), key)
     orig = list(rows)
     prev = rows[k - 2].hash if k > 1 else GENESIS
     fake_ev = replace(rows[k - 1].event, payload={"forged": True})
@@ -194,7 +185,7 @@ def test_inserted_with_renumbering(nk: tuple[int, int], key: bytes | None, forge
 @given(st.integers(2, 20), keys)
 def test_appended_fake_needs_an_anchor(n: int, key: bytes | None) -> None:
     """A fake event appended at the end is inserted at n+1 given the recorded head or last seq."""
-    rows = chain(make_events(n), key)
+    rows = chained(make_events(n), key)
     orig = list(rows)
     head = rows[-1].hash
     extra_ev = replace(rows[-1].event, seq=n + 1, payload={"forged": True}, ts_ms=rows[-1].event.ts_ms + 1)
@@ -215,7 +206,7 @@ def test_swapped_contents(nk: tuple[int, int], key: bytes | None) -> None:
     n, k = nk
     if k == n:
         k -= 1
-    rows = chain(make_events(n), key)
+    rows = chained(make_events(n), key)
     orig = list(rows)
     a, b = rows[k - 1], rows[k]
     rows[k - 1] = replace(a, event=replace(a.event, **content_of(b.event)))
@@ -231,7 +222,7 @@ def test_swapped_rows(nk: tuple[int, int], key: bytes | None, dist: int) -> None
     j = min(n, k + dist)
     if j == k:
         k -= 1
-    rows = chain(make_events(n), key)
+    rows = chained(make_events(n), key)
     orig = list(rows)
     a, b = rows[k - 1], rows[j - 1]
     rows[k - 1] = replace(b, event=replace(b.event, seq=a.event.seq))
@@ -246,7 +237,7 @@ def test_delivered_out_of_order(nk: tuple[int, int], key: bytes | None) -> None:
     n, k = nk
     if k == n:
         k -= 1
-    rows = chain(make_events(n), key)
+    rows = chained(make_events(n), key)
     orig = list(rows)
     rows[k - 1], rows[k] = rows[k], rows[k - 1]
     check(verify_chain(rows, key), k, REORDERED, orig)
@@ -257,28 +248,28 @@ def test_delivered_out_of_order(nk: tuple[int, int], key: bytes | None) -> None:
 
 def test_prev_hash_column_altered() -> None:
     """Only the stored prev_hash of one row altered → changed at that seq."""
-    rows = chain(make_events(6))
+    rows = chained(make_events(6))
     rows[3] = replace(rows[3], prev_hash=b"\x07" * 32)
     check(verify_chain(rows), 4, CHANGED)
 
 
 def test_hash_column_altered() -> None:
     """Only the stored hash of one row altered → changed at that seq."""
-    rows = chain(make_events(6))
+    rows = chained(make_events(6))
     rows[2] = replace(rows[2], hash=b"\x07" * 32)
     check(verify_chain(rows), 3, CHANGED)
 
 
 def test_seq_below_one_is_inserted() -> None:
     """A row with seq 0 is not part of any chain."""
-    rows = chain(make_events(3))
+    rows = chained(make_events(3))
     rows.insert(0, StoredEvent(replace(rows[0].event, seq=0), bytes(32), GENESIS))
     check(verify_chain(rows), 0, INSERTED)
 
 
 def test_keyed_chain_verifies_only_with_its_key() -> None:
     """An HMAC chain verifies with its key; with no key or another key it fails at seq 1."""
-    keyed = chain(make_events(5), KEY)
+    keyed = chained(make_events(5), KEY)
     assert verify_chain(keyed, KEY).ok
     check(verify_chain(keyed), 1, CHANGED)
     check(verify_chain(keyed, b"other-key"), 1, CHANGED)
@@ -286,7 +277,7 @@ def test_keyed_chain_verifies_only_with_its_key() -> None:
 
 def test_unkeyed_chain_fails_with_a_key_and_says_why() -> None:
     """A chain built without the key fails under the key, and the detail names the unkeyed hash."""
-    res = verify_chain(chain(make_events(5)), KEY)
+    res = verify_chain(chained(make_events(5)), KEY)
     check(res, 1, CHANGED)
     assert res.detail is not None and "without the HMAC key" in res.detail
 
@@ -295,7 +286,7 @@ def test_blob_event_is_chained_by_its_reference() -> None:
     """An offloaded payload is covered by its blob digest: a changed digest is a changed event."""
     events = make_events(3)
     events[1] = replace(events[1], payload=None, blob=BlobRef("ab" * 32, 1000))
-    rows = chain(events)
+    rows = chained(events)
     assert verify_chain(rows).ok
     rows[1] = replace(rows[1], event=replace(rows[1].event, blob=BlobRef("cd" * 32, 1000)))
     check(verify_chain(rows), 2, CHANGED)
@@ -305,7 +296,7 @@ def test_database_payload_copy_is_compared() -> None:
     """A JSONB copy that disagrees with the hashed body is changed; JSONB's number rewriting is not."""
     events = make_events(3)
     events[1] = replace(events[1], payload={"big": 1e20, "x": 0.1, "flag": True})
-    rows = chain(events)
+    rows = chained(events)
     rows[1] = replace(rows[1], json_payload={"big": 10**20, "x": 0.1, "flag": True})
     assert verify_chain(rows).ok
     rows[1] = replace(rows[1], json_payload={"big": 10**20, "x": 0.1, "flag": 1})
