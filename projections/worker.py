@@ -17,6 +17,7 @@ into Redis and nothing is acknowledged that is not committed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import socket
@@ -24,7 +25,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -94,6 +95,25 @@ class SnapshotBlobs:
             raise
 
 
+def _stream_entries(reply: Any, **_: Any) -> list[tuple[str, str, dict[bytes, Any]]]:
+    """XREADGROUP's reply (RESP2 list or RESP3 map) as ``(tenant, stream id, fields)``, in one pass.
+
+    Replaces redis-py's parser on the projector's connection: that one builds a tuple and a dict per
+    entry which would be unpacked again here. Entries deleted while pending (no fields) are skipped.
+    """
+    if not reply:
+        return []
+    out: list[tuple[str, str, dict[bytes, Any]]] = []
+    append = out.append
+    for key, msgs in reply.items() if isinstance(reply, dict) else reply:
+        tenant = keys.tenant_of_stream(key.decode())
+        for sid, flat in msgs:
+            if flat is not None:
+                pairs = iter(flat)
+                append((tenant, sid.decode(), dict(zip(pairs, pairs, strict=False))))
+    return out
+
+
 def _sid_tuple(sid: str) -> tuple[int, int]:
     ms, _, seq = sid.partition("-")
     return int(ms), int(seq or 0)
@@ -132,6 +152,7 @@ class Projector:
             if not self.settings.redis_url:
                 raise StoreUnavailable("no Redis URL configured for the projector")
             self._redis = redis_connect(self.settings.redis_url)
+            self._redis.set_response_callback("XREADGROUP", _stream_entries)
         return self._redis
 
     @property
@@ -204,8 +225,8 @@ class Projector:
             if self.settings.metrics_port:
                 metrics.observe_lag(self.redis, self._tenants, GROUP)
         if self._recover:
+            self._recover = False  # before: a failure while recovering asks for another turn
             done += self.recover_own()
-            self._recover = False
         done += self.read_and_project()
         return done
 
@@ -216,9 +237,7 @@ class Projector:
         for i in range(0, len(tenants), self.options.streams_per_read):
             streams = {keys.stream(t): "0" for t in tenants[i : i + self.options.streams_per_read]}
             for _ in range(100):  # bounded: an entry failing below max_attempts stays pending
-                reply = self.redis.xreadgroup(GROUP, self.consumer, streams, count=self.options.batch_size)
-                entries = [(keys.tenant_of_stream(k.decode()), sid.decode(), fields)
-                           for k, msgs in reply or [] for sid, fields in msgs if fields is not None]
+                entries = self.redis.xreadgroup(GROUP, self.consumer, streams, count=self.options.batch_size)
                 if not entries:
                     break
                 done = self.project(entries)
@@ -287,14 +306,25 @@ class Projector:
                     self._ensure_groups(chunk)
                     continue
                 raise reply
-            entries += [(keys.tenant_of_stream(k.decode()), sid.decode(), fields)
-                        for k, msgs in reply or [] for sid, fields in msgs if fields is not None]
+            entries += reply
         if not entries:
             if len(chunks) > 1:  # many streams cannot share one blocking read: idle briefly, do not spin
                 self._stop.wait(self.options.block_ms / 1000)
             return 0
         size = self.options.batch_size
-        return sum(self.project(entries[i : i + size]) for i in range(0, len(entries), size))
+        return self._project_batches([entries[i : i + size] for i in range(0, len(entries), size)])
+
+    def _project_batches(self, batches: list[list[tuple[str, str, dict[bytes, Any]]]]) -> int:
+        """Project ``batches`` in order, each decoded while PostgreSQL executes the previous one's writes."""
+        done = 0
+        decoded = self._decode(batches[0])
+        for i in range(len(batches)):
+            # cache: computed once, by write_batch while it waits on PostgreSQL, or here if it failed first.
+            nxt = functools.cache(functools.partial(self._decode, batches[i + 1])) if i + 1 < len(batches) else None
+            done += self._write(*decoded, meanwhile=nxt)
+            if nxt is not None:
+                decoded = nxt()
+        return done
 
     def claim(self) -> int:
         """Take over entries pending on dead consumers for longer than ``claim_idle_ms``."""
@@ -335,13 +365,13 @@ class Projector:
                 poison.append(self._poison(tenant, sid, fields, f"undecodable: {e}"))
         return items, poison
 
-    def _write(self, items: list[Item], poison: list[Poison]) -> int:
+    def _write(self, items: list[Item], poison: list[Poison], meanwhile: Callable[[], object] | None = None) -> int:
         t0 = time.perf_counter()
         try:
             with self.pg.transaction():
                 result = write_batch(self.pg, items, poison, key=self.key,
                                      snapshot_every=self.settings.snapshot_every,
-                                     resolve=self.resolve)
+                                     resolve=self.resolve, meanwhile=meanwhile)
         except psycopg.OperationalError:
             raise
         except psycopg.Error as e:
@@ -376,6 +406,7 @@ class Projector:
                 else:
                     self.log.warning("entry_failed", tenant=it.event.tenant, thread=it.event.thread,
                                      seq=it.event.seq, attempt=self._attempts[slot], error=str(e))
+                    self._recover = True  # still pending on this consumer: retried next turn, not after claim_idle_ms
         if poison:
             with self.pg.transaction():
                 r = write_batch(self.pg, [], poison)

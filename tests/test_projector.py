@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from conftest import assert_exactly_once
 
-from journal import keys
+from journal import codec, keys
 from journal.client import JournalClient
 from journal.errors import ThreadFenced
 from journal.settings import Settings
@@ -79,6 +79,48 @@ def test_poison_event_goes_to_dead_letters_and_later_events_project(
                            "ORDER BY 1, 2", (tenant,)).fetchall()
     # seq 3 is stored but cannot be chained past the dead seq 2: visible, unhashed, never lost.
     assert got == [("other", 1, True), ("th", 1, True), ("th", 3, False)]
+
+
+def test_many_small_batches_in_one_round_with_poison(migrated: Settings, admin_pg: Any, client: JournalClient) -> None:
+    """A round split into batches of 4 (each decoded while the previous one is written) keeps every event once."""
+    tenants = [f"sb-{random.getrandbits(40):x}-{i}" for i in range(3)]
+    for t in tenants:
+        for i in range(10):
+            for th in ("a", "b"):
+                client.append(t, th, "message", {"i": i})
+    bad = client.redis.xadd(keys.stream(tenants[1]), {"t": "c", "s": 1, "ts": 1, "b": b"\x00garbage"}).decode()
+    client.redis.hset(keys.heads(tenants[1]), "c", 1)
+    client.append(tenants[1], "c", "message", {"i": 2})
+    p = projector(migrated, batch_size=4)
+    p.drain(tenants=tenants)
+    p.close()
+    assert_exactly_once(admin_pg, tenants[0], {"a": 10, "b": 10})
+    assert_exactly_once(admin_pg, tenants[2], {"a": 10, "b": 10})
+    got = admin_pg.execute("SELECT thread_id, count(*), count(hash) FROM journal.events WHERE tenant_id = %s "
+                           "GROUP BY 1 ORDER BY 1", (tenants[1],)).fetchall()
+    assert got == [("a", 10, 10), ("b", 10, 10), ("c", 1, 0)]
+    assert admin_pg.execute("SELECT seq FROM journal.dead_letters WHERE tenant_id = %s AND stream_id = %s",
+                            (tenants[1], bad)).fetchone() == (1,)
+
+
+def test_entry_postgres_refuses_is_dead_lettered_and_its_batch_still_projects(
+        migrated: Settings, admin_pg: Any, client: JournalClient, tenant: str) -> None:
+    """A body that decodes but that PostgreSQL refuses (a NUL in the idempotency key, from a writer that skipped
+    the client's checks) fails its batch; the batch is retried entry by entry and only that entry is dead-lettered."""
+    for i in range(6):
+        client.append(tenant, "a", "message", {"i": i})
+    body = codec.frame(codec.pack([1, "message", None, {"i": 1}, "key\x00nul", {}, None]))
+    bad = client.redis.xadd(keys.stream(tenant), {"t": "c", "s": 1, "ts": 1, "b": body}).decode()
+    client.redis.hset(keys.heads(tenant), "c", 1)
+    for i in range(6):
+        client.append(tenant, "a", "message", {"i": 6 + i})
+    p = projector(migrated, batch_size=4)
+    p.drain(tenants=[tenant])
+    p.close()
+    assert_exactly_once(admin_pg, tenant, {"a": 12})
+    row = admin_pg.execute("SELECT seq, reason FROM journal.dead_letters WHERE tenant_id = %s AND stream_id = %s",
+                           (tenant, bad)).fetchone()
+    assert row is not None and row[0] == 1 and "PostgreSQL refused it 3 times" in row[1]
 
 
 def test_reused_seq_with_different_content_is_a_conflict_and_fences(
