@@ -434,22 +434,20 @@ class Projector:
         for (tenant, thread), seq in result.heads.items():
             heads[tenant] += [thread, seq]
         pipe = self.redis.pipeline(transaction=False)
-        marked = sorted(result.positions)
-        mark = self._script("commit_mark")
-        for tenant in marked:
-            mark(keys=[keys.projected(tenant)], client=pipe,
-                 args=[keys.COMMITTED_MARK, result.previous_ms.get(tenant, 0), result.positions[tenant][0]])
-        for tenant, sids in by_tenant.items():
-            pipe.xack(keys.stream(tenant), GROUP, *sids)
-        raise_ = self._script("raise_heads")
-        for tenant, args in heads.items():
-            raise_(keys=[keys.projected(tenant)], args=args, client=pipe)
+        tenants = sorted(by_tenant.keys() | heads.keys() | result.positions.keys())
+        acknowledge = self._script("acknowledge")
+        for tenant in tenants:
+            sids = by_tenant.get(tenant, [])
+            mark = ("", 0) if tenant not in result.positions else (
+                result.previous_ms.get(tenant, 0), result.positions[tenant][0])
+            acknowledge(keys=[keys.projected(tenant), keys.stream(tenant)], client=pipe,
+                        args=[GROUP, keys.COMMITTED_MARK, *mark, len(sids), *sids, *heads.get(tenant, ())])
         for tenant, thread, seq in result.conflicts:
             pipe.hset(keys.fences(tenant), thread, f"seq {seq} was issued twice with different content")
             self.log.error("sequence_conflict_thread_fenced", tenant=tenant, thread=thread, seq=seq)
         replies = pipe.execute()
         # A stale mark or a reused seq proves Redis lost its tail: stop further reuse now.
-        stale = {t for t, r in zip(marked, replies, strict=False) if int(r) == 1}
+        stale = {t for t, r in zip(tenants, replies, strict=False) if int(r) == 1}
         for tenant in sorted(stale | {c[0] for c in result.conflicts}):
             self.repair_heads(tenant, result.positions[tenant][0] if tenant in result.positions else None)
         metrics.PROJECTED.inc(result.inserted)
