@@ -31,7 +31,7 @@ def _cmd_project(args: argparse.Namespace) -> int:
     from prometheus_client import start_http_server
 
     from projections import db
-    from projections.worker import Projector, WorkerOptions
+    from projections.worker import Projector, WorkerOptions, tune_gc
 
     settings = _settings(args)
     if args.metrics_port:
@@ -42,6 +42,7 @@ def _cmd_project(args: argparse.Namespace) -> int:
         db.migrate(settings)
     worker = Projector(settings, WorkerOptions(batch_size=args.batch_size, claim_idle_ms=args.claim_idle_ms))
     worker.install_signal_handlers()
+    tune_gc()
     worker.run()
     return 0
 
