@@ -47,6 +47,7 @@ from multiprocessing.synchronize import Event as MpEvent
 from pathlib import Path
 from typing import Any
 
+import psutil
 import psycopg
 import redis
 import structlog
@@ -218,6 +219,47 @@ def server_versions(r: redis.Redis, admin: psycopg.Connection) -> tuple[str, str
     return rv, f"PostgreSQL {row[0] if row else '?'}"
 
 
+class CpuMeter:
+    """CPU seconds used by the worker processes, PostgreSQL (postmaster and its children) and Valkey/Redis.
+
+    Servers are found through the connections (INFO's process_id, the backend's parent), so this works
+    for the embedded stack and for external servers on this machine; elsewhere it reports nothing.
+    """
+
+    def __init__(self, r: redis.Redis, admin: psycopg.Connection) -> None:
+        self.servers: dict[str, psutil.Process] = {}
+        with contextlib.suppress(Exception):
+            self.servers["Valkey/Redis"] = psutil.Process(int(r.info("server")["process_id"]))
+        with contextlib.suppress(Exception):
+            row = admin.execute("SELECT pg_backend_pid()").fetchone()
+            parent = psutil.Process(int(row[0])).parent() if row else None
+            if parent is not None:
+                self.servers["PostgreSQL"] = parent
+
+    def sample(self, workers: list[int]) -> dict[str, dict[int, float]]:
+        groups: dict[str, list[psutil.Process]] = {"worker": []}
+        for pid in workers:
+            with contextlib.suppress(psutil.Error):
+                groups["worker"].append(psutil.Process(pid))
+        for name, proc in self.servers.items():
+            with contextlib.suppress(psutil.Error):
+                groups[name] = [proc, *proc.children()]
+        out: dict[str, dict[int, float]] = {}
+        for name, procs in groups.items():
+            out[name] = {}
+            for proc in procs:
+                with contextlib.suppress(psutil.Error):
+                    c = proc.cpu_times()
+                    out[name][proc.pid] = c.user + c.system
+        return out
+
+    @staticmethod
+    def used(before: dict[str, dict[int, float]], after: dict[str, dict[int, float]]) -> dict[str, float]:
+        """Seconds per group between two samples (a process that exited in between is not counted)."""
+        return {name: sum(t - before.get(name, {}).get(pid, 0.0) for pid, t in procs.items())
+                for name, procs in after.items()}
+
+
 # -- worker processes --------------------------------------------------------------------------------
 
 class _Clock:
@@ -278,6 +320,7 @@ def _worker_main(urls: tuple[str, str], data_dir: str, options: dict[str, Any], 
     p._decode = clock.wrap("decode", p._decode)  # type: ignore[method-assign]
     for name in ("read_and_project", "check_tail", "claim", "trim", "refresh_tenants"):
         setattr(p, name, clock.wrap(name, getattr(p, name)))
+    worker_mod.tune_gc()  # as `agent-journal project` does
     p.refresh_tenants()  # connect, discover tenants and create groups before the parent starts the clock
     clock.seconds.clear()
     clock.calls.clear()
@@ -370,6 +413,7 @@ class Bench:
         self.r = self.client.redis
         self.admin = admin_connect(settings)
         self.prefix = f"bp{uuid.uuid4().hex[:6]}"
+        self.cpu = CpuMeter(self.r, self.admin)
         self.options = WorkerOptions(**({"batch_size": args.batch_size} if args.batch_size else {}),
                                      **({"streams_per_read": args.streams_per_read} if args.streams_per_read else {}))
 
@@ -390,12 +434,15 @@ class Bench:
 
     def drain(self, n_workers: int, names: list[str], expected: int, profile: str | None) -> dict[str, Any]:
         workers = Workers(n_workers, self.settings, self.options, profile)
+        pids = [p.pid for p in workers.procs if p.pid]
         try:
+            before = self.cpu.sample(pids)
             t0 = workers.start()
             t1 = wait_drained(self.r, workers, names, expected, timeout=self.args.timeout)
+            cpu = CpuMeter.used(before, self.cpu.sample(pids))
         finally:
             stats = workers.stop()
-        return {"seconds": t1 - t0, "eps": expected / (t1 - t0), "workers": stats}
+        return {"seconds": t1 - t0, "eps": expected / (t1 - t0), "workers": stats, "cpu": cpu}
 
     def copy_ceiling(self, names: list[str], observed: list[int]) -> dict[str, Any]:
         """Binary COPY of the rows the one-worker run wrote, under other tenant ids, batch by batch."""
@@ -460,6 +507,7 @@ class Bench:
         self.log(f"run {run + 1}: loaded {n:,} events into {a.tenants:,} tenants in {fig['load_seconds']:.1f}s")
         one = self.drain(1, w1, n, a.profile and str(Path(a.profile) / f"worker1-run{run}.prof"))
         fig["w1_eps"], fig["w1_seconds"], fig["w1_stats"] = one["eps"], one["seconds"], one["workers"]
+        fig["w1_cpu"] = one["cpu"]
         self.log(f"run {run + 1}: one worker drained it in {one['seconds']:.2f}s = {one['eps']:,.0f} events/s")
 
         # 3. raw COPY of the same rows (before the one-worker rows are deleted)
@@ -692,6 +740,11 @@ def throughput_rows(t: Table, runs: list[dict[str, Any]], med: dict[str, float],
             t.add_row(f"  1-worker time: {k}", f"{v * 100:.1f} %", "", "info",
                       f"trim {sp['_detail_trim'] * 100:.1f} %, claim {sp['_detail_claim'] * 100:.1f} %, "
                       f"check_tail {sp['_detail_check_tail'] * 100:.1f} %" if k.startswith("maintenance") else "")
+    mid = runs[len(runs) // 2]
+    if mid.get("w1_cpu"):
+        cpu, wall = mid["w1_cpu"], mid["w1_seconds"]
+        t.add_row("  1-worker CPU seconds: " + " / ".join(cpu), " / ".join(f"{v:.1f}" for v in cpu.values()),
+                  "", "info", "of wall: " + " / ".join(f"{v / wall * 100:.0f} %" for v in cpu.values()))
     t.add_row("  backlog load (append_many, not scored)", f"{med['load_seconds']:.1f} s", "", "info",
               f"{runs[0]['events']:,} events")
 
