@@ -47,6 +47,7 @@ from journal.redis_store import script_source
 from journal.settings import Settings
 from projections import db, metrics
 from projections.acks import Call, DeferredAcks
+from projections.deferred import DeferredReplies
 from projections.store import BatchResult, Item, Poison, write_batch
 
 log = structlog.get_logger("projections.worker")
@@ -146,6 +147,9 @@ class Projector:
         self._stop = threading.Event()
         self._redis: redis.Redis | None = None
         self._acks: DeferredAcks | None = None
+        self._reads: DeferredReplies | None = None
+        #: The chunks of tenants of a read sent ahead (``read_and_project``), in reply order.
+        self._ahead: list[list[str]] = []
         self._pg: psycopg.Connection | None = None
         self._tenants: set[str] = set()
         self._grouped: set[str] = set()
@@ -170,6 +174,12 @@ class Projector:
             self._redis = redis_connect(self.settings.redis_url)
             self._redis.set_response_callback("XREADGROUP", _stream_entries)
         return self._redis
+
+    @property
+    def reads(self) -> DeferredReplies:
+        if self._reads is None:
+            self._reads = DeferredReplies(self.settings.redis_url or "")
+        return self._reads
 
     @property
     def acks(self) -> DeferredAcks:
@@ -197,6 +207,8 @@ class Projector:
             with contextlib.suppress(redis.RedisError, psycopg.Error, JournalError):
                 self._flush_acks()  # stopping: the last batch's acknowledgements are not left unread
             self._acks.reset()
+        if self._reads is not None:
+            self._reads.reset()
         if self._pg is not None:
             self._pg.close()
         if self._redis is not None:
@@ -224,10 +236,19 @@ class Projector:
                 self._reset_connections()
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
+        if self._reads is not None and self._reads.unread:
+            # A round read ahead is delivered to this consumer already: project it rather than leave
+            # it pending until another worker claims it.
+            with contextlib.suppress(StoreUnavailable, psycopg.OperationalError, redis.RedisError):
+                self.read_and_project()
+                self._flush_acks()
         self.close()
         self.log.info("projector_stopped")
 
     def _reset_connections(self) -> None:
+        # Entries of a read sent ahead stay pending on this consumer: recover_own takes them next turn.
+        if self._reads is not None:
+            self._reads.reset()
         if self._acks is not None:
             self._acks.reset()
         if self._pg is not None:
@@ -306,28 +327,22 @@ class Projector:
             self._grouped.add(t)
 
     def read_and_project(self) -> int:
-        """Read new entries of every known stream in one pipelined round trip, then project them."""
-        tenants = sorted(self._tenants)
-        if not tenants:
-            self._stop.wait(self.options.block_ms / 1000)
-            return 0
-        chunks = [tenants[i : i + self.options.streams_per_read]
-                  for i in range(0, len(tenants), self.options.streams_per_read)]
-        # Enough per stream that a thread's backlog lands in one transaction, bounded per round.
-        per_stream = max(10, self.options.read_ahead // len(tenants))
-        replies: list[Any]
-        if len(chunks) == 1:  # one read can block until something arrives
-            streams = {keys.stream(t): ">" for t in tenants}
-            try:
-                replies = [self.redis.xreadgroup(GROUP, self.consumer, streams, count=per_stream,
-                                                 block=self.options.block_ms)]
-            except redis.ResponseError as e:
-                replies = [e]
+        """Read new entries of every known stream (one pipelined round trip), then project them.
+
+        A round that fills several batches means a backlog: the next round's read is then sent
+        before this one is written, and its reply taken at the next turn, so Valkey prepares it
+        while PostgreSQL works (``DeferredReplies``).
+        """
+        if self.reads.unread:
+            chunks, replies = self._ahead, self.reads.replies()
         else:
-            pipe = self.redis.pipeline(transaction=False)
-            for chunk in chunks:
-                pipe.xreadgroup(GROUP, self.consumer, {keys.stream(t): ">" for t in chunk}, count=per_stream)
-            replies = pipe.execute(raise_on_error=False)
+            tenants = sorted(self._tenants)
+            if not tenants:
+                self._stop.wait(self.options.block_ms / 1000)
+                return 0
+            # One read can block until something arrives; many streams cannot share one blocking read.
+            chunks = self._send_reads(tenants, block=len(tenants) <= self.options.streams_per_read)
+            replies = self.reads.replies()
         entries = []
         for chunk, reply in zip(chunks, replies, strict=True):
             if isinstance(reply, Exception):
@@ -336,13 +351,27 @@ class Projector:
                     self._ensure_groups(chunk)
                     continue
                 raise reply
-            entries += reply
+            entries += _stream_entries(reply)
         if not entries:
-            if len(chunks) > 1:  # many streams cannot share one blocking read: idle briefly, do not spin
+            if len(chunks) > 1:  # idle briefly, do not spin
                 self._stop.wait(self.options.block_ms / 1000)
             return 0
         size = self.options.batch_size
-        return self._project_batches([entries[i : i + size] for i in range(0, len(entries), size)])
+        batches = [entries[i : i + size] for i in range(0, len(entries), size)]
+        if len(batches) > 1 and not self._stop.is_set():
+            self._ahead = self._send_reads(sorted(self._tenants), block=False)
+        return self._project_batches(batches)
+
+    def _send_reads(self, tenants: list[str], *, block: bool) -> list[list[str]]:
+        """Send XREADGROUP for ``tenants`` (``streams_per_read`` streams per call); returns the chunks."""
+        spr = self.options.streams_per_read
+        chunks = [tenants[i : i + spr] for i in range(0, len(tenants), spr)]
+        # Enough per stream that a thread's backlog lands in one transaction, bounded per round.
+        per_stream = max(10, self.options.read_ahead // len(tenants))
+        wait = ("BLOCK", self.options.block_ms) if block else ()
+        self.reads.send([("XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", per_stream, *wait, "STREAMS",
+                          *map(keys.stream, chunk), *[">"] * len(chunk)) for chunk in chunks])
+        return chunks
 
     def _project_batches(self, batches: list[list[tuple[str, str, dict[bytes, Any]]]]) -> int:
         """Project ``batches`` in order, each decoded while PostgreSQL executes the previous one's writes."""

@@ -174,6 +174,29 @@ def test_dead_workers_pending_entries_are_claimed(
     assert client.redis.xpending(keys.stream(tenant), GROUP)["pending"] == 0
 
 
+def test_stop_projects_the_round_read_ahead(
+        migrated: Settings, admin_pg: Any, client: JournalClient, tenant: str) -> None:
+    """A round of several batches sends the next round's read before writing; stopping projects that
+    round (already delivered to this consumer) before exiting, and leaves nothing pending."""
+    for i in range(30):
+        client.append(tenant, "th", "message", {"i": i})
+    p = projector(migrated, batch_size=4, read_ahead=10)
+    p.run_once()  # 10 entries of this stream per round: 3 batches, so the next 10 are read ahead
+    count = "SELECT count(*) FROM journal.events WHERE tenant_id = %s"
+    assert admin_pg.execute(count, (tenant,)).fetchone() == (10,)
+    assert client.redis.xpending(keys.stream(tenant), GROUP)["pending"] == 10
+    p.stop()
+    p.run()  # no new turn, but the round in hand is projected and acknowledged
+    assert_exactly_once(admin_pg, tenant, {"th": 20})
+    assert client.redis.xpending(keys.stream(tenant), GROUP)["pending"] == 0
+    group = next(g for g in client.redis.xinfo_groups(keys.stream(tenant)) if g["name"] == GROUP.encode())
+    assert group["lag"] == 10
+    p2 = projector(migrated)
+    p2.drain(tenants=[tenant])
+    p2.close()
+    assert_exactly_once(admin_pg, tenant, {"th": 30})
+
+
 def test_trim_never_passes_an_uncommitted_entry(migrated: Settings, client: JournalClient, tenant: str) -> None:
     """XTRIM keeps every entry pending on a (dead) consumer, even with no hot window."""
     for i in range(30):
