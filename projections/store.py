@@ -227,6 +227,7 @@ def _plan_threads(conn: psycopg.Connection, by_thread: dict[tuple[str, str], lis
         ):
             stored[(t, th, s)] = bytes(b)
 
+    unchained = _load_unchained(conn, [(t, th, h[0]) for (t, th), h in heads.items() if h[2] > h[0]])
     plan = _Plan()
     rows, conflict_rows, updates, hash_updates = plan.rows, plan.conflict_rows, plan.updates, plan.hash_updates
     for (tenant, thread), its in by_thread.items():
@@ -247,7 +248,7 @@ def _plan_threads(conn: psycopg.Connection, by_thread: dict[tuple[str, str], lis
                 result.conflicts.append((tenant, thread, seq))
         # Extend the verified chain as far as the new events, and ones stored earlier without a
         # hash (their gap is now filled), allow.
-        unchained = _load_unchained(conn, tenant, thread, last_seq) if max_seq > last_seq else {}
+        waiting = unchained.get((tenant, thread), {})
         chained: list[Event] = []
         seq = last_seq
         new_count = len(fresh)
@@ -258,8 +259,8 @@ def _plan_threads(conn: psycopg.Connection, by_thread: dict[tuple[str, str], lis
                 h = link(head_hash, it.event, key, it.canonical)
                 rows.append(_row(it, head_hash, h))
                 chained.append(it.event)
-            elif nxt in unchained:
-                ev = unchained.pop(nxt)
+            elif nxt in waiting:
+                ev = waiting.pop(nxt)
                 h = link(head_hash, ev, key)
                 hash_updates.append((tenant, thread, nxt, head_hash, h))
                 chained.append(ev)
@@ -309,9 +310,18 @@ def _apply(conn: psycopg.Connection, plan: _Plan) -> None:
             ([f[0] for f in fenced], [f[1] for f in fenced]))
 
 
-def _load_unchained(conn: psycopg.Connection, tenant: str, thread: str, after: int) -> dict[int, Event]:
-    """Events stored above the verified head without a hash, waiting for an earlier seq."""
-    rows = conn.execute(
-        "SELECT seq, ts_ms, body FROM journal.events WHERE tenant_id = %s AND thread_id = %s AND seq > %s "
-        "AND hash IS NULL ORDER BY seq", (tenant, thread, after)).fetchall()
-    return {s: codec.decode_body(tenant, thread, s, ts, bytes(b)) for s, ts, b in rows}
+def _load_unchained(conn: psycopg.Connection, threads: list[tuple[str, str, int]],
+                    ) -> dict[tuple[str, str], dict[int, Event]]:
+    """Per (tenant, thread, verified head): events stored above the head without a hash, waiting for an
+    earlier seq (another worker wrote later seqs first). One query for the batch, not one per thread."""
+    out: dict[tuple[str, str], dict[int, Event]] = defaultdict(dict)
+    if threads:
+        for t, th, s, ts, b in conn.execute(
+            # LATERAL … OFFSET 0: one index range scan per thread. As a join, the planner scans every
+            # partition for "hash IS NULL" (it expects few such rows): 0.5 s at 1M events, not 22 ms.
+            "SELECT u.a, u.b, e.seq, e.ts_ms, e.body FROM unnest(%b::text[], %b::text[], %b::bigint[]) u(a, b, c) "
+            "CROSS JOIN LATERAL (SELECT seq, ts_ms, body FROM journal.events WHERE tenant_id = u.a "
+            "AND thread_id = u.b AND seq > u.c AND hash IS NULL OFFSET 0) e",
+            [list(col) for col in zip(*threads, strict=True)]):
+            out[(t, th)][s] = codec.decode_body(t, th, s, ts, bytes(b))
+    return out
