@@ -2,7 +2,8 @@
 
 One loop per process. Each turn it reads new entries of every known tenant stream
 (XREADGROUP), writes them in one transaction (``store.write_batch``), and only then XACKs
-them and raises the per-thread ``projected`` marker. Every few seconds it also claims
+them and raises the per-thread ``projected`` marker (sent at once, replies read after the next
+batch; on a backlog the next read is sent ahead too: ``projections.deferred``). Every few seconds it also claims
 entries left pending by dead workers (XAUTOCLAIM), trims streams below what is durably
 projected (XTRIM MINID, keeping a hot window), and checks whether Redis lost its tail (a
 stream behind the position PostgreSQL recorded): then it raises the Lua heads to what
