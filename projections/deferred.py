@@ -22,6 +22,8 @@ class DeferredReplies:
         self.url = url
         self._client: redis.Redis | None = None
         self._unread = 0
+        #: Replies read ahead of ``replies()`` by ``read_one()``.
+        self._read: list[Any] = []
 
     @property
     def client(self) -> redis.Redis:
@@ -32,35 +34,44 @@ class DeferredReplies:
 
     @property
     def unread(self) -> int:
-        return self._unread
+        """Replies not yet returned by ``replies()`` (some may be parsed already, by ``read_one``)."""
+        return self._unread + len(self._read)
 
     def send(self, commands: Sequence[Sequence[Any]]) -> None:
         """Send ``commands`` in one write and return without waiting for their replies."""
-        if self._unread:
+        if self.unread:
             raise RuntimeError("read the replies of the commands sent before sending more")
         if commands:
             conn: Any = self.client.connection
             conn.send_packed_command(conn.pack_commands(commands))
             self._unread = len(commands)
 
-    def replies(self) -> list[Any]:
-        """The raw replies of the commands sent, in order; an error reply is returned as its exception.
-
-        Every reply is read even after an error, so the connection stays in step with the server.
+    def replies(self, n: int | None = None) -> list[Any]:
+        """The raw replies of the commands sent (the next ``n``, else all), in order; an error reply is
+        returned as its exception. Replies are read past an error, so the connection stays in step.
         """
-        n, self._unread = self._unread, 0
-        conn: Any = self.client.connection
-        out: list[Any] = []
-        for _ in range(n):
-            try:
-                out.append(conn.read_response())
-            except redis.ResponseError as e:
-                out.append(e)
+        n = self.unread if n is None else min(n, self.unread)
+        while len(self._read) < n:
+            self.read_one()
+        out, self._read = self._read[:n], self._read[n:]
         return out
+
+    def read_one(self) -> None:
+        """Read (wait for and parse) the next unread reply now, for ``replies()`` to return later.
+
+        Lets the caller spread the parsing of large replies over moments it would otherwise wait.
+        """
+        if self._unread:
+            self._unread -= 1
+            try:
+                self._read.append(self.client.connection.read_response())
+            except redis.ResponseError as e:
+                self._read.append(e)
 
     def reset(self) -> None:
         """Forget unread replies and drop the connection (after a connection error)."""
         self._unread = 0
+        self._read = []
         if self._client is not None:
             self._client.close()
             self._client = None

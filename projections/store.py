@@ -124,12 +124,13 @@ def _stage_events(conn: psycopg.Connection, rows: list[tuple[Any, ...]]) -> None
 
 def write_batch(conn: psycopg.Connection, items: Iterable[Item], poison: Iterable[Poison] = (), *,
                 key: bytes | None = None, snapshot_every: int = 100,
-                resolve: snapshots.BlobSource | None = None, meanwhile: Callable[[], object] | None = None,
-                ) -> BatchResult:
+                resolve: snapshots.BlobSource | None = None, while_locking: Callable[[], object] | None = None,
+                meanwhile: Callable[[], object] | None = None) -> BatchResult:
     """Project ``items`` (and dead-letter ``poison``) in one transaction; the caller commits via ``with``.
 
-    ``meanwhile`` is called once the batch's writes are on their way to PostgreSQL, before waiting
-    for them: CPU work the caller can overlap with the server's (it is not called if a write fails first).
+    The callables are CPU work the caller overlaps with PostgreSQL's, called while the batch waits:
+    ``while_locking`` once the thread rows are being locked, ``meanwhile`` once the writes are on their
+    way. Either may not be called if a statement fails first.
     """
     result = BatchResult()
     positions = result.positions
@@ -149,13 +150,20 @@ def write_batch(conn: psycopg.Connection, items: Iterable[Item], poison: Iterabl
         # Every join below looks up keys from an unnest() batch. The planner prices that as a hash join
         # over a whole table (threads, events) once the batch has a few thousand keys: measured 3× slower
         # at 50,000 threads, and it grows with the table. Index nested loops cost only what the batch touches.
-        conn.execute("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off")
-        if positions:
+        with conn.pipeline():
+            conn.execute("SET LOCAL enable_hashjoin = off")
+            conn.execute("SET LOCAL enable_mergejoin = off")
             tenants = sorted(positions)
-            result.previous_ms = dict.fromkeys(tenants, 0)
-            result.previous_ms.update(conn.execute(
-                "SELECT tenant_id, stream_ms FROM journal.offsets WHERE tenant_id = ANY(%b)", (tenants,)).fetchall())
-        plan = _plan_threads(conn, by_thread, result, key, snapshot_every) if by_thread else _Plan()
+            offsets = conn.execute("SELECT tenant_id, stream_ms FROM journal.offsets WHERE tenant_id = ANY(%b)",
+                                   (tenants,)) if positions else None
+            locked = _lock_threads(conn, sorted(by_thread)) if by_thread else None
+            if while_locking is not None:
+                while_locking()
+            if offsets is not None:
+                result.previous_ms = dict.fromkeys(tenants, 0)
+                result.previous_ms.update(offsets.fetchall())
+            heads = {(r[0], r[1]): r[2:] for r in locked.fetchall()} if locked is not None else {}
+        plan = _plan_threads(conn, by_thread, heads, result, key, snapshot_every) if by_thread else _Plan()
         if plan.rows:
             _stage_events(conn, plan.rows)
         # Nothing below needs a result until the snapshots: in pipeline mode PostgreSQL runs these
@@ -198,22 +206,25 @@ class _Plan:
     snapshot_jobs: list[tuple[str, str, int, int, list[Event]]] = field(default_factory=list)
 
 
-def _plan_threads(conn: psycopg.Connection, by_thread: dict[tuple[str, str], list[Item]], result: BatchResult,
-                  key: bytes | None, snapshot_every: int) -> _Plan:
-    order = sorted(by_thread)
+def _lock_threads(conn: psycopg.Connection, order: list[tuple[str, str]]) -> psycopg.Cursor[Any]:
+    """Create missing ``threads`` rows and lock them all, in key order (so workers never deadlock).
+
+    Returns the cursor of their heads, to be fetched (in pipeline mode it is not waited for here).
+    """
     tenants = [t for t, _ in order]
     thread_ids = [th for _, th in order]
     conn.execute("INSERT INTO journal.threads (tenant_id, thread_id) SELECT * FROM unnest(%b::text[], %b::text[]) "
                  "ON CONFLICT DO NOTHING", (tenants, thread_ids))
-    heads = {
-        (r[0], r[1]): r[2:]
-        for r in conn.execute(
-            "SELECT t.tenant_id, t.thread_id, t.last_seq, t.last_hash, t.max_seq, t.status, t.node "
-            "FROM journal.threads t JOIN unnest(%b::text[], %b::text[]) u(a, b) "
-            "ON t.tenant_id = u.a AND t.thread_id = u.b ORDER BY t.tenant_id, t.thread_id FOR UPDATE OF t",
-            (tenants, thread_ids)).fetchall()
-    }
+    return conn.execute(
+        "SELECT t.tenant_id, t.thread_id, t.last_seq, t.last_hash, t.max_seq, t.status, t.node "
+        "FROM journal.threads t JOIN unnest(%b::text[], %b::text[]) u(a, b) "
+        "ON t.tenant_id = u.a AND t.thread_id = u.b ORDER BY t.tenant_id, t.thread_id FOR UPDATE OF t",
+        (tenants, thread_ids))
 
+
+def _plan_threads(conn: psycopg.Connection, by_thread: dict[tuple[str, str], list[Item]],
+                  heads: dict[tuple[str, str], tuple[Any, ...]], result: BatchResult,
+                  key: bytes | None, snapshot_every: int) -> _Plan:
     # Which incoming seqs may already be stored? Fetch their bodies to compare.
     probe = [(t, th, it.event.seq) for (t, th), its in by_thread.items() for it in its
              if it.event.seq <= heads[(t, th)][2]]

@@ -118,6 +118,13 @@ def _stream_entries(reply: Any, **_: Any) -> list[tuple[str, str, dict[bytes, An
     return out
 
 
+def _entry_count(reply: Any) -> int:
+    """Entries in an XREADGROUP reply, unparsed (0 for an error or nothing)."""
+    if not reply or isinstance(reply, Exception):
+        return 0
+    return sum(len(msgs) for _, msgs in (reply.items() if isinstance(reply, dict) else reply))
+
+
 def tune_gc() -> None:
     """Garbage-collector settings for a process whose main work is a projector (the CLI, the benchmark).
 
@@ -158,6 +165,10 @@ class Projector:
         self._last_refresh = 0.0
         self._last_maintenance = 0.0
         self._attempts: dict[tuple[str, str], int] = defaultdict(int)
+        #: A committed batch whose acknowledgement waits for the next batch's row locks (``_project_batches``).
+        self._committed: tuple[BatchResult, list[tuple[str, str]]] | None = None
+        #: tenant -> committed stream ms (None: read it from PostgreSQL) whose Lua heads need ``repair_heads``.
+        self._due_repairs: dict[str, int | None] = {}
         #: Re-read this consumer's own pending entries (at start, and after a failed batch).
         self._recover = True
         # Blobs are read only to fold snapshots, which can be skipped: fail fast rather than stall a batch.
@@ -341,9 +352,20 @@ class Projector:
             if not tenants:
                 self._stop.wait(self.options.block_ms / 1000)
                 return 0
+            spr = self.options.streams_per_read
+            chunks = [tenants[i : i + spr] for i in range(0, len(tenants), spr)]
             # One read can block until something arrives; many streams cannot share one blocking read.
-            chunks = self._send_reads(tenants, block=len(tenants) <= self.options.streams_per_read)
+            # Valkey writes replies once it has run every command received, so the first chunk goes alone.
+            self._send_reads(chunks[:1], len(tenants), block=len(chunks) == 1)
             replies = self.reads.replies()
+            if len(chunks) > 1:
+                self._send_reads(chunks[1:], len(tenants), block=False)
+                if _entry_count(replies[0]) >= self.options.batch_size // 2:
+                    # A backlog: start on it now; the other chunks' replies are parsed while this round
+                    # waits on PostgreSQL, and projected next turn.
+                    chunks, self._ahead = chunks[:1], chunks[1:]
+                else:
+                    replies += self.reads.replies()
         entries = []
         for chunk, reply in zip(chunks, replies, strict=True):
             if isinstance(reply, Exception):
@@ -359,32 +381,50 @@ class Projector:
             return 0
         size = self.options.batch_size
         batches = [entries[i : i + size] for i in range(0, len(entries), size)]
-        if len(batches) > 1 and not self._stop.is_set():
-            self._ahead = self._send_reads(sorted(self._tenants), block=False)
+        if len(batches) > 1 and not self.reads.unread and not self._stop.is_set():
+            tenants = sorted(self._tenants)
+            spr = self.options.streams_per_read
+            self._ahead = [tenants[i : i + spr] for i in range(0, len(tenants), spr)]
+            self._send_reads(self._ahead, len(tenants), block=False)
         return self._project_batches(batches)
 
-    def _send_reads(self, tenants: list[str], *, block: bool) -> list[list[str]]:
-        """Send XREADGROUP for ``tenants`` (``streams_per_read`` streams per call); returns the chunks."""
-        spr = self.options.streams_per_read
-        chunks = [tenants[i : i + spr] for i in range(0, len(tenants), spr)]
+    def _send_reads(self, chunks: list[list[str]], n_tenants: int, *, block: bool) -> None:
+        """Send one XREADGROUP per chunk of tenants, ``n_tenants`` in the round; replies via ``self.reads``."""
         # Enough per stream that a thread's backlog lands in one transaction, bounded per round.
-        per_stream = max(10, self.options.read_ahead // len(tenants))
+        per_stream = max(10, self.options.read_ahead // n_tenants)
         wait = ("BLOCK", self.options.block_ms) if block else ()
         self.reads.send([("XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", per_stream, *wait, "STREAMS",
                           *map(keys.stream, chunk), *[">"] * len(chunk)) for chunk in chunks])
-        return chunks
 
     def _project_batches(self, batches: list[list[tuple[str, str, dict[bytes, Any]]]]) -> int:
-        """Project ``batches`` in order, each decoded while PostgreSQL executes the previous one's writes."""
+        """Project ``batches`` in order, overlapping the worker's own work with PostgreSQL's.
+
+        While a batch's thread rows are being locked, the batch before it is acknowledged and one
+        reply of a read sent ahead is parsed; while its writes run, the next batch is decoded.
+        """
         done = 0
         decoded = self._decode(batches[0])
-        for i in range(len(batches)):
-            # cache: computed once, by write_batch while it waits on PostgreSQL, or here if it failed first.
-            nxt = functools.cache(functools.partial(self._decode, batches[i + 1])) if i + 1 < len(batches) else None
-            done += self._write(*decoded, meanwhile=nxt)
-            if nxt is not None:
-                decoded = nxt()
+        try:
+            for i in range(len(batches)):
+                # cache: computed once, by write_batch while it waits on PostgreSQL, or here if it failed first.
+                nxt = functools.cache(functools.partial(self._decode, batches[i + 1])) if i + 1 < len(batches) else None
+                done += self._write(*decoded, while_locking=self._while_locking, meanwhile=nxt, defer_ack=True)
+                if nxt is not None:
+                    decoded = nxt()
+        finally:
+            self._ack_committed()  # the last batch's, or one committed before a later batch failed
+        self._repair()
         return done
+
+    def _while_locking(self) -> None:
+        self._ack_committed()
+        self.reads.read_one()
+
+    def _ack_committed(self) -> None:
+        """Acknowledge the batch ``_write`` committed with ``defer_ack``, if not done yet."""
+        if self._committed is not None:
+            committed, self._committed = self._committed, None
+            self._after_commit(*committed)
 
     def claim(self) -> int:
         """Take over entries pending on dead consumers for longer than ``claim_idle_ms``."""
@@ -425,21 +465,28 @@ class Projector:
                 poison.append(self._poison(tenant, sid, fields, f"undecodable: {e}"))
         return items, poison
 
-    def _write(self, items: list[Item], poison: list[Poison], meanwhile: Callable[[], object] | None = None) -> int:
+    def _write(self, items: list[Item], poison: list[Poison], *, while_locking: Callable[[], object] | None = None,
+               meanwhile: Callable[[], object] | None = None, defer_ack: bool = False) -> int:
+        """Write one batch and commit; acknowledge it now, or with ``defer_ack`` at ``_ack_committed``."""
         t0 = time.perf_counter()
         try:
             with self.pg.transaction():
                 result = write_batch(self.pg, items, poison, key=self.key,
                                      snapshot_every=self.settings.snapshot_every,
-                                     resolve=self.resolve, meanwhile=meanwhile)
+                                     resolve=self.resolve, while_locking=while_locking, meanwhile=meanwhile)
         except psycopg.OperationalError:
             raise
         except psycopg.Error as e:
             self.log.warning("batch_rejected_retrying_one_by_one", error=str(e), entries=len(items) + len(poison))
+            self._ack_committed()
             return self._project_singly(items, poison)
         metrics.BATCH_SECONDS.observe(time.perf_counter() - t0)
-        self._after_commit(result, [(i.event.tenant, i.stream_id) for i in items] +
-                           [(p.tenant, p.stream_id) for p in poison])
+        self._ack_committed()  # if ``while_locking`` did not run
+        committed = (result, [(i.event.tenant, i.stream_id) for i in items] + [(p.tenant, p.stream_id) for p in poison])
+        if defer_ack:
+            self._committed = committed
+        else:
+            self._after_commit(*committed)
         return len(items) + len(poison)
 
     def _project_singly(self, items: list[Item], poison: list[Poison]) -> int:
@@ -509,9 +556,13 @@ class Projector:
                 pipe.hset(keys.fences(tenant), thread, f"seq {seq} was issued twice with different content")
                 self.log.error("sequence_conflict_thread_fenced", tenant=tenant, thread=thread, seq=seq)
             pipe.execute()
-        # A reused seq proves Redis lost its tail: stop further reuse now.
-        repairs = {c[0]: result.positions[c[0]][0] if c[0] in result.positions else None for c in result.conflicts}
-        self._repair(stale, repairs)
+        # A reused seq proves Redis lost its tail: stop further reuse (as soon as no transaction is open).
+        for tenant, *_ in result.conflicts:
+            self._due_repairs.setdefault(tenant, result.positions[tenant][0] if tenant in result.positions else None)
+        for call in stale:
+            self._due_repairs.setdefault(call.tenant, call.committed_ms)
+        if self.pg.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:  # not inside the next batch
+            self._repair()
         metrics.PROJECTED.inc(result.inserted)
         metrics.DUPLICATES.inc(result.duplicates)
         metrics.CONFLICTS.inc(len(result.conflicts))
@@ -519,15 +570,15 @@ class Projector:
 
     def _flush_acks(self) -> None:
         """Wait for the acknowledgements in flight (end of a turn, before re-reading pending entries, at close)."""
-        self._repair(self.acks.flush())
+        for call in self.acks.flush():
+            self._due_repairs.setdefault(call.tenant, call.committed_ms)
+        self._repair()
 
-    def _repair(self, stale: list[Call], more: dict[str, int | None] | None = None) -> None:
+    def _repair(self) -> None:
         """A stale committed mark, like a reused seq, proves Redis lost its tail: raise the heads now."""
-        tenants = dict(more or {})
-        for call in stale:
-            tenants.setdefault(call.tenant, call.committed_ms)
-        for tenant in sorted(tenants):
-            self.repair_heads(tenant, tenants[tenant])
+        for tenant in sorted(self._due_repairs):
+            self.repair_heads(tenant, self._due_repairs[tenant])
+            del self._due_repairs[tenant]  # only once done: a failed repair is retried at the next call
 
     # -- maintenance ---------------------------------------------------------------------------------
 
