@@ -56,15 +56,19 @@ class DeferredReplies:
         out, self._read = self._read[:n], self._read[n:]
         return out
 
-    def read_one(self) -> None:
-        """Read (wait for and parse) the next unread reply now, for ``replies()`` to return later.
+    def read_one(self, *, wait: bool = True) -> None:
+        """Read and parse the next unread reply now, for ``replies()`` to return later; with ``wait=False``
+        only if it has started to arrive.
 
         Lets the caller spread the parsing of large replies over moments it would otherwise wait.
         """
         if self._unread:
+            conn: Any = self.client.connection
+            if not wait and not conn.can_read(0):
+                return
             self._unread -= 1
             try:
-                self._read.append(self.client.connection.read_response())
+                self._read.append(conn.read_response())
             except redis.ResponseError as e:
                 self._read.append(e)
 

@@ -33,8 +33,16 @@ class Item:
     stream_id: str
     event: Event
     body: bytes
-    #: ``codec.canonical_bytes(event)``, computed once when the entry was decoded.
-    canonical: bytes | None = None
+    #: ``codec.canonical_bytes(event)``: what the chain hashes.
+    canonical: bytes
+    #: The event's ``journal.events`` columns but the chain's last two (prev_hash, hash).
+    row: tuple[Any, ...]
+
+    @classmethod
+    def of(cls, stream_id: str, event: Event, body: bytes) -> Item:
+        """An item with all that does not depend on its thread's head computed now, when it is decoded
+        (the projector does that while PostgreSQL runs the batch before: off the batch's critical path)."""
+        return cls(stream_id, event, body, codec.canonical_bytes(event), _columns(event, body, stream_id))
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +80,7 @@ def _sid(stream_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-def _row(item: Item, prev: bytes | None, h: bytes | None) -> tuple[Any, ...]:
-    e = item.event
+def _columns(e: Event, body: bytes, stream_id: str) -> tuple[Any, ...]:
     tool = None
     if e.type in (TOOL_CALL, TOOL_RESULT) and isinstance(e.payload, dict):
         t = e.payload.get("tool")
@@ -84,7 +91,7 @@ def _row(item: Item, prev: bytes | None, h: bytes | None) -> tuple[Any, ...]:
         orjson.dumps(e.actor).decode(), e.ts_ms,
         None if e.blob else orjson.dumps(e.payload).decode(),
         e.blob.sha256 if e.blob else None, e.blob.size if e.blob else None, e.idempotency_key, e.version,
-        item.body, item.stream_id, prev, h,
+        body, stream_id,
     )
 
 
@@ -268,7 +275,7 @@ def _plan_threads(conn: psycopg.Connection, by_thread: dict[tuple[str, str], lis
             if nxt in fresh:
                 it = fresh.pop(nxt)
                 h = link(head_hash, it.event, key, it.canonical)
-                rows.append(_row(it, head_hash, h))
+                rows.append((*it.row, head_hash, h))
                 chained.append(it.event)
             elif nxt in waiting:
                 ev = waiting.pop(nxt)
@@ -278,7 +285,7 @@ def _plan_threads(conn: psycopg.Connection, by_thread: dict[tuple[str, str], lis
             else:
                 break
             head_hash, seq = h, nxt
-        rows.extend(_row(it, None, None) for it in fresh.values())  # an earlier seq is still in flight
+        rows.extend((*it.row, None, None) for it in fresh.values())  # an earlier seq is still in flight
         for ev in chained:
             status = _STATUS_OF.get(ev.type, status)
             node = ev.node or node

@@ -418,7 +418,7 @@ class Projector:
 
     def _while_locking(self) -> None:
         self._ack_committed()
-        self.reads.read_one()
+        self.reads.read_one(wait=False)  # Valkey may still be running the read sent ahead: no waiting here
 
     def _ack_committed(self) -> None:
         """Acknowledge the batch ``_write`` committed with ``defer_ack``, if not done yet."""
@@ -460,7 +460,7 @@ class Projector:
             try:
                 ev = codec.decode_entry(tenant, fields, sid)
                 # Computed here (an event whose chain bytes cannot be made is poison) and reused by the chain.
-                items.append(Item(sid, ev, fields[b"b"], codec.canonical_bytes(ev)))
+                items.append(Item.of(sid, ev, fields[b"b"]))
             except (CodecError, JournalError, KeyError, ValueError, TypeError) as e:
                 poison.append(self._poison(tenant, sid, fields, f"undecodable: {e}"))
         return items, poison
