@@ -271,12 +271,14 @@ def pack_body(
 
 def decode_entry(tenant: str, fields: Mapping[bytes | str, Any], stream_id: str | None = None) -> Event:
     """Build an ``Event`` from a stream entry's fields (``t`` thread, ``s`` seq, ``ts`` ms, ``b`` body)."""
+    get = fields.get
+    if b"b" not in fields:  # str field names (a client decoding responses)
+        get = {k.encode() if isinstance(k, str) else k: v for k, v in fields.items()}.get
     try:
-        get = fields.get
-        thread = _text(get(b"t", get("t")))
-        seq = int(get(b"s", get("s")))
-        ts_ms = int(get(b"ts", get("ts")))
-        body = get(b"b", get("b"))
+        thread = _text(get(b"t"))
+        seq = int(get(b"s"))
+        ts_ms = int(get(b"ts"))
+        body = get(b"b")
     except (TypeError, ValueError) as e:
         raise CodecError(f"stream entry {stream_id} is malformed: {e}") from e
     if not isinstance(body, bytes):

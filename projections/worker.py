@@ -164,6 +164,7 @@ class Projector:
         self._scripts: dict[str, Any] = {}
         self._last_refresh = 0.0
         self._last_maintenance = 0.0
+        self._last_claim = -float("inf")
         self._attempts: dict[tuple[str, str], int] = defaultdict(int)
         #: A committed batch whose acknowledgement waits for the next batch's row locks (``_project_batches``).
         self._committed: tuple[BatchResult, list[tuple[str, str]]] | None = None
@@ -281,7 +282,11 @@ class Projector:
         if now - self._last_maintenance >= self.options.maintenance_every:
             self._last_maintenance = now
             self.check_tail()
-            done += self.claim()
+            # An entry is claimable only after claim_idle_ms: looking more often than every half of that
+            # (one XAUTOCLAIM per tenant stream) finds nothing sooner that matters.
+            if now - self._last_claim >= self.options.claim_idle_ms / 2000:
+                self._last_claim = now
+                done += self.claim()
             self.trim()
             if self.settings.metrics_port:
                 metrics.observe_lag(self.redis, self._tenants, GROUP)
