@@ -10,6 +10,7 @@ flight on another worker. The stream position is recorded in the same transactio
 
 from __future__ import annotations
 
+import operator
 import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -73,6 +74,7 @@ class BatchResult:
 
 
 _STATUS_OF = {PAUSE: "paused", RESUME: "active", COMPLETE: "completed", FAIL: "failed"}
+_seq_of = operator.attrgetter("event.seq")
 
 
 def _sid(stream_id: str) -> tuple[int, int]:
@@ -233,8 +235,10 @@ def _plan_threads(conn: psycopg.Connection, by_thread: dict[tuple[str, str], lis
                   heads: dict[tuple[str, str], tuple[Any, ...]], result: BatchResult,
                   key: bytes | None, snapshot_every: int) -> _Plan:
     # Which incoming seqs may already be stored? Fetch their bodies to compare.
-    probe = [(t, th, it.event.seq) for (t, th), its in by_thread.items() for it in its
-             if it.event.seq <= heads[(t, th)][2]]
+    probe: list[tuple[str, str, int]] = []
+    for (t, th), its in by_thread.items():
+        if max_seq := heads[(t, th)][2]:
+            probe += [(t, th, it.event.seq) for it in its if it.event.seq <= max_seq]
     stored: dict[tuple[str, str, int], bytes] = {}
     if probe:
         for t, th, s, b in conn.execute(
@@ -252,7 +256,7 @@ def _plan_threads(conn: psycopg.Connection, by_thread: dict[tuple[str, str], lis
         last_seq, last_hash, max_seq, status, node = heads[(tenant, thread)]
         head_hash = bytes(last_hash) if last_hash is not None else GENESIS
         fresh: dict[int, Item] = {}
-        for it in sorted(its, key=lambda i: i.event.seq):
+        for it in sorted(its, key=_seq_of):
             seq = it.event.seq
             existing = stored.get((tenant, thread, seq))
             if existing is None and seq in fresh:
@@ -285,11 +289,12 @@ def _plan_threads(conn: psycopg.Connection, by_thread: dict[tuple[str, str], lis
             else:
                 break
             head_hash, seq = h, nxt
-        rows.extend((*it.row, None, None) for it in fresh.values())  # an earlier seq is still in flight
+        if fresh:  # an earlier seq is still in flight
+            rows.extend((*it.row, None, None) for it in fresh.values())
         for ev in chained:
             status = _STATUS_OF.get(ev.type, status)
             node = ev.node or node
-        top = max([max_seq, seq, *fresh])
+        top = max(max_seq, seq, *fresh)
         updates.append((tenant, thread, seq, head_hash if seq else None, top, status, node, new_count))
         result.inserted += new_count
         if seq > last_seq:
