@@ -10,6 +10,7 @@ flight on another worker. The stream position is recorded in the same transactio
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import weakref
 from collections import defaultdict
@@ -135,7 +136,7 @@ def write_batch(conn: psycopg.Connection, items: Iterable[Item], poison: Iterabl
                 key: bytes | None = None, snapshot_every: int = 100,
                 resolve: snapshots.BlobSource | None = None, while_locking: Callable[[], object] | None = None,
                 meanwhile: Callable[[], object] | None = None) -> BatchResult:
-    """Project ``items`` (and dead-letter ``poison``) in one transaction; the caller commits via ``with``.
+    """Project ``items`` (and dead-letter ``poison``) in one transaction, committed here (rolled back on error).
 
     The callables are CPU work the caller overlaps with PostgreSQL's, called while the batch waits:
     ``while_locking`` once the thread rows are being locked, ``meanwhile`` once the writes are on their
@@ -155,53 +156,71 @@ def write_batch(conn: psycopg.Connection, items: Iterable[Item], poison: Iterabl
         if pos > positions.get(p.tenant, (0, 0)):
             positions[p.tenant] = pos
 
-    with conn.transaction():
-        # Every join below looks up keys from an unnest() batch. The planner prices that as a hash join
-        # over a whole table (threads, events) once the batch has a few thousand keys: measured 3× slower
-        # at 50,000 threads, and it grows with the table. Index nested loops cost only what the batch touches.
-        with conn.pipeline():
-            conn.execute("SET LOCAL enable_hashjoin = off")
-            conn.execute("SET LOCAL enable_mergejoin = off")
-            tenants = sorted(positions)
-            offsets = conn.execute("SELECT tenant_id, stream_ms FROM journal.offsets WHERE tenant_id = ANY(%b)",
-                                   (tenants,)) if positions else None
-            locked = _lock_threads(conn, sorted(by_thread)) if by_thread else None
-            if while_locking is not None:
-                while_locking()
-            if offsets is not None:
-                result.previous_ms = dict.fromkeys(tenants, 0)
-                result.previous_ms.update(offsets.fetchall())
-            heads = {(r[0], r[1]): r[2:] for r in locked.fetchall()} if locked is not None else {}
-        plan = _plan_threads(conn, by_thread, heads, result, key, snapshot_every) if by_thread else _Plan()
-        if plan.rows:
-            _stage_events(conn, plan.rows)
-        # Nothing below needs a result until the snapshots: in pipeline mode PostgreSQL runs these
-        # statements while ``meanwhile`` (the projector decoding its next batch) runs here.
-        with conn.pipeline():
-            _apply(conn, plan)
-            if poison:
-                conn.cursor().executemany(
-                    "INSERT INTO journal.dead_letters (tenant_id, stream_id, thread_id, seq, reason, entry) "
-                    "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (tenant_id, stream_id) DO UPDATE SET "
-                    "attempts = journal.dead_letters.attempts + 1, last_seen = now(), reason = EXCLUDED.reason",
-                    [(p.tenant, p.stream_id, p.thread, p.seq, p.reason, p.entry) for p in poison])
-                result.dead_letters = len(poison)
-            if positions:
-                conn.execute(
-                    "INSERT INTO journal.offsets (tenant_id, stream_ms, stream_seq) "
-                    "SELECT * FROM unnest(%b::text[], %b::bigint[], %b::bigint[]) "
-                    "ON CONFLICT (tenant_id) DO UPDATE SET updated_at = now(), "
-                    "stream_ms = GREATEST(journal.offsets.stream_ms, EXCLUDED.stream_ms), "
-                    "stream_seq = CASE WHEN (EXCLUDED.stream_ms, EXCLUDED.stream_seq) > "
-                    "(journal.offsets.stream_ms, journal.offsets.stream_seq) THEN EXCLUDED.stream_seq "
-                    "ELSE journal.offsets.stream_seq END",
-                    (tenants, [positions[t][0] for t in tenants], [positions[t][1] for t in tenants]))
-            if meanwhile is not None:
-                meanwhile()
-        for tenant, thread, old_seq, new_seq, chained in plan.snapshot_jobs:
-            result.snapshots += snapshots.write_due(conn, tenant, thread, old_seq, new_seq, chained, snapshot_every,
-                                                    resolve)
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        raise psycopg.ProgrammingError("write_batch commits its own transaction: call it outside one")
+    try:
+        _run_batch(conn, by_thread, poison, result, key, snapshot_every, resolve, while_locking, meanwhile)
+    except BaseException:
+        if not conn.closed:
+            with contextlib.suppress(psycopg.Error):
+                conn.rollback()
+        raise
     return result
+
+
+def _run_batch(conn: psycopg.Connection, by_thread: dict[tuple[str, str], list[Item]], poison: list[Poison],
+               result: BatchResult, key: bytes | None, snapshot_every: int, resolve: snapshots.BlobSource | None,
+               while_locking: Callable[[], object] | None, meanwhile: Callable[[], object] | None) -> None:
+    positions = result.positions
+    # Every join below looks up keys from an unnest() batch. The planner prices that as a hash join
+    # over a whole table (threads, events) once the batch has a few thousand keys: measured 3× slower
+    # at 50,000 threads, and it grows with the table. Index nested loops cost only what the batch touches.
+    with conn.pipeline():
+        conn.execute("SET LOCAL enable_hashjoin = off")
+        conn.execute("SET LOCAL enable_mergejoin = off")
+        tenants = sorted(positions)
+        offsets = conn.execute("SELECT tenant_id, stream_ms FROM journal.offsets WHERE tenant_id = ANY(%b)",
+                               (tenants,)) if positions else None
+        locked = _lock_threads(conn, sorted(by_thread)) if by_thread else None
+        if while_locking is not None:
+            while_locking()
+        if offsets is not None:
+            result.previous_ms = dict.fromkeys(tenants, 0)
+            result.previous_ms.update(offsets.fetchall())
+        heads = {(r[0], r[1]): r[2:] for r in locked.fetchall()} if locked is not None else {}
+    plan = _plan_threads(conn, by_thread, heads, result, key, snapshot_every) if by_thread else _Plan()
+    if plan.rows:
+        _stage_events(conn, plan.rows)
+    # Nothing below needs a result: in pipeline mode PostgreSQL runs these statements, and the COMMIT
+    # when no snapshot is due, while ``meanwhile`` (the projector decoding its next batch) runs here.
+    with conn.pipeline():
+        _apply(conn, plan)
+        if poison:
+            conn.cursor().executemany(
+                "INSERT INTO journal.dead_letters (tenant_id, stream_id, thread_id, seq, reason, entry) "
+                "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (tenant_id, stream_id) DO UPDATE SET "
+                "attempts = journal.dead_letters.attempts + 1, last_seen = now(), reason = EXCLUDED.reason",
+                [(p.tenant, p.stream_id, p.thread, p.seq, p.reason, p.entry) for p in poison])
+            result.dead_letters = len(poison)
+        if positions:
+            conn.execute(
+                "INSERT INTO journal.offsets (tenant_id, stream_ms, stream_seq) "
+                "SELECT * FROM unnest(%b::text[], %b::bigint[], %b::bigint[]) "
+                "ON CONFLICT (tenant_id) DO UPDATE SET updated_at = now(), "
+                "stream_ms = GREATEST(journal.offsets.stream_ms, EXCLUDED.stream_ms), "
+                "stream_seq = CASE WHEN (EXCLUDED.stream_ms, EXCLUDED.stream_seq) > "
+                "(journal.offsets.stream_ms, journal.offsets.stream_seq) THEN EXCLUDED.stream_seq "
+                "ELSE journal.offsets.stream_seq END",
+                (tenants, [positions[t][0] for t in tenants], [positions[t][1] for t in tenants]))
+        if not plan.snapshot_jobs:
+            conn.execute("COMMIT")
+        if meanwhile is not None:
+            meanwhile()
+    if plan.snapshot_jobs:  # they read this batch's hashes back
+        for tenant, thread, old_seq, new_seq, chained in plan.snapshot_jobs:
+            result.snapshots += snapshots.write_due(conn, tenant, thread, old_seq, new_seq, chained,
+                                                    snapshot_every, resolve)
+        conn.commit()
 
 
 @dataclass(slots=True)

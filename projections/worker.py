@@ -475,10 +475,8 @@ class Projector:
         """Write one batch and commit; acknowledge it now, or with ``defer_ack`` at ``_ack_committed``."""
         t0 = time.perf_counter()
         try:
-            with self.pg.transaction():
-                result = write_batch(self.pg, items, poison, key=self.key,
-                                     snapshot_every=self.settings.snapshot_every,
-                                     resolve=self.resolve, while_locking=while_locking, meanwhile=meanwhile)
+            result = write_batch(self.pg, items, poison, key=self.key, snapshot_every=self.settings.snapshot_every,
+                                 resolve=self.resolve, while_locking=while_locking, meanwhile=meanwhile)
         except psycopg.OperationalError:
             raise
         except psycopg.Error as e:
@@ -500,9 +498,8 @@ class Projector:
         for it in items:
             slot = (it.event.tenant, it.stream_id)
             try:
-                with self.pg.transaction():
-                    r = write_batch(self.pg, [it], key=self.key, snapshot_every=self.settings.snapshot_every,
-                                    resolve=self.resolve)
+                r = write_batch(self.pg, [it], key=self.key, snapshot_every=self.settings.snapshot_every,
+                                resolve=self.resolve)
                 total.heads.update(r.heads)
                 total.conflicts += r.conflicts
                 total.inserted += r.inserted
@@ -520,8 +517,7 @@ class Projector:
                                      seq=it.event.seq, attempt=self._attempts[slot], error=str(e))
                     self._recover = True  # still pending on this consumer: retried next turn, not after claim_idle_ms
         if poison:
-            with self.pg.transaction():
-                r = write_batch(self.pg, [], poison)
+            r = write_batch(self.pg, [], poison)
             total.dead_letters = r.dead_letters
             done += [(p.tenant, p.stream_id) for p in poison]
         self._after_commit(total, done)
