@@ -319,7 +319,17 @@ def _worker_main(urls: tuple[str, str], data_dir: str, options: dict[str, Any], 
 
     # Instance attributes shadow the methods, and run_once/read_and_project call them through self.
     p._after_commit = counted_after_commit  # type: ignore[method-assign]
-    p._write = clock.wrap("project", p._write)  # type: ignore[method-assign]  # write + commit + ack
+    while_locking = p._while_locking
+
+    def timed_while_locking() -> None:
+        # The acknowledgement of the batch before and one read-ahead reply, during a batch's lock wait.
+        t0, acks0 = time.perf_counter(), clock.seconds["_after_commit"]
+        while_locking()
+        acks = clock.seconds["_after_commit"] - acks0
+        clock.seconds["lock_wait_acks"] += acks
+        clock.seconds["lock_wait_read"] += time.perf_counter() - t0 - acks
+
+    p._while_locking = timed_while_locking  # type: ignore[method-assign]
     p._decode = clock.wrap("decode", p._decode)  # type: ignore[method-assign]
     for name in ("read_and_project", "check_tail", "claim", "trim", "refresh_tenants"):
         setattr(p, name, clock.wrap(name, getattr(p, name)))
@@ -700,15 +710,19 @@ def split(stats: list[dict[str, Any]]) -> dict[str, float]:
     if not wall:
         return {}
     decode, overlapped = s["decode"], s["decode_overlapped"]
+    in_lock_waits = s["lock_wait_acks"] + s["lock_wait_read"]
     maintenance = s["check_tail"] + s["claim"] + s["trim"]
     return {
-        "XREADGROUP (read_and_project minus decode and writes)":
-            (s["read_and_project"] - (decode - overlapped) - s["project"]) / wall,
-        "decode + canonical bytes, alone": (decode - overlapped) / wall,
-        "decode + canonical bytes, while PostgreSQL writes": overlapped / wall,
-        "write_batch (SQL + chain hashing + rows, minus the decode in it)": (s["write_batch"] - overlapped) / wall,
-        "COMMIT": (s["project"] - s["write_batch"] - s["_after_commit"]) / wall,
-        "XACK + projected marker": s["_after_commit"] / wall,
+        "XREADGROUP + reply parsing, outside lock waits":
+            (s["read_and_project"] - (decode - overlapped) - s["write_batch"]
+             - (s["_after_commit"] - s["lock_wait_acks"])) / wall,
+        "decode + canonical bytes + row columns, alone": (decode - overlapped) / wall,
+        "decode + canonical bytes + row columns, while PostgreSQL writes and commits": overlapped / wall,
+        "write_batch (SQL, chain hashing, COPY, COMMIT; minus the work done in its waits)":
+            (s["write_batch"] - overlapped - in_lock_waits) / wall,
+        "XACK + projected marker (all)": s["_after_commit"] / wall,
+        "  of which during the next batch's lock wait": s["lock_wait_acks"] / wall,
+        "read-ahead reply parsed during a lock wait": s["lock_wait_read"] / wall,
         "maintenance: trim / claim / check_tail": maintenance / wall,
         "tenant refresh": s["refresh_tenants"] / wall,
         "_detail_trim": s["trim"] / wall,
