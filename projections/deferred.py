@@ -9,6 +9,7 @@ worker waits, not what happens.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,7 +23,7 @@ class DeferredReplies:
         self.url = url
         self._client: redis.Redis | None = None
         self._unread = 0
-        #: Replies read ahead of ``replies()`` by ``read_one()``.
+        #: Replies parsed ahead of ``replies()`` (``read_arrived``).
         self._read: list[Any] = []
 
     @property
@@ -34,7 +35,7 @@ class DeferredReplies:
 
     @property
     def unread(self) -> int:
-        """Replies not yet returned by ``replies()`` (some may be parsed already, by ``read_one``)."""
+        """Replies not yet returned by ``replies()`` (some may be parsed already, by ``read_arrived``)."""
         return self._unread + len(self._read)
 
     def send(self, commands: Sequence[Sequence[Any]]) -> None:
@@ -56,21 +57,41 @@ class DeferredReplies:
         out, self._read = self._read[:n], self._read[n:]
         return out
 
-    def read_one(self, *, wait: bool = True) -> None:
-        """Read and parse the next unread reply now, for ``replies()`` to return later; with ``wait=False``
-        only if it has started to arrive.
-
-        Lets the caller spread the parsing of large replies over moments it would otherwise wait.
-        """
+    def read_one(self) -> None:
+        """Wait for and parse the next unread reply now, for ``replies()`` to return later."""
         if self._unread:
-            conn: Any = self.client.connection
-            if not wait and not conn.can_read(0):
-                return
             self._unread -= 1
             try:
-                self._read.append(conn.read_response())
+                self._read.append(self.client.connection.read_response())
             except redis.ResponseError as e:
                 self._read.append(e)
+
+    def read_arrived(self) -> None:
+        """Take in what has arrived without waiting, and parse the next reply if it is complete.
+
+        Lets the caller spread the parsing of large replies over moments it would otherwise wait. A
+        large reply arrives over many of Valkey's event-loop turns, interleaved with the commands after
+        it: waiting for it whole took three times as long as parsing it.
+        """
+        if not self._unread:
+            return
+        conn: Any = self.client.connection
+        parser = getattr(conn, "_parser", None)
+        reader = getattr(parser, "_reader", None)
+        if reader is None or not hasattr(parser, "read_from_socket"):
+            # Not redis-py's hiredis parser (its internals are what allow this): no partial reads.
+            if conn.can_read(0):
+                self.read_one()
+            return
+        while parser.read_from_socket(timeout=0, raise_on_timeout=False):
+            pass
+        reply = reader.gets()
+        if reply is getattr(sys.modules[type(parser).__module__], "NOT_ENOUGH_DATA", False):
+            return
+        if isinstance(reply, redis.ConnectionError):
+            raise reply
+        self._unread -= 1
+        self._read.append(reply)  # an error reply arrives as its exception, as from replies()
 
     def reset(self) -> None:
         """Forget unread replies and drop the connection (after a connection error)."""

@@ -404,8 +404,8 @@ class Projector:
     def _project_batches(self, batches: list[list[tuple[str, str, dict[bytes, Any]]]]) -> int:
         """Project ``batches`` in order, overlapping the worker's own work with PostgreSQL's.
 
-        While a batch's thread rows are being locked, the batch before it is acknowledged and one
-        reply of a read sent ahead is parsed; while its writes run, the next batch is decoded.
+        While a batch's thread rows are being locked, the batch before it is acknowledged; while its
+        writes and commit run, the next batch is decoded and one reply of a read sent ahead is parsed.
         """
         done = 0
         decoded = self._decode(batches[0])
@@ -413,7 +413,8 @@ class Projector:
             for i in range(len(batches)):
                 # cache: computed once, by write_batch while it waits on PostgreSQL, or here if it failed first.
                 nxt = functools.cache(functools.partial(self._decode, batches[i + 1])) if i + 1 < len(batches) else None
-                done += self._write(*decoded, while_locking=self._while_locking, meanwhile=nxt, defer_ack=True)
+                done += self._write(*decoded, while_locking=self._ack_committed,
+                                    meanwhile=functools.partial(self._while_writing, nxt), defer_ack=True)
                 if nxt is not None:
                     decoded = nxt()
         finally:
@@ -421,9 +422,14 @@ class Projector:
         self._repair()
         return done
 
-    def _while_locking(self) -> None:
-        self._ack_committed()
-        self.reads.read_one(wait=False)  # Valkey may still be running the read sent ahead: no waiting here
+    def _while_writing(self, decode_next: Callable[[], object] | None) -> None:
+        if decode_next is not None:
+            decode_next()
+        self._parse_ahead()
+
+    def _parse_ahead(self) -> None:
+        """Parse one reply of the read sent ahead if it has arrived (Valkey may still be running it)."""
+        self.reads.read_arrived()
 
     def _ack_committed(self) -> None:
         """Acknowledge the batch ``_write`` committed with ``defer_ack``, if not done yet."""

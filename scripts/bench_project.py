@@ -301,8 +301,10 @@ def _worker_main(urls: tuple[str, str], data_dir: str, options: dict[str, Any], 
     # the previous batch's statements (its ``meanwhile``): that part is timed separately.
     write_batch = clock.wrap("write_batch", worker_mod.write_batch)
 
-    def timed_write_batch(*a: Any, meanwhile: Any = None, **kw: Any) -> Any:
-        return write_batch(*a, meanwhile=meanwhile and clock.wrap("decode_overlapped", meanwhile), **kw)
+    def timed_write_batch(*a: Any, while_locking: Any = None, meanwhile: Any = None, **kw: Any) -> Any:
+        # while_locking acknowledges the batch before; meanwhile decodes the next and parses a read-ahead reply.
+        return write_batch(*a, while_locking=while_locking and clock.wrap("lock_wait_acks", while_locking),
+                           meanwhile=meanwhile and clock.wrap("meanwhile", meanwhile), **kw)
 
     worker_mod.write_batch = timed_write_batch  # type: ignore[assignment]
 
@@ -319,17 +321,7 @@ def _worker_main(urls: tuple[str, str], data_dir: str, options: dict[str, Any], 
 
     # Instance attributes shadow the methods, and run_once/read_and_project call them through self.
     p._after_commit = counted_after_commit  # type: ignore[method-assign]
-    while_locking = p._while_locking
-
-    def timed_while_locking() -> None:
-        # The acknowledgement of the batch before and one read-ahead reply, during a batch's lock wait.
-        t0, acks0 = time.perf_counter(), clock.seconds["_after_commit"]
-        while_locking()
-        acks = clock.seconds["_after_commit"] - acks0
-        clock.seconds["lock_wait_acks"] += acks
-        clock.seconds["lock_wait_read"] += time.perf_counter() - t0 - acks
-
-    p._while_locking = timed_while_locking  # type: ignore[method-assign]
+    p._parse_ahead = clock.wrap("parse_ahead", p._parse_ahead)  # type: ignore[method-assign]
     p._decode = clock.wrap("decode", p._decode)  # type: ignore[method-assign]
     for name in ("read_and_project", "check_tail", "claim", "trim", "refresh_tenants"):
         setattr(p, name, clock.wrap(name, getattr(p, name)))
@@ -709,20 +701,20 @@ def split(stats: list[dict[str, Any]]) -> dict[str, float]:
             s[k] += v
     if not wall:
         return {}
-    decode, overlapped = s["decode"], s["decode_overlapped"]
-    in_lock_waits = s["lock_wait_acks"] + s["lock_wait_read"]
+    decode, overlapped = s["decode"], s["meanwhile"] - s["parse_ahead"]
+    in_waits = s["lock_wait_acks"] + s["meanwhile"]
     maintenance = s["check_tail"] + s["claim"] + s["trim"]
     return {
-        "XREADGROUP + reply parsing, outside lock waits":
+        "XREADGROUP + reply parsing, outside PostgreSQL waits":
             (s["read_and_project"] - (decode - overlapped) - s["write_batch"]
              - (s["_after_commit"] - s["lock_wait_acks"])) / wall,
         "decode + canonical bytes + row columns, alone": (decode - overlapped) / wall,
         "decode + canonical bytes + row columns, while PostgreSQL writes and commits": overlapped / wall,
         "write_batch (SQL, chain hashing, COPY, COMMIT; minus the work done in its waits)":
-            (s["write_batch"] - overlapped - in_lock_waits) / wall,
+            (s["write_batch"] - in_waits) / wall,
         "XACK + projected marker (all)": s["_after_commit"] / wall,
         "  of which during the next batch's lock wait": s["lock_wait_acks"] / wall,
-        "read-ahead reply parsed during a lock wait": s["lock_wait_read"] / wall,
+        "read-ahead reply parsed while PostgreSQL writes": s["parse_ahead"] / wall,
         "maintenance: trim / claim / check_tail": maintenance / wall,
         "tenant refresh": s["refresh_tenants"] / wall,
         "_detail_trim": s["trim"] / wall,
