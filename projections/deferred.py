@@ -47,14 +47,14 @@ class DeferredReplies:
             conn.send_packed_command(conn.pack_commands(commands))
             self._unread = len(commands)
 
-    def replies(self, n: int | None = None) -> list[Any]:
-        """The raw replies of the commands sent (the next ``n``, else all), in order; an error reply is
-        returned as its exception. Replies are read past an error, so the connection stays in step.
+    def replies(self) -> list[Any]:
+        """The raw replies of the commands sent, in order; an error reply is returned as its exception.
+
+        Every reply is read even after an error, so the connection stays in step with the server.
         """
-        n = self.unread if n is None else min(n, self.unread)
-        while len(self._read) < n:
+        while self._unread:
             self.read_one()
-        out, self._read = self._read[:n], self._read[n:]
+        out, self._read = self._read, []
         return out
 
     def read_one(self) -> None:

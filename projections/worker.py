@@ -357,8 +357,7 @@ class Projector:
             if not tenants:
                 self._stop.wait(self.options.block_ms / 1000)
                 return 0
-            spr = self.options.streams_per_read
-            chunks = [tenants[i : i + spr] for i in range(0, len(tenants), spr)]
+            chunks = self._chunks(tenants)
             # One read can block until something arrives; many streams cannot share one blocking read.
             # Valkey writes replies once it has run every command received, so the first chunk goes alone.
             self._send_reads(chunks[:1], len(tenants), block=len(chunks) == 1)
@@ -388,10 +387,14 @@ class Projector:
         batches = [entries[i : i + size] for i in range(0, len(entries), size)]
         if len(batches) > 1 and not self.reads.unread and not self._stop.is_set():
             tenants = sorted(self._tenants)
-            spr = self.options.streams_per_read
-            self._ahead = [tenants[i : i + spr] for i in range(0, len(tenants), spr)]
+            self._ahead = self._chunks(tenants)
             self._send_reads(self._ahead, len(tenants), block=False)
         return self._project_batches(batches)
+
+    def _chunks(self, tenants: list[str]) -> list[list[str]]:
+        """``tenants`` in groups of ``streams_per_read``: one XREADGROUP each."""
+        spr = self.options.streams_per_read
+        return [tenants[i : i + spr] for i in range(0, len(tenants), spr)]
 
     def _send_reads(self, chunks: list[list[str]], n_tenants: int, *, block: bool) -> None:
         """Send one XREADGROUP per chunk of tenants, ``n_tenants`` in the round; replies via ``self.reads``."""
