@@ -78,7 +78,8 @@ _STATUS_OF = {PAUSE: "paused", RESUME: "active", COMPLETE: "completed", FAIL: "f
 _seq_of = operator.attrgetter("event.seq")
 
 
-def _sid(stream_id: str) -> tuple[int, int]:
+def stream_position(stream_id: str) -> tuple[int, int]:
+    """A stream id as (ms, seq), for ordering."""
     ms, _, seq = stream_id.partition("-")
     return int(ms), int(seq or 0)
 
@@ -147,12 +148,12 @@ def write_batch(conn: psycopg.Connection, items: Iterable[Item], poison: Iterabl
     by_thread: dict[tuple[str, str], list[Item]] = defaultdict(list)
     for it in items:
         by_thread[(it.event.tenant, it.event.thread)].append(it)
-        pos = _sid(it.stream_id)
+        pos = stream_position(it.stream_id)
         if pos > positions.get(it.event.tenant, (0, 0)):
             positions[it.event.tenant] = pos
     poison = list(poison)
     for p in poison:
-        pos = _sid(p.stream_id)
+        pos = stream_position(p.stream_id)
         if pos > positions.get(p.tenant, (0, 0)):
             positions[p.tenant] = pos
 

@@ -49,7 +49,7 @@ from journal.settings import Settings
 from projections import db, metrics
 from projections.acks import Call, DeferredAcks
 from projections.deferred import DeferredReplies
-from projections.store import BatchResult, Item, Poison, write_batch
+from projections.store import BatchResult, Item, Poison, stream_position, write_batch
 
 log = structlog.get_logger("projections.worker")
 GROUP = "projector"
@@ -136,11 +136,6 @@ def tune_gc() -> None:
     """
     gc.freeze()
     gc.set_threshold(100_000, 50, 1000)
-
-
-def _sid_tuple(sid: str) -> tuple[int, int]:
-    ms, _, seq = sid.partition("-")
-    return int(ms), int(seq or 0)
 
 
 class Projector:
@@ -616,7 +611,7 @@ class Projector:
             if summary and summary.get("pending"):
                 low = summary["min"]
                 low = low.decode() if isinstance(low, bytes) else str(low)
-                safe = min(safe, low, key=_sid_tuple)
+                safe = min(safe, low, key=stream_position)
             elif safe == "0-0":
                 continue
             # Keep the hot window: the oldest id to keep is hot_window entries before `safe`.
