@@ -14,8 +14,8 @@ import structlog
 from journal import codec
 from journal.errors import BlobError, JournalError
 from journal.events import Event
-from replayer.reducer import ReducerError, apply
-from replayer.state import ThreadState, empty
+from journal.reducer import ReducerError, apply
+from journal.state import decode_state, empty, encode_state
 
 log = structlog.get_logger("projections.snapshots")
 
@@ -25,14 +25,6 @@ class BlobSource(Protocol):
     def __call__(self, event: Event) -> Event: ...
 
     def available(self) -> bool: ...
-
-
-def encode_state(state: ThreadState) -> bytes:
-    return codec.frame(codec.pack(codec.normalize(state.to_dict(), "state")))
-
-
-def decode_state(data: bytes) -> ThreadState:
-    return ThreadState.from_dict(codec.unframe(bytes(data)))
 
 
 def load_events(conn: psycopg.Connection, tenant: str, thread: str, after: int, upto: int) -> list[Event]:

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from journal import events as ev
+from journal import reducer, state
 from journal.errors import NotFound
 from journal.events import Event
 from journal.keys import validate_id
-from replayer import reducer, state
 from replayer.bundle import write_bundle
 from replayer.replay import InvalidQuery, Replayer, ThreadVerdict, verify_rows
 

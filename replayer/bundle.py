@@ -51,8 +51,8 @@ from journal.chain import GENESIS
 from journal.errors import BlobCorrupt, BlobMissing, InvalidEvent, JournalError
 from journal.events import BlobRef, Event
 from journal.keys import blob_key, validate_id
-from replayer.reducer import Reducer, fold
-from replayer.state import ThreadState, empty
+from journal.reducer import Reducer, fold
+from journal.state import ThreadState, empty
 from replayer.verify import StoredEvent, VerifyResult, verify_chain
 
 MAGIC = b"AJBUNDLE"

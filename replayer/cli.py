@@ -24,7 +24,7 @@ from rich.table import Table
 from journal.chain import key_bytes
 from journal.embedded import resolve
 from journal.settings import Settings
-from replayer.state import ThreadState, thaw
+from journal.state import ThreadState, thaw
 
 FORMATS = ("table", "json")
 

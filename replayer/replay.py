@@ -29,10 +29,10 @@ from journal.errors import ConfigError, GapError, JournalError, NotFound
 from journal.events import Event
 from journal.keys import validate_id
 from journal.redis_store import connect as redis_connect
+from journal.reducer import Reducer, fold
 from journal.settings import Settings
-from replayer.reducer import Reducer, fold
+from journal.state import ThreadState, empty
 from replayer.sources import ArchiveSource, BadRow, PostgresSource, RedisSource, ThreadHead
-from replayer.state import ThreadState, empty
 from replayer.verify import CHANGED, StoredEvent, VerifyResult, verify_chain
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

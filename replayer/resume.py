@@ -18,10 +18,10 @@ from journal.chain import key_bytes
 from journal.client import JournalClient
 from journal.errors import NotFound
 from journal.keys import TENANT_CONTEXT_THREAD, validate_id
-from replayer.reducer import fold
+from journal.reducer import fold
+from journal.state import ThreadState, empty
 from replayer.replay import Replayer
 from replayer.sources import PostgresSource, RedisSource
-from replayer.state import ThreadState, empty
 
 
 @dataclass(frozen=True, slots=True)

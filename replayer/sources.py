@@ -32,9 +32,8 @@ from journal import codec, keys, tail
 from journal.errors import CodecError, StoreUnavailable
 from journal.events import Event
 from journal.settings import Settings
+from journal.state import ThreadState, decode_state
 from projections import db
-from projections.snapshots import decode_state
-from replayer.state import ThreadState
 from replayer.verify import StoredEvent
 
 #: Entries per XREVRANGE page when walking the hot tail backwards.

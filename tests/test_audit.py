@@ -12,12 +12,12 @@ import pytest
 from journal.cli import main
 from journal.client import JournalClient
 from journal.events import Draft
+from journal.reducer import fold
 from journal.settings import Settings
+from journal.state import diff
 from projections.worker import Projector
 from replayer.audit import explain_tool_usage
-from replayer.reducer import fold
 from replayer.replay import Replayer
-from replayer.state import diff
 
 ACTOR = {"agent_id": "support-bot-7", "model": "sim"}
 

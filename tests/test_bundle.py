@@ -14,10 +14,10 @@ from journal import codec
 from journal.chain import GENESIS, link
 from journal.errors import BlobMissing, InvalidEvent
 from journal.events import BlobRef, Event
+from journal.reducer import Reducer, fold, register
+from journal.state import ThreadState, empty
 from replayer import bundle as b
 from replayer.bundle import BundleError, UnsupportedBundleVersion, verify_bundle, write_bundle
-from replayer.reducer import Reducer, fold, register
-from replayer.state import ThreadState, empty
 from replayer.verify import chained
 
 TENANT, THREAD = "acme", "run-42"

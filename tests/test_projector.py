@@ -249,8 +249,8 @@ def test_projected_durability_waits_for_postgres(migrated: Settings, tenant: str
 def test_snapshots_fold_offloaded_payloads(migrated: Settings, admin_pg: Any, client: JournalClient,
                                            tenant: str) -> None:
     """A snapshot over a tool result stored in S3 folds the real payload: the call is resolved, not pending."""
-    from projections.snapshots import decode_state
-    from replayer.reducer import fold
+    from journal.reducer import fold
+    from journal.state import decode_state
 
     client.append(tenant, "th", "tool_call", {"call_id": "c1", "tool": "ocr", "args": {}})
     big = client.append(tenant, "th", "tool_result", {"call_id": "c1", "tool": "ocr", "output": "x" * 300_000})
@@ -315,8 +315,8 @@ def test_new_tenant_is_picked_up_without_restart(migrated: Settings, tenant: str
 def test_snapshot_deferred_while_s3_is_down_then_written(migrated: Settings, admin_pg: Any, client: JournalClient,
                                                          tenant: str) -> None:
     """With S3 unreachable, a snapshot needing a blob is deferred (events still project); later ones are written."""
-    from projections.snapshots import decode_state
-    from replayer.reducer import fold
+    from journal.reducer import fold
+    from journal.state import decode_state
 
     client.append(tenant, "th", "tool_call", {"call_id": "c1", "tool": "ocr", "args": {}})
     client.append(tenant, "th", "tool_result", {"call_id": "c1", "tool": "ocr", "output": "x" * 300_000})

@@ -13,12 +13,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from journal import codec
+from journal import reducer as r
+from journal import state as rs
 from journal.errors import CodecError, InvalidEvent, JournalError
 from journal.events import BlobRef, Event
-from replayer import reducer as r
-from replayer import state as rs
-from replayer.reducer import ReducerError, apply, fold, register
-from replayer.state import ThreadState, diff, empty
+from journal.reducer import ReducerError, apply, fold, register
+from journal.state import ThreadState, diff, empty
 
 TENANT, THREAD = "acme", "run-1"
 

@@ -2,7 +2,7 @@
 
 ``ThreadState.to_dict``/``from_dict`` are the snapshot format (exact round trip, versioned by
 ``STATE_FORMAT``); ``diff`` says what changed between two states for the audit CLI. The rules
-that build states live in :mod:`replayer.reducer`.
+that build states live in :mod:`journal.reducer`.
 """
 
 from __future__ import annotations
@@ -267,6 +267,15 @@ def _opt_str(v: Any) -> str | None:
     if v is not None and not isinstance(v, str):
         raise TypeError(f"expected a str or null, got {type(v).__name__}")
     return v
+
+
+def encode_state(state: ThreadState) -> bytes:
+    """The snapshot format: the state's plain-data form, normalized, packed and framed (exact round trip)."""
+    return codec.frame(codec.pack(codec.normalize(state.to_dict(), "state")))
+
+
+def decode_state(data: bytes) -> ThreadState:
+    return ThreadState.from_dict(codec.unframe(bytes(data)))
 
 
 def empty(tenant: str, thread: str) -> ThreadState:

@@ -37,7 +37,7 @@ from journal import events as ev
 from journal.errors import InvalidEvent, JournalError
 from journal.events import Event
 from journal.keys import validate_type
-from replayer.state import (
+from journal.state import (
     _EMPTY,
     ACTIVE,
     COMPLETED,
