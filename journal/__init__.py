@@ -1,7 +1,7 @@
 """agent-journal: durable, resumable, provable state for long-running multi-tenant AI agents.
 
-The write path and the shared vocabulary: events, codec, keys, the append clients, blobs,
-settings, the embedded dev stack and the error hierarchy.
+The bottom of the ladder: events, codec, keys, the one fold (reducer, thread state), the
+clients (append, read, wait, resume over every tier), blobs, settings and the error hierarchy.
 """
 
 from journal.aio import AsyncJournalClient
@@ -15,6 +15,8 @@ from journal.errors import (
     DurabilityError,
     DurabilityUnsupported,
     GapError,
+    HistoryIncomplete,
+    IdempotencyKeyReused,
     InvalidEvent,
     InvalidIdentifier,
     JournalError,
@@ -25,6 +27,7 @@ from journal.errors import (
     UnserializableValue,
 )
 from journal.events import BUILTIN_TYPES, BlobRef, Draft, Event
+from journal.ops import Resumed
 from journal.settings import Settings
 
 __all__ = [
@@ -41,12 +44,15 @@ __all__ = [
     "DurabilityUnsupported",
     "Event",
     "GapError",
+    "HistoryIncomplete",
+    "IdempotencyKeyReused",
     "InvalidEvent",
     "InvalidIdentifier",
     "JournalClient",
     "JournalError",
     "NotFound",
     "PayloadTooLarge",
+    "Resumed",
     "Settings",
     "StoreUnavailable",
     "ThreadFenced",

@@ -1,42 +1,95 @@
-"""The asyncio append client: the same protocol and checks as :class:`journal.JournalClient`.
+"""The asyncio client: the operations of :class:`journal.JournalClient`, carried out with awaits.
 
-Blob uploads (boto3 is synchronous) run in a worker thread so the event loop never blocks.
+Both clients run the same generators of :mod:`journal.ops`; this module only awaits their
+requests. Blocking calls (boto3 for S3, psycopg for PostgreSQL reads) run in worker threads,
+concurrently when an operation asks for several, so the event loop never blocks.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 import redis.asyncio
 import structlog
 
-from journal import append as protocol
-from journal import codec, keys
-from journal.blobs import BlobStore
-from journal.embedded import resolve
+from journal import ops
+from journal.durable import DurableReader
 from journal.errors import ConfigError, JournalError
 from journal.events import Draft, Event
-from journal.redis_store import connect_async, script_source, translate, warn_if_volatile
+from journal.local_stack import resolve
+from journal.redis_store import append_script, connect_client_async, translate, warn_if_volatile
+from journal.reducer import Reducer
 from journal.settings import Settings
 
 log = structlog.get_logger("journal.aio")
-READ_PAGE = 1000
+T = TypeVar("T")
+
+
+async def drive(op: ops.Op[T], r: redis.asyncio.Redis, script: Any = None) -> T:
+    """Run an operation of :mod:`journal.ops` to its result, awaiting each request on ``r``."""
+    reply: Any = None
+    error: JournalError | None = None
+    while True:
+        try:
+            request = op.send(reply) if error is None else op.throw(error)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        reply, error = None, None
+        try:
+            reply = await _carry_out(request, r, script)
+        except JournalError as e:
+            error = e
+
+
+async def _carry_out(request: ops.Request, r: redis.asyncio.Redis, script: Any) -> Any:
+    if isinstance(request, ops.Offload):
+        return list(await asyncio.gather(*(asyncio.to_thread(fn, *args) for fn, args in request.calls)))
+    if isinstance(request, ops.Sleep):
+        await asyncio.sleep(request.seconds)
+        return None
+    try:
+        if isinstance(request, ops.Call):
+            return await getattr(r, request.method)(*request.args, **request.kwargs)
+        if isinstance(request, ops.Pipe):
+            pipe = r.pipeline(transaction=False)
+            for method, args in request.calls:
+                getattr(pipe, method)(*args)
+            return await pipe.execute()
+        if request.fsync_ms is None:
+            return await script(keys=request.keys, args=request.args), None
+        for attempt in (1, 2):
+            # WAITAOF waits for the writes of its own connection: it must follow the script on the same one.
+            pipe = r.pipeline(transaction=False)
+            pipe.evalsha(script.sha, len(request.keys), *request.keys, *request.args)
+            pipe.execute_command("WAITAOF", 1, 0, request.fsync_ms)
+            done, waited = await pipe.execute(raise_on_error=False)
+            if isinstance(done, redis.exceptions.NoScriptError) and attempt == 1:
+                await r.script_load(script.script)
+                continue
+            if isinstance(done, Exception):
+                raise done
+            return done, translate(waited, "WAITAOF (durability='fsync')") if isinstance(waited, Exception) else waited
+        raise AssertionError("unreachable")
+    except redis.RedisError as e:
+        raise translate(e, request.what) from e
 
 
 class AsyncJournalClient:
-    """Asyncio twin of ``JournalClient``."""
+    """Asyncio twin of ``JournalClient``: the same operations with the same semantics."""
 
-    def __init__(self, redis_client: redis.asyncio.Redis, *, settings: Settings | None = None,
-                 blobs: BlobStore | None = None) -> None:
+    def __init__(self, redis_client: redis.asyncio.Redis, *, settings: Settings | None = None, blobs: Any = None,
+                 durable: DurableReader | None = None, registry: Mapping[str, Reducer] | None = None) -> None:
         self.redis = redis_client
         self.settings = settings or Settings()
-        self.blobs = blobs
-        self._append = redis_client.register_script(script_source("append"))
+        self.env = ops.Env(self.settings, blobs, durable, registry)
+        self._append = append_script(redis_client)
+
+    @property
+    def blobs(self) -> Any:
+        return self.env.blobs
 
     @classmethod
     async def from_env(cls, **overrides: Any) -> AsyncJournalClient:
@@ -47,19 +100,21 @@ class AsyncJournalClient:
     async def from_settings(cls, settings: Settings) -> AsyncJournalClient:
         if not settings.redis_url:
             raise ConfigError("no Redis URL: set JOURNAL_REDIS_URL or run `agent-journal up`")
-        blobs = BlobStore.from_settings(settings) if settings.s3_url else None
-        self = cls(connect_async(settings.redis_url), settings=settings, blobs=blobs)
+        env = ops.Env.from_settings(settings)
+        self = cls(connect_client_async(settings.redis_url), settings=settings, blobs=env.blobs, durable=env.durable)
         await self.check_server()
         return self
 
     async def check_server(self) -> None:
+        """See ``JournalClient.check_server``."""
         try:
             info = await self.redis.info("persistence")
         except redis.exceptions.NoPermissionError:
-            return  # see JournalClient.check_server
+            info = None  # see JournalClient.check_server
         except redis.RedisError as e:
             raise translate(e, "INFO persistence") from e
-        warn_if_volatile(info, self.settings.redis_url or "redis")
+        if info is not None:
+            warn_if_volatile(info, self.settings.redis_url or "redis")
         if self.blobs is not None:
             try:
                 await asyncio.to_thread(self.blobs.ensure_bucket)
@@ -68,12 +123,17 @@ class AsyncJournalClient:
 
     async def close(self) -> None:
         await self.redis.aclose()
+        if self.env.durable is not None:
+            await asyncio.to_thread(self.env.durable.close)
 
     async def __aenter__(self) -> AsyncJournalClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    async def _run(self, op: ops.Op[T]) -> T:
+        return await drive(op, self.redis, self._append)
 
     async def append(self, tenant: str, thread: str, type: str, payload: Any = None, *, node: str | None = None,
                      idempotency_key: str | None = None, expected_seq: int | None = None,
@@ -86,82 +146,25 @@ class AsyncJournalClient:
     async def append_many(self, tenant: str, events: Iterable[Draft | Mapping[str, Any]], *,
                           durability: str | None = None) -> list[Event]:
         """See ``JournalClient.append_many``."""
-        level = protocol.durability_level(durability, self.settings)
-        p = protocol.prepare(self.settings, tenant, events)
-        if p.uploads:
-            if self.blobs is None:
-                raise ConfigError("this payload is over the blob threshold but no object storage is configured; "
-                                  "set JOURNAL_S3_URL (or run `agent-journal up`)")
-            blobs = self.blobs
-            await asyncio.gather(*(asyncio.to_thread(blobs.put, tenant, data) for _, data in p.uploads))
-        try:
-            reply = await self._append(keys=p.keys, args=p.args)
-        except redis.RedisError as e:
-            raise translate(e, f"append to tenant {tenant}") from e
-        outcome = protocol.parse_reply(p, reply)
-        if outcome.created_stream:
-            # Discovery falls back to the projector's scan when this is refused (see JournalClient._register).
-            with contextlib.suppress(redis.RedisError):
-                await self.redis.sadd(keys.TENANT_REGISTRY, tenant)
-        await self._await(level, tenant, outcome.events)
-        return outcome.events
-
-    async def _await(self, level: str, tenant: str, events: list[Event]) -> None:
-        if level == "memory":
-            return
-        timeout = self.settings.durability_timeout
-        if level == "fsync":
-            try:
-                local, _ = await self.redis.execute_command("WAITAOF", 1, 0, int(timeout * 1000))
-            except redis.RedisError as e:
-                raise translate(e, "WAITAOF (durability='fsync')") from e
-            protocol.fsync_result(local, timeout)
-            return
-        want = protocol.projected_targets(events)
-        deadline = time.monotonic() + timeout
-        delay = 0.002
-        while True:
-            try:
-                committed = await self.redis.hmget(keys.projected(tenant), list(want))
-            except redis.RedisError as e:
-                raise translate(e, "waiting for projection") from e
-            if protocol.all_projected(want, committed):
-                return
-            if time.monotonic() > deadline:
-                raise protocol.not_projected(timeout)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.05)
+        return await self._run(ops.append_many(self.env, tenant, events, durability))
 
     async def head(self, tenant: str, thread: str) -> int:
-        keys.validate_id(thread, "thread")
-        try:
-            return int(await self.redis.hget(keys.heads(tenant), thread) or 0)
-        except redis.RedisError as e:
-            raise translate(e, "HGET head") from e
+        """See ``JournalClient.head``."""
+        return await self._run(ops.head(tenant, thread))
 
-    async def read(self, tenant: str, thread: str, after_seq: int = 0) -> list[Event]:
+    async def read(self, tenant: str, thread: str, after_seq: int = 0, *, resolve_blobs: bool = True) -> list[Event]:
         """See ``JournalClient.read``."""
-        keys.validate_id(thread, "thread")
-        stream, start, out = keys.stream(tenant), "-", []
-        while True:
-            try:
-                page = await self.redis.xrange(stream, min=start, max="+", count=READ_PAGE)
-            except redis.RedisError as e:
-                raise translate(e, "XRANGE") from e
-            for entry_id, fields in page:
-                event = codec.decode_entry(tenant, fields, entry_id.decode())
-                if event.thread == thread and event.seq > after_seq:
-                    out.append(event)
-            if len(page) < READ_PAGE:
-                break
-            start = "(" + page[-1][0].decode()
-        out.sort(key=lambda e: e.seq)
-        return [await self.resolve(e) for e in out]
+        return await self._run(ops.read(self.env, tenant, thread, after_seq, resolve_blobs))
+
+    async def wait(self, tenant: str, thread: str, after_seq: int, types: Iterable[str] | None = ("resume",),
+                   timeout: float | None = 30.0) -> Event | None:
+        """See ``JournalClient.wait``."""
+        return await self._run(ops.wait(self.env, tenant, thread, after_seq, types, timeout))
+
+    async def resume(self, tenant: str, thread: str) -> ops.Resumed:
+        """See ``JournalClient.resume``."""
+        return await self._run(ops.resume(self.env, tenant, thread))
 
     async def resolve(self, event: Event) -> Event:
-        if event.blob is None:
-            return event
-        if self.blobs is None:
-            raise JournalError("this event's payload is in object storage but no S3 is configured; set JOURNAL_S3_URL")
-        data = await asyncio.to_thread(self.blobs.get, event.tenant, event.blob)
-        return protocol.resolve_blob(event, data)
+        """See ``JournalClient.resolve``."""
+        return (await self._run(ops.resolve(self.env, [event])))[0]

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from journal import codec, keys
 from journal.errors import (
     ConflictError,
     DurabilityError,
+    IdempotencyKeyReused,
     InvalidEvent,
     JournalError,
     PayloadTooLarge,
@@ -87,15 +88,17 @@ def prepare(settings: Settings, tenant: str, drafts: Iterable[Draft | Mapping[st
             ref = BlobRef(hashlib.sha256(blob).hexdigest(), len(blob))
             prepared.uploads.append((ref, blob))
             raw = codec.pack_body(d.type, None, d.node, d.idempotency_key, actor, ref)
-        ik = 0
+        ik, digest = 0, ""
         if d.idempotency_key is not None:
+            # What a retry must match: the whole body (type, payload or its blob digest, node, actor).
+            digest = hashlib.blake2b(raw, digest_size=12).hexdigest()
             slot = (d.thread, d.idempotency_key)
             if slot not in idem_index:
                 script_keys.append(keys.idempotency(tenant, d.thread, d.idempotency_key))
                 idem_index[slot] = len(script_keys)  # Lua's KEYS is 1-based
             ik = idem_index[slot]
         body = codec.frame(raw)
-        args.extend((d.thread, "" if d.expected_seq is None else d.expected_seq, ik, body))
+        args.extend((d.thread, "" if d.expected_seq is None else d.expected_seq, ik, digest, body))
         prepared.payloads.append(payload)
         prepared.actors.append(actor)
         prepared.blob_refs.append(ref)
@@ -120,6 +123,9 @@ def parse_reply(p: Prepared, reply: list[Any] | bytes) -> Outcome:
         raise ConflictError(p.tenant, d.thread, d.expected_seq if d.expected_seq is not None else -1, int(reply[2]))
     if status == "fenced":
         raise ThreadFenced(p.tenant, _text(reply[1]), _text(reply[2]))
+    if status == "reused":
+        d = p.drafts[int(reply[1])]
+        raise IdempotencyKeyReused(p.tenant, d.thread, d.idempotency_key or "", int(reply[2]))
     if status != "ok":
         raise JournalError(f"unexpected reply from the append script: {reply[:3]!r}")
     created = bool(int(reply[1]))
@@ -154,21 +160,28 @@ def all_projected(want: dict[str, int], committed: list[Any]) -> bool:
     return all(v is not None and int(v) >= seq for seq, v in zip(want.values(), committed, strict=True))
 
 
-def fsync_result(local: Any, timeout: float) -> None:
-    if int(local) < 1:
-        raise DurabilityError(f"the append was accepted but not fsynced to the AOF within {timeout}s; it may be "
-                              "lost if Redis crashes now. Check the server's disk.")
+def check_fsynced(waited: Any, timeout: float, events: list[Event]) -> None:
+    """Raise unless the WAITAOF that followed the append confirms the AOF fsync (the events are written either way)."""
+    if isinstance(waited, JournalError):
+        raise DurabilityError(f"{_written(events)}, but the fsync could not be confirmed: {waited}", tuple(events))
+    if waited is None or int(waited[0]) < 1:
+        raise DurabilityError(f"{_written(events)}, but not fsynced to the AOF within {timeout}s; they may be lost if "
+                              "Redis crashes now. Check the server's disk.", tuple(events))
 
 
-def not_projected(timeout: float) -> DurabilityError:
-    return DurabilityError(f"events were appended but not committed to PostgreSQL within {timeout}s; is a projector "
-                           "running (`agent-journal project`)? They are safe in Redis and will be projected later.")
+def not_projected(timeout: float, events: list[Event]) -> DurabilityError:
+    return DurabilityError(f"{_written(events)}, but not committed to PostgreSQL within {timeout}s; is a projector "
+                           "running (`agent-journal project`)? They are safe in Redis and will be projected later.",
+                           tuple(events))
+
+
+def _written(events: list[Event]) -> str:
+    seqs = ", ".join(f"{e.thread}#{e.seq}" for e in events[:5]) + (" …" if len(events) > 5 else "")
+    return f"the append was written ({seqs}; do not retry it without its idempotency key)"
 
 
 def resolve_blob(event: Event, data: bytes) -> Event:
     """The event with its offloaded payload filled in from the blob's bytes."""
-    from dataclasses import replace
-
     return replace(event, payload=codec.unframe(data))
 
 

@@ -1,46 +1,101 @@
-"""The synchronous append client.
+"""The synchronous client: append, read, wait and resume.
 
     client = JournalClient.from_env()
     rec = client.append("acme", "run-42", "message", {"role": "user", "content": "hi"})
     client.append("acme", "run-42", "tool_call", {...}, expected_seq=rec.seq)
 
-A client is cheap to share between threads (redis-py pools connections). It holds no
-tenant: every call names its tenant, and every key it touches carries that tenant's tag.
+Every operation is written once, in :mod:`journal.ops`; this class only carries out the
+requests those operations yield, with blocking calls. A client is cheap to share between
+threads (redis-py and psycopg pool their connections). It holds no tenant: every call names
+its tenant, and every key it touches carries that tenant's tag.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Mapping
-from importlib.metadata import entry_points
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeVar
 
 import redis
+import redis.commands.core
 import structlog
 
-from journal import append as protocol
-from journal import codec, keys, tail
-from journal.blobs import BlobStore
-from journal.embedded import resolve
+from journal import ops
+from journal.durable import DurableReader
 from journal.errors import ConfigError, JournalError
 from journal.events import Draft, Event
-from journal.redis_store import connect, script_source, translate, warn_if_volatile
+from journal.local_stack import resolve
+from journal.redis_store import append_script, connect_client, translate, warn_if_volatile
+from journal.reducer import Reducer
 from journal.settings import Settings
 
 log = structlog.get_logger("journal.client")
-READ_PAGE = 1000
+T = TypeVar("T")
+
+
+def drive(op: ops.Op[T], r: redis.Redis, script: redis.commands.core.Script | None = None) -> T:
+    """Run an operation of :mod:`journal.ops` to its result with blocking calls on ``r``."""
+    reply: Any = None
+    error: JournalError | None = None
+    while True:
+        try:
+            request = op.send(reply) if error is None else op.throw(error)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        reply, error = None, None
+        try:
+            reply = _carry_out(request, r, script)
+        except JournalError as e:
+            error = e
+
+
+def _carry_out(request: ops.Request, r: redis.Redis, script: redis.commands.core.Script | None) -> Any:
+    if isinstance(request, ops.Offload):
+        return [fn(*args) for fn, args in request.calls]
+    if isinstance(request, ops.Sleep):
+        time.sleep(request.seconds)
+        return None
+    try:
+        if isinstance(request, ops.Call):
+            return getattr(r, request.method)(*request.args, **request.kwargs)
+        if isinstance(request, ops.Pipe):
+            pipe = r.pipeline(transaction=False)
+            for method, args in request.calls:
+                getattr(pipe, method)(*args)
+            return pipe.execute()
+        assert script is not None, "an append needs the client's registered script"
+        if request.fsync_ms is None:
+            return script(keys=request.keys, args=request.args), None
+        for attempt in (1, 2):
+            # WAITAOF waits for the writes of its own connection: it must follow the script on the same one.
+            pipe = r.pipeline(transaction=False)
+            pipe.evalsha(script.sha, len(request.keys), *request.keys, *request.args)
+            pipe.execute_command("WAITAOF", 1, 0, request.fsync_ms)
+            done, waited = pipe.execute(raise_on_error=False)
+            if isinstance(done, redis.exceptions.NoScriptError) and attempt == 1:
+                r.script_load(script.script)
+                continue
+            if isinstance(done, Exception):
+                raise done
+            return done, translate(waited, "WAITAOF (durability='fsync')") if isinstance(waited, Exception) else waited
+        raise AssertionError("unreachable")
+    except redis.RedisError as e:
+        raise translate(e, request.what) from e
 
 
 class JournalClient:
-    """Append to, and read the hot tail of, per-tenant agent journals in Redis."""
+    """Append to, read, wait on and resume per-tenant agent journals."""
 
-    def __init__(self, redis_client: redis.Redis, *, settings: Settings | None = None,
-                 blobs: BlobStore | None = None) -> None:
+    def __init__(self, redis_client: redis.Redis, *, settings: Settings | None = None, blobs: Any = None,
+                 durable: DurableReader | None = None, registry: Mapping[str, Reducer] | None = None) -> None:
         self.redis = redis_client
         self.settings = settings or Settings()
-        self.blobs = blobs
-        self._append = redis_client.register_script(script_source("append"))
-        self._registered: set[str] = set()
+        self.env = ops.Env(self.settings, blobs, durable, registry)
+        self._append = append_script(redis_client)
+
+    @property
+    def blobs(self) -> Any:
+        return self.env.blobs
 
     @classmethod
     def from_env(cls, **overrides: Any) -> JournalClient:
@@ -51,9 +106,8 @@ class JournalClient:
     def from_settings(cls, settings: Settings) -> JournalClient:
         if not settings.redis_url:
             raise ConfigError("no Redis URL: set JOURNAL_REDIS_URL or run `agent-journal up`")
-        client = connect(settings.redis_url)
-        blobs = BlobStore.from_settings(settings) if settings.s3_url else None
-        self = cls(client, settings=settings, blobs=blobs)
+        env = ops.Env.from_settings(settings)
+        self = cls(connect_client(settings.redis_url), settings=settings, blobs=env.blobs, durable=env.durable)
         self.check_server()
         return self
 
@@ -62,10 +116,11 @@ class JournalClient:
         try:
             info = self.redis.info("persistence")
         except redis.exceptions.NoPermissionError:
-            return  # A tenant-scoped ACL user may not run INFO; the operator checked at `tenant create`.
+            info = None  # A tenant-scoped ACL user may not run INFO; the operator checked at `tenant create`.
         except redis.RedisError as e:
             raise translate(e, "INFO persistence") from e
-        warn_if_volatile(info, self.settings.redis_url or "redis")
+        if info is not None:
+            warn_if_volatile(info, self.settings.redis_url or "redis")
         if self.blobs is not None:
             try:
                 self.blobs.ensure_bucket()
@@ -74,12 +129,17 @@ class JournalClient:
 
     def close(self) -> None:
         self.redis.close()
+        if self.env.durable is not None:
+            self.env.durable.close()
 
     def __enter__(self) -> JournalClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _run(self, op: ops.Op[T]) -> T:
+        return drive(op, self.redis, self._append)
 
     # -- writing -----------------------------------------------------------------------------------
 
@@ -90,7 +150,8 @@ class JournalClient:
 
         ``expected_seq`` (the head you last saw; 0 for a new thread) raises ``ConflictError``
         if another writer got there first. A retry with the same ``idempotency_key`` returns
-        the original record and writes nothing.
+        the stored event and writes nothing; the same key with other content raises
+        ``IdempotencyKeyReused``.
         """
         draft = Draft(thread=thread, type=type, payload=payload, node=node, idempotency_key=idempotency_key,
                       expected_seq=expected_seq, actor=actor or {})
@@ -103,141 +164,36 @@ class JournalClient:
         Events may belong to several threads of the tenant. Batches over ``MAX_BATCH`` are
         refused; split them.
         """
-        level = protocol.durability_level(durability, self.settings)
-        p = protocol.prepare(self.settings, tenant, events)
-        self._upload(p)
-        try:
-            reply = self._append(keys=p.keys, args=p.args)
-        except redis.RedisError as e:
-            raise translate(e, f"append to tenant {tenant}") from e
-        outcome = protocol.parse_reply(p, reply)
-        if outcome.created_stream:
-            self._register(tenant)
-        self._await(level, tenant, outcome.events)
-        return outcome.events
-
-    def _upload(self, p: protocol.Prepared) -> None:
-        if not p.uploads:
-            return
-        if self.blobs is None:
-            raise ConfigError("this payload is over the blob threshold but no object storage is configured; "
-                              "set JOURNAL_S3_URL (or run `agent-journal up`)")
-        for ref, data in p.uploads:
-            self.blobs.put(p.tenant, data)
-            log.debug("blob_stored", tenant=p.tenant, sha256=ref.sha256, size=ref.size)
-
-    def _register(self, tenant: str) -> None:
-        # The registry lets the projector find new tenants without SCAN. It lives outside the
-        # tenant's hash tag, so it cannot be in the append script; a client whose ACL forbids it
-        # leaves discovery to the projector's periodic scan.
-        try:
-            self.redis.sadd(keys.TENANT_REGISTRY, tenant)
-        except redis.RedisError as e:
-            log.debug("tenant_register_skipped", tenant=tenant, error=str(e))
-
-    def _await(self, level: str, tenant: str, events: list[Event]) -> None:
-        if level == "memory":
-            return
-        timeout = self.settings.durability_timeout
-        if level == "fsync":
-            try:
-                local, _ = self.redis.execute_command("WAITAOF", 1, 0, int(timeout * 1000))
-            except redis.RedisError as e:
-                raise translate(e, "WAITAOF (durability='fsync')") from e
-            protocol.fsync_result(local, timeout)
-            return
-        want = protocol.projected_targets(events)
-        deadline = time.monotonic() + timeout
-        delay = 0.002
-        while True:
-            try:
-                committed = self.redis.hmget(keys.projected(tenant), list(want))
-            except redis.RedisError as e:
-                raise translate(e, "waiting for projection") from e
-            if protocol.all_projected(want, committed):
-                return
-            if time.monotonic() > deadline:
-                raise protocol.not_projected(timeout)
-            time.sleep(delay)
-            delay = min(delay * 2, 0.05)
+        return self._run(ops.append_many(self.env, tenant, events, durability))
 
     # -- reading -----------------------------------------------------------------------------------
 
     def head(self, tenant: str, thread: str) -> int:
         """The latest seq issued for the thread (0 if none)."""
-        return tail.head(self.redis, tenant, thread)
+        return self._run(ops.head(tenant, thread))
 
     def read(self, tenant: str, thread: str, after_seq: int = 0, *, resolve_blobs: bool = True) -> list[Event]:
-        """Events of the thread still in the hot tail (Redis) with seq > ``after_seq``, in seq order."""
-        out = tail.read_tail(self.redis, tenant, thread, after_seq)
-        return [self.resolve(e) for e in out] if resolve_blobs else out
+        """The thread's events with seq > ``after_seq``, in seq order, from every tier (Redis, PostgreSQL).
 
-    def _scan(self, tenant: str) -> Iterator[Event]:
-        stream = keys.stream(tenant)
-        start = "-"
-        while True:
-            try:
-                page = self.redis.xrange(stream, min=start, max="+", count=READ_PAGE)
-            except redis.RedisError as e:
-                raise translate(e, "XRANGE") from e
-            for entry_id, fields in page:
-                yield codec.decode_entry(tenant, fields, entry_id.decode())
-            if len(page) < READ_PAGE:
-                return
-            start = "(" + page[-1][0].decode()
+        Gapless or ``HistoryIncomplete`` naming the tier that lacks a seq.
+        """
+        return self._run(ops.read(self.env, tenant, thread, after_seq, resolve_blobs))
 
     def wait(self, tenant: str, thread: str, after_seq: int, types: Iterable[str] | None = ("resume",),
              timeout: float | None = 30.0) -> Event | None:
-        """Block until an event of ``types`` (None = any) with seq > ``after_seq`` is appended to the thread.
+        """Block until an event of ``types`` (None = any) with seq > ``after_seq`` is in the thread.
 
-        How a paused agent learns that the human approved: XREAD BLOCK on the tenant stream,
-        no polling, works across processes. Returns the event, or None after ``timeout`` seconds.
+        How a paused agent learns that the human approved: an event already written (in any
+        tier) is returned at once; otherwise XREAD BLOCK on the tenant stream, across processes,
+        for as long as ``timeout`` (seconds; None = forever), through Redis restarts. Returns
+        the event, or None after ``timeout``.
         """
-        keys.validate_id(thread, "thread")
-        wanted = None if types is None else set(types)
-        stream = keys.stream(tenant)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        try:
-            # Fix the position first, then look at what is already there: nothing appended in
-            # between can slip past, since XREAD continues exactly from that position.
-            last = self.redis.xrevrange(stream, count=1)
-            position = last[0][0].decode() if last else "0-0"
-            for ev in self._scan(tenant):
-                if _matches(ev, thread, after_seq, wanted):
-                    return self.resolve(ev)
-            while True:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return None
-                block = 0 if left is None else max(1, int(left * 1000))
-                reply = self.redis.xread({stream: position}, block=block, count=100)
-                for _, entries in reply or []:
-                    for entry_id, fields in entries:
-                        position = entry_id.decode()
-                        ev = codec.decode_entry(tenant, fields, position)
-                        if _matches(ev, thread, after_seq, wanted):
-                            return self.resolve(ev)
-        except redis.RedisError as e:
-            raise translate(e, "XREAD BLOCK (wait)") from e
+        return self._run(ops.wait(self.env, tenant, thread, after_seq, types, timeout))
 
-    def resume(self, tenant: str, thread: str) -> Any:
-        """The thread's latest state and seq from every tier, to continue with ``expected_seq=seq``.
-
-        Provided by the replayer package (entry point ``agent_journal.resume``), which owns the
-        fold and the PostgreSQL/S3 tiers; the journal itself only knows the hot tail.
-        """
-        for ep in entry_points(group="agent_journal.resume"):
-            return ep.load()(self, tenant, thread)
-        raise ConfigError("resume needs the replayer package (pip install agent-journal installs it)")
+    def resume(self, tenant: str, thread: str) -> ops.Resumed:
+        """The thread's latest state and seq from every tier, to continue with ``expected_seq=seq``."""
+        return self._run(ops.resume(self.env, tenant, thread))
 
     def resolve(self, event: Event) -> Event:
         """The event with an offloaded payload fetched from object storage (``BlobMissing`` if gone)."""
-        if event.blob is None:
-            return event
-        if self.blobs is None:
-            raise JournalError("this event's payload is in object storage but no S3 is configured; set JOURNAL_S3_URL")
-        return protocol.resolve_blob(event, self.blobs.get(event.tenant, event.blob))
-
-
-def _matches(ev: Event, thread: str, after_seq: int, types: set[str] | None) -> bool:
-    return ev.thread == thread and ev.seq > after_seq and (types is None or ev.type in types)
+        return self._run(ops.resolve(self.env, [event]))[0]

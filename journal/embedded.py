@@ -30,11 +30,11 @@ from typing import Any
 import psutil
 
 from journal.errors import ConfigError, StoreUnavailable
+from journal.local_stack import DATABASE, SERVICES, alive, read_state, secret, settings_of
+from journal.local_stack import resolve as resolve  # re-exported: the CLI starts servers through it
 from journal.settings import Settings
 
-SERVICES = ("redis", "postgres", "s3")
 PG_USER = "embedded_postgres"  # PostgreSQL refuses to run as root; this system user runs it then.
-DATABASE = "journal"
 START_TIMEOUT = 60.0
 
 
@@ -59,16 +59,6 @@ def free_port(preferred: int | None = None) -> int:
                 continue
             return int(s.getsockname()[1])
     raise StoreUnavailable("no free TCP port on 127.0.0.1")
-
-
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        proc = psutil.Process(pid)
-        return proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str, log: Path, timeout: float) -> None:
@@ -134,10 +124,7 @@ class EmbeddedStack:
     # -- state ---------------------------------------------------------------------------------
 
     def _read_state(self) -> dict[str, dict[str, int]]:
-        try:
-            return json.loads(self.state_file.read_text())
-        except (OSError, ValueError):
-            return {}
+        return read_state(self.data_dir)
 
     def _write_state(self, state: dict[str, dict[str, int]]) -> None:
         tmp = self.state_file.with_suffix(".tmp")
@@ -165,7 +152,7 @@ class EmbeddedStack:
         with self._locked() as state:
             for name in services:
                 entry = state.get(name, {})
-                if not _alive(entry.get("pid")):
+                if not alive(entry.get("pid")):
                     state[name] = self._start_with_retry(name, entry)
         return self.settings()
 
@@ -190,7 +177,7 @@ class EmbeddedStack:
         with self._locked() as state:
             for name in services:
                 entry = state.get(name)
-                if entry and _alive(entry.get("pid")):
+                if entry and alive(entry.get("pid")):
                     self._terminate(entry["pid"], name)
                 if entry:
                     entry["pid"] = 0
@@ -199,7 +186,7 @@ class EmbeddedStack:
         """SIGKILL one service, as a crash would (fault tests)."""
         with self._locked() as state:
             pid = state.get(name, {}).get("pid")
-            if _alive(pid):
+            if alive(pid):
                 assert pid
                 os.kill(pid, signal.SIGKILL)
                 with contextlib.suppress(psutil.Error):
@@ -217,7 +204,7 @@ class EmbeddedStack:
         out = []
         for name in SERVICES:
             pid = state.get(name, {}).get("pid")
-            running = _alive(pid)
+            running = alive(pid)
             out.append(ServiceStatus(name, running, pid if running else None, urls[name] if running else None,
                                      self.data_dir / name))
         return out
@@ -227,17 +214,7 @@ class EmbeddedStack:
 
     def settings(self, state: dict[str, dict[str, int]] | None = None) -> Settings:
         """Settings pointing at the services recorded in ``state.json`` (running or not)."""
-        state = self._read_state() if state is None else state
-        urls: dict[str, str] = {}
-        if "redis" in state:
-            auth = f":{self._secret('redis')}@" if self._secret("redis") else ""
-            urls["redis_url"] = f"redis://{auth}127.0.0.1:{state['redis']['port']}/0"
-        if "postgres" in state:
-            auth = f"postgres:{self._pg_password()}" if self._pg_password() else "postgres"
-            urls["database_url"] = f"postgresql://{auth}@127.0.0.1:{state['postgres']['port']}/{DATABASE}"
-        if "s3" in state:
-            urls["s3_url"] = f"http://127.0.0.1:{state['s3']['port']}"
-        return Settings(data_dir=self.data_dir, **urls)
+        return settings_of(self.data_dir, self._read_state() if state is None else state)
 
     # -- one method per server -------------------------------------------------------------------
 
@@ -328,10 +305,7 @@ class EmbeddedStack:
         return self._secret("postgres")
 
     def _secret(self, service: str) -> str:
-        try:
-            return (self.data_dir / f"{service}.password").read_text().strip()
-        except OSError:
-            return ""
+        return secret(self.data_dir, service)
 
     def _postgres_user(self) -> str | None:
         """The user to run PostgreSQL as: ourselves, or a dedicated system user when we are root."""
@@ -417,31 +391,3 @@ class EmbeddedStack:
             proc.wait(10)
         except psutil.Error:
             pass
-
-
-def resolve(settings: Settings, *, start: bool = False) -> Settings:
-    """Fill the URLs ``settings`` lacks from the embedded stack in ``settings.data_dir``.
-
-    With ``start`` the missing servers are started (or reused); without it they must already
-    run (``agent-journal up``), else ``ConfigError`` says what to do.
-    """
-    missing = settings.missing_urls
-    if not missing:
-        return settings
-    stack = EmbeddedStack(settings.data_dir)
-    if start:
-        embedded = stack.up(tuple(missing))
-    else:
-        not_running = [m for m in missing if m not in stack.running()]
-        if not_running:
-            raise ConfigError(
-                f"no URL configured for {', '.join(not_running)} and no embedded server running in "
-                f"{stack.data_dir}; run `agent-journal up` or set JOURNAL_REDIS_URL / JOURNAL_DATABASE_URL / "
-                "JOURNAL_S3_URL"
-            )
-        embedded = stack.settings()
-    return settings.with_(
-        redis_url=settings.redis_url or embedded.redis_url,
-        database_url=settings.database_url or embedded.database_url,
-        s3_url=settings.s3_url or embedded.s3_url,
-    )

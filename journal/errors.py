@@ -80,8 +80,31 @@ class ThreadFenced(JournalError):
         )
 
 
+class IdempotencyKeyReused(InvalidEvent):
+    """An idempotency key already names an event with other content: a client bug, and nothing was written."""
+
+    def __init__(self, tenant: str, thread: str, key: str, seq: int) -> None:
+        self.tenant = tenant
+        self.thread = thread
+        self.key = key
+        self.seq = seq
+        super().__init__(
+            f"idempotency key {key!r} of thread {tenant}/{thread} already names seq {seq}, whose content "
+            "(type, payload, node or actor) differs from this append; nothing was written. A retry must send "
+            "the same event; a new event needs a new key."
+        )
+
+
 class DurabilityError(JournalError):
-    """The requested durability level could not be confirmed."""
+    """The requested durability level could not be confirmed.
+
+    ``written`` holds the events that were appended all the same (empty if nothing was written):
+    retrying them without an idempotency key would write them twice.
+    """
+
+    def __init__(self, message: str, written: tuple[object, ...] = ()) -> None:
+        self.written = written
+        super().__init__(message)
 
 
 class DurabilityUnsupported(DurabilityError):
@@ -117,6 +140,16 @@ class BlobCorrupt(BlobError):
 
 class NotFound(JournalError):
     """The tenant, thread or sequence asked for does not exist."""
+
+
+class HistoryIncomplete(JournalError):
+    """Part of a thread's history is in no tier this reader can reach; ``missing`` is the first absent seq."""
+
+    def __init__(self, tenant: str, thread: str, missing: int, where: str) -> None:
+        self.tenant = tenant
+        self.thread = thread
+        self.missing = missing
+        super().__init__(f"thread {tenant}/{thread}: seq {missing} is {where}; the answer would be incomplete.")
 
 
 class GapError(JournalError):

@@ -13,6 +13,9 @@ from typing import Any
 import redis
 import redis.asyncio
 import structlog
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from journal.errors import AccessDenied, DurabilityUnsupported, JournalError, StoreUnavailable
 
@@ -36,6 +39,27 @@ def connect(url: str, **kwargs: Any) -> redis.Redis:
 
 def connect_async(url: str, **kwargs: Any) -> redis.asyncio.Redis:
     return redis.asyncio.Redis.from_url(url, socket_connect_timeout=3, health_check_interval=30, **kwargs)
+
+
+def connect_client(url: str) -> redis.Redis:
+    """A connection for the append client: no automatic retries.
+
+    redis-py (>= 6) resends a command after a timeout or a dropped connection; for an append
+    whose reply was lost, that writes the event a second time under a new seq. The client's
+    operations decide what is safe to retry (a wait reconnects; an append is retried by the
+    caller, with its idempotency key).
+    """
+    return connect(url, retry=Retry(NoBackoff(), 0))
+
+
+def connect_client_async(url: str) -> redis.asyncio.Redis:
+    """The asyncio twin of :func:`connect_client`."""
+    return connect_async(url, retry=AsyncRetry(NoBackoff(), 0))
+
+
+def append_script(client: Any) -> Any:
+    """The append script registered on ``client`` (sync or asyncio), called by SHA."""
+    return client.register_script(script_source("append"))
 
 
 def translate(e: Exception, what: str) -> JournalError:

@@ -14,11 +14,10 @@ from journal.state import ThreadState, diff, empty
 from replayer.audit import Step, ToolUsage, export_bundle, state_diff, timeline, tool_usage
 from replayer.bundle import BundleReport, verify_bundle, write_bundle
 from replayer.replay import InvalidQuery, Replayer, ThreadVerdict, replay, verify
-from replayer.resume import Resumed, resume
 from replayer.sources import ArchiveSource, HistorySource, PostgresSource, RedisSource
 from replayer.verify import StoredEvent, VerifyResult, verify_chain
 
 __all__ = ["ArchiveSource", "BundleReport", "HistorySource", "InvalidQuery", "PostgresSource", "RedisSource",
-           "ReducerError", "Replayer", "Resumed", "Step", "StoredEvent", "ThreadState", "ThreadVerdict", "ToolUsage",
-           "VerifyResult", "apply", "diff", "empty", "export_bundle", "fold", "register", "replay", "resume",
+           "ReducerError", "Replayer", "Step", "StoredEvent", "ThreadState", "ThreadVerdict", "ToolUsage",
+           "VerifyResult", "apply", "diff", "empty", "export_bundle", "fold", "register", "replay",
            "state_diff", "timeline", "tool_usage", "verify", "verify_bundle", "verify_chain", "write_bundle"]

@@ -24,10 +24,10 @@ from typing import Any
 from journal.append import resolve_blob
 from journal.blobs import BlobStore
 from journal.chain import key_bytes
-from journal.embedded import resolve
 from journal.errors import ConfigError, GapError, JournalError, NotFound
 from journal.events import Event
 from journal.keys import validate_id
+from journal.local_stack import resolve
 from journal.redis_store import connect as redis_connect
 from journal.reducer import Reducer, fold
 from journal.settings import Settings

@@ -28,7 +28,8 @@ from typing import Any, Protocol, runtime_checkable
 import psycopg
 import redis
 
-from journal import codec, keys, tail
+from journal import codec, keys, ops
+from journal.client import drive
 from journal.errors import CodecError, StoreUnavailable
 from journal.events import Event
 from journal.settings import Settings
@@ -71,16 +72,17 @@ class ArchiveSource(HistorySource, Protocol):
 
 
 class RedisSource:
-    """Events still in the tenant's stream (``journal.tail``: a backwards walk that stops at the projected part)."""
+    """Events still in the tenant's stream (``journal.ops.hot_tail``: a backwards walk that stops early)."""
 
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
 
     def head(self, tenant: str, thread: str) -> int:
-        return tail.head(self.redis, tenant, thread)
+        return drive(ops.head(tenant, thread), self.redis)
 
     def events(self, tenant: str, thread: str, after: int, upto: int | None = None) -> Iterator[Event]:
-        return iter(tail.read_tail(self.redis, tenant, thread, after, upto))
+        top = self.head(tenant, thread)
+        return iter(drive(ops.hot_tail(tenant, thread, after, top if upto is None else min(top, upto)), self.redis))
 
 
 # -- PostgreSQL: the durable truth ----------------------------------------------------------------

@@ -8,6 +8,7 @@ set is started from the PyPI wheels in a temporary folder and stopped at the end
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -51,6 +52,66 @@ def embedded_redis(settings: Settings, stack: EmbeddedStack) -> EmbeddedStack:
 @pytest.fixture
 def client(settings: Settings) -> Iterator[JournalClient]:
     with JournalClient.from_settings(settings) as c:
+        yield c
+
+
+class AsyncClientFacade:
+    """The asyncio client behind the sync client's interface, so one test suite checks both clients.
+
+    Its coroutines run on an event loop of its own thread; ``redis`` is a plain sync connection
+    to the same server, for the tests' own assertions.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        import asyncio
+
+        import redis
+
+        from journal.aio import AsyncJournalClient
+
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self._client = self._call(AsyncJournalClient.from_settings(settings))
+        self.settings = settings
+        self.redis = redis.Redis.from_url(settings.redis_url or "")
+
+    def _call(self, coro: Any) -> Any:
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def __getattr__(self, name: str) -> Any:
+        import inspect
+
+        attr = getattr(self._client, name)
+        if inspect.iscoroutinefunction(attr):
+            return lambda *args, **kwargs: self._call(attr(*args, **kwargs))
+        return attr
+
+    def close(self) -> None:
+        self._call(self._client.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+        self.redis.close()
+
+    def __enter__(self) -> AsyncClientFacade:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def make_client(kind: str, settings: Settings) -> Any:
+    """A sync ``JournalClient``, or the asyncio one behind :class:`AsyncClientFacade` (``kind`` 'async')."""
+    return AsyncClientFacade(settings) if kind == "async" else JournalClient.from_settings(settings)
+
+
+@pytest.fixture(params=["sync", "async"])
+def any_client(request: pytest.FixtureRequest, migrated: Settings) -> Iterator[Any]:
+    """Each client in turn (the contract suite runs against both)."""
+    with make_client(request.param, migrated) as c:
         yield c
 
 

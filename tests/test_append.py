@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from conftest import make_client
 
 from journal import keys
 from journal.aio import AsyncJournalClient
@@ -15,6 +18,13 @@ from journal.embedded import EmbeddedStack
 from journal.errors import BlobMissing, ConflictError, InvalidEvent, PayloadTooLarge, ThreadFenced
 from journal.events import Draft
 from journal.settings import Settings
+
+
+@pytest.fixture(params=["sync", "async"])
+def client(request: pytest.FixtureRequest, migrated: Settings) -> Iterator[Any]:
+    """Both clients: every test of this module that takes ``client`` runs against each."""
+    with make_client(request.param, migrated) as c:
+        yield c
 
 
 def test_concurrent_writers_get_gapless_seqs(settings: Settings, tenant: str) -> None:

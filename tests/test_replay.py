@@ -13,13 +13,13 @@ from journal.client import JournalClient
 from journal.errors import GapError, NotFound
 from journal.events import Draft, Event
 from journal.keys import TENANT_CONTEXT_THREAD
+from journal.ops import Resumed
 from journal.reducer import fold
 from journal.settings import Settings
 from journal.state import empty
 from projections import db
 from projections.worker import Projector
 from replayer.replay import InvalidQuery, Replayer
-from replayer.resume import Resumed
 
 
 def project(settings: Settings, *tenants: str) -> None:

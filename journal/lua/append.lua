@@ -1,13 +1,15 @@
 -- Atomic append of a batch of events to one tenant's stream.
 --
 -- KEYS[1] stream  KEYS[2] heads (hash thread -> seq)  KEYS[3] fences (hash thread -> reason)
--- KEYS[4..] idempotency keys of the batch (string "seq:ts_ms", with a TTL)
--- ARGV[1] idempotency TTL (s)  ARGV[2] n events, then per event 4 values:
---   thread, expected head ("" = any), index into KEYS of its idempotency key (0 = none), body
+-- KEYS[4..] idempotency keys of the batch (string "seq:ts_ms:digest", with a TTL; older values lack the digest)
+-- ARGV[1] idempotency TTL (s)  ARGV[2] n events, then per event 5 values:
+--   thread, expected head ("" = any), index into KEYS of its idempotency key (0 = none),
+--   digest of the body ("" without a key), body
 --
 -- Replies "ok created ts seq1 dup1 ts1 seq2 dup2 ts2 ..." as one space-separated string (a flat
 -- array costs the client a parse per element) where created = 1 when this call made the stream;
--- or {"conflict", i, actual_head}; or {"fenced", thread, reason}.
+-- or {"conflict", i, actual_head}; or {"fenced", thread, reason}; or {"reused", i, seq} when an
+-- idempotency key already names an event whose digest differs (same key, other content).
 -- Everything is checked before anything is written, so a refused batch writes nothing.
 
 local ttl = tonumber(ARGV[1])
@@ -21,10 +23,11 @@ local plan = {}       -- per item: seq, dup flag, ts
 local any_fence = redis.call('EXISTS', KEYS[3]) == 1
 
 for i = 0, n - 1 do
-  local base = 3 + i * 4
+  local base = 3 + i * 5
   local thread = ARGV[base]
   local expected = ARGV[base + 1]
   local ik = tonumber(ARGV[base + 2])
+  local digest = ARGV[base + 3]
   local fence = any_fence and redis.call('HGET', KEYS[3], thread)
   if fence then
     return {'fenced', thread, fence}
@@ -35,7 +38,17 @@ for i = 0, n - 1 do
   end
   if prior then
     local sep = string.find(prior, ':', 1, true)
-    plan[#plan + 1] = {tonumber(string.sub(prior, 1, sep - 1)), 1, tonumber(string.sub(prior, sep + 1))}
+    local seq = tonumber(string.sub(prior, 1, sep - 1))
+    local rest = string.sub(prior, sep + 1)
+    local sep2 = string.find(rest, ':', 1, true)
+    local prior_ts = rest
+    if sep2 then
+      prior_ts = string.sub(rest, 1, sep2 - 1)
+      if string.sub(rest, sep2 + 1) ~= digest then
+        return {'reused', i, seq}
+      end
+    end
+    plan[#plan + 1] = {seq, 1, tonumber(prior_ts)}
   else
     local head = heads[thread]
     if head == nil then
@@ -48,7 +61,7 @@ for i = 0, n - 1 do
     heads[thread] = head
     plan[#plan + 1] = {head, 0, ts}
     if ik > 0 then
-      batch_idem[ik] = head .. ':' .. ts
+      batch_idem[ik] = head .. ':' .. ts .. ':' .. digest
     end
   end
 end
@@ -59,13 +72,13 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
 end
 local reply = {'ok', created, ts}
 for i = 0, n - 1 do
-  local base = 3 + i * 4
+  local base = 3 + i * 5
   local p = plan[i + 1]
   if p[2] == 0 then
-    redis.call('XADD', KEYS[1], '*', 't', ARGV[base], 's', p[1], 'ts', ts, 'b', ARGV[base + 3])
+    redis.call('XADD', KEYS[1], '*', 't', ARGV[base], 's', p[1], 'ts', ts, 'b', ARGV[base + 4])
     local ik = tonumber(ARGV[base + 2])
     if ik > 0 then
-      redis.call('SET', KEYS[ik], p[1] .. ':' .. ts, 'EX', ttl)
+      redis.call('SET', KEYS[ik], p[1] .. ':' .. ts .. ':' .. ARGV[base + 3], 'EX', ttl)
     end
   end
   reply[#reply + 1] = p[1]

@@ -239,7 +239,7 @@ RAW: dict[str, Callable[[str], tuple[Any, ...]]] = {
     "eval_flushall": lambda t: ("EVAL", "return redis.call('FLUSHALL')", "0"),
     "eval_keys": lambda t: ("EVAL", "return redis.call('KEYS', '*')", "0"),
     "eval_append_script_on_b": lambda t: ("EVAL", script_source("append"), "3", _b(t, "stream"), _b(t), _b(t, "fenced"),
-                                          "60", "1", "th", "", "0", "J\x00\x90"),
+                                          "60", "1", "th", "", "0", "", "J\x00\x90"),
 }
 
 

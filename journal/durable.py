@@ -1,0 +1,129 @@
+"""The durable tier as the client reads it: a thread's events and latest snapshot in PostgreSQL.
+
+The client answers ``read``, ``wait`` and ``resume`` from every tier, so it needs the events
+that have left Redis. This module reads them, and only them: the schema belongs to
+``projections`` (its SQLAlchemy tables and migrations); the few read statements the client
+depends on are named here, once, and ``projections``/``replayer`` use them too.
+
+Reads go through row-level security. The login of ``JOURNAL_DATABASE_URL`` is either
+
+* a **tenant reader** (``agent-journal tenant create``): bound to one tenant in
+  ``journal.tenant_roles``; it reads as itself and sees that tenant only; or
+* an **administrative user**: it ``SET ROLE journal_app`` and names the tenant per
+  transaction (``set_config('journal.tenant', …, true)``), so a pooled connection never
+  carries one tenant's scope to the next read.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+import psycopg_pool
+
+from journal import codec
+from journal.errors import AccessDenied, JournalError, StoreUnavailable
+from journal.events import Event
+from journal.keys import validate_id
+from journal.state import ThreadState, decode_state
+
+APP_ROLE = "journal_app"
+
+#: A thread's stored events in a seq range. ``body`` is the hashed truth; the JSONB copy is not read.
+EVENTS_SQL = ("SELECT seq, ts_ms, body FROM journal.events WHERE tenant_id = %s AND thread_id = %s "
+              "AND seq > %s AND seq <= %s ORDER BY seq")
+#: The highest stored seq of a thread (rows above the chained head count: they are durable too).
+MAX_SEQ_SQL = "SELECT max(seq) FROM journal.events WHERE tenant_id = %s AND thread_id = %s"
+#: The newest snapshot at or below a seq.
+SNAPSHOT_SQL = ("SELECT state FROM journal.snapshots WHERE tenant_id = %s AND thread_id = %s AND seq <= %s "
+                "ORDER BY seq DESC LIMIT 1")
+#: The tenant a login is bound to (a tenant reader sees its own row of ``tenant_roles`` only).
+BOUND_TENANT_SQL = "SELECT tenant_id FROM journal.tenant_roles WHERE role_name = current_user"
+SCOPE_SQL = "SELECT set_config('journal.tenant', %s, true)"
+#: Larger than any seq: the open upper bound of a range.
+NO_LIMIT = 2**63 - 1
+
+
+def decode_rows(tenant: str, thread: str, rows: list[tuple[Any, ...]]) -> list[Event]:
+    return [codec.decode_body(tenant, thread, s, ts, bytes(b)) for s, ts, b in rows]
+
+
+class DurableReader:
+    """Thread reads from PostgreSQL for the client, through a small pool opened on first use."""
+
+    def __init__(self, url: str, *, max_size: int = 4) -> None:
+        self.url = url
+        self._max_size = max_size
+        self._pool: psycopg_pool.ConnectionPool | None = None
+        self._lock = threading.Lock()
+        #: The tenant this login is bound to, if it is a tenant reader (known once connected).
+        self.bound_tenant: str | None = None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def _configure(self, conn: psycopg.Connection) -> None:
+        row = conn.execute(BOUND_TENANT_SQL).fetchone()
+        if row is not None:
+            self.bound_tenant = row[0]
+        else:
+            try:
+                conn.execute(f"SET ROLE {APP_ROLE}")
+            except psycopg.Error as e:
+                raise AccessDenied(f"the PostgreSQL login of JOURNAL_DATABASE_URL is neither a tenant reader nor "
+                                   f"allowed to SET ROLE {APP_ROLE} ({e}); use the tenant URL from "
+                                   "`agent-journal tenant create`, or run `agent-journal migrate` as an admin") from e
+        conn.commit()
+
+    def _open(self) -> psycopg_pool.ConnectionPool:
+        with self._lock:
+            if self._pool is None:
+                pool = psycopg_pool.ConnectionPool(
+                    self.url, min_size=0, max_size=self._max_size, open=False, configure=self._configure,
+                    kwargs={"connect_timeout": 5}, timeout=10, name="journal-durable")
+                pool.open(wait=False)
+                self._pool = pool
+            return self._pool
+
+    @contextmanager
+    def _scoped(self, tenant: str) -> Iterator[psycopg.Connection]:
+        """A read-only, repeatable-read transaction that sees ``tenant``'s rows (and only those)."""
+        validate_id(tenant, "tenant")
+        try:
+            with self._open().connection() as conn:
+                if self.bound_tenant is not None and self.bound_tenant != tenant:
+                    raise AccessDenied(f"this PostgreSQL login reads tenant {self.bound_tenant!r} only, not "
+                                       f"{tenant!r}; use that tenant's own credentials")
+                conn.read_only = True
+                conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+                with conn.transaction():
+                    if self.bound_tenant is None:
+                        conn.execute(SCOPE_SQL, (tenant,))
+                    yield conn
+        except psycopg_pool.PoolTimeout as e:
+            raise StoreUnavailable(f"PostgreSQL unreachable (no connection within 10 s): {e}. Check "
+                                   "JOURNAL_DATABASE_URL and that the server runs (`agent-journal status`).") from e
+        except psycopg.OperationalError as e:
+            raise StoreUnavailable(f"PostgreSQL failed while reading tenant {tenant}: {e}") from e
+        except psycopg.errors.InsufficientPrivilege as e:
+            raise AccessDenied(f"PostgreSQL refused a read of tenant {tenant}: {e}") from e
+        except psycopg.errors.UndefinedTable as e:
+            raise JournalError(f"the journal schema is missing in PostgreSQL ({e}); run `agent-journal migrate`") from e
+
+    def events(self, tenant: str, thread: str, after: int, upto: int | None = None) -> list[Event]:
+        """The stored events with ``after < seq <= upto`` (no upper bound if None), in seq order."""
+        with self._scoped(tenant) as conn:
+            rows = conn.execute(EVENTS_SQL, (tenant, thread, after, NO_LIMIT if upto is None else upto)).fetchall()
+        return decode_rows(tenant, thread, rows)
+
+    def latest(self, tenant: str, thread: str) -> tuple[int, ThreadState | None]:
+        """The highest stored seq of the thread and its newest snapshot, from one consistent view."""
+        with self._scoped(tenant) as conn:
+            top = conn.execute(MAX_SEQ_SQL, (tenant, thread)).fetchone()
+            snap = conn.execute(SNAPSHOT_SQL, (tenant, thread, NO_LIMIT)).fetchone()
+        return int(top[0] or 0) if top else 0, decode_state(snap[0]) if snap else None
