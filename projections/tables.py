@@ -2,15 +2,24 @@
 
 Everything lives in the ``journal`` schema. ``tenant_id`` leads every key, so a distributed
 PostgreSQL (Citus) can shard every table on it, and ``events`` is hash-partitioned on it.
-Migrations (``projections/migrations``) create exactly this; change both together.
+Migrations (``projections/migrations``) create exactly this; change both together, and
+``tests/test_schema.py`` fails until they agree (autogenerate's comparison, then PostgreSQL's own
+catalog against ``metadata.create_all``). Beyond these tables the migrations alone own the roles,
+grants, row-level security, ``journal.current_tenant()`` and the partitions of ``events``.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     Column,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -50,25 +59,37 @@ events = Table(
     Column("stream_id", Text, nullable=False),
     Column("prev_hash", LargeBinary),
     Column("hash", LargeBinary),
+    # Partitions (``events_p00``..) are made by the migrations: SQLAlchemy cannot declare them.
+    postgresql_partition_by="HASH (tenant_id)",
 )
+#: The audit by tool (replayer.audit); partial, as most events name no tool.
+Index("events_tool_idx", events.c.tenant_id, events.c.tool, events.c.appended_at,
+      postgresql_where=events.c.tool.is_not(None))
+Index("events_time_idx", events.c.tenant_id, events.c.thread_id, events.c.appended_at)
 
 threads = Table(
     "threads", metadata,
     Column("tenant_id", Text, primary_key=True),
     Column("thread_id", Text, primary_key=True),
-    Column("status", Text, nullable=False, server_default="active"),
+    Column("status", Text, nullable=False, server_default=text("'active'")),
     #: Head of the verified chain: every seq up to here is stored and hashed.
-    Column("last_seq", BigInteger, nullable=False, server_default="0"),
+    Column("last_seq", BigInteger, nullable=False, server_default=text("0")),
     Column("last_hash", LargeBinary),
     #: Highest seq stored (above last_seq only while an earlier seq is still in flight).
-    Column("max_seq", BigInteger, nullable=False, server_default="0"),
+    Column("max_seq", BigInteger, nullable=False, server_default=text("0")),
     Column("node", Text),
-    Column("event_count", BigInteger, nullable=False, server_default="0"),
+    Column("event_count", BigInteger, nullable=False, server_default=text("0")),
     Column("created_at", TS, nullable=False, server_default=text("now()")),
     Column("updated_at", TS, nullable=False, server_default=text("now()")),
     Column("fenced", Boolean, nullable=False, server_default=text("false")),
     Column("fence_reason", Text),
+    # The name PostgreSQL gives the migration's inline CHECK.
+    CheckConstraint("status IN ('active', 'paused', 'completed', 'failed', 'abandoned')",
+                    name="threads_status_check"),
+    # Room on each page for HOT updates: every batch rewrites its threads' rows.
+    postgresql_with={"fillfactor": 70},
 )
+Index("threads_active_idx", threads.c.tenant_id, threads.c.thread_id, postgresql_where=threads.c.status == "active")
 
 snapshots = Table(
     "snapshots", metadata,
@@ -89,7 +110,7 @@ dead_letters = Table(
     Column("seq", BigInteger),
     Column("reason", Text, nullable=False),
     Column("entry", LargeBinary),
-    Column("attempts", Integer, nullable=False, server_default="1"),
+    Column("attempts", Integer, nullable=False, server_default=text("1")),
     Column("first_seen", TS, nullable=False, server_default=text("now()")),
     Column("last_seen", TS, nullable=False, server_default=text("now()")),
 )
@@ -125,3 +146,29 @@ tenant_roles = Table(
 )
 
 TENANT_TABLES = ("events", "threads", "snapshots", "dead_letters", "conflicts", "offsets")
+
+
+#: ``events``' hash partitions: the migrations create them, but SQLAlchemy declares only the
+#: partitioned parent, so autogenerate would otherwise propose dropping them.
+_EVENT_PARTITION = re.compile(r"events_p\d+")
+
+
+def include_name(name: str | None, type_: str, parent_names: Mapping[str, str | None]) -> bool:
+    """Autogenerate's filter: the ``journal`` schema, less what ``metadata`` cannot declare."""
+    if type_ == "schema":
+        return name == SCHEMA
+    if type_ == "table":
+        return not (name and _EVENT_PARTITION.fullmatch(name))
+    return True
+
+
+#: The Alembic options under which a database is compared with ``metadata``: env.py and the schema
+#: test share them, so what the test proves is what ``alembic revision --autogenerate`` sees.
+AUTOGENERATE_OPTIONS: dict[str, Any] = {
+    "version_table_schema": SCHEMA,
+    # Every table is in ``journal``, never the default schema, which is all Alembic reads otherwise.
+    "include_schemas": True,
+    "include_name": include_name,
+    "compare_type": True,
+    "compare_server_default": True,
+}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool, text
 
-from projections.tables import SCHEMA, metadata
+from projections.tables import AUTOGENERATE_OPTIONS, SCHEMA, metadata
 
 config = context.config
 
@@ -15,7 +15,7 @@ def run_migrations_online() -> None:
     with engine.connect() as connection:
         connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))
         connection.commit()
-        context.configure(connection=connection, target_metadata=metadata, version_table_schema=SCHEMA)
+        context.configure(connection=connection, target_metadata=metadata, **AUTOGENERATE_OPTIONS)
         with context.begin_transaction():
             context.run_migrations()
 
