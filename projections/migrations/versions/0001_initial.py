@@ -169,4 +169,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.execute("DROP SCHEMA journal CASCADE")
+    # The schema stays: it holds Alembic's own version table, whose row Alembic deletes after this.
+    for t in (*TENANT_TABLES, "tenant_roles"):
+        op.execute(f"DROP TABLE IF EXISTS journal.{t} CASCADE")
+    op.execute("DROP FUNCTION IF EXISTS journal.current_tenant()")
