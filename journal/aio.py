@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
 import redis.asyncio
 import structlog
 
 from journal import ops
-from journal.durable import DurableReader
 from journal.errors import ConfigError, JournalError
 from journal.events import Draft, Event
 from journal.local_stack import resolve
@@ -26,6 +25,9 @@ from journal.settings import Settings
 
 log = structlog.get_logger("journal.aio")
 T = TypeVar("T")
+
+if TYPE_CHECKING:
+    from journal.durable import DurableReader
 
 
 async def drive(op: ops.Op[T], r: redis.asyncio.Redis, script: Any = None) -> T:

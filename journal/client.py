@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
 import redis.commands.core
 import structlog
 
 from journal import ops
-from journal.durable import DurableReader
 from journal.errors import ConfigError, JournalError
 from journal.events import Draft, Event
 from journal.local_stack import resolve
@@ -31,6 +30,9 @@ from journal.settings import Settings
 
 log = structlog.get_logger("journal.client")
 T = TypeVar("T")
+
+if TYPE_CHECKING:
+    from journal.durable import DurableReader
 
 
 def drive(op: ops.Op[T], r: redis.Redis, script: redis.commands.core.Script | None = None) -> T:

@@ -17,13 +17,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
 from journal import append as protocol
 from journal import codec, keys
-from journal.durable import DurableReader
 from journal.errors import (
     CodecError,
     ConfigError,
@@ -37,6 +36,9 @@ from journal.events import Draft, Event
 from journal.reducer import Reducer, fold
 from journal.settings import Settings
 from journal.state import ThreadState, empty
+
+if TYPE_CHECKING:
+    from journal.durable import DurableReader
 
 log = structlog.get_logger("journal.client")
 
@@ -119,7 +121,11 @@ class Env:
             from journal.blobs import BlobStore  # boto3 is a third of the import time; only S3 users pay it
 
             blobs = BlobStore.from_settings(settings)
-        durable = DurableReader(settings.database_url) if settings.database_url else None
+        durable = None
+        if settings.database_url:
+            from journal.durable import DurableReader  # psycopg: only for clients that read PostgreSQL
+
+            durable = DurableReader(settings.database_url)
         return cls(settings, blobs, durable, registry)
 
 

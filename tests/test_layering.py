@@ -1,0 +1,69 @@
+"""The package ladder has no back-edges, and every public name of every package imports.
+
+``journal`` (events, codec, keys, the fold, the clients) ← ``projections`` (Redis → PostgreSQL)
+← ``replayer`` (state, proofs, audits). A module imports only its own package and the packages
+below it, at module level or inside a function alike.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+LADDER = ("journal", "projections", "replayer")
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    """(line, top-level package) of every import in ``path``, wherever it sits in the module."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, alias.name.split(".")[0]) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            out.append((node.lineno, node.module.split(".")[0]))
+    return out
+
+
+def _modules(package: str) -> list[Path]:
+    return sorted((ROOT / package).rglob("*.py"))
+
+
+@pytest.mark.parametrize("package", LADDER)
+def test_no_module_imports_up_the_ladder(package: str) -> None:
+    """No module of a package imports a package above it on the ladder."""
+    above = set(LADDER[LADDER.index(package) + 1:])
+    upward = [f"{path.relative_to(ROOT)}:{line} imports {target}"
+              for path in _modules(package) for line, target in _imports(path) if target in above]
+    assert not upward, "imports up the ladder:\n" + "\n".join(upward)
+
+
+def test_entry_points_are_only_plugin_boundaries() -> None:
+    """The library finds none of its own layers through entry points: only CLI commands and demo stages."""
+    import tomllib
+
+    groups = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"].get("entry-points", {})
+    assert set(groups) <= {"agent_journal.commands", "agent_journal.demo", "agent_journal.status",
+                           "agent_journal.reducers"}
+
+
+@pytest.mark.parametrize("package", LADDER)
+def test_every_public_name_imports(package: str) -> None:
+    """Each name in a package's ``__all__`` is an attribute of the imported package."""
+    module = importlib.import_module(package)
+    missing = [name for name in getattr(module, "__all__", []) if not hasattr(module, name)]
+    assert not missing
+
+
+def test_importing_the_client_starts_nothing_and_imports_no_server_code() -> None:
+    """``import journal`` loads neither the embedded process manager nor boto3 nor psutil."""
+    import subprocess
+    import sys
+
+    code = ("import sys, journal; bad = [m for m in ('journal.embedded', 'boto3', 'psutil', 'projections', "
+            "'replayer') if m in sys.modules]; print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
