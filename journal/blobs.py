@@ -112,7 +112,7 @@ class BlobStore:
         """The blob's bytes, verified against its digest; ``BlobMissing`` if it is gone."""
         key = blob_key(tenant, ref.sha256)
         try:
-            data = self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            data: bytes = self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
         except botocore.exceptions.ClientError as e:
             if str(e.response.get("Error", {}).get("Code")) in _MISSING:
                 raise BlobMissing(f"s3://{self.bucket}/{key}") from e

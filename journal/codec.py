@@ -222,7 +222,8 @@ def _describe(value: Any) -> str:
 def pack(value: Any) -> bytes:
     """msgpack a normalized value (``UnserializableValue`` if it was not normalized after all)."""
     try:
-        return msgpack.packb(value, use_bin_type=True)
+        packed: bytes = msgpack.packb(value, use_bin_type=True)
+        return packed
     except (TypeError, ValueError, OverflowError) as e:
         raise UnserializableValue("value", f"msgpack cannot encode it ({e}); pass it through normalize first") from e
 
@@ -287,13 +288,14 @@ def decode_entry(tenant: str, fields: Mapping[bytes | str, Any], stream_id: str 
 
 
 def decode_body(tenant: str, thread: str, seq: int, ts_ms: int, body: bytes, stream_id: str | None = None) -> Event:
-    """Decode a stored body into an ``Event`` (upcasting older schema versions)."""
+    """Decode a stored body into an ``Event``; a schema version other than this reader's is refused."""
     parts = unframe(body)
     if not isinstance(parts, list) or not parts:
         raise CodecError("event body is not a version-tagged list")
     version = parts[0]
     if version != SCHEMA_VERSION:
-        raise CodecError(f"event schema version {version!r} is newer than this reader ({SCHEMA_VERSION}); upgrade")
+        raise CodecError(f"event schema version {version!r} is not this reader's ({SCHEMA_VERSION}); read it with "
+                         "the agent-journal version that wrote it, or upgrade")
     try:
         _, type_, node, payload, idem, actor, blob = parts
     except ValueError as e:
@@ -331,7 +333,7 @@ def _is_canonical(value: Any, depth: int) -> bool:
     if value is None or kind is bool:
         return True
     if kind is int:
-        return _INT_MIN <= value <= _INT_MAX
+        return bool(_INT_MIN <= value <= _INT_MAX)
     if kind is float:
         return math.isfinite(value)
     if depth >= MAX_DEPTH:

@@ -161,7 +161,8 @@ class EmbeddedStack:
         # process's outgoing connection; the server then exits at once. Try again a few times.
         for attempt in range(1, 4):
             try:
-                return getattr(self, f"_start_{name}")(entry)
+                started: dict[str, int] = getattr(self, f"_start_{name}")(entry)
+                return started
             except StoreUnavailable:
                 if attempt == 3:
                     raise

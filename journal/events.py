@@ -15,7 +15,8 @@ from typing import Any
 from journal.errors import InvalidEvent
 from journal.keys import validate_id, validate_type
 
-#: Version of the event envelope written by this code; older versions are upcast on read.
+#: Version of the event envelope written by this code. It is the only version so far; a reader refuses
+#: any other (``codec.decode_body``), so a newer writer's events are never misread.
 SCHEMA_VERSION = 1
 
 MESSAGE = "message"

@@ -28,7 +28,7 @@ from typing import Any, Protocol, runtime_checkable
 import psycopg
 import redis
 
-from journal import codec, keys, ops
+from journal import codec, durable, keys, ops
 from journal.client import drive
 from journal.errors import CodecError, StoreUnavailable
 from journal.events import Event
@@ -139,7 +139,7 @@ class PostgresSource:
         try:
             with self.conn.transaction():
                 # Transaction-local (is_local = true): a pooled connection never carries it to the next user.
-                self.conn.execute("SELECT set_config('journal.tenant', %s, true)", (tenant,))
+                self.conn.execute(durable.SCOPE_SQL, (tenant,))
                 self._scope = tenant
                 try:
                     yield self
@@ -162,21 +162,17 @@ class PostgresSource:
 
     def head(self, tenant: str, thread: str) -> int:
         """The highest stored seq (rows above the chained head included: they are durable too)."""
-        rows = self._rows(tenant, "SELECT max(seq) FROM journal.events WHERE tenant_id = %s AND thread_id = %s",
-                          (tenant, thread))
+        rows = self._rows(tenant, durable.MAX_SEQ_SQL, (tenant, thread))
         return int(rows[0][0] or 0)
 
     def events(self, tenant: str, thread: str, after: int, upto: int | None = None) -> Iterator[Event]:
         # ``body`` is the hashed truth; the JSONB ``payload`` is only its queryable copy and is not read here.
-        rows = self._rows(
-            tenant, "SELECT seq, ts_ms, body FROM journal.events WHERE tenant_id = %s AND thread_id = %s "
-                    "AND seq > %s AND seq <= %s ORDER BY seq", (tenant, thread, after, _top(upto)))
-        return iter([codec.decode_body(tenant, thread, s, ts, bytes(b)) for s, ts, b in rows])
+        rows = self._rows(tenant, durable.EVENTS_SQL, (tenant, thread, after, _top(upto)))
+        return iter(durable.decode_rows(tenant, thread, rows))
 
     def snapshot(self, tenant: str, thread: str, at_or_below: int) -> ThreadState | None:
         """The newest snapshot at or below ``at_or_below``, decoded (None if there is none)."""
-        rows = self._rows(tenant, "SELECT state FROM journal.snapshots WHERE tenant_id = %s AND thread_id = %s "
-                                  "AND seq <= %s ORDER BY seq DESC LIMIT 1", (tenant, thread, at_or_below))
+        rows = self._rows(tenant, durable.SNAPSHOT_SQL, (tenant, thread, at_or_below))
         return decode_state(rows[0][0]) if rows else None
 
     def seq_at_time(self, tenant: str, thread: str, at: datetime) -> int:
@@ -214,7 +210,7 @@ class PostgresSource:
 
 
 def _top(upto: int | None) -> int:
-    return 2**62 if upto is None else upto
+    return durable.NO_LIMIT if upto is None else upto
 
 
 @dataclass(frozen=True, slots=True)
