@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from journal import codec, keys
+from journal import codec, keys, payloads
 from journal.errors import (
     ConflictError,
     DurabilityError,
@@ -73,6 +73,7 @@ def prepare(settings: Settings, tenant: str, drafts: Iterable[Draft | Mapping[st
     for i, d in enumerate(items):
         where = f"event[{i}].payload" if len(items) > 1 else "payload"
         payload = codec.normalize(d.payload, where, settings.max_payload_bytes)
+        payloads.check(d.type, payload, d.node, where)
         actor = actors.get(id(d.actor))
         if actor is None:
             actor = actors[id(d.actor)] = codec.normalize(dict(d.actor), where.replace("payload", "actor"),

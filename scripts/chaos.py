@@ -166,7 +166,7 @@ class Chaos:
                 level = "projected" if w == self.writers - 1 else rng.choice(("memory", "fsync"))
                 big = rng.random() < 0.02
                 keyed = rng.random() < 0.3
-                payload: dict[str, Any] = {"id": pid, "w": w, "text": "x" * rng.randrange(400)}
+                payload: dict[str, Any] = {"role": "user", "content": "x" * rng.randrange(400), "id": pid, "w": w}
                 if big:
                     payload["doc"] = secrets.token_hex(BIG_BYTES // 2)
                 with led.lock:

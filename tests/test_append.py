@@ -19,6 +19,9 @@ from journal.errors import BlobMissing, ConflictError, InvalidEvent, PayloadTooL
 from journal.events import Draft
 from journal.settings import Settings
 
+#: A valid message payload (the fold needs role and content); tests add fields of their own.
+MSG = {"role": "user", "content": "hi"}
+
 
 @pytest.fixture(params=["sync", "async"])
 def client(request: pytest.FixtureRequest, migrated: Settings) -> Iterator[Any]:
@@ -34,7 +37,7 @@ def test_concurrent_writers_get_gapless_seqs(settings: Settings, tenant: str) ->
 
     def writer(w: int) -> None:
         with JournalClient.from_settings(settings) as c:
-            mine = [c.append(tenant, "shared", "message", {"w": w, "i": i}).seq for i in range(500)]
+            mine = [c.append(tenant, "shared", "message", {**MSG, "w": w, "i": i}).seq for i in range(500)]
         with lock:
             seqs.extend(mine)
 
@@ -51,10 +54,10 @@ def test_concurrent_writers_get_gapless_seqs(settings: Settings, tenant: str) ->
 
 def test_idempotent_retry_returns_first_seq_and_writes_nothing(client: JournalClient, tenant: str) -> None:
     """A retry with the same idempotency key returns the original seq and time; the stream does not grow."""
-    first = client.append(tenant, "th", "message", {"n": 1}, idempotency_key="req-1")
-    client.append(tenant, "th", "message", {"n": 2})
+    first = client.append(tenant, "th", "message", {**MSG, "n": 1}, idempotency_key="req-1")
+    client.append(tenant, "th", "message", {**MSG, "n": 2})
     length = client.redis.xlen(keys.stream(tenant))
-    again = client.append(tenant, "th", "message", {"n": 1}, idempotency_key="req-1")
+    again = client.append(tenant, "th", "message", {**MSG, "n": 1}, idempotency_key="req-1")
     assert (again.seq, again.ts_ms) == (first.seq, first.ts_ms) == (1, first.ts_ms)
     assert client.redis.xlen(keys.stream(tenant)) == length
     assert client.head(tenant, "th") == 2
@@ -62,10 +65,10 @@ def test_idempotent_retry_returns_first_seq_and_writes_nothing(client: JournalCl
 
 def test_stale_expected_seq_raises_conflict_with_actual_head(client: JournalClient, tenant: str) -> None:
     """expected_seq behind the head raises ConflictError carrying the real head; nothing is written."""
-    client.append(tenant, "th", "message", {}, expected_seq=0)
-    client.append(tenant, "th", "message", {}, expected_seq=1)
+    client.append(tenant, "th", "message", MSG, expected_seq=0)
+    client.append(tenant, "th", "message", MSG, expected_seq=1)
     with pytest.raises(ConflictError) as info:
-        client.append(tenant, "th", "message", {}, expected_seq=1)
+        client.append(tenant, "th", "message", MSG, expected_seq=1)
     assert info.value.actual == 2 and "expected_seq=2" in str(info.value)
     assert client.head(tenant, "th") == 2
 
@@ -73,19 +76,20 @@ def test_stale_expected_seq_raises_conflict_with_actual_head(client: JournalClie
 def test_append_many_is_atomic_and_multi_thread(client: JournalClient, tenant: str) -> None:
     """A batch over two threads gets per-thread seqs; a conflicting batch writes nothing at all."""
     recs = client.append_many(tenant, [
-        Draft("a", "message", {"i": 0}), Draft("b", "message", {"i": 1}), Draft("a", "tool_call", {"i": 2}),
+        Draft("a", "message", {**MSG, "i": 0}), Draft("b", "message", {**MSG, "i": 1}),
+        Draft("a", "tool_call", {"call_id": "c2", "tool": "search"}),
     ])
     assert [(r.thread, r.seq) for r in recs] == [("a", 1), ("b", 1), ("a", 2)]
     with pytest.raises(ConflictError):
-        client.append_many(tenant, [{"thread": "a", "type": "message"}, {"thread": "b", "type": "message",
-                                                                         "expected_seq": 0}])
+        client.append_many(tenant, [{"thread": "a", "type": "message", "payload": MSG},
+                                    {"thread": "b", "type": "message", "payload": MSG, "expected_seq": 0}])
     assert (client.head(tenant, "a"), client.head(tenant, "b")) == (2, 1)
     assert client.redis.xlen(keys.stream(tenant)) == 3
 
 
 def test_two_megabyte_payload_round_trips_through_s3(client: JournalClient, settings: Settings, tenant: str) -> None:
     """A 2 MB payload goes to S3 under {tenant}/blobs/{sha256} and reads back identical."""
-    payload = {"document": "".join(chr(65 + i % 26) for i in range(2_000_000))}
+    payload = {"call_id": "c1", "output": "".join(chr(65 + i % 26) for i in range(2_000_000))}
     rec = client.append(tenant, "th", "tool_result", payload)
     assert rec.blob is not None
     store = BlobStore.from_settings(settings)
@@ -98,7 +102,7 @@ def test_two_megabyte_payload_round_trips_through_s3(client: JournalClient, sett
 
 def test_missing_blob_is_a_typed_error(client: JournalClient, settings: Settings, tenant: str) -> None:
     """Reading an event whose blob was deleted raises BlobMissing, never None."""
-    rec = client.append(tenant, "th", "tool_result", {"x": "y" * 200_000})
+    rec = client.append(tenant, "th", "tool_result", {"call_id": "c1", "output": "y" * 200_000})
     assert rec.blob is not None
     store = BlobStore.from_settings(settings)
     store._s3.delete_object(Bucket=store.bucket, Key=keys.blob_key(tenant, rec.blob.sha256))
@@ -110,25 +114,25 @@ def test_oversized_payload_is_refused_before_any_write(settings: Settings, tenan
     """A payload over max_payload_bytes raises PayloadTooLarge and writes nothing."""
     with JournalClient.from_settings(settings.with_(max_payload_bytes=300_000)) as c:
         with pytest.raises(PayloadTooLarge):
-            c.append(tenant, "th", "message", {"x": "y" * 400_000})
+            c.append(tenant, "th", "message", {**MSG, "x": "y" * 400_000})
         assert c.redis.exists(keys.stream(tenant)) == 0
 
 
 def test_fenced_thread_refuses_appends(client: JournalClient, tenant: str) -> None:
     """A fenced thread refuses appends with ThreadFenced; other threads still append."""
-    client.append(tenant, "th", "message", {})
+    client.append(tenant, "th", "message", MSG)
     client.redis.hset(keys.fences(tenant), "th", "seq 1 conflict")
     with pytest.raises(ThreadFenced, match="seq 1 conflict"):
-        client.append(tenant, "th", "message", {})
-    assert client.append(tenant, "other", "message", {}).seq == 1
+        client.append(tenant, "th", "message", MSG)
+    assert client.append(tenant, "other", "message", MSG).seq == 1
 
 
 def test_bad_drafts_are_refused(client: JournalClient, tenant: str) -> None:
     """Malformed event fields get InvalidEvent naming the problem."""
     with pytest.raises(InvalidEvent, match="expected_seq"):
-        client.append(tenant, "th", "message", {}, expected_seq=-1)
+        client.append(tenant, "th", "message", MSG, expected_seq=-1)
     with pytest.raises(InvalidEvent, match="durability"):
-        client.append(tenant, "th", "message", {}, durability="paper")
+        client.append(tenant, "th", "message", MSG, durability="paper")
     with pytest.raises(InvalidEvent, match="at least one"):
         client.append_many(tenant, [])
 
@@ -136,8 +140,8 @@ def test_bad_drafts_are_refused(client: JournalClient, tenant: str) -> None:
 def test_fsync_append_survives_kill_9(embedded_redis: EmbeddedStack, settings: Settings, tenant: str) -> None:
     """Events acknowledged with durability='fsync' are all there after SIGKILL and restart of Valkey."""
     with JournalClient.from_settings(settings) as c:
-        acked = [c.append(tenant, "th", "message", {"i": i}, durability="fsync").seq for i in range(20)]
-        acked += [r.seq for r in c.append_many(tenant, [Draft("th", "message", {"i": i}) for i in range(50)],
+        acked = [c.append(tenant, "th", "message", {**MSG, "i": i}, durability="fsync").seq for i in range(20)]
+        acked += [r.seq for r in c.append_many(tenant, [Draft("th", "message", {**MSG, "i": i}) for i in range(50)],
                                                durability="fsync")]
     embedded_redis.kill("redis")
     embedded_redis.start("redis")
@@ -152,16 +156,16 @@ def test_async_client_matches_sync(settings: Settings, tenant: str) -> None:
 
     async def go() -> None:
         async with await AsyncJournalClient.from_settings(settings) as c:
-            recs = await asyncio.gather(*(c.append(tenant, "th", "message", {"i": i}) for i in range(50)))
+            recs = await asyncio.gather(*(c.append(tenant, "th", "message", {**MSG, "i": i}) for i in range(50)))
             assert sorted(r.seq for r in recs) == list(range(1, 51))
-            one = await c.append(tenant, "th", "message", {}, idempotency_key="k")
-            assert (await c.append(tenant, "th", "message", {}, idempotency_key="k")).seq == one.seq
+            one = await c.append(tenant, "th", "message", MSG, idempotency_key="k")
+            assert (await c.append(tenant, "th", "message", MSG, idempotency_key="k")).seq == one.seq
             with pytest.raises(ConflictError):
-                await c.append(tenant, "th", "message", {}, expected_seq=3)
-            big = await c.append(tenant, "th", "tool_result", {"x": "z" * 300_000})
+                await c.append(tenant, "th", "message", MSG, expected_seq=3)
+            big = await c.append(tenant, "th", "tool_result", {"call_id": "c1", "output": "z" * 300_000})
             assert big.blob is not None
             back = await c.read(tenant, "th", after_seq=50)
-            assert [e.seq for e in back] == [51, 52] and back[-1].payload == {"x": "z" * 300_000}
+            assert [e.seq for e in back] == [51, 52] and back[-1].payload == {"call_id": "c1", "output": "z" * 300_000}
             assert await c.head(tenant, "th") == 52
 
     asyncio.run(go())
@@ -203,7 +207,7 @@ def test_fsync_durability_is_clear_about_what_the_server_supports(client: Journa
         known = "unknown command" not in str(e).lower()
     aof = int(client.redis.info("persistence").get("aof_enabled", 0))
     if known and aof:
-        assert client.append(tenant, "th", "message", {}, durability="fsync").seq == 1
+        assert client.append(tenant, "th", "message", MSG, durability="fsync").seq == 1
     else:
         with pytest.raises(DurabilityUnsupported, match="WAITAOF" if not known else "AOF off"):
-            client.append(tenant, "th", "message", {}, durability="fsync")
+            client.append(tenant, "th", "message", MSG, durability="fsync")

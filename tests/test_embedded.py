@@ -13,6 +13,9 @@ from journal.embedded import EmbeddedStack, resolve
 from journal.errors import ConfigError
 from journal.settings import Settings
 
+#: A valid message payload (the fold needs role and content); tests add fields of their own.
+MSG = {"role": "user", "content": "hi"}
+
 
 @pytest.mark.skipif(bool(os.environ.get("JOURNAL_REDIS_URL")), reason="exercises the embedded Valkey")
 def test_up_down_up_keeps_data_and_port(tmp_path: Path) -> None:
@@ -22,13 +25,13 @@ def test_up_down_up_keeps_data_and_port(tmp_path: Path) -> None:
         first = stack.up(("redis",))
         assert stack.up(("redis",)).redis_url == first.redis_url  # reuse, not a second server
         with JournalClient.from_settings(first) as c:
-            c.append("acme", "th", "message", {"n": 1}, durability="fsync")
+            c.append("acme", "th", "message", {**MSG, "n": 1}, durability="fsync")
         stack.down()
         assert stack.running() == []
         again = stack.up(("redis",))
         assert again.redis_url == first.redis_url and "@127.0.0.1" in (again.redis_url or "")
         with JournalClient.from_settings(again) as c:
-            assert [e.payload for e in c.read("acme", "th")] == [{"n": 1}]
+            assert [e.payload for e in c.read("acme", "th")] == [{**MSG, "n": 1}]
     finally:
         stack.down()
 

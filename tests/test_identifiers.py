@@ -8,6 +8,9 @@ from journal import keys
 from journal.client import JournalClient
 from journal.errors import InvalidEvent, InvalidIdentifier
 
+#: A valid message payload (the fold needs role and content); tests add fields of their own.
+MSG = {"role": "user", "content": "hi"}
+
 HOSTILE_IDS = [
     "", " ", "a b", "a\tb", "a\nb", "{acme}", "acme}", "{", "a:b", "a*", "*", "?", "[ab]", "a/b", "../etc",
     "..", ".hidden", "-rf", "a\\b", "acme'; DROP TABLE events;--", "x" * 129, "x" * 10_000, "ａcme",
@@ -55,9 +58,9 @@ def test_client_refuses_hostile_ids_before_touching_redis(client: JournalClient,
     """append with a hostile tenant or thread raises before anything is written."""
     for bad in HOSTILE_IDS:
         with pytest.raises(InvalidIdentifier):
-            client.append(bad, "thread", "message", {})
+            client.append(bad, "thread", "message", MSG)
         with pytest.raises(InvalidIdentifier):
-            client.append(tenant, bad, "message", {})
+            client.append(tenant, bad, "message", MSG)
     assert client.redis.exists(keys.stream(tenant)) == 0
 
 

@@ -15,6 +15,9 @@ from journal.errors import ThreadFenced
 from journal.settings import Settings
 from projections.worker import GROUP, Projector, WorkerOptions
 
+#: A valid message payload (the fold needs role and content); tests add fields of their own.
+MSG = {"role": "user", "content": "hi"}
+
 
 def projector(settings: Settings, **opts: Any) -> Projector:
     return Projector(settings, WorkerOptions(**opts))
@@ -30,7 +33,7 @@ def test_four_writers_twenty_tenants_exactly_once(migrated: Settings, admin_pg: 
         with JournalClient.from_settings(migrated) as c:
             for i in range(300):
                 t = tenants[(w * 7 + i) % 20]
-                rec = c.append(t, f"th{i % 3}", "message", {"w": w, "i": i})
+                rec = c.append(t, f"th{i % 3}", "message", {**MSG, "w": w, "i": i})
                 with lock:
                     heads[(t, rec.thread)] = max(heads.get((t, rec.thread), 0), rec.seq)
 
@@ -50,7 +53,7 @@ def test_four_writers_twenty_tenants_exactly_once(migrated: Settings, admin_pg: 
 def test_redelivery_is_idempotent(migrated: Settings, admin_pg: Any, client: JournalClient, tenant: str) -> None:
     """Projecting the same entries twice (a crash after commit, before XACK) adds nothing."""
     for i in range(30):
-        client.append(tenant, "th", "message", {"i": i})
+        client.append(tenant, "th", "message", {**MSG, "i": i})
     entries = [(tenant, sid.decode(), f) for sid, f in client.redis.xrange(keys.stream(tenant))]
     p = projector(migrated)
     p.refresh_tenants()
@@ -64,11 +67,11 @@ def test_redelivery_is_idempotent(migrated: Settings, admin_pg: Any, client: Jou
 def test_poison_event_goes_to_dead_letters_and_later_events_project(
         migrated: Settings, admin_pg: Any, client: JournalClient, tenant: str) -> None:
     """An undecodable entry lands in dead_letters with a reason; events after it still project."""
-    client.append(tenant, "th", "message", {"i": 1})
+    client.append(tenant, "th", "message", {**MSG, "i": 1})
     bad = client.redis.xadd(keys.stream(tenant), {"t": "th", "s": 2, "ts": 1, "b": b"\x00garbage"}).decode()
     client.redis.hset(keys.heads(tenant), "th", 2)  # the garbage took seq 2
-    client.append(tenant, "th", "message", {"i": 3})
-    client.append(tenant, "other", "message", {"i": 1})
+    client.append(tenant, "th", "message", {**MSG, "i": 3})
+    client.append(tenant, "other", "message", {**MSG, "i": 1})
     p = projector(migrated)
     p.drain(tenants=[tenant])
     p.close()
@@ -87,10 +90,10 @@ def test_many_small_batches_in_one_round_with_poison(migrated: Settings, admin_p
     for t in tenants:
         for i in range(10):
             for th in ("a", "b"):
-                client.append(t, th, "message", {"i": i})
+                client.append(t, th, "message", {**MSG, "i": i})
     bad = client.redis.xadd(keys.stream(tenants[1]), {"t": "c", "s": 1, "ts": 1, "b": b"\x00garbage"}).decode()
     client.redis.hset(keys.heads(tenants[1]), "c", 1)
-    client.append(tenants[1], "c", "message", {"i": 2})
+    client.append(tenants[1], "c", "message", {**MSG, "i": 2})
     p = projector(migrated, batch_size=4)
     p.drain(tenants=tenants)
     p.close()
@@ -108,12 +111,12 @@ def test_entry_postgres_refuses_is_dead_lettered_and_its_batch_still_projects(
     """A body that decodes but that PostgreSQL refuses (a NUL in the idempotency key, from a writer that skipped
     the client's checks) fails its batch; the batch is retried entry by entry and only that entry is dead-lettered."""
     for i in range(6):
-        client.append(tenant, "a", "message", {"i": i})
+        client.append(tenant, "a", "message", {**MSG, "i": i})
     body = codec.frame(codec.pack([1, "message", None, {"i": 1}, "key\x00nul", {}, None]))
     bad = client.redis.xadd(keys.stream(tenant), {"t": "c", "s": 1, "ts": 1, "b": body}).decode()
     client.redis.hset(keys.heads(tenant), "c", 1)
     for i in range(6):
-        client.append(tenant, "a", "message", {"i": 6 + i})
+        client.append(tenant, "a", "message", {**MSG, "i": 6 + i})
     p = projector(migrated, batch_size=4)
     p.drain(tenants=[tenant])
     p.close()
@@ -127,11 +130,11 @@ def test_reused_seq_with_different_content_is_a_conflict_and_fences(
         migrated: Settings, admin_pg: Any, client: JournalClient, tenant: str) -> None:
     """A seq issued twice (Redis lost its head) lands in conflicts, fences the thread, overwrites nothing."""
     for i in range(3):
-        client.append(tenant, "th", "message", {"v": "original", "i": i})
+        client.append(tenant, "th", "message", {**MSG, "v": "original", "i": i})
     p = projector(migrated)
     p.drain(tenants=[tenant])
     client.redis.hset(keys.heads(tenant), "th", 1)  # as if Redis restored an old snapshot
-    client.append(tenant, "th", "message", {"v": "impostor"})  # issued seq 2 again
+    client.append(tenant, "th", "message", {**MSG, "v": "impostor"})  # issued seq 2 again
     p.drain(tenants=[tenant])
     p.close()
     conflict = admin_pg.execute("SELECT seq FROM journal.conflicts WHERE tenant_id = %s", (tenant,)).fetchall()
@@ -141,20 +144,20 @@ def test_reused_seq_with_different_content_is_a_conflict_and_fences(
     assert body == ({"v": "original", "i": 1},)
     assert admin_pg.execute("SELECT fenced FROM journal.threads WHERE tenant_id = %s", (tenant,)).fetchone() == (True,)
     with pytest.raises(ThreadFenced):
-        client.append(tenant, "th", "message", {})
+        client.append(tenant, "th", "message", MSG)
 
 
 def test_lost_redis_tail_restores_heads_from_postgres(
         migrated: Settings, admin_pg: Any, client: JournalClient, tenant: str) -> None:
     """After Redis loses a tenant's keys, the projector raises heads to PostgreSQL's last seq before reuse."""
     for i in range(5):
-        client.append(tenant, "th", "message", {"i": i})
+        client.append(tenant, "th", "message", {**MSG, "i": i})
     p = projector(migrated, tail_check_grace_ms=0)
     p.drain(tenants=[tenant])
     client.redis.delete(keys.stream(tenant), keys.heads(tenant), keys.projected(tenant))
     p.check_tail()
     assert client.head(tenant, "th") == 5
-    assert client.append(tenant, "th", "message", {"i": 5}).seq == 6
+    assert client.append(tenant, "th", "message", {**MSG, "i": 5}).seq == 6
     p.drain(tenants=[tenant])
     p.close()
     assert_exactly_once(admin_pg, tenant, {"th": 6})
@@ -164,7 +167,7 @@ def test_dead_workers_pending_entries_are_claimed(
         migrated: Settings, admin_pg: Any, client: JournalClient, tenant: str) -> None:
     """Entries read by a worker that died before XACK are claimed and projected by another."""
     for i in range(40):
-        client.append(tenant, "th", "message", {"i": i})
+        client.append(tenant, "th", "message", {**MSG, "i": i})
     client.redis.xgroup_create(keys.stream(tenant), GROUP, id="0", mkstream=True)
     client.redis.xreadgroup(GROUP, "dead-worker", {keys.stream(tenant): ">"}, count=25)
     p = projector(migrated, claim_idle_ms=50, maintenance_every=0.0)
@@ -179,7 +182,7 @@ def test_stop_projects_the_round_read_ahead(
     """A round of several batches sends the next round's read before writing; stopping projects that
     round (already delivered to this consumer) before exiting, and leaves nothing pending."""
     for i in range(30):
-        client.append(tenant, "th", "message", {"i": i})
+        client.append(tenant, "th", "message", {**MSG, "i": i})
     p = projector(migrated, batch_size=4, read_ahead=10)
     p.run_once()  # 10 entries of this stream per round: 3 batches, so the next 10 are read ahead
     count = "SELECT count(*) FROM journal.events WHERE tenant_id = %s"
@@ -200,12 +203,12 @@ def test_stop_projects_the_round_read_ahead(
 def test_trim_never_passes_an_uncommitted_entry(migrated: Settings, client: JournalClient, tenant: str) -> None:
     """XTRIM keeps every entry pending on a (dead) consumer, even with no hot window."""
     for i in range(30):
-        client.append(tenant, "th", "message", {"i": i})
+        client.append(tenant, "th", "message", {**MSG, "i": i})
     client.redis.xgroup_create(keys.stream(tenant), GROUP, id="0", mkstream=True)
     held = client.redis.xreadgroup(GROUP, "slow-worker", {keys.stream(tenant): ">"}, count=10)
     held_ids = [sid for sid, _ in held[0][1]]
     for i in range(30):
-        client.append(tenant, "th", "message", {"i": 30 + i})
+        client.append(tenant, "th", "message", {**MSG, "i": 30 + i})
     p = projector(migrated.with_(hot_window=1), claim_idle_ms=3_600_000)
     p.refresh_tenants()
     p.read_and_project()
@@ -219,7 +222,7 @@ def test_trim_never_passes_an_uncommitted_entry(migrated: Settings, client: Jour
 def test_trim_keeps_hot_window(migrated: Settings, client: JournalClient, tenant: str) -> None:
     """After projection the stream is trimmed to the configured hot window."""
     for i in range(50):
-        client.append(tenant, "th", "message", {"i": i})
+        client.append(tenant, "th", "message", {**MSG, "i": i})
     p = projector(migrated.with_(hot_window=10))
     p.drain(tenants=[tenant])
     p.trim()
@@ -235,7 +238,7 @@ def test_projected_durability_waits_for_postgres(migrated: Settings, tenant: str
     t.start()
     try:
         with JournalClient.from_settings(migrated) as c:
-            rec = c.append(tenant, "th", "message", {"x": 1}, durability="projected")
+            rec = c.append(tenant, "th", "message", {**MSG, "x": 1}, durability="projected")
         from projections import db
 
         with db.connect(migrated, role=None) as conn:
@@ -275,13 +278,13 @@ def test_async_projected_durability_and_timeout(migrated: Settings, tenant: str)
     async def go() -> None:
         async with await AsyncJournalClient.from_settings(migrated.with_(durability_timeout=0.3)) as c:
             with pytest.raises(DurabilityError, match="projector"):
-                await c.append(tenant, "th", "message", {}, durability="projected")
+                await c.append(tenant, "th", "message", MSG, durability="projected")
             p = projector(migrated, block_ms=20)
             t = threading.Thread(target=p.run, daemon=True)
             t.start()
             try:
                 async with await AsyncJournalClient.from_settings(migrated) as c2:
-                    rec = await c2.append(tenant, "th", "message", {}, durability="projected")
+                    rec = await c2.append(tenant, "th", "message", MSG, durability="projected")
                     assert rec.seq == 2
             finally:
                 p.stop()
@@ -304,7 +307,7 @@ def test_new_tenant_is_picked_up_without_restart(migrated: Settings, tenant: str
         before = REGISTRY.get_sample_value("journal_events_projected_total") or 0
         t0 = time.monotonic()
         with JournalClient.from_settings(migrated.with_(durability_timeout=3.0)) as c:
-            c.append(tenant, "th", "message", {"first": True}, durability="projected")
+            c.append(tenant, "th", "message", {**MSG, "first": True}, durability="projected")
         assert time.monotonic() - t0 < 3.0
         assert (REGISTRY.get_sample_value("journal_events_projected_total") or 0) >= before + 1
     finally:

@@ -11,6 +11,9 @@ from journal.client import JournalClient
 from journal.errors import AccessDenied
 from journal.settings import Settings
 
+#: A valid message payload (the fold needs role and content); tests add fields of their own.
+MSG = {"role": "user", "content": "hi"}
+
 
 def password_enforced(reader_url: str) -> bool:
     """False on a server with trust authentication (e.g. a CI PostgreSQL), where any password logs in."""
@@ -40,9 +43,9 @@ def test_create_rotate_revoke(env: Settings, capsys: pytest.CaptureFixture[str],
     """create gives working confined credentials, rotate replaces them, revoke removes both."""
     creds = provision(capsys, "create", tenant)
     with JournalClient(redis.Redis.from_url(creds["JOURNAL_REDIS_URL"]), settings=env) as c:
-        assert c.append(tenant, "th", "message", {"hi": 1}).seq == 1
+        assert c.append(tenant, "th", "message", {**MSG, "hi": 1}).seq == 1
         with pytest.raises(AccessDenied):
-            c.append(tenant + "x", "th", "message", {})
+            c.append(tenant + "x", "th", "message", MSG)
     with psycopg.connect(creds["JOURNAL_READER_DATABASE_URL"]) as conn:
         assert conn.execute("SELECT journal.current_tenant()").fetchone() == (tenant,)
 

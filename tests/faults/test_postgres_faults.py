@@ -19,6 +19,9 @@ from journal.embedded import EmbeddedStack
 from journal.settings import Settings
 from projections.worker import Projector, WorkerOptions
 
+#: A valid message payload (the fold needs role and content); tests add fields of their own.
+MSG = {"role": "user", "content": "hi"}
+
 OUTAGE_SECONDS = 20.0
 
 
@@ -43,7 +46,7 @@ class Load:
             i = 0
             while not self.stop.is_set():
                 try:
-                    ev = client.append(tenant, f"w{w}-th{rng.randrange(4)}", "message", {"w": w, "i": i},
+                    ev = client.append(tenant, f"w{w}-th{rng.randrange(4)}", "message", {**MSG, "w": w, "i": i},
                                        durability=level)
                 except Exception as e:  # any refusal at all is a failure of this test
                     with self.lock:

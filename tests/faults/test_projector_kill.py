@@ -19,6 +19,9 @@ from journal.events import Draft
 from journal.settings import Settings
 from projections.worker import Projector, WorkerOptions
 
+#: A valid message payload (the fold needs role and content); tests add fields of their own.
+MSG = {"role": "user", "content": "hi"}
+
 EVENTS = 20_000
 KILLS = 10
 
@@ -43,7 +46,8 @@ def test_projector_sigkilled_ten_times_loses_and_duplicates_nothing(migrated: Se
             written = 0
             while written < EVENTS:
                 tenant = rng.choice(tenants)
-                batch = [Draft(f"th{rng.randrange(5)}", "message", {"i": written + k, "text": "x" * rng.randrange(200)})
+                batch = [Draft(f"th{rng.randrange(5)}", "message",
+                               {**MSG, "i": written + k, "text": "x" * rng.randrange(200)})
                          for k in range(50)]
                 for r in c.append_many(tenant, batch):
                     heads[(tenant, r.thread)] = max(heads.get((tenant, r.thread), 0), r.seq)

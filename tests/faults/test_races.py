@@ -19,6 +19,9 @@ from journal.errors import ConflictError
 from journal.settings import Settings
 from projections.worker import Projector, WorkerOptions
 
+#: A valid message payload (the fold needs role and content); tests add fields of their own.
+MSG = {"role": "user", "content": "hi"}
+
 WRITERS = 16
 THREADS = 3
 SECONDS = 3.0
@@ -46,7 +49,7 @@ def test_sixteen_writers_racing_on_expected_seq_one_winner_per_seq(migrated: Set
             while time.monotonic() < deadline_box[0]:
                 pid = f"{w}-{i}"
                 try:
-                    ev = client.append(tenant, thread, "message", {"id": pid}, expected_seq=expected)
+                    ev = client.append(tenant, thread, "message", {**MSG, "id": pid}, expected_seq=expected)
                 except ConflictError as e:
                     with lock:
                         conflicts.append((thread, e.expected, e.actual))

@@ -26,6 +26,9 @@ from journal.errors import DurabilityError, StoreUnavailable, ThreadFenced
 from journal.settings import Settings
 from projections.worker import Projector, WorkerOptions
 
+#: A valid message payload (the fold needs role and content); tests add fields of their own.
+MSG = {"role": "user", "content": "hi"}
+
 Key = tuple[str, str, int]  # (tenant, thread, seq)
 
 
@@ -107,7 +110,7 @@ def writer(settings: Settings, w: int, tenant: str, level: str, ledger: Ledger, 
             pid = f"{w}-{i}"
             i += 1
             try:
-                ev = client.append(tenant, threads[k], "message", {"id": pid, "pad": "x" * rng.randrange(300)},
+                ev = client.append(tenant, threads[k], "message", {**MSG, "id": pid, "pad": "x" * rng.randrange(300)},
                                    durability=level)
             except ThreadFenced as e:
                 with ledger.lock:
@@ -244,7 +247,7 @@ def test_valkey_sigkilled_under_load_loses_no_fsync_event(
 def load(client: JournalClient, tenant: str, threads: list[str], n: int, tag: str) -> dict[str, int]:
     heads: dict[str, int] = {}
     for i in range(n):
-        ev = client.append(tenant, threads[i % len(threads)], "message", {"id": f"{tag}-{i}"})
+        ev = client.append(tenant, threads[i % len(threads)], "message", {**MSG, "id": f"{tag}-{i}"})
         heads[ev.thread] = ev.seq
     return heads
 
@@ -285,7 +288,7 @@ def test_redis_restarted_empty_never_reissues_a_projected_seq(
             for t in tenants:
                 for th in threads:
                     assert client.head(t, th) == last[t][th]
-                    assert client.append(t, th, "message", {"id": f"new-{th}"}).seq == last[t][th] + 1
+                    assert client.append(t, th, "message", {**MSG, "id": f"new-{th}"}).seq == last[t][th] + 1
         drain(fault_settings, tenants)
         for t in tenants:
             assert_exactly_once(pg, t, {th: last[t][th] + 1 for th in threads})
@@ -317,7 +320,7 @@ def old_aof(private_stack: EmbeddedStack, fault_settings: Settings, admin_connec
     threads = ["a", "b"]
     with JournalClient.from_settings(fault_settings) as client:
         t1 = {t: load(client, t, threads, 40, "t1") for t in (checked, early)}
-        client.append(checked, "a", "message", {"id": "t1-fsync"}, durability="fsync")  # T1 is on disk
+        client.append(checked, "a", "message", {**MSG, "id": "t1-fsync"}, durability="fsync")  # T1 is on disk
         t1[checked]["a"] += 1
     drain(fault_settings, [checked, early])
     copy = tmp_path_factory.mktemp("aof-t1") / "appendonlydir"
@@ -336,7 +339,7 @@ def old_aof(private_stack: EmbeddedStack, fault_settings: Settings, admin_connec
     with JournalClient.from_settings(fault_settings) as client:
         assert {t: {th: client.head(t, th) for th in threads} for t in (checked, early)} == t1
         # The window before detection: this seq is already in PostgreSQL with other content.
-        early_seq = client.append(early, "a", "message", {"id": "impostor"}).seq
+        early_seq = client.append(early, "a", "message", {**MSG, "id": "impostor"}).seq
     assert early_seq <= pg_last[early]["a"]
     drain(fault_settings, [checked, early])  # projects the impostor; its maintenance runs check_tail
     yield OldAof(fault_settings, checked, early, pg_last, t1, early_seq)
@@ -350,9 +353,9 @@ def test_old_aof_restored_heads_raised_and_early_reuse_fenced(
     with JournalClient.from_settings(s.settings) as client:
         for th, last in s.pg_last[s.checked].items():
             assert client.head(s.checked, th) == last
-            assert client.append(s.checked, th, "message", {"id": f"after-{th}"}).seq == last + 1
+            assert client.append(s.checked, th, "message", {**MSG, "id": f"after-{th}"}).seq == last + 1
         with pytest.raises(ThreadFenced):
-            client.append(early, "a", "message", {"id": "refused"})
+            client.append(early, "a", "message", {**MSG, "id": "refused"})
     drain(s.settings, [s.checked, early])
     pg = admin_connect(s.settings)
     try:
@@ -389,7 +392,7 @@ def test_old_aof_detected_under_continuous_load_before_any_reuse(
     tenant = f"oldload-{uuid.uuid4().hex[:6]}"
     with JournalClient.from_settings(fault_settings) as client:
         load(client, tenant, ["a", "b"], 40, "t1")
-        client.append(tenant, "a", "message", {"id": "t1-fsync"}, durability="fsync")
+        client.append(tenant, "a", "message", {**MSG, "id": "t1-fsync"}, durability="fsync")
     drain(fault_settings, [tenant])
     copy = Path(private_stack.data_dir) / f"aof-{tenant}"
     shutil.copytree(aof_dir(private_stack), copy)
@@ -411,7 +414,7 @@ def test_old_aof_detected_under_continuous_load_before_any_reuse(
             i = 0
             while time.monotonic() < until:
                 try:
-                    client.append(tenant, "c", "message", {"id": f"c-{i}"})
+                    client.append(tenant, "c", "message", {**MSG, "id": f"c-{i}"})
                     i += 1
                 except StoreUnavailable:
                     pass

@@ -25,10 +25,13 @@ from journal.events import Event
 from journal.settings import Settings
 from projections.worker import Projector, WorkerOptions
 
+#: A valid message payload (the fold needs role and content); tests add fields of their own.
+MSG = {"role": "user", "content": "hi"}
+
 
 def big_payload(tag: str) -> dict[str, Any]:
     """Over the default 100 kB blob threshold, and incompressible."""
-    return {"tag": tag, "doc": secrets.token_hex(100_000)}
+    return {"call_id": f"c-{tag}", "tag": tag, "output": secrets.token_hex(100_000)}
 
 
 @dataclass
@@ -71,7 +74,7 @@ def outage(private_stack: EmbeddedStack, fault_settings: Settings) -> Iterator[O
     o = Outage(fault_settings, f"s3down-{uuid.uuid4().hex[:6]}")
     client = JournalClient.from_settings(fault_settings)
     try:
-        client.append(o.tenant, "big", "message", {"i": 0})
+        client.append(o.tenant, "big", "message", {**MSG, "i": 0})
         client.append(o.tenant, "big", "tool_result", big_payload("before"))
         private_stack.stop("s3")
         try:
@@ -83,12 +86,12 @@ def outage(private_stack: EmbeddedStack, fault_settings: Settings) -> Iterator[O
             o.state_after = stream_state(client, o.tenant)
             for i in range(20):
                 try:
-                    o.small_while_down.append(client.append(o.tenant, f"small{i % 2}", "message", {"i": i}))
+                    o.small_while_down.append(client.append(o.tenant, f"small{i % 2}", "message", {**MSG, "i": i}))
                 except JournalError as e:
                     o.small_failures.append(f"{type(e).__name__}: {e}")
             try:  # an agent (re)starting during the outage, with only small events to write
                 with JournalClient.from_settings(fault_settings) as fresh:
-                    o.new_client_event = fresh.append(o.tenant, "fresh", "message", {"i": 0})
+                    o.new_client_event = fresh.append(o.tenant, "fresh", "message", {**MSG, "i": 0})
             except JournalError as e:
                 o.new_client_error = f"{type(e).__name__}: {e}"
         finally:

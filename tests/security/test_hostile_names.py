@@ -21,6 +21,9 @@ from journal.errors import InvalidEvent, InvalidIdentifier, StoreUnavailable
 from journal.events import Draft
 from journal.settings import Settings
 
+#: A valid message payload (the fold needs role and content); tests add fields of their own.
+MSG = {"role": "user", "content": "hi"}
+
 HOSTILE_NAMES: list[Any] = [
     # key-schema characters
     "{acme}", "acme}", "{", "}", "a:b", ":", "agent:v1:{x}:stream", "a*", "*",
@@ -57,9 +60,9 @@ def offline_client(settings: Settings) -> Iterator[JournalClient]:
 
 
 CALLS: dict[str, Callable[[JournalClient, Any], object]] = {
-    "append_tenant": lambda c, bad: c.append(bad, "th", "message", {"big": "x" * 200_000}),
-    "append_thread": lambda c, bad: c.append("acme", bad, "message", {"big": "x" * 200_000}),
-    "append_many_tenant": lambda c, bad: c.append_many(bad, [Draft("th", "message", {})]),
+    "append_tenant": lambda c, bad: c.append(bad, "th", "message", {**MSG, "big": "x" * 200_000}),
+    "append_thread": lambda c, bad: c.append("acme", bad, "message", {**MSG, "big": "x" * 200_000}),
+    "append_many_tenant": lambda c, bad: c.append_many(bad, [Draft("th", "message", MSG)]),
     "append_many_thread": lambda c, bad: c.append_many("acme", [{"thread": "ok", "type": "message"},
                                                                 {"thread": bad, "type": "message"}]),
     "head_tenant": lambda c, bad: c.head(bad, "th"),
@@ -111,7 +114,7 @@ def test_hostile_names_leave_the_real_stores_untouched(client: JournalClient, se
     """Against the real servers, a hostile thread or type for a real tenant writes no key and no object."""
     for bad in HOSTILE_NAMES:
         with pytest.raises(InvalidIdentifier):
-            client.append(tenant, bad, "message", {"big": "x" * 200_000})
+            client.append(tenant, bad, "message", {**MSG, "big": "x" * 200_000})
     for bad in HOSTILE_TYPES:
         with pytest.raises(InvalidIdentifier):
             client.append(tenant, "th", bad, {"big": "x" * 200_000})

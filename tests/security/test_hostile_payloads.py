@@ -31,6 +31,9 @@ from journal.errors import (
 from journal.events import Draft
 from journal.settings import Settings
 
+#: A valid message payload (the fold needs role and content); tests add fields of their own.
+MSG = {"role": "user", "content": "hi"}
+
 
 def _deep_list(depth: int) -> list[Any]:
     root: list[Any] = []
@@ -171,7 +174,7 @@ def assert_nothing_stored(client: JournalClient, s3: Any, settings: Settings, te
 @pytest.fixture
 def seeded(client: JournalClient, tenant: str) -> str:
     """A tenant whose thread 'th' already holds one event (so 'unchanged' is checkable)."""
-    client.append(tenant, "th", "message", {"ok": 1})
+    client.append(tenant, "th", "message", {**MSG, "ok": 1})
     return tenant
 
 
@@ -205,7 +208,7 @@ def test_hostile_value_inside_actor_is_refused(
 ) -> None:
     """The same hostile values inside ``actor`` are refused, naming an actor path, and nothing is written."""
     with pytest.raises(error) as info:
-        client.append(tenant, "th", "message", {"fine": True}, actor={"agent_id": "a1", "meta": payload})
+        client.append(tenant, "th", "message", {**MSG, "fine": True}, actor={"agent_id": "a1", "meta": payload})
     if isinstance(info.value, UnserializableValue):
         assert info.value.path.startswith("actor")
     assert_nothing_stored(client, s3, settings, tenant)
@@ -217,7 +220,7 @@ def test_hostile_actor_shapes_are_refused(client: JournalClient, s3: Any, settin
                                           actor: Any) -> None:
     """An actor that is not a mapping of plain data raises InvalidEvent and writes nothing."""
     with pytest.raises(InvalidEvent):
-        client.append(tenant, "th", "message", {}, actor=actor)
+        client.append(tenant, "th", "message", MSG, actor=actor)
     assert_nothing_stored(client, s3, settings, tenant)
 
 
@@ -225,7 +228,7 @@ def test_oversized_actor_is_refused(client: JournalClient, s3: Any, settings: Se
     """An actor whose strings exceed its 64 KB limit is refused as PayloadTooLarge and writes nothing."""
     actor = {"agent_id": "x" * (settings.max_payload_bytes + 1)}
     with pytest.raises(PayloadTooLarge):
-        client.append(tenant, "th", "message", {}, actor=actor)
+        client.append(tenant, "th", "message", MSG, actor=actor)
     assert_nothing_stored(client, s3, settings, tenant)
 
 
@@ -242,7 +245,7 @@ def test_hostile_node_idempotency_key_and_expected_seq(client: JournalClient, s3
                                                        seeded: str, field: str, value: Any) -> None:
     """Non-str, empty, 10 KB, NUL and lone-surrogate node/idempotency_key values are refused; nothing is written."""
     with pytest.raises(InvalidEvent):
-        client.append(seeded, "th", "message", {}, **{field: value})
+        client.append(seeded, "th", "message", MSG, **{field: value})
     assert_unchanged(client, s3, settings, seeded)
 
 
@@ -250,7 +253,7 @@ def test_expected_seq_beyond_64_bits_conflicts_without_writing(client: JournalCl
                                                                 settings: Settings, seeded: str) -> None:
     """An absurd expected_seq (2**64) is a ConflictError and nothing is written."""
     with pytest.raises(ConflictError):
-        client.append(seeded, "th", "message", {}, expected_seq=2**64)
+        client.append(seeded, "th", "message", MSG, expected_seq=2**64)
     assert_unchanged(client, s3, settings, seeded)
 
 
@@ -269,7 +272,7 @@ def test_bad_durability_is_refused_before_writing(client: JournalClient, s3: Any
                                                   seeded: str) -> None:
     """An unknown durability level raises InvalidEvent and writes nothing."""
     with pytest.raises(InvalidEvent):
-        client.append(seeded, "th", "message", {}, durability="please")
+        client.append(seeded, "th", "message", MSG, durability="please")
     assert_unchanged(client, s3, settings, seeded)
 
 
@@ -278,7 +281,7 @@ def test_200_mb_payload_is_refused_as_too_large(client: JournalClient, s3: Any, 
     """A 200 MB string payload is PayloadTooLarge (refused while walking, before msgpack) and writes nothing."""
     big = "x" * 200_000_000
     with pytest.raises(PayloadTooLarge) as info:
-        client.append(seeded, "th", "message", {"doc": big})
+        client.append(seeded, "th", "message", {**MSG, "doc": big})
     assert info.value.limit == settings.max_payload_bytes
     # The size reported is the walker's lower bound, not a packed size: msgpack never ran on 200 MB.
     assert info.value.size <= settings.max_payload_bytes + len(big) + 8
@@ -299,15 +302,15 @@ def test_huge_map_key_is_refused_as_too_large(client: JournalClient, s3: Any, se
                                               seeded: str) -> None:
     """Map keys count toward the size limit too: one 40 MB key is PayloadTooLarge."""
     with pytest.raises(PayloadTooLarge):
-        client.append(seeded, "th", "message", {"k" * (settings.max_payload_bytes + 1): 1})
+        client.append(seeded, "th", "message", {**MSG, "k" * (settings.max_payload_bytes + 1): 1})
     assert_unchanged(client, s3, settings, seeded)
 
 
 def test_shared_references_are_not_cycles(client: JournalClient, tenant: str) -> None:
     """The same list referenced twice (a DAG, not a cycle) is accepted and stored twice."""
     shared = [1, 2]
-    rec = client.append(tenant, "th", "message", {"a": shared, "b": shared, "c": (shared, shared)})
-    assert client.read(tenant, "th")[0].payload == {"a": [1, 2], "b": [1, 2], "c": [[1, 2], [1, 2]]}
+    rec = client.append(tenant, "th", "message", {**MSG, "a": shared, "b": shared, "c": (shared, shared)})
+    assert client.read(tenant, "th")[0].payload == {**MSG, "a": [1, 2], "b": [1, 2], "c": [[1, 2], [1, 2]]}
     assert rec.seq == 1
 
 
@@ -344,17 +347,19 @@ class EvilStr(str):
 
 def test_scalar_subclasses_are_stored_as_their_plain_value(client: JournalClient, tenant: str) -> None:
     """IntEnum/StrEnum and int/str subclasses with hostile dunders are stored as their exact base value."""
-    client.append(tenant, "th", "message", {"lvl": Level.HIGH, "c": Colour.RED, "e": EvilInt(5), "s": EvilStr("v")})
-    assert client.read(tenant, "th")[0].payload == {"lvl": 3, "c": "red", "e": 5, "s": "v"}
+    client.append(tenant, "th", "message",
+                  {**MSG, "lvl": Level.HIGH, "c": Colour.RED, "e": EvilInt(5), "s": EvilStr("v")})
+    assert client.read(tenant, "th")[0].payload == {**MSG, "lvl": 3, "c": "red", "e": 5, "s": "v"}
 
 
 def test_batch_with_hostile_last_event_writes_nothing_and_uploads_no_blob(
     client: JournalClient, s3: Any, settings: Settings, tenant: str
 ) -> None:
     """In append_many, a hostile LAST event refuses the whole batch: no entry, no head, no blob of event 0."""
-    big = {"blob": os.urandom(settings.blob_threshold).hex()}  # over the threshold: would go to S3
+    big = {**MSG, "blob": os.urandom(settings.blob_threshold).hex()}  # over the threshold: would go to S3
     for hostile in ({"x": math.nan}, {"x": b"b"}, {"x": "x" * (settings.max_payload_bytes + 1)}):
-        batch = [Draft("th", "message", big), Draft("th2", "message", {"ok": 1}), Draft("th", "message", hostile)]
+        batch = [Draft("th", "message", big), Draft("th2", "message", {**MSG, "ok": 1}),
+                 Draft("th", "message", hostile)]
         with pytest.raises(InvalidEvent) as info:
             client.append_many(tenant, batch)
         if isinstance(info.value, UnserializableValue):
@@ -369,7 +374,7 @@ def test_batch_with_hostile_last_event_writes_nothing_and_uploads_no_blob(
 def test_big_event_alone_does_upload_its_blob(client: JournalClient, s3: Any, settings: Settings,
                                               tenant: str) -> None:
     """Control for the batch test: the same big event, valid, does reach S3 under the tenant prefix."""
-    big = {"blob": os.urandom(settings.blob_threshold).hex()}
+    big = {**MSG, "blob": os.urandom(settings.blob_threshold).hex()}
     rec = client.append(tenant, "th", "message", big)
     assert rec.blob is not None
     assert objects_under(s3, settings, tenant) == [f"{tenant}/blobs/{rec.blob.sha256}"]
@@ -433,7 +438,8 @@ def test_generated_batch_with_hostile_last_event_writes_nothing(client: JournalC
     """A generated batch whose last event is hostile is refused whole, naming the last event."""
     payload, path = case
     tenant = f"t-{uuid.uuid4().hex[:12]}"
-    drafts = [Draft(f"th{i % 2}", "message", p) for i, p in enumerate(fine)] + [Draft("th0", "message", payload)]
+    drafts = [Draft(f"th{i % 2}", "message", {**MSG, "v": p}) for i, p in enumerate(fine)]
+    drafts.append(Draft("th0", "message", payload))
     with pytest.raises(UnserializableValue) as info:
         client.append_many(tenant, drafts)
     assert info.value.path == path.replace("payload", f"event[{len(fine)}].payload", 1)

@@ -24,6 +24,9 @@ from journal.events import Draft
 from journal.redis_store import script_source
 from journal.settings import Settings
 
+#: A valid message payload (the fold needs role and content); tests add fields of their own.
+MSG = {"role": "user", "content": "hi"}
+
 
 def run(fn: Callable[[], Any], what: str = "raw command") -> Any:
     """Call ``fn`` with redis errors translated the way the journal does."""
@@ -60,7 +63,7 @@ def creds(admin: redis.Redis, tenant: str) -> Iterator[acl.TenantCredentials]:
 def other(client: JournalClient, tenant: str) -> str:
     """Tenant B (name = A's + 'x'), with one event written by the operator."""
     b = _other(tenant)
-    client.append(b, "th", "message", {"secret": "b"})
+    client.append(b, "th", "message", {**MSG, "secret": "b"})
     return b
 
 
@@ -110,12 +113,12 @@ def test_redis_url_carries_the_credentials(creds: acl.TenantCredentials) -> None
 
 def test_tenant_user_appends_reads_and_heads_its_own_tenant(a_client: JournalClient, tenant: str) -> None:
     """With A's credentials the client appends (single, batch, idempotent), reads and heads tenant A."""
-    first = a_client.append(tenant, "th", "message", {"n": 1}, idempotency_key="k1")
-    again = a_client.append(tenant, "th", "message", {"n": 1}, idempotency_key="k1")
+    first = a_client.append(tenant, "th", "message", {**MSG, "n": 1}, idempotency_key="k1")
+    again = a_client.append(tenant, "th", "message", {**MSG, "n": 1}, idempotency_key="k1")
     assert again.seq == first.seq == 1
-    a_client.append_many(tenant, [Draft("th", "message", {"n": 2}), Draft("th2", "message", {"n": 3})])
+    a_client.append_many(tenant, [Draft("th", "message", {**MSG, "n": 2}), Draft("th2", "message", {**MSG, "n": 3})])
     assert a_client.head(tenant, "th") == 2 and a_client.head(tenant, "th2") == 1
-    assert [e.payload for e in a_client.read(tenant, "th")] == [{"n": 1}, {"n": 2}]
+    assert [e.payload for e in a_client.read(tenant, "th")] == [{**MSG, "n": 1}, {**MSG, "n": 2}]
     assert a_client.redis.xlen(keys.stream(tenant)) == 3
 
 
@@ -124,20 +127,20 @@ def test_tenant_user_fsync_durability(admin: redis.Redis, a_client: JournalClien
     if _server_has(admin, "waitaof"):
         aof = {str(k, "utf-8") if isinstance(k, bytes) else k: v for k, v in admin.config_get("appendonly").items()}
         if aof.get("appendonly") in ("yes", b"yes"):
-            assert a_client.append(tenant, "th", "message", {}, durability="fsync").seq == 1
+            assert a_client.append(tenant, "th", "message", MSG, durability="fsync").seq == 1
         else:
             with pytest.raises(JournalError):
-                a_client.append(tenant, "th", "message", {}, durability="fsync")
+                a_client.append(tenant, "th", "message", MSG, durability="fsync")
     else:
         with pytest.raises(DurabilityUnsupported):
-            a_client.append(tenant, "th", "message", {}, durability="fsync")
+            a_client.append(tenant, "th", "message", MSG, durability="fsync")
 
 
 def test_first_append_skips_the_tenant_registry_with_a_log(a_client: JournalClient, admin: redis.Redis,
                                                            tenant: str) -> None:
     """SADD to the shared tenant registry is refused for a tenant user: the append succeeds and logs the skip."""
     with capture_logs() as logs:
-        assert a_client.append(tenant, "th", "message", {}).seq == 1
+        assert a_client.append(tenant, "th", "message", MSG).seq == 1
     skipped = [e for e in logs if e.get("event") == "tenant_register_skipped"]
     assert skipped and skipped[0]["tenant"] == tenant and "sadd" in skipped[0]["error"].lower()
     assert not admin.sismember(keys.TENANT_REGISTRY, tenant)
@@ -151,8 +154,8 @@ def test_check_server_tolerates_noperm_on_info(a_client: JournalClient) -> None:
 def test_client_api_for_another_tenant_is_refused_by_the_server(a_client: JournalClient, client: JournalClient,
                                                                 other: str) -> None:
     """A's client targeting B: append, batch, head and read are AccessDenied, and B is unchanged."""
-    for call in (lambda: a_client.append(other, "th", "message", {"evil": 1}),
-                 lambda: a_client.append_many(other, [Draft("th", "message", {})]),
+    for call in (lambda: a_client.append(other, "th", "message", {**MSG, "evil": 1}),
+                 lambda: a_client.append_many(other, [Draft("th", "message", MSG)]),
                  lambda: a_client.head(other, "th"),
                  lambda: a_client.read(other, "th")):
         with pytest.raises(AccessDenied):
@@ -268,7 +271,7 @@ def test_acl_change_from_inside_a_script_is_refused(admin: redis.Redis, a_conn: 
 
 def test_allowed_raw_commands_on_own_keys(a_conn: redis.Redis, a_client: JournalClient, tenant: str) -> None:
     """The granted commands work on A's own keys (reads, and the script's writes from Lua)."""
-    a_client.append(tenant, "th", "message", {})
+    a_client.append(tenant, "th", "message", MSG)
     assert a_conn.xlen(_a(tenant, "stream")) == 1
     assert a_conn.hget(_a(tenant), "th") == b"1"
     assert len(a_conn.xrevrange(_a(tenant, "stream"))) == 1
@@ -278,9 +281,9 @@ def test_allowed_raw_commands_on_own_keys(a_conn: redis.Redis, a_client: Journal
 def test_script_reload_after_flush_works_for_tenant_user(admin: redis.Redis, a_client: JournalClient,
                                                          tenant: str) -> None:
     """After the server's script cache is emptied, the tenant client reloads the append script itself."""
-    a_client.append(tenant, "th", "message", {})
+    a_client.append(tenant, "th", "message", MSG)
     admin.script_flush()
-    assert a_client.append(tenant, "th", "message", {}).seq == 2
+    assert a_client.append(tenant, "th", "message", MSG).seq == 2
 
 
 def test_auth_as_another_tenant_user_fails(admin: redis.Redis, a_conn: redis.Redis, creds: acl.TenantCredentials,
@@ -357,7 +360,7 @@ def test_rotate_invalidates_the_old_password(admin: redis.Redis, settings: Setti
     with pytest.raises(AccessDenied):
         run(lambda: redis.Redis.from_url(creds.redis_url(settings.redis_url or "")).ping(), "AUTH old password")
     fresh = redis.Redis.from_url(new.redis_url(settings.redis_url or ""))
-    assert JournalClient(fresh, settings=settings).append(tenant, "th", "message", {}).seq == 1
+    assert JournalClient(fresh, settings=settings).append(tenant, "th", "message", MSG).seq == 1
     with pytest.raises(AccessDenied):
         run(lambda: fresh.execute_command("HGET", _b(tenant), "th"))
     assert a_conn.ping()  # rotation is graceful for connections already authenticated
@@ -377,7 +380,7 @@ def test_revoke_deletes_the_user_and_drops_its_connections(admin: redis.Redis, s
                                                            creds: acl.TenantCredentials, a_client: JournalClient,
                                                            tenant: str) -> None:
     """After revoke the user is gone, its open connection is dropped, and its password no longer works."""
-    a_client.append(tenant, "th", "message", {})
+    a_client.append(tenant, "th", "message", MSG)
     assert any(f"user={creds.username}" in line for line in _client_lines(admin))
     assert acl.revoke_tenant_user(admin, tenant) is True
     assert admin.execute_command("ACL", "GETUSER", creds.username) is None
@@ -386,7 +389,7 @@ def test_revoke_deletes_the_user_and_drops_its_connections(admin: redis.Redis, s
         time.sleep(0.01)
     assert not any(f"user={creds.username}" in line for line in _client_lines(admin))
     with pytest.raises((AccessDenied, StoreUnavailable)):
-        a_client.append(tenant, "th", "message", {})
+        a_client.append(tenant, "th", "message", MSG)
     with pytest.raises(AccessDenied):
         run(lambda: redis.Redis.from_url(creds.redis_url(settings.redis_url or "")).ping(), "AUTH revoked")
     assert acl.revoke_tenant_user(admin, tenant) is False
