@@ -182,7 +182,8 @@ def test_wait_blocks_until_resume_across_processes(settings: Settings, tenant: s
         assert c.wait(tenant, "th", paused.seq, timeout=0.2) is None
         code = ("import sys, time; from journal.client import JournalClient; from journal.settings import Settings; "
                 "time.sleep(0.5); c = JournalClient.from_settings(Settings(redis_url=sys.argv[1])); "
-                "c.append(sys.argv[2], 'other', 'resume', {}); c.append(sys.argv[2], 'th', 'message', {}); "
+                "c.append(sys.argv[2], 'other', 'resume', {}); "
+                "c.append(sys.argv[2], 'th', 'message', {'role': 'user', 'content': 'hi'}); "
                 "c.append(sys.argv[2], 'th', 'resume', {'by': 'human:alice'})")
         proc = subprocess.Popen([sys.executable, "-c", code, settings.redis_url or "", tenant])
         t0 = time.monotonic()
