@@ -28,18 +28,19 @@ field and in iteration order, the state computed by a full fold.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
 from journal import events as ev
-from journal.errors import InvalidEvent, JournalError
+from journal import lifecycle
+from journal.errors import ConfigError, InvalidEvent, JournalError
 from journal.events import Event
 from journal.keys import validate_type
 from journal.state import (
     _EMPTY,
-    ACTIVE,
     COMPLETED,
     ENTER,
     EXIT,
@@ -57,6 +58,8 @@ from journal.state import (
 )
 
 Reducer = Callable[["ThreadState", Event], "ThreadState"]
+#: Custom event type -> its reducer.
+Registry = Mapping[str, Reducer]
 
 class ReducerError(JournalError):
     """A custom reducer failed on an event; the projector dead-letters that event."""
@@ -75,13 +78,16 @@ class ReducerError(JournalError):
 
 
 # -- registry --------------------------------------------------------------------------------------
+# There is no process-global registry: a snapshot folded by the projector and a replay in another
+# process must use the same reducers, so every process loads them from one setting
+# (JOURNAL_REDUCERS, see load_registry) and passes the mapping explicitly.
 
-#: The process-wide registry of custom reducers; pass an explicit mapping to ``fold``/``apply`` to isolate.
-REGISTRY: dict[str, Reducer] = {}
+#: No custom reducers: custom events are kept verbatim in ``state.opaque``.
+NO_CUSTOM: Registry = MappingProxyType({})
 
 
-def register(type_name: str, fn: Reducer, registry: dict[str, Reducer] | None = None) -> Reducer:
-    """Register ``fn(state, event) -> state`` for a namespaced custom type such as ``x.acme.refund_issued``.
+def register(type_name: str, fn: Reducer, registry: dict[str, Reducer]) -> Reducer:
+    """Add ``fn(state, event) -> state`` to ``registry`` for a namespaced custom type such as ``x.acme.refund_issued``.
 
     Built-in types cannot be overridden: there is exactly one fold for them. Returns ``fn``.
     """
@@ -93,16 +99,49 @@ def register(type_name: str, fn: Reducer, registry: dict[str, Reducer] | None = 
         )
     if not callable(fn):
         raise InvalidEvent(f"reducer for {type_name!r} must be callable, got {type(fn).__name__}")
-    (REGISTRY if registry is None else registry)[type_name] = fn
+    registry[type_name] = fn
     return fn
+
+
+def load_registry(modules: str | Iterable[str]) -> Registry:
+    """The custom reducers named by ``JOURNAL_REDUCERS`` (``Settings.reducers``): comma-separated modules.
+
+    Each module defines ``REDUCERS``, a mapping of custom type (``x.<org>.<name>``) to reducer.
+    Every process that folds (the projector's snapshots, replay, resume, audit, bundle checks)
+    calls this with the same setting, so they all fold with the same reducers. An empty setting
+    means no custom reducers.
+    """
+    names = [m.strip() for m in (modules.split(",") if isinstance(modules, str) else modules) if m.strip()]
+    registry: dict[str, Reducer] = {}
+    for name in names:
+        try:
+            module = importlib.import_module(name)
+        except Exception as e:
+            raise ConfigError(f"JOURNAL_REDUCERS names module {name!r}, which cannot be imported ({type(e).__name__}: "
+                              f"{e}); install it or correct the setting") from e
+        found = getattr(module, "REDUCERS", None)
+        if not isinstance(found, Mapping):
+            raise ConfigError(f"module {name!r} (JOURNAL_REDUCERS) must define REDUCERS, a mapping of custom event "
+                              f"type to reducer, e.g. {{'x.acme.refund_issued': refund_issued}}")
+        for type_name, fn in found.items():
+            if type_name in registry:
+                raise ConfigError(f"custom type {type_name!r} has two reducers in JOURNAL_REDUCERS ({name!r} and an "
+                                  "earlier module); keep one")
+            try:
+                register(type_name, fn, registry)
+            except JournalError as e:
+                raise ConfigError(f"module {name!r} (JOURNAL_REDUCERS): {e}") from e
+    return MappingProxyType(registry) if registry else NO_CUSTOM
 
 
 # -- the fold --------------------------------------------------------------------------------------
 
 
-def fold(events: Iterable[Event], state: ThreadState | None = None,
-         registry: Mapping[str, Reducer] | None = None) -> ThreadState:
-    """Apply ``events`` in order to ``state`` (or to the empty state of the first event's thread)."""
+def fold(events: Iterable[Event], state: ThreadState | None = None, registry: Registry | None = None) -> ThreadState:
+    """Apply ``events`` in order to ``state`` (or to the empty state of the first event's thread).
+
+    ``registry`` holds the custom reducers (:func:`load_registry`); ``None`` means none.
+    """
     it = iter(events)
     if state is None:
         first = next(it, None)
@@ -114,7 +153,7 @@ def fold(events: Iterable[Event], state: ThreadState | None = None,
     return state
 
 
-def apply(state: ThreadState, event: Event, registry: Mapping[str, Reducer] | None = None) -> ThreadState:
+def apply(state: ThreadState, event: Event, registry: Registry | None = None) -> ThreadState:
     """The state after ``event``; ``state`` is left unchanged."""
     if event.tenant != state.tenant or event.thread != state.thread:
         raise ReducerError(event, f"event belongs to {event.tenant}/{event.thread}, not to the state's "
@@ -128,13 +167,19 @@ def apply(state: ThreadState, event: Event, registry: Mapping[str, Reducer] | No
         notes.append(f"event after the thread was {state.status}")
     handler = _BUILTIN.get(event.type)
     if handler is not None:
+        payload = _payload(event, notes)
         try:
-            new = handler(state, event, _payload(event, notes), notes)
+            new = handler(state, event, payload, notes)
         except Exception as e:  # a built-in rule must never stop projection; the oddity is recorded instead
             notes.append(f"could not apply ({type(e).__name__}: {e})")
             new = state
+        if event.type in lifecycle.MOVES:
+            # Status and node follow journal.lifecycle, the rules the threads row and the audit timeline use too.
+            pos = lifecycle.step(lifecycle.Position(state.status, state.pending_branches), event.type, payload,
+                                 event.node)
+            new = replace(new, status=pos.status, node=pos.node, pending_branches=pos.branches)
     else:
-        fn = (REGISTRY if registry is None else registry).get(event.type)
+        fn = None if registry is None else registry.get(event.type)
         new = _opaque(state, event, notes) if fn is None else _custom(fn, state, event)
     anomalies = new.anomalies
     if notes:
@@ -268,38 +313,31 @@ def _put_call(calls: Mapping[str, ToolCall], call: ToolCall) -> Mapping[str, Too
 
 
 def _node_name(e: Event, p: Mapping[str, Any], notes: list[str]) -> str | None:
-    node = p.get("node")
-    if isinstance(node, str) and node:
-        return node
-    if node is not None:
-        notes.append(f"node is {type(node).__name__}, expected a str")
-    if e.node:
-        return e.node
-    notes.append("no node in the payload or on the event")
-    return None
+    raw = p.get("node")
+    if raw is not None and not (isinstance(raw, str) and raw):
+        notes.append(f"node is {type(raw).__name__}, expected a str")
+    node = lifecycle.node_named(p, e.node)
+    if node is None:
+        notes.append("no node in the payload or on the event")
+    return node
 
 
+# node_enter/node_exit record the step here; the stack of open nodes and the current node are moved
+# by journal.lifecycle in apply().
 def _node_enter(s: ThreadState, e: Event, p: Mapping[str, Any], notes: list[str]) -> ThreadState:
     node = _node_name(e, p, notes)
     if node is None:
         return s
-    return replace(s, node=node, node_history=(*s.node_history, (e.seq, node, ENTER)),
-                   pending_branches=(*s.pending_branches, node))
+    return replace(s, node_history=(*s.node_history, (e.seq, node, ENTER)))
 
 
 def _node_exit(s: ThreadState, e: Event, p: Mapping[str, Any], notes: list[str]) -> ThreadState:
     node = _node_name(e, p, notes)
     if node is None:
         return s
-    pending = s.pending_branches
-    if node in pending:
-        i = len(pending) - 1 - pending[::-1].index(node)  # the innermost entry of that node
-        pending = pending[:i] + pending[i + 1:]
-    else:
+    if node not in s.pending_branches:
         notes.append(f"exit from node {node!r} that was not entered")
-    # After an exit the thread is back in the enclosing node, if any.
-    return replace(s, node=pending[-1] if pending else None, node_history=(*s.node_history, (e.seq, node, EXIT)),
-                   pending_branches=pending)
+    return replace(s, node_history=(*s.node_history, (e.seq, node, EXIT)))
 
 
 def _memory_path(p: Mapping[str, Any], notes: list[str]) -> tuple[str, ...] | None:
@@ -362,26 +400,27 @@ def _mem_delete(m: Mapping[str, Any], path: tuple[str, ...]) -> Mapping[str, Any
     return MappingProxyType(d)
 
 
+# The status itself moves in apply(), by journal.lifecycle; these keep what the event says about it.
 def _pause(s: ThreadState, e: Event, p: Mapping[str, Any], notes: list[str]) -> ThreadState:
     if s.status == PAUSED:
         notes.append("pause while already paused")
-    return replace(s, status=PAUSED, pause_reason=_plain(p.get("reason"), "reason", notes))
+    return replace(s, pause_reason=_plain(p.get("reason"), "reason", notes))
 
 
 def _resume(s: ThreadState, e: Event, p: Mapping[str, Any], notes: list[str]) -> ThreadState:
     if s.status != PAUSED:
         notes.append(f"resume while {s.status}, not paused")
     detail = _plain({k: v for k, v in p.items() if k != "by"}, "resume", notes)
-    return replace(s, status=ACTIVE, pause_reason=None, resumed_by=_plain(p.get("by"), "by", notes),
+    return replace(s, pause_reason=None, resumed_by=_plain(p.get("by"), "by", notes),
                    resume_detail=detail if detail is not None else _EMPTY)
 
 
 def _complete(s: ThreadState, e: Event, p: Mapping[str, Any], notes: list[str]) -> ThreadState:
-    return replace(s, status=COMPLETED, summary=_plain(p.get("summary"), "summary", notes))
+    return replace(s, summary=_plain(p.get("summary"), "summary", notes))
 
 
 def _fail(s: ThreadState, e: Event, p: Mapping[str, Any], notes: list[str]) -> ThreadState:
-    return replace(s, status=FAILED, error=_plain(p.get("error"), "error", notes))
+    return replace(s, error=_plain(p.get("error"), "error", notes))
 
 
 _BUILTIN: dict[str, _Handler] = {

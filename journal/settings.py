@@ -47,6 +47,9 @@ class Settings:
     hash_key: str | None = None
     #: Port for the projector's Prometheus metrics (0 = off).
     metrics_port: int = 0
+    #: Comma-separated modules whose ``REDUCERS`` (custom type -> reducer) every process folds with
+    #: (``journal.reducer.load_registry``); empty = no custom reducers.
+    reducers: str = ""
 
     def __post_init__(self) -> None:
         if self.durability not in DURABILITY_LEVELS:

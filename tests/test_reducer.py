@@ -5,7 +5,9 @@ from __future__ import annotations
 import copy
 import json
 import pickle
+import uuid
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,9 +17,10 @@ from hypothesis import strategies as st
 from journal import codec
 from journal import reducer as r
 from journal import state as rs
-from journal.errors import CodecError, InvalidEvent, JournalError
+from journal.errors import CodecError, ConfigError, InvalidEvent, JournalError
 from journal.events import BlobRef, Event
 from journal.reducer import ReducerError, apply, fold, register
+from journal.settings import Settings
 from journal.state import ThreadState, diff, empty
 
 TENANT, THREAD = "acme", "run-1"
@@ -431,14 +434,58 @@ def test_register_refuses_builtin_types() -> None:
         register("message", counter, {})
 
 
-def test_module_registry_is_the_default() -> None:
-    """register() without a registry feeds the module-wide one that fold uses by default."""
-    register("x.test.module_default", counter)
-    try:
-        s = fold([ev(1, "x.test.module_default", {"n": 4})])
-        assert s.custom["counter"] == 4
-    finally:
-        del r.REGISTRY["x.test.module_default"]
+def test_without_a_registry_custom_events_are_opaque() -> None:
+    """There is no process-global registry: fold without one applies no custom reducer."""
+    s = fold([ev(1, "x.test.counter", {"n": 4})])
+    assert s.custom == {} and [o.type for o in s.opaque] == ["x.test.counter"]
+
+
+def reducer_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, body: str) -> str:
+    """A fresh importable module with ``body``; returns its name."""
+    name = f"jr_reducers_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text(body)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return name
+
+
+COUNTER_MODULE = """
+def counter(state, event):
+    return state.with_custom("counter", (state.custom.get("counter") or 0) + event.payload["n"])
+
+REDUCERS = {"x.test.counter": counter}
+"""
+
+
+def test_registry_loads_from_the_reducers_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """JOURNAL_REDUCERS names modules whose REDUCERS mapping load_registry turns into the registry fold uses."""
+    name = reducer_module(tmp_path, monkeypatch, COUNTER_MODULE)
+    registry = r.load_registry(Settings.from_env({"JOURNAL_REDUCERS": f" {name} ,"}).reducers)
+    assert set(registry) == {"x.test.counter"}
+    assert fold([ev(1, "x.test.counter", {"n": 4})], registry=registry).custom["counter"] == 4
+    assert r.load_registry("") is r.NO_CUSTOM
+
+
+@pytest.mark.parametrize(("body", "match"), [
+    (None, "cannot be imported"),
+    ("X = 1", "must define REDUCERS"),
+    ("REDUCERS = {'message': print}", "built-in"),
+    ("REDUCERS = {'x.test.a': 5}", "callable"),
+])
+def test_bad_reducers_setting_is_a_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, body: str | None,
+                                                match: str) -> None:
+    """A module that is missing, has no REDUCERS, or registers a built-in or non-callable is a ConfigError naming it."""
+    name = "jr_reducers_missing_module" if body is None else reducer_module(tmp_path, monkeypatch, body)
+    with pytest.raises(ConfigError, match=match) as info:
+        r.load_registry(name)
+    assert name in str(info.value)
+
+
+def test_two_reducers_for_one_type_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two modules registering the same custom type is a ConfigError, not a silent override."""
+    a = reducer_module(tmp_path, monkeypatch, COUNTER_MODULE)
+    b = reducer_module(tmp_path, monkeypatch, COUNTER_MODULE)
+    with pytest.raises(ConfigError, match="two reducers"):
+        r.load_registry([a, b])
 
 
 # -- serialization ---------------------------------------------------------------------------------
