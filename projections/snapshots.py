@@ -14,7 +14,7 @@ import structlog
 from journal import codec
 from journal.errors import BlobError, JournalError
 from journal.events import Event
-from journal.reducer import ReducerError, apply
+from journal.reducer import ReducerError, Registry, apply
 from journal.state import decode_state, empty, encode_state
 
 log = structlog.get_logger("projections.snapshots")
@@ -35,8 +35,12 @@ def load_events(conn: psycopg.Connection, tenant: str, thread: str, after: int, 
 
 
 def write_due(conn: psycopg.Connection, tenant: str, thread: str, old_seq: int, new_seq: int,
-              chained: list[Event], every: int, resolve: BlobSource | None = None) -> int:
+              chained: list[Event], every: int, resolve: BlobSource | None = None,
+              registry: Registry | None = None) -> int:
     """Write the snapshots due at each multiple of ``every`` in (old_seq, new_seq]; return how many.
+
+    ``registry`` is the custom reducers (``reducer.load_registry(settings.reducers)``): the same
+    ones the replayer folds with, or a replay from this snapshot would differ from a full fold.
 
     ``resolve`` fills in payloads offloaded to object storage: the fold must see the same
     events here as in a replay. If a blob cannot be had, the snapshot is skipped (a later one,
@@ -73,7 +77,7 @@ def write_due(conn: psycopg.Connection, tenant: str, thread: str, old_seq: int, 
                 log.warning("snapshot_skipped_blob_unavailable", tenant=tenant, thread=thread, seq=ev.seq, error=str(e))
                 return written
         try:
-            state = apply(state, ev)
+            state = apply(state, ev, registry)
         except ReducerError as e:
             # The event stays in the journal (it is valid data); only the snapshot cannot be built.
             log.error("snapshot_reducer_failed", tenant=tenant, thread=thread, seq=ev.seq, error=str(e))

@@ -15,16 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from journal import events as ev
-from journal import reducer, state
+from journal import lifecycle, reducer, state
 from journal.errors import NotFound
 from journal.events import Event
 from journal.keys import validate_id
 from replayer.bundle import write_bundle
 from replayer.replay import InvalidQuery, Replayer, ThreadVerdict, verify_rows
-
-_STATUS_AFTER = {ev.PAUSE: state.PAUSED, ev.RESUME: state.ACTIVE, ev.COMPLETE: state.COMPLETED,
-                 ev.FAIL: state.FAILED}
-
 
 # -- timeline --------------------------------------------------------------------------------------
 
@@ -89,35 +85,53 @@ def timeline(r: Replayer, tenant: str, thread: str, after: int = 0, upto: int | 
     events = r.history(tenant, thread, after, upto, resolve_blobs=False)
     if not events and after == 0:
         raise NotFound(f"thread {tenant}/{thread} has no events (or this reader may not see them)")
-    status = state.ACTIVE
+    pos = lifecycle.Position()
     if after:
-        status = r.replay(tenant, thread, at_seq=after).status
+        before = r.replay(tenant, thread, at_seq=after)
+        pos = lifecycle.Position(before.status, before.pending_branches)
     out: list[Step] = []
     for e in events:
-        status = _STATUS_AFTER.get(e.type, status)
+        pos = lifecycle.step(pos, e.type, e.payload, e.node)  # the fold's status rules, without folding
         agent = e.actor.get("agent_id") if isinstance(e.actor, dict) else None
-        out.append(Step(e.seq, e.at, e.type, e.node, _tool(e), agent if isinstance(agent, str) else None, status,
+        out.append(Step(e.seq, e.at, e.type, e.node, _tool(e), agent if isinstance(agent, str) else None, pos.status,
                         _detail(e)))
     return out
 
 
 # -- tool usage across threads ---------------------------------------------------------------------
 
-#: One query, served by ``events_tool_idx (tenant_id, tool, appended_at) WHERE tool IS NOT NULL``:
-#: the index's leading columns are the equality predicates and the time window is its range.
+# Counts are the fold's: a call counts for the tool the folded state gives it, and a result for
+# the call it resolves (a result need not name its tool). The projected ``tool`` column cannot
+# give that alone: an offloaded payload (over the blob threshold) leaves the row without a tool
+# or payload, and a result without ``tool`` has none either. So the SQL only finds the threads
+# and the window's seqs; each thread is then replayed (nearest snapshot + tail, blobs fetched).
+
+#: Threads that named the tool in the window: ``events_tool_idx (tenant_id, tool, appended_at)
+#: WHERE tool IS NOT NULL``, whose leading columns are the equality predicates and the window its range.
 TOOL_USAGE_SQL = """
-SELECT thread_id,
-       count(*) FILTER (WHERE type = 'tool_call') AS calls,
-       count(*) FILTER (WHERE type = 'tool_result') AS results,
-       count(*) FILTER (WHERE type = 'tool_result' AND payload ? 'error'
-                        AND payload -> 'error' <> 'null'::jsonb) AS errors,
-       min(appended_at) AS first_at,
-       max(appended_at) AS last_at
+SELECT DISTINCT thread_id
 FROM journal.events
 WHERE tenant_id = %(tenant)s AND tool = %(tool)s AND tool IS NOT NULL
   AND appended_at >= %(since)s AND appended_at < %(until)s
-GROUP BY thread_id
-ORDER BY calls DESC, thread_id
+"""
+
+#: Threads with a tool event in the window whose payload is in object storage (its tool is unknown
+#: until the blob is read). No index serves it: it scans the tenant's partition for the window
+#: (offloaded rows are rare; a partial index on (tenant_id, appended_at) WHERE blob_sha256 IS NOT
+#: NULL would make it a lookup).
+OFFLOADED_TOOL_THREADS_SQL = """
+SELECT DISTINCT thread_id
+FROM journal.events
+WHERE tenant_id = %(tenant)s AND blob_sha256 IS NOT NULL AND type IN ('tool_call', 'tool_result')
+  AND appended_at >= %(since)s AND appended_at < %(until)s
+"""
+
+#: The tool events of those threads in the window: ``events_time_idx (tenant_id, thread_id, appended_at)``.
+TOOL_EVENTS_IN_WINDOW_SQL = """
+SELECT thread_id, seq, appended_at
+FROM journal.events
+WHERE tenant_id = %(tenant)s AND thread_id = ANY(%(threads)s) AND type IN ('tool_call', 'tool_result')
+  AND appended_at >= %(since)s AND appended_at < %(until)s
 """
 
 
@@ -145,12 +159,39 @@ def _usage_params(tenant: str, tool: str, since: datetime, until: datetime | Non
 
 
 def tool_usage(r: Replayer, tenant: str, tool: str, since: datetime, until: datetime | None = None) -> list[ToolUsage]:
-    """Every thread of ``tenant`` that called ``tool`` in ``[since, until)``, with counts (one indexed query)."""
+    """Every thread of ``tenant`` that called ``tool`` in ``[since, until)``, with the fold's counts.
+
+    ``calls``: calls to ``tool`` appended in the window; ``results``/``errors``: results appended in
+    the window that resolve a call to ``tool`` (errors: those with an ``error``), exactly as the
+    thread's folded state attributes them, offloaded payloads included.
+    """
     pg = r._pg()
     params = _usage_params(tenant, tool, since, until)
     with pg.scope(tenant):
-        rows = pg.conn.execute(TOOL_USAGE_SQL, params).fetchall()
-    return [ToolUsage(t, int(c), int(res), int(err), first, last) for t, c, res, err, first, last in rows]
+        threads = sorted({t for (t,) in pg.conn.execute(TOOL_USAGE_SQL, params)}
+                         | {t for (t,) in pg.conn.execute(OFFLOADED_TOOL_THREADS_SQL, params)})
+        at: dict[str, dict[int, datetime]] = {}
+        if threads:
+            for t, seq, appended in pg.conn.execute(TOOL_EVENTS_IN_WINDOW_SQL, {**params, "threads": threads}):
+                at.setdefault(t, {})[seq] = appended
+    out = []
+    for thread, when in at.items():
+        folded = r.replay(tenant, thread, at_seq=max(when))
+        calls = results = errors = 0
+        counted: list[datetime] = []
+        for call in folded.tool_calls.values():
+            if call.tool != tool:
+                continue
+            if call.seq is not None and call.seq in when:
+                calls += 1
+                counted.append(when[call.seq])
+            if call.result is not None and call.result.seq in when:
+                results += 1
+                errors += call.result.failed
+                counted.append(when[call.result.seq])
+        if counted:
+            out.append(ToolUsage(thread, calls, results, errors, min(counted), max(counted)))
+    return sorted(out, key=lambda u: (-u.calls, u.thread))
 
 
 def explain_tool_usage(r: Replayer, tenant: str, tool: str, since: datetime, until: datetime | None = None) -> str:

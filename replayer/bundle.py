@@ -197,8 +197,8 @@ def verify_bundle(path: str | os.PathLike[str], key: bytes | None = None,
 
     Raises ``BundleError`` (``UnsupportedBundleVersion``) for a file this reader cannot judge;
     every integrity failure of a bundle it can read is reported in ``BundleReport.problems``.
-    ``registry`` holds the custom reducers the thread's custom event types need (default: the
-    process-wide registry), exactly as when the state was first computed.
+    ``registry`` holds the custom reducers the thread's custom event types need (default: none;
+    the CLI loads ``JOURNAL_REDUCERS``), exactly as when the state was first computed.
     """
     data = Path(path).read_bytes()
     read_header(data)

@@ -23,6 +23,7 @@ from rich.table import Table
 
 from journal.chain import key_bytes
 from journal.embedded import resolve
+from journal.reducer import load_registry
 from journal.settings import Settings
 from journal.state import ThreadState, thaw
 
@@ -146,8 +147,9 @@ def _verify_bundle(args: argparse.Namespace) -> int:
     from replayer.bundle import verify_bundle
 
     # Offline: the environment may give the HMAC key, but no server is started or contacted.
-    key = key_bytes(args.key) if args.key else key_bytes(Settings.from_env(data_dir=args.data_dir).hash_key)
-    report = verify_bundle(args.bundle, key)
+    settings = Settings.from_env(data_dir=args.data_dir)
+    key = key_bytes(args.key) if args.key else key_bytes(settings.hash_key)
+    report = verify_bundle(args.bundle, key, registry=load_registry(settings.reducers))
     if args.format == "json":
         _json(report.to_dict())
     else:

@@ -29,7 +29,7 @@ from journal.events import Event
 from journal.keys import validate_id
 from journal.local_stack import resolve
 from journal.redis_store import connect as redis_connect
-from journal.reducer import Reducer, fold
+from journal.reducer import Reducer, fold, load_registry
 from journal.settings import Settings
 from journal.state import ThreadState, empty
 from replayer.sources import ArchiveSource, BadRow, PostgresSource, RedisSource, ThreadHead
@@ -82,9 +82,10 @@ class Replayer:
         self.registry = registry
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, reader_url: str | None = None, use_redis: bool = True,
-                      registry: Mapping[str, Reducer] | None = None) -> Replayer:
+    def from_settings(cls, settings: Settings, *, reader_url: str | None = None, use_redis: bool = True) -> Replayer:
         """PostgreSQL as ``journal_app`` (or as the tenant reader of ``reader_url``), Redis and S3 from ``settings``.
+
+        The custom reducers are the settings' (``JOURNAL_REDUCERS``), as in the projector's snapshots.
 
         With a reader URL, the Redis tier is left out unless ``use_redis`` is forced on by the caller
         passing its own ``RedisSource``: a tenant reader's credentials are scoped by PostgreSQL, and
@@ -94,7 +95,7 @@ class Replayer:
         rs = RedisSource(redis_connect(settings.redis_url)) if use_redis and settings.redis_url and not reader_url \
             else None
         blobs = BlobStore.from_settings(settings) if settings.s3_url else None
-        return cls(pg, rs, blobs, key=key_bytes(settings.hash_key), registry=registry)
+        return cls(pg, rs, blobs, key=key_bytes(settings.hash_key), registry=load_registry(settings.reducers))
 
     def close(self) -> None:
         if self.pg is not None:

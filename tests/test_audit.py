@@ -101,6 +101,43 @@ def test_tools_lists_threads_with_counts(cli_env: Settings, client: JournalClien
     assert code == 0 and "2 call(s)" in out and " c " in out
 
 
+def fold_counts(events: list[Any], tool: str) -> tuple[int, int, int]:
+    """(calls, results, errors) for ``tool`` as the folded state of a thread has them."""
+    calls = fold(events).tool_calls.values()
+    mine = [c for c in calls if c.tool == tool]
+    return (sum(c.seq is not None for c in mine), sum(c.result is not None for c in mine),
+            sum(c.result is not None and c.result.failed for c in mine))
+
+
+def test_tools_counts_offloaded_payloads_as_the_fold_does(cli_env: Settings, tenant: str,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """Offloaded calls and results, results naming no tool, and a reused call id count as in the fold."""
+    big = "x" * 400  # over the 300-byte threshold below: the payload goes to S3 and the row keeps no tool
+    threads = {
+        "a": [("tool_call", {"call_id": "c0", "tool": "search", "args": {}}),
+              ("tool_result", {"call_id": "c0", "tool": "search", "output": big}),
+              ("tool_call", {"call_id": "c1", "tool": "search", "args": {"q": big}}),
+              ("tool_result", {"call_id": "c1", "error": big}),
+              ("tool_call", {"call_id": "c2", "tool": "search", "args": {}}),
+              ("tool_result", {"call_id": "c2", "output": 1}),  # names no tool: it is the call's
+              ("tool_call", {"call_id": "c0", "tool": "search", "args": {}})],  # reused id: the fold keeps the first
+        "b": [("tool_call", {"call_id": "e1", "tool": "send_email", "args": {"body": big}}),
+              ("tool_result", {"call_id": "e1", "tool": "send_email", "output": big})],
+        "c": [("tool_call", {"call_id": "s1", "tool": "search", "args": {"q": big}})],
+    }
+    with JournalClient.from_settings(cli_env.with_(blob_threshold=300)) as c:
+        for thread, steps in threads.items():
+            recs = [c.append(tenant, thread, t, p) for t, p in steps]
+            assert any(r.blob is not None for r in recs)
+        expected = {th: fold_counts(c.read(tenant, th), "search") for th in threads}
+    project(cli_env, tenant)
+    got = run_json(capsys, "audit", "tools", tenant, "--tool", "search", "--since", "30d")
+    assert {t["thread"]: (t["calls"], t["results"], t["errors"]) for t in got["threads"]} == {
+        th: n for th, n in expected.items() if any(n)}
+    assert expected["a"] == (3, 3, 1) and expected["c"] == (1, 0, 0)
+    assert [t["thread"] for t in got["threads"]] == ["a", "c"]
+
+
 def test_tool_query_plan_uses_events_tool_idx(cli_env: Settings, admin_pg: Any, tenant: str) -> None:
     """With realistic volume and fresh statistics, the tool query is served by events_tool_idx."""
     # 40,000 tool events over 90 days and 40 tools for this tenant (inserted directly: only the plan is tested).
