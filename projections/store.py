@@ -22,9 +22,10 @@ import orjson
 import psycopg
 from psycopg.adapt import PyFormat
 
-from journal import codec
+from journal import codec, lifecycle
 from journal.chain import GENESIS, link
-from journal.events import COMPLETE, FAIL, PAUSE, RESUME, TOOL_CALL, TOOL_RESULT, Event
+from journal.events import TOOL_CALL, TOOL_RESULT, Event
+from journal.reducer import Registry
 from projections import snapshots
 
 
@@ -74,7 +75,6 @@ class BatchResult:
     previous_ms: dict[str, int] = field(default_factory=dict)
 
 
-_STATUS_OF = {PAUSE: "paused", RESUME: "active", COMPLETE: "completed", FAIL: "failed"}
 _seq_of = operator.attrgetter("event.seq")
 
 
@@ -136,7 +136,7 @@ def _stage_events(conn: psycopg.Connection, rows: list[tuple[Any, ...]]) -> None
 def write_batch(conn: psycopg.Connection, items: Iterable[Item], poison: Iterable[Poison] = (), *,
                 key: bytes | None = None, snapshot_every: int = 100,
                 resolve: snapshots.BlobSource | None = None, while_locking: Callable[[], object] | None = None,
-                meanwhile: Callable[[], object] | None = None) -> BatchResult:
+                meanwhile: Callable[[], object] | None = None, registry: Registry | None = None) -> BatchResult:
     """Project ``items`` (and dead-letter ``poison``) in one transaction, committed here (rolled back on error).
 
     The callables are CPU work the caller overlaps with PostgreSQL's, called while the batch waits:
@@ -160,7 +160,7 @@ def write_batch(conn: psycopg.Connection, items: Iterable[Item], poison: Iterabl
     if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
         raise psycopg.ProgrammingError("write_batch commits its own transaction: call it outside one")
     try:
-        _run_batch(conn, by_thread, poison, result, key, snapshot_every, resolve, while_locking, meanwhile)
+        _run_batch(conn, by_thread, poison, result, key, snapshot_every, resolve, while_locking, meanwhile, registry)
     except BaseException:
         if not conn.closed:
             with contextlib.suppress(psycopg.Error):
@@ -171,7 +171,8 @@ def write_batch(conn: psycopg.Connection, items: Iterable[Item], poison: Iterabl
 
 def _run_batch(conn: psycopg.Connection, by_thread: dict[tuple[str, str], list[Item]], poison: list[Poison],
                result: BatchResult, key: bytes | None, snapshot_every: int, resolve: snapshots.BlobSource | None,
-               while_locking: Callable[[], object] | None, meanwhile: Callable[[], object] | None) -> None:
+               while_locking: Callable[[], object] | None, meanwhile: Callable[[], object] | None,
+               registry: Registry | None) -> None:
     positions = result.positions
     # Every join below looks up keys from an unnest() batch. The planner prices that as a hash join
     # over a whole table (threads, events) once the batch has a few thousand keys: measured 3× slower
@@ -220,7 +221,7 @@ def _run_batch(conn: psycopg.Connection, by_thread: dict[tuple[str, str], list[I
     if plan.snapshot_jobs:  # they read this batch's hashes back
         for tenant, thread, old_seq, new_seq, chained in plan.snapshot_jobs:
             result.snapshots += snapshots.write_due(conn, tenant, thread, old_seq, new_seq, chained,
-                                                    snapshot_every, resolve)
+                                                    snapshot_every, resolve, registry)
         conn.commit()
 
 
@@ -245,7 +246,7 @@ def _lock_threads(conn: psycopg.Connection, order: list[tuple[str, str]]) -> psy
     conn.execute("INSERT INTO journal.threads (tenant_id, thread_id) SELECT * FROM unnest(%b::text[], %b::text[]) "
                  "ON CONFLICT DO NOTHING", (tenants, thread_ids))
     return conn.execute(
-        "SELECT t.tenant_id, t.thread_id, t.last_seq, t.last_hash, t.max_seq, t.status, t.node "
+        "SELECT t.tenant_id, t.thread_id, t.last_seq, t.last_hash, t.max_seq, t.status, t.branches "
         "FROM journal.threads t JOIN unnest(%b::text[], %b::text[]) u(a, b) "
         "ON t.tenant_id = u.a AND t.thread_id = u.b ORDER BY t.tenant_id, t.thread_id FOR UPDATE OF t",
         (tenants, thread_ids))
@@ -273,7 +274,7 @@ def _plan_threads(conn: psycopg.Connection, by_thread: dict[tuple[str, str], lis
     plan = _Plan()
     rows, conflict_rows, updates, hash_updates = plan.rows, plan.conflict_rows, plan.updates, plan.hash_updates
     for (tenant, thread), its in by_thread.items():
-        last_seq, last_hash, max_seq, status, node = heads[(tenant, thread)]
+        last_seq, last_hash, max_seq, status, branches = heads[(tenant, thread)]
         head_hash = bytes(last_hash) if last_hash is not None else GENESIS
         fresh: dict[int, Item] = {}
         for it in sorted(its, key=_seq_of):
@@ -311,11 +312,13 @@ def _plan_threads(conn: psycopg.Connection, by_thread: dict[tuple[str, str], lis
             head_hash, seq = h, nxt
         if fresh:  # an earlier seq is still in flight
             rows.extend((*it.row, None, None) for it in fresh.values())
+        # Status and node move as in the fold (journal.lifecycle), event by event from the stored position.
+        pos = old = lifecycle.Position(status, tuple(branches))
         for ev in chained:
-            status = _STATUS_OF.get(ev.type, status)
-            node = ev.node or node
+            pos = lifecycle.step(pos, ev.type, ev.payload, ev.node)
         top = max(max_seq, seq, *fresh)
-        updates.append((tenant, thread, seq, head_hash if seq else None, top, status, node, new_count))
+        updates.append((tenant, thread, seq, head_hash if seq else None, top, pos.status, pos.node,
+                        orjson.dumps(pos.branches).decode() if pos.branches != old.branches else None, new_count))
         result.inserted += new_count
         if seq > last_seq:
             result.heads[(tenant, thread)] = seq
@@ -338,9 +341,9 @@ def _apply(conn: psycopg.Connection, plan: _Plan) -> None:
         conn.execute(
             "UPDATE journal.threads t SET last_seq = u.s, last_hash = u.h, max_seq = u.m, status = "
             "CASE WHEN t.status = 'abandoned' THEN 'active' ELSE u.st END, node = u.n, "
-            "event_count = t.event_count + u.c, updated_at = now() "
+            "branches = COALESCE(u.br::jsonb, t.branches), event_count = t.event_count + u.c, updated_at = now() "
             "FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::bytea[], %b::bigint[], %b::text[], %b::text[], "
-            "%b::bigint[]) u(a, b, s, h, m, st, n, c) WHERE t.tenant_id = u.a AND t.thread_id = u.b",
+            "%b::text[], %b::bigint[]) u(a, b, s, h, m, st, n, br, c) WHERE t.tenant_id = u.a AND t.thread_id = u.b",
             [list(col) for col in zip(*plan.updates, strict=True)])
     if plan.conflict_rows:
         conn.cursor().executemany(

@@ -77,7 +77,10 @@ threads = Table(
     Column("last_hash", LargeBinary),
     #: Highest seq stored (above last_seq only while an earlier seq is still in flight).
     Column("max_seq", BigInteger, nullable=False, server_default=text("0")),
+    #: The thread's node as the fold has it: the innermost of ``branches``.
     Column("node", Text),
+    #: Nodes entered and not yet exited, oldest first (``journal.lifecycle``), a JSON list of str.
+    Column("branches", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
     Column("event_count", BigInteger, nullable=False, server_default=text("0")),
     Column("created_at", TS, nullable=False, server_default=text("now()")),
     Column("updated_at", TS, nullable=False, server_default=text("now()")),

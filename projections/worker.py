@@ -45,6 +45,7 @@ from journal.errors import BlobError, CodecError, JournalError, StoreUnavailable
 from journal.events import Event
 from journal.redis_store import connect as redis_connect
 from journal.redis_store import script_source
+from journal.reducer import load_registry
 from journal.settings import Settings
 from projections import db, metrics
 from projections.acks import Call, DeferredAcks
@@ -147,6 +148,8 @@ class Projector:
         self.options = options or WorkerOptions()
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.key = key_bytes(settings.hash_key)
+        #: The custom reducers snapshots fold with: the settings', as every replayer loads them.
+        self.registry = load_registry(settings.reducers)
         self._stop = threading.Event()
         self._redis: redis.Redis | None = None
         self._acks: DeferredAcks | None = None
@@ -480,7 +483,8 @@ class Projector:
         t0 = time.perf_counter()
         try:
             result = write_batch(self.pg, items, poison, key=self.key, snapshot_every=self.settings.snapshot_every,
-                                 resolve=self.resolve, while_locking=while_locking, meanwhile=meanwhile)
+                                 resolve=self.resolve, while_locking=while_locking, meanwhile=meanwhile,
+                                 registry=self.registry)
         except psycopg.OperationalError:
             raise
         except psycopg.Error as e:
@@ -503,7 +507,7 @@ class Projector:
             slot = (it.event.tenant, it.stream_id)
             try:
                 r = write_batch(self.pg, [it], key=self.key, snapshot_every=self.settings.snapshot_every,
-                                resolve=self.resolve)
+                                resolve=self.resolve, registry=self.registry)
                 total.heads.update(r.heads)
                 total.conflicts += r.conflicts
                 total.inserted += r.inserted

@@ -1,0 +1,124 @@
+"""One derivation of state: the projected threads row and the snapshots agree with the fold (real servers)."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from journal.client import JournalClient
+from journal.events import Draft
+from journal.reducer import fold, load_registry
+from journal.settings import Settings
+from projections.worker import Projector
+from replayer.replay import Replayer
+
+NODES = ["planner", "tools", "approval"]
+THREAD = "th"
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> list[Draft]:
+    """A thread of built-in events with valid payloads: nested and stray node moves, pauses, ends, tools, memory."""
+    out: list[Draft] = []
+    calls = 0
+    for _ in range(draw(st.integers(1, 30))):
+        kind = draw(st.sampled_from(["enter", "enter", "exit", "exit", "message", "call", "result", "set", "pause",
+                                     "resume", "complete", "fail"]))
+        # Any event may carry a node= (the old threads.node followed it); node events may name theirs only there.
+        node = draw(st.none() | st.sampled_from(NODES))
+        if kind in ("enter", "exit"):
+            name = draw(st.sampled_from(NODES))
+            in_payload = node is None or draw(st.booleans())
+            payload: dict[str, Any] = {"node": name} if in_payload else {}
+            out.append(Draft(THREAD, "node_enter" if kind == "enter" else "node_exit", payload, node=node))
+        elif kind == "message":
+            out.append(Draft(THREAD, "message", {"role": "user", "content": "hi"}, node=node))
+        elif kind == "call":
+            calls += 1
+            out.append(Draft(THREAD, "tool_call", {"call_id": f"c{calls}", "tool": "search"}, node=node))
+        elif kind == "result":
+            out.append(Draft(THREAD, "tool_result", {"call_id": f"c{max(calls, 1)}", "output": 1}, node=node))
+        elif kind == "set":
+            out.append(Draft(THREAD, "memory_set", {"path": "a.b", "value": 1}, node=node))
+        else:
+            out.append(Draft(THREAD, kind, {}, node=node))
+    return out
+
+
+@pytest.fixture(scope="module")
+def projector(migrated: Settings) -> Iterator[Projector]:
+    """One real projector worker for the module's examples (each example uses a tenant of its own)."""
+    p = Projector(migrated)
+    yield p
+    p.close()
+
+
+def thread_row(pg: Any, tenant: str) -> tuple[Any, ...]:
+    return pg.execute("SELECT status, node, branches, last_seq, max_seq, event_count FROM journal.threads "
+                      "WHERE tenant_id = %s AND thread_id = %s", (tenant, THREAD)).fetchone()
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(histories(), st.lists(st.integers(1, 29), max_size=3))
+def test_threads_row_equals_the_fold(projector: Projector, client: JournalClient, admin_pg: Any,
+                                     history: list[Draft], cuts: list[int]) -> None:
+    """After any history, projected in one batch or several, the threads row has the fold's status, node and counts."""
+    tenant = f"t-{uuid.uuid4().hex[:12]}"
+    bounds = sorted({0, len(history), *(c for c in cuts if c < len(history))})
+    for lo, hi in itertools.pairwise(bounds):
+        client.append_many(tenant, history[lo:hi])
+        projector.drain(tenants=[tenant])  # each chunk is its own batch: the row moves incrementally
+    state = fold(client.read(tenant, THREAD))
+    assert thread_row(admin_pg, tenant) == (state.status, state.node, list(state.pending_branches), state.last_seq,
+                                            state.last_seq, state.event_count)
+
+
+def test_node_after_exit_is_the_enclosing_one(projector: Projector, client: JournalClient, admin_pg: Any,
+                                              tenant: str) -> None:
+    """The demo's shape: after planner's exit a completed thread has no node, whatever node= the complete carried."""
+    client.append_many(tenant, [Draft(THREAD, "node_enter", {"node": "planner"}, node="planner"),
+                                Draft(THREAD, "node_enter", {"node": "tools"}, node="tools"),
+                                Draft(THREAD, "node_exit", {"node": "tools"}, node="tools")])
+    projector.drain(tenants=[tenant])
+    assert thread_row(admin_pg, tenant)[:3] == ("active", "planner", ["planner"])
+    client.append_many(tenant, [Draft(THREAD, "node_exit", {"node": "planner"}, node="planner"),
+                                Draft(THREAD, "complete", {"summary": "done"}, node="planner")])
+    projector.drain(tenants=[tenant])
+    assert thread_row(admin_pg, tenant)[:3] == ("completed", None, [])
+
+
+COUNTER_MODULE = """
+def counter(state, event):
+    return state.with_custom("counter", (state.custom.get("counter") or 0) + event.payload["n"])
+
+REDUCERS = {"x.test.counter": counter}
+"""
+
+
+def test_snapshot_writer_and_replayer_fold_with_the_configured_reducers(
+        migrated: Settings, client: JournalClient, tenant: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With JOURNAL_REDUCERS set, the projector's snapshot and a replay fold custom events with the same reducer."""
+    name = f"jr_reducers_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text(COUNTER_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    configured = migrated.with_(reducers=name, snapshot_every=2)
+    for n in (1, 2, 3):
+        client.append(tenant, THREAD, "x.test.counter", {"n": n})
+    p = Projector(configured)
+    p.drain(tenants=[tenant])
+    p.close()
+    expected = fold(client.read(tenant, THREAD), registry=load_registry(name))
+    assert expected.custom["counter"] == 6 and expected.opaque == ()
+    with Replayer.from_settings(configured) as r:
+        snap = r._pg().snapshot(tenant, THREAD, 2)
+        assert snap is not None and snap.custom["counter"] == 3
+        assert r.replay(tenant, THREAD) == expected
