@@ -12,8 +12,12 @@ Rules that keep the fold trustworthy:
 * **Lenient with built-in types.** A built-in event with an odd payload (missing field,
   wrong type) is applied as far as it makes sense and the oddity is recorded in
   ``state.anomalies``; a built-in reducer never raises, because a raise would stop
-  projection of the whole tenant.
-* **Strict with custom reducers.** A registered reducer for a custom type
+  projection of the whole tenant. New events cannot be odd that way: the client checks
+  their payloads against :mod:`journal.payloads` before writing; this leniency is for
+  history written before that check, or by other writers.
+* **Status and node by one rule set.** :mod:`journal.lifecycle` moves them, here as in the
+  projector's ``threads`` row and the audit timeline.
+* **Strict with custom reducers.** A reducer of the registry (:func:`load_registry`) for a custom type
   (``x.acme.refund_issued``) that raises is wrapped in :class:`ReducerError` naming the seq
   and type, so the projector can dead-letter that one event and keep going. Custom types
   without a reducer are kept in ``state.opaque``, never a crash.

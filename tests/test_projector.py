@@ -141,7 +141,7 @@ def test_reused_seq_with_different_content_is_a_conflict_and_fences(
     assert conflict == [(2,)]
     body = admin_pg.execute("SELECT payload FROM journal.events WHERE tenant_id = %s AND seq = 2",
                             (tenant,)).fetchone()
-    assert body == ({"v": "original", "i": 1},)
+    assert body == ({**MSG, "v": "original", "i": 1},)
     assert admin_pg.execute("SELECT fenced FROM journal.threads WHERE tenant_id = %s", (tenant,)).fetchone() == (True,)
     with pytest.raises(ThreadFenced):
         client.append(tenant, "th", "message", MSG)
