@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from journal import codec
+from journal import codec, lifecycle
 from journal import reducer as r
 from journal import state as rs
 from journal.errors import CodecError, ConfigError, InvalidEvent, JournalError
@@ -146,6 +146,17 @@ def test_fold_of_every_prefix_equals_step_by_step(events: list[Event]) -> None:
         assert strict(folded) == strict(states[n])
         if n:
             assert fold(events[:n], registry=REG) == states[n]
+
+
+@PROPS
+@given(histories())
+def test_status_and_node_are_the_lifecycle_rules(events: list[Event]) -> None:
+    """The fold's status, node and open nodes are journal.lifecycle.step applied event by event, as in the projector."""
+    pos = lifecycle.Position()
+    for e in events:
+        pos = lifecycle.step(pos, e.type, e.payload, e.node)
+    s = steps(events)[-1]
+    assert (s.status, s.node, s.pending_branches) == (pos.status, pos.node, pos.branches)
 
 
 @PROPS
