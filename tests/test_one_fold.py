@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from journal.client import JournalClient
-from journal.events import Draft
+from journal.events import Draft, Event
 from journal.reducer import fold, load_registry
 from journal.settings import Settings
 from projections.worker import Projector
@@ -122,3 +122,44 @@ def test_snapshot_writer_and_replayer_fold_with_the_configured_reducers(
         snap = r._pg().snapshot(tenant, THREAD, 2)
         assert snap is not None and snap.custom["counter"] == 3
         assert r.replay(tenant, THREAD) == expected
+
+
+def test_migration_recomputes_status_and_node_of_existing_threads(migrated: Settings, admin_pg: Any) -> None:
+    """Upgrading a database projected by the old rules gives each threads row the fold's status, node and branches."""
+    import psycopg
+
+    from journal import codec
+    from projections import db
+
+    name = f"jr_mig_{uuid.uuid4().hex[:8]}"
+    admin_pg.execute(f"CREATE DATABASE {name}")
+    assert migrated.database_url
+    base, _, _ = migrated.database_url.rpartition("/")
+    settings = migrated.with_(database_url=f"{base}/{name}")
+    try:
+        db.migrate(settings, "0001")
+        steps = [("node_enter", {"node": "planner"}, "planner"), ("node_enter", {}, "tools"),
+                 ("node_exit", {"node": "tools"}, "tools"), ("pause", {}, "tools"), ("node_exit", {}, "planner"),
+                 ("message", {"role": "user", "content": "hi"}, "writer")]
+        history = [Draft(THREAD, t, p, node=n) for t, p, n in steps]
+        with psycopg.connect(settings.database_url, autocommit=True) as conn:
+            for seq, d in enumerate(history, 1):
+                body = codec.frame(codec.pack_body(d.type, d.payload, d.node, None, {}, None))
+                conn.execute(
+                    "INSERT INTO journal.events (tenant_id, thread_id, seq, type, node, ts_ms, appended_at, payload, "
+                    "version, body, stream_id) VALUES ('acme', %s, %s, %s, %s, 0, now(), %s, 1, %s, 'x')",
+                    (THREAD, seq, d.type, d.node, psycopg.types.json.Jsonb(d.payload), body))
+            # As the old projector left it: the node of the last event that carried one.
+            conn.execute("INSERT INTO journal.threads (tenant_id, thread_id, status, last_seq, max_seq, node, "
+                         "event_count) VALUES ('acme', %s, 'paused', 6, 6, 'writer', 6)", (THREAD,))
+            conn.execute("INSERT INTO journal.threads (tenant_id, thread_id, last_seq, node) "
+                         "VALUES ('acme', 'quiet', 0, 'writer')")
+        db.migrate(settings)
+        events = [Event("acme", THREAD, seq, d.type, d.payload, 0, node=d.node) for seq, d in enumerate(history, 1)]
+        state = fold(events)
+        with psycopg.connect(settings.database_url, autocommit=True) as conn:
+            rows = conn.execute("SELECT thread_id, status, node, branches FROM journal.threads ORDER BY 1").fetchall()
+        assert state.node is None and state.status == "paused"
+        assert rows == [("quiet", "active", None, []), (THREAD, state.status, state.node, list(state.pending_branches))]
+    finally:
+        admin_pg.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
