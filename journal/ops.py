@@ -33,7 +33,7 @@ from journal.errors import (
     StoreUnavailable,
 )
 from journal.events import Draft, Event
-from journal.reducer import Reducer, fold
+from journal.reducer import Reducer, fold, load_registry
 from journal.settings import Settings
 from journal.state import ThreadState, empty
 
@@ -113,6 +113,12 @@ class Env:
     #: Whether the server can fsync on request (WAITAOF with AOF on): None until asked, then True
     #: or the error that says why not. Asked once per client, before the first fsync append.
     fsync: bool | JournalError | None = None
+
+    def __post_init__(self) -> None:
+        if self.registry is None:
+            # The settings' reducers (JOURNAL_REDUCERS): the projector folded the snapshots that
+            # resume starts from with them, so the events after a snapshot must fold with them too.
+            self.registry = load_registry(self.settings.reducers)
 
     @classmethod
     def from_settings(cls, settings: Settings, registry: Mapping[str, Reducer] | None = None) -> Env:

@@ -79,13 +79,14 @@ threads = Table(
     Column("max_seq", BigInteger, nullable=False, server_default=text("0")),
     #: The thread's node as the fold has it: the innermost of ``branches``.
     Column("node", Text),
-    #: Nodes entered and not yet exited, oldest first (``journal.lifecycle``), a JSON list of str.
-    Column("branches", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
     Column("event_count", BigInteger, nullable=False, server_default=text("0")),
     Column("created_at", TS, nullable=False, server_default=text("now()")),
     Column("updated_at", TS, nullable=False, server_default=text("now()")),
     Column("fenced", Boolean, nullable=False, server_default=text("false")),
     Column("fence_reason", Text),
+    #: Nodes entered and not yet exited, oldest first (``journal.lifecycle``), a JSON list of str.
+    #: Last, as migration 0002 adds it.
+    Column("branches", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
     # The name PostgreSQL gives the migration's inline CHECK.
     CheckConstraint("status IN ('active', 'paused', 'completed', 'failed', 'abandoned')",
                     name="threads_status_check"),

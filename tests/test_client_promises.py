@@ -28,6 +28,9 @@ from journal.events import Draft
 from journal.settings import Settings
 from projections.worker import Projector, WorkerOptions
 
+#: A valid message payload (the fold needs role and content); tests add fields of their own.
+MSG = {"role": "user", "content": "hi"}
+
 
 @pytest.fixture(params=["sync", "async"])
 def client(request: pytest.FixtureRequest, migrated: Settings) -> Iterator[Any]:
@@ -90,10 +93,10 @@ def test_read_of_a_5000_event_thread_with_4000_trimmed_is_complete(client: Any, 
                                                                    tenant: str) -> None:
     """read() merges PostgreSQL (seqs 1..4,000, trimmed from Redis) and the Redis tail (4,001..5,000)."""
     for start in range(0, 4000, 1000):
-        client.append_many(tenant, [Draft("long", "message", {"i": i}) for i in range(start, start + 1000)])
+        client.append_many(tenant, [Draft("long", "message", {**MSG, "i": i}) for i in range(start, start + 1000)])
     project_all(migrated, tenant)
     trim_all(client.redis, tenant)
-    client.append_many(tenant, [Draft("long", "message", {"i": i}) for i in range(4000, 5000)])
+    client.append_many(tenant, [Draft("long", "message", {**MSG, "i": i}) for i in range(4000, 5000)])
     events = client.read(tenant, "long")
     assert [e.seq for e in events] == list(range(1, 5001))
     assert [e.payload["i"] for e in events] == list(range(5000))
@@ -104,10 +107,10 @@ def test_read_of_a_5000_event_thread_with_4000_trimmed_is_complete(client: Any, 
 def test_read_without_postgres_names_the_missing_tier(migrated: Settings, tenant: str) -> None:
     """With no PostgreSQL configured, a read whose start was trimmed raises HistoryIncomplete, never a part."""
     with JournalClient.from_settings(migrated) as c:
-        c.append_many(tenant, [Draft("th", "message", {"i": i}) for i in range(20)])
+        c.append_many(tenant, [Draft("th", "message", {**MSG, "i": i}) for i in range(20)])
         project_all(migrated, tenant)
         trim_all(c.redis, tenant)
-        c.append(tenant, "th", "message", {"i": 20})
+        c.append(tenant, "th", "message", {**MSG, "i": 20})
     with JournalClient.from_settings(migrated.with_(database_url=None)) as hot_only:
         with pytest.raises(HistoryIncomplete, match="no PostgreSQL is configured") as info:
             hot_only.read(tenant, "th")
@@ -118,7 +121,7 @@ def test_read_without_postgres_names_the_missing_tier(migrated: Settings, tenant
 def test_wait_does_not_scan_the_tenant_stream(client: Any, tenant: str) -> None:
     """With 5,000 entries of other threads in the stream, a wait costs a few commands, not a scan."""
     for start in range(0, 5000, 1000):
-        client.append_many(tenant, [Draft(f"other-{i % 50}", "message", {}) for i in range(start, start + 1000)])
+        client.append_many(tenant, [Draft(f"other-{i % 50}", "message", MSG) for i in range(start, start + 1000)])
     paused = client.append(tenant, "run", "pause", {"reason": "r"})
     client.append(tenant, "run", "resume", {"by": "x"})
 
@@ -162,8 +165,8 @@ def test_idempotency_key_reused_with_other_content_is_refused(client: Any, tenan
 def test_idempotency_key_reused_inside_one_batch_writes_nothing(client: Any, tenant: str) -> None:
     """Two drafts of one batch with one key and different content: refused, and the batch writes nothing."""
     with pytest.raises(IdempotencyKeyReused):
-        client.append_many(tenant, [Draft("th", "message", {"n": 1}, idempotency_key="k"),
-                                    Draft("th", "message", {"n": 2}, idempotency_key="k")])
+        client.append_many(tenant, [Draft("th", "message", {**MSG, "n": 1}, idempotency_key="k"),
+                                    Draft("th", "message", {**MSG, "n": 2}, idempotency_key="k")])
     assert client.head(tenant, "th") == 0
 
 
@@ -172,7 +175,7 @@ def test_projected_timeout_says_the_event_was_written(kind: str, migrated: Setti
     """durability='projected' with no projector: DurabilityError naming the written seq, and carrying the event."""
     with make_client(kind, migrated.with_(durability_timeout=0.3)) as c, \
             pytest.raises(DurabilityError, match=r"written \(th#1") as info:
-        c.append(tenant, "th", "message", {}, durability="projected")
+        c.append(tenant, "th", "message", MSG, durability="projected")
     assert [e.seq for e in info.value.written] == [1]  # type: ignore[attr-defined]
 
 

@@ -106,7 +106,7 @@ REDUCERS = {"x.test.counter": counter}
 def test_snapshot_writer_and_replayer_fold_with_the_configured_reducers(
         migrated: Settings, client: JournalClient, tenant: str, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """With JOURNAL_REDUCERS set, the projector's snapshot and a replay fold custom events with the same reducer."""
+    """With JOURNAL_REDUCERS set, the projector's snapshot, a replay and a resume fold custom events alike."""
     name = f"jr_reducers_{uuid.uuid4().hex[:8]}"
     (tmp_path / f"{name}.py").write_text(COUNTER_MODULE)
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -122,6 +122,8 @@ def test_snapshot_writer_and_replayer_fold_with_the_configured_reducers(
         snap = r._pg().snapshot(tenant, THREAD, 2)
         assert snap is not None and snap.custom["counter"] == 3
         assert r.replay(tenant, THREAD) == expected
+    with JournalClient.from_settings(configured) as agent:
+        assert agent.resume(tenant, THREAD).state == expected  # from the snapshot, folding on with the same reducer
 
 
 def test_migration_recomputes_status_and_node_of_existing_threads(migrated: Settings, admin_pg: Any) -> None:

@@ -20,6 +20,9 @@ from journal.settings import Settings
 from projections import db
 from projections.worker import Projector, WorkerOptions
 
+#: A valid message payload (the fold needs role and content); tests add fields of their own.
+MSG = {"role": "user", "content": "hi"}
+
 
 @pytest.fixture
 def tenant_settings(migrated: Settings, tenant: str) -> Iterator[Settings]:
@@ -64,10 +67,10 @@ def test_tenant_agent_reaches_nothing_of_another_tenant(kind: str, migrated: Set
     """Append, read, wait and resume on another tenant are refused with AccessDenied."""
     other = tenant + "-b"
     with make_client("sync", migrated) as admin_client:
-        admin_client.append(other, "th", "message", {"secret": 1})
+        admin_client.append(other, "th", "message", {**MSG, "secret": 1})
     with make_client(kind, tenant_settings) as agent:
         calls: list[tuple[str, tuple[Any, ...]]] = [
-            ("append", (other, "th", "message", {})), ("read", (other, "th")), ("head", (other, "th")),
+            ("append", (other, "th", "message", MSG)), ("read", (other, "th")), ("head", (other, "th")),
             ("wait", (other, "th", 0)), ("resume", (other, "th"))]
         for name, args in calls:
             with pytest.raises(AccessDenied):

@@ -17,6 +17,9 @@ from journal.embedded import EmbeddedStack
 from journal.errors import DurabilityUnsupported
 from journal.settings import Settings
 
+#: A valid message payload (the fold needs role and content); tests add fields of their own.
+MSG = {"role": "user", "content": "hi"}
+
 
 @pytest.mark.parametrize("kind", ["sync", "async"])
 def test_wait_across_a_valkey_restart_returns_the_event_appended_after_it(
@@ -54,9 +57,9 @@ def test_fsync_on_a_server_without_aof_is_refused_before_writing(
         with pytest.warns(UserWarning, match="AOF off"), make_client(kind, fault_settings) as c:
             for _ in range(2):  # asked once per client; the answer is kept
                 with pytest.raises(DurabilityUnsupported, match="Nothing was written"):
-                    c.append(tenant, "th", "message", {"n": 1}, durability="fsync")
+                    c.append(tenant, "th", "message", {**MSG, "n": 1}, durability="fsync")
             assert c.head(tenant, "th") == 0
-            assert c.append(tenant, "th", "message", {"n": 1}).seq == 1
+            assert c.append(tenant, "th", "message", {**MSG, "n": 1}).seq == 1
     finally:
         admin.config_set("appendonly", "yes")
         admin.close()
