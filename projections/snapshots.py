@@ -55,14 +55,14 @@ def write_due(conn: psycopg.Connection, tenant: str, thread: str, old_seq: int, 
     base_seq, state = (row[0], decode_state(row[1])) if row else (0, empty(tenant, thread))
     if (resolve is None or not resolve.available()) and conn.execute(
         "SELECT EXISTS (SELECT 1 FROM journal.events WHERE tenant_id = %s AND thread_id = %s AND seq > %s "
-        "AND seq <= %s AND blob_sha256 IS NOT NULL)", (tenant, thread, base_seq, new_seq)).fetchone()[0]:
+        "AND seq <= %s AND blob_sha256 IS NOT NULL)", (tenant, thread, base_seq, new_seq)).fetchone() == (True,):
         # Skip before loading anything: a fold far behind its last snapshot is costly to redo at
         # every batch while object storage is down.
         log.info("snapshot_deferred_blobs_unavailable", tenant=tenant, thread=thread, seq=targets[-1])
         return 0
     first_new = chained[0].seq if chained else new_seq + 1
     history = load_events(conn, tenant, thread, base_seq, first_new - 1) + [e for e in chained if e.seq > base_seq]
-    hashes = dict(conn.execute(
+    hashes: dict[int, bytes] = dict(conn.execute(
         "SELECT seq, hash FROM journal.events WHERE tenant_id = %s AND thread_id = %s AND seq = ANY(%s)",
         (tenant, thread, targets)).fetchall())
     written = 0
