@@ -15,10 +15,13 @@ from projections import db, tables
 from projections.purge import purge_tenant
 from projections.worker import Projector, WorkerOptions
 
+#: A valid message payload (the fold needs role and content); tests add fields of their own.
+MSG = {"role": "user", "content": "hi"}
+
 
 def populate(settings: Settings, tenant: str) -> None:
     with JournalClient.from_settings(settings) as c:
-        c.append_many(tenant, [Draft(f"th-{i % 3}", "message", {"i": i}, idempotency_key=f"k{i}")
+        c.append_many(tenant, [Draft(f"th-{i % 3}", "message", {**MSG, "i": i}, idempotency_key=f"k{i}")
                                for i in range(30)])
         c.append(tenant, "th-0", "tool_result", {"call_id": "c1", "output": "x" * 5000})  # over the threshold: S3
     p = Projector(settings, WorkerOptions())
