@@ -52,6 +52,13 @@ SCRIPT_COMMANDS = ("xadd", "hset", "set", "get", "exists", "time")
 #: CLIENT SETINFO (sent by redis-py on connect, its refusal ignored) appeared in Redis 7.2.
 OPTIONAL_COMMANDS = ("waitaof", "client|setinfo")
 
+#: The one key outside the tenant's hash tag a tenant user may touch, and only with SADD: the
+#: registry through which projectors discover a new tenant (JournalClient adds its tenant there).
+#: A selector (Redis >= 7.0, Valkey) keeps it apart from the root permissions: SADD is not
+#: allowed on the tenant's own keys, nor any other command on the registry (no SMEMBERS: the
+#: names of other tenants stay hidden).
+REGISTRY_SELECTOR = f"(~{keys.TENANT_REGISTRY} +sadd)"
+
 # How an ACL refusal inside a Lua script reads: Valkey 8 / Redis >= 7.2, then Redis 7.0.
 _SCRIPT_ACL_FAILURE = re.compile(r"ACL failure in script|The user executing the script can't")
 
@@ -102,7 +109,7 @@ def acl_rules(tenant: str, password: str, commands: tuple[str, ...]) -> list[str
     if not password or any(c.isspace() for c in password) or ">" in password[:1]:
         raise ConfigError("a tenant password must be non-empty and hold no whitespace")
     return ["reset", "on", f">{password}", "resetkeys", f"~{key_pattern(tenant)}", "resetchannels", "-@all",
-            *(f"+{c}" for c in commands)]
+            *(f"+{c}" for c in commands), REGISTRY_SELECTOR]
 
 
 def create_tenant_user(admin: redis.Redis, tenant: str, password: str | None = None) -> TenantCredentials:
@@ -137,10 +144,12 @@ def rotate_tenant_user(admin: redis.Redis, tenant: str, *, kill_connections: boo
     """
     user = username(tenant)
     if not _exists(admin, user):
-        raise AccessDenied(f"no Redis user {user}; create it first (journal.acl.create_tenant_user)")
+        raise AccessDenied(f"no Redis user {user}; create it first (`agent-journal tenant create {tenant}`)")
     password = secrets.token_urlsafe(32)
     try:
-        admin.execute_command("ACL", "SETUSER", user, "resetpass", f">{password}")
+        # clearselectors + the selector: users made before the registry selector existed get it too.
+        admin.execute_command("ACL", "SETUSER", user, "resetpass", f">{password}", "clearselectors",
+                              REGISTRY_SELECTOR)
         if kill_connections:
             admin.execute_command("CLIENT", "KILL", "USER", user)
     except redis.RedisError as e:
@@ -193,6 +202,11 @@ def protect_default_user(admin: redis.Redis, password: str) -> None:
     except redis.RedisError as e:
         raise translate(e, "ACL SETUSER default") from e
     _persist(admin)
+
+
+def tenant_user_exists(admin: redis.Redis, tenant: str) -> bool:
+    """Whether the tenant's ACL user exists."""
+    return _exists(admin, username(tenant))
 
 
 def _grant_if_known(admin: redis.Redis, user: str, command: str) -> bool:

@@ -8,17 +8,25 @@ group, so ``journal`` never imports the packages built on top of it.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import re
 import sys
-from collections.abc import Callable, Sequence
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any, NoReturn
+from urllib.parse import urlsplit, urlunsplit
 
 from rich.console import Console
 from rich.table import Table
 
 from journal import logs
-from journal.embedded import EmbeddedStack, resolve
-from journal.errors import JournalError
+from journal.embedded import SERVICES, EmbeddedStack, resolve
+from journal.errors import ConfigError, JournalError, StoreUnavailable
 from journal.settings import Settings
 
 console = Console()
@@ -26,15 +34,141 @@ console = Console()
 #: Hooks that add lines to `agent-journal status` (e.g. projector lag): f(settings) -> Table | None.
 STATUS_HOOKS = "agent_journal.status"
 
+#: The settings field and environment variable of each service's URL, and the schemes it accepts.
+_URLS = {
+    "redis": ("redis_url", "JOURNAL_REDIS_URL", ("redis", "rediss", "unix"), "redis://[user:password@]host:port/db"),
+    "postgres": ("database_url", "JOURNAL_DATABASE_URL", ("postgresql", "postgres"),
+                 "postgresql://user:password@host:port/database"),
+    "s3": ("s3_url", "JOURNAL_S3_URL", ("http", "https"), "http://host:port"),
+}
+#: What a server says when the credentials are wrong (PostgreSQL; Redis/Valkey WRONGPASS; missing password).
+_AUTH_FAILURE = re.compile(r"authentication failed|no password supplied|WRONGPASS|invalid username-password|NOAUTH",
+                           re.IGNORECASE)
+
+
+class CliParser(argparse.ArgumentParser):
+    """argparse that reports a usage mistake in one line (what is wrong, where to look) and exits 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}. See `{self.prog} --help`.\n")
+
+
+# -- argument types: a wrong number is refused by the parser, before anything connects ----------------
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer ≥ 1."""
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive integer (1 or more)")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: an integer ≥ 0."""
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
+    return value
+
+
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port, 1..65535, or 0 for "off"."""
+    value = _int(text)
+    check_port(value, "the port")
+    return value
+
+
+def check_port(value: int, what: str) -> int:
+    """``value`` if it is 0 (off) or a TCP port; otherwise a one-line refusal naming ``what``."""
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{what} {value} is out of range: give 1..65535 (or 0 for off)")
+    return value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
+# -- settings: only the services a command needs, URLs checked before any driver sees them -------------
+
+
+def redact(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for error messages."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    if parts.password is None:
+        return url
+    user, _, host = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=f"{user.split(':', 1)[0]}:***@{host}"))
+
+
+def check_url(url: str, service: str, source: str) -> str:
+    """``url`` if it is a well-formed URL for ``service``; otherwise ConfigError naming ``source``."""
+    _, _, schemes, example = _URLS[service]
+    problem = None
+    try:
+        parts = urlsplit(url)
+        if parts.scheme not in schemes:
+            problem = f"its scheme is {parts.scheme!r}" if parts.scheme else "it has no scheme"
+        elif parts.scheme != "unix" and not parts.hostname:
+            problem = "it names no host"
+        else:
+            parts.port  # noqa: B018 -- urlsplit checks the port only when asked
+    except ValueError as e:
+        problem = str(e)
+    if problem:
+        raise ConfigError(f"{source}={redact(url)!r} is not a {service} URL ({problem}); expected {example}")
+    return url
+
+
+def check_urls(settings: Settings) -> Settings:
+    """Every URL the environment configured, checked; ``settings`` unchanged."""
+    for service, (field, env, _, _) in _URLS.items():
+        value = getattr(settings, field)
+        if value:
+            check_url(value, service, env)
+    return settings
+
+
+def load_settings(args: argparse.Namespace, *, need: Iterable[str] = SERVICES, start: bool = False) -> Settings:
+    """Settings from the environment and ``--data-dir``; the services in ``need`` must be there.
+
+    A needed service without a ``JOURNAL_*_URL`` comes from the embedded stack (started with
+    ``start``, else it must run). Services not needed are filled in only when they happen to
+    run, so e.g. ``migrate`` against an external PostgreSQL demands neither Redis nor S3.
+    """
+    base = check_urls(Settings.from_env(data_dir=args.data_dir))
+    missing = base.missing_urls
+    if not missing:
+        return base
+    needed = [m for m in missing if m in set(need)]
+    if start and needed:
+        return resolve(base, start=True)
+    stack = EmbeddedStack(base.data_dir)
+    running = stack.running()
+    absent = [m for m in needed if m not in running]
+    if absent:
+        envs = " / ".join(_URLS[m][1] for m in absent)
+        raise ConfigError(f"no URL configured for {', '.join(absent)} and no embedded server running in "
+                          f"{stack.data_dir}; set {envs} or run `agent-journal up`")
+    embedded = stack.settings()
+    fill = {_URLS[m][0]: getattr(embedded, _URLS[m][0]) for m in missing if m in running}
+    return base.with_(**fill)
+
 
 def settings_from(args: argparse.Namespace, *, start: bool = False) -> Settings:
     """Settings from the environment and ``--data-dir``, with embedded servers filled in."""
-    base = Settings.from_env(data_dir=args.data_dir)
-    return resolve(base, start=start)
+    return load_settings(args, start=start)
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    base = Settings.from_env(data_dir=args.data_dir)
+    base = check_urls(Settings.from_env(data_dir=args.data_dir))
     if not base.missing_urls:
         console.print("All of JOURNAL_REDIS_URL, JOURNAL_DATABASE_URL and JOURNAL_S3_URL are set; nothing to start.")
         return 0
@@ -63,19 +197,92 @@ def _print_services(stack: EmbeddedStack) -> None:
     console.print(table)
 
 
-def _cmd_status(args: argparse.Namespace) -> int:
-    base = Settings.from_env(data_dir=args.data_dir)
-    _print_services(EmbeddedStack(base.data_dir))
+@dataclass(frozen=True, slots=True)
+class ServiceCheck:
+    """One service as `status` sees it: where its URL comes from and whether it answers."""
+
+    service: str
+    #: The environment variable that configured it, or "embedded".
+    source: str
+    up: bool
+    url: str | None
+    pid: int | None
+    detail: str
+
+
+def probe(service: str, url: str) -> str | None:
+    """None if the server at ``url`` answers, else why not (one line)."""
     try:
-        settings = resolve(base)
-    except JournalError as e:
-        console.print(f"[yellow]{e}[/]")
-        return 0
-    for hook in entry_points(group=STATUS_HOOKS):
-        table = hook.load()(settings)
-        if table is not None:
-            console.print(table)
-    return 0
+        if service == "redis":
+            from journal.redis_store import connect
+
+            client = connect(url)
+            try:
+                client.ping()
+            finally:
+                client.close()
+        elif service == "postgres":
+            import psycopg
+
+            psycopg.connect(url, connect_timeout=3).close()
+        else:
+            # Any HTTP answer (403 without credentials) means the server is there.
+            with contextlib.suppress(urllib.error.HTTPError):
+                urllib.request.urlopen(url, timeout=3).close()
+    except Exception as e:  # a probe reports, whatever the driver raises
+        return one_line(explain(e, what=f"{service} at {redact(url)}"))
+    return None
+
+
+def check_services(settings: Settings) -> list[ServiceCheck]:
+    """Each service: the configured external server, or the embedded one (and whether it runs)."""
+    env = Settings.from_env(data_dir=settings.data_dir)
+    embedded = {s.name: s for s in EmbeddedStack(settings.data_dir).status()}
+    out = []
+    for service, (field, var, _, _) in _URLS.items():
+        url = getattr(env, field)
+        if url:
+            why = probe(service, url)
+            out.append(ServiceCheck(service, var, why is None, redact(url), None, why or "answers"))
+            continue
+        e = embedded[service]
+        why = probe(service, e.url) if e.running and e.url else "stopped (`agent-journal up` starts it)"
+        out.append(ServiceCheck(service, "embedded", why is None, redact(e.url) if e.url else None, e.pid,
+                                why or "answers"))
+    return out
+
+
+def _table_data(table: Table) -> dict[str, Any]:
+    columns = [str(c.header) for c in table.columns]
+    cells = [[str(cell) for cell in c.cells] for c in table.columns]
+    return {"title": str(table.title or ""), "rows": [dict(zip(columns, row, strict=True)) for row in zip(*cells,
+                                                                                                        strict=True)]}
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    settings = load_settings(args, need=())
+    checks = check_services(settings)
+    tables: list[Table] = []
+    if all(c.up for c in checks if c.service == "redis"):
+        for hook in entry_points(group=STATUS_HOOKS):
+            table = hook.load()(settings)
+            if table is not None:
+                tables.append(table)
+    ok = all(c.up for c in checks)
+    if args.format == "json":
+        print(json.dumps({"ok": ok, "services": [asdict(c) for c in checks],
+                          "tables": [_table_data(t) for t in tables]}, indent=2))
+    else:
+        table = Table(title=f"servers (embedded ones in {settings.data_dir})")
+        for col in ("service", "from", "state", "pid", "url", "detail"):
+            table.add_column(col, overflow="fold")
+        for c in checks:
+            table.add_row(c.service, c.source, "[green]up[/]" if c.up else "[red]down[/]", str(c.pid or "-"),
+                          c.url or "-", c.detail)
+        console.print(table)
+        for t in tables:
+            console.print(t)
+    return 0 if ok else 1
 
 
 def _cmd_env(args: argparse.Namespace) -> int:
@@ -91,25 +298,30 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CliParser(
         prog="agent-journal",
         description="Durable, resumable, provable state for long-running multi-tenant AI agents.")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="embedded servers' data folder (default $JOURNAL_DATA_DIR or ./.agent-journal)")
-    parser.add_argument("--log-level", default="warning", help="debug, info, warning (default), error")
+    parser.add_argument("--log-level", default="warning", type=str.lower,
+                        choices=("debug", "info", "warning", "error"),
+                        help="debug (also shows tracebacks), info, warning (default), error")
     parser.add_argument("--log-json", action="store_true", help="JSON log lines even on a terminal")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sub.add_parser("up", help="start (or reuse) the embedded Valkey, PostgreSQL and S3 servers").set_defaults(
         func=_cmd_up)
     sub.add_parser("down", help="stop the embedded servers (data is kept)").set_defaults(func=_cmd_down)
-    sub.add_parser("status", help="embedded servers, and projector lag per tenant").set_defaults(func=_cmd_status)
+    status = sub.add_parser("status", help="each server (configured or embedded) and projector lag per tenant; "
+                                           "exit 1 if any is down")
+    status.add_argument("--format", choices=("table", "json"), default="table", help="table (default) or json")
+    status.set_defaults(func=_cmd_status)
     sub.add_parser("env", help="print JOURNAL_* export lines for the configured servers").set_defaults(
         func=_cmd_env)
     demo = sub.add_parser("demo", help="run a simulated multi-tenant agent workload and summarize it")
-    demo.add_argument("--tenants", type=int, default=3)
-    demo.add_argument("--threads", type=int, default=4, help="agent threads per tenant")
-    demo.add_argument("--steps", type=int, default=110, help="agent steps per thread (roughly)")
+    demo.add_argument("--tenants", type=positive_int, default=3)
+    demo.add_argument("--threads", type=positive_int, default=4, help="agent threads per tenant")
+    demo.add_argument("--steps", type=positive_int, default=110, help="agent steps per thread (roughly)")
     demo.set_defaults(func=_cmd_demo)
 
     for ep in entry_points(group="agent_journal.commands"):
@@ -118,17 +330,64 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(text: str) -> str:
+    """``text`` on one line: drivers' messages carry newlines and hints of their own."""
+    return " ".join(text.split())
+
+
+def _causes(e: BaseException) -> Iterable[BaseException]:
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        yield cur
+        orig = getattr(cur, "orig", None)  # SQLAlchemy keeps the driver's error there
+        cur = cur.__cause__ or (orig if isinstance(orig, BaseException) else None)
+
+
+def explain(e: BaseException, what: str = "the command") -> str:
+    """What went wrong and what to do, for any exception a command lets out."""
+    for cause in _causes(e):
+        module = type(cause).__module__
+        if _AUTH_FAILURE.search(str(cause)) and module.startswith(("psycopg", "redis", "sqlalchemy")):
+            if module.startswith("redis"):
+                return (f"Redis authentication failed ({one_line(str(cause))}): check the user and password in "
+                        "JOURNAL_REDIS_URL; a tenant's are reissued by `agent-journal tenant rotate TENANT`.")
+            return (f"PostgreSQL authentication failed ({one_line(str(cause))}): check the user and password in "
+                    "JOURNAL_DATABASE_URL (or --reader-url); a tenant reader's are reissued by "
+                    "`agent-journal tenant rotate TENANT`.")
+    if isinstance(e, JournalError):
+        return str(e)
+    if type(e).__module__.startswith("redis"):
+        from journal.redis_store import translate
+
+        return str(translate(e, what))  # type: ignore[arg-type]
+    if type(e).__module__.startswith("psycopg"):
+        return str(StoreUnavailable(f"PostgreSQL failed during {what}: {e}. Check JOURNAL_DATABASE_URL and "
+                                    "that the server runs (`agent-journal status`)."))
+    if isinstance(e, OSError):
+        return f"{e.strerror or e} ({e.filename or what}): check the path or resource and try again."
+    return (f"unexpected {type(e).__name__}: {e}. This is a bug in agent-journal: rerun with --log-level debug "
+            "for the traceback and report it.")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logs.configure(args.log_level, json=True if args.log_json else None)
     try:
         return int(args.func(args) or 0)
-    except JournalError as e:
-        console.print(f"[bold red]error:[/] {e}", soft_wrap=True)
-        return 2
     except KeyboardInterrupt:
         return 130
+    except SystemExit:
+        raise
+    except Exception as e:  # every failure is one line and an exit code, never a traceback
+        if args.log_level.lower() == "debug" and not isinstance(e, JournalError):
+            raise
+        # markup=False: messages quote user input and server text, where [brackets] are not styles.
+        console.print(f"error: {one_line(explain(e, args.command))}", soft_wrap=True, markup=False,
+                      highlight=False)
+        return 2
 
 
 if __name__ == "__main__":

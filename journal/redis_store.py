@@ -64,7 +64,14 @@ def append_script(client: Any) -> Any:
 
 def translate(e: Exception, what: str) -> JournalError:
     """A ``JournalError`` saying what failed and what to do, for a redis-py exception."""
-    if isinstance(e, redis.exceptions.NoPermissionError | redis.exceptions.AuthenticationError) or (
+    # Before the ACL case: wrong credentials are not a tenant's scope, and AuthenticationError
+    # is also a ConnectionError, which would read "unreachable".
+    if isinstance(e, redis.exceptions.AuthenticationError) or (
+        isinstance(e, redis.exceptions.ResponseError) and re.search(r"WRONGPASS|NOAUTH", str(e))
+    ):
+        return AccessDenied(f"Redis authentication failed during {what}: {e}. Check the user and password in "
+                            "JOURNAL_REDIS_URL; a tenant's are reissued by `agent-journal tenant rotate TENANT`.")
+    if isinstance(e, redis.exceptions.NoPermissionError) or (
         isinstance(e, redis.exceptions.ResponseError) and _ACL_REFUSAL.search(str(e))
     ):
         return AccessDenied(f"Redis refused {what}: {e}. These credentials do not cover this tenant or command; "

@@ -1,43 +1,107 @@
-"""Projector commands for `agent-journal`: migrate, project, unfence, and the status hook."""
+"""Projector commands for `agent-journal`: migrate, project, tenant, unfence, and the status hook."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from journal.embedded import resolve
+from journal.cli import load_settings, non_negative_int, port_number, positive_int
+from journal.errors import ConfigError, JournalError
 from journal.settings import Settings
 
 console = Console()
+#: Progress and notes go to stderr, so that stdout holds only what a script may capture.
+notes = Console(stderr=True)
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    return resolve(Settings.from_env(data_dir=args.data_dir))
+class NothingToDo(JournalError):
+    """The command would change nothing (e.g. unfencing a thread that is not fenced)."""
+
+
+class TenantExists(JournalError):
+    """``tenant create`` for a tenant that already has credentials."""
+
+
+# -- migrate ---------------------------------------------------------------------------------------
+
+
+def _revisions(settings: Settings) -> list[str]:
+    """Revision ids, newest first (the history is linear)."""
+    from alembic.script import ScriptDirectory
+
+    from projections import db
+
+    return [r.revision for r in ScriptDirectory.from_config(db.alembic_config(settings)).walk_revisions()]
+
+
+def _current_revision(settings: Settings) -> str | None:
+    import psycopg
+
+    from projections import db
+
+    with db.connect(settings, role=None, autocommit=True) as conn:
+        try:
+            row = conn.execute("SELECT version_num FROM journal.alembic_version").fetchone()
+        except psycopg.errors.UndefinedTable:
+            return None
+    return str(row[0]) if row else None
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
     from projections import db
 
-    settings = _settings(args)
-    db.migrate(settings, args.revision)
-    console.print(f"schema at {args.revision}")
+    if args.revision == "base":
+        # alembic's `upgrade base` succeeds and changes nothing; saying "schema at base" would be false.
+        raise ConfigError("--revision base would change nothing: migrate only upgrades. Give head (the default) "
+                          "or a revision id; to remove the schema, drop it as the database owner.")
+    settings = load_settings(args, need=("postgres",))
+    known = _revisions(settings)
+    target = known[0] if args.revision == "head" else args.revision
+    if target not in known:
+        raise ConfigError(f"unknown revision {args.revision!r}; give head or one of: {', '.join(known)}")
+    before = _current_revision(settings)
+    if before in known and known.index(target) > known.index(before):
+        raise ConfigError(f"the schema is at {before}, past {target}: migrate only upgrades, so it would change "
+                          "nothing. Give head or a newer revision.")
+    db.migrate(settings, target)
+    after = _current_revision(settings)
+    if after == before:
+        console.print(f"schema already at {after}; nothing to do")
+    else:
+        console.print(f"schema upgraded from {before or 'empty'} to {after}")
     return 0
 
 
-def _cmd_project(args: argparse.Namespace) -> int:
+# -- project ---------------------------------------------------------------------------------------
+
+
+def _serve_metrics(port: int) -> None:
     from prometheus_client import start_http_server
 
+    try:
+        start_http_server(port, addr="127.0.0.1")
+    except OSError as e:
+        raise ConfigError(f"cannot serve metrics on 127.0.0.1:{port} ({e.strerror or e}: in use, or a privileged "
+                          "port); choose another --metrics-port / JOURNAL_METRICS_PORT, or stop what listens "
+                          "there") from e
+
+
+def _cmd_project(args: argparse.Namespace) -> int:
     from projections import db
     from projections.worker import Projector, WorkerOptions, tune_gc
 
-    settings = _settings(args)
-    if args.metrics_port:
-        settings = settings.with_(metrics_port=args.metrics_port)
-    if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr="127.0.0.1")
+    settings = load_settings(args)
+    port = args.metrics_port if args.metrics_port is not None else settings.metrics_port
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"JOURNAL_METRICS_PORT={port} is out of range: give 1..65535 (or 0 for off)")
+    if port:
+        _serve_metrics(port)
     if not args.no_migrate:
         db.migrate(settings)
     worker = Projector(settings, WorkerOptions(batch_size=args.batch_size, claim_idle_ms=args.claim_idle_ms))
@@ -47,47 +111,133 @@ def _cmd_project(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- unfence ---------------------------------------------------------------------------------------
+
+
 def _cmd_unfence(args: argparse.Namespace) -> int:
+    import redis
+
     from journal import keys
-    from journal.redis_store import connect
+    from journal.redis_store import connect, translate
     from projections import db
 
-    settings = _settings(args)
+    keys.validate_id(args.tenant, "tenant")
+    keys.validate_id(args.thread, "thread")
+    settings = load_settings(args, need=("redis", "postgres"))
+    assert settings.redis_url
+    r = connect(settings.redis_url)
+    try:
+        fenced_in_redis = bool(r.hexists(keys.fences(args.tenant), args.thread))
+    except redis.RedisError as e:
+        raise translate(e, "reading the fence") from e
     with db.connect(settings) as conn:
+        row = conn.execute("SELECT fenced FROM journal.threads WHERE tenant_id = %s AND thread_id = %s",
+                           (args.tenant, args.thread)).fetchone()
+        if row is None and not fenced_in_redis:
+            raise NothingToDo(f"no thread {args.tenant}/{args.thread} in PostgreSQL and no fence in Redis; check "
+                              f"the names (`agent-journal verify {args.tenant}` lists the tenant's threads)")
+        if not (row and row[0]) and not fenced_in_redis:
+            raise NothingToDo(f"thread {args.tenant}/{args.thread} is not fenced; nothing to unfence")
         conn.execute("UPDATE journal.threads SET fenced = false, fence_reason = NULL WHERE tenant_id = %s AND "
                      "thread_id = %s", (args.tenant, args.thread))
         n = conn.execute("UPDATE journal.conflicts SET resolved_at = now(), resolution = %s WHERE tenant_id = %s "
                          "AND thread_id = %s AND resolved_at IS NULL", (args.note, args.tenant, args.thread)).rowcount
-    assert settings.redis_url
-    connect(settings.redis_url).hdel(keys.fences(args.tenant), args.thread)
+        conn.commit()
+    try:
+        r.hdel(keys.fences(args.tenant), args.thread)
+    except redis.RedisError as e:
+        raise translate(e, "removing the fence") from e
     console.print(f"{args.tenant}/{args.thread} unfenced; {n} conflict(s) marked resolved")
     return 0
 
 
+# -- tenant ----------------------------------------------------------------------------------------
+
+
+def export_lines(values: dict[str, str]) -> list[str]:
+    """``export NAME=value`` lines that a POSIX shell reads back exactly (values quoted where needed)."""
+    return [f"export {name}={shlex.quote(value)}" for name, value in values.items()]
+
+
+def tenant_env(settings: Settings, redis_url: str, database_url: str) -> dict[str, str]:
+    """The variables an agent or auditor of one tenant exports: the names every part of the journal reads."""
+    env = {"JOURNAL_REDIS_URL": redis_url, "JOURNAL_DATABASE_URL": database_url}
+    if settings.s3_url:
+        env |= {"JOURNAL_S3_URL": settings.s3_url, "JOURNAL_S3_BUCKET": settings.s3_bucket}
+    return env
+
+
+def write_env_file(path: Path, lines: list[str], *, force: bool) -> None:
+    """Write ``lines`` to ``path`` readable by its owner only (it holds passwords)."""
+    _check_env_target(path, force)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), 0o600)  # O_CREAT's mode does not apply to a file that already existed
+        f.write("\n".join(lines) + "\n")
+
+
 def _cmd_tenant(args: argparse.Namespace) -> int:
     """Provision (or rotate, or revoke) a tenant's Redis ACL user and PostgreSQL reader role together."""
-    from journal import acl
+    from journal import acl, keys
     from journal.redis_store import connect
     from projections import db
 
-    settings = _settings(args)
+    keys.validate_id(args.tenant, "tenant")
+    if args.env_file and args.action == "revoke":
+        raise ConfigError("--env-file goes with create or rotate; revoke prints no credentials")
+    if args.env_file:
+        _check_env_target(args.env_file, args.force)  # before any credential changes
+    settings = load_settings(args, need=("redis", "postgres"))
     assert settings.redis_url and settings.database_url
     admin = connect(settings.redis_url)
+    has_user = acl.tenant_user_exists(admin, args.tenant)
+    has_reader = db.tenant_reader_exists(settings, args.tenant)
     if args.action == "revoke":
         gone_redis = acl.revoke_tenant_user(admin, args.tenant)
         gone_pg = db.revoke_tenant_reader(settings, args.tenant)
+        if not (gone_redis or gone_pg):
+            raise NothingToDo(f"tenant {args.tenant} has no credentials to revoke (no Redis user, no PostgreSQL "
+                              "reader); check the name")
         console.print(f"tenant {args.tenant}: Redis user {'revoked' if gone_redis else 'absent'}, "
                       f"PostgreSQL reader {'revoked' if gone_pg else 'absent'}")
         return 0
-    if args.action == "rotate":
+    if args.action == "create" and (has_user or has_reader):
+        what = " and ".join(w for w, on in (("a Redis user", has_user), ("a PostgreSQL reader", has_reader)) if on)
+        raise TenantExists(f"tenant {args.tenant} already has {what}: creating it again would replace the password "
+                           "and break the agents using it. To issue new credentials on purpose, run "
+                           f"`agent-journal tenant rotate {args.tenant}`.")
+    if args.action == "rotate" and not (has_user or has_reader):
+        raise NothingToDo(f"tenant {args.tenant} has no credentials to rotate; create them with "
+                          f"`agent-journal tenant create {args.tenant}`")
+    if args.action == "rotate" and has_user:
         redis_creds = acl.rotate_tenant_user(admin, args.tenant, kill_connections=True)
     else:
         redis_creds = acl.create_tenant_user(admin, args.tenant)
     reader = db.create_tenant_reader(settings, args.tenant)
-    console.print(f"credentials for tenant {args.tenant} (shown once; store them in your secret manager):")
-    print(f"JOURNAL_REDIS_URL={redis_creds.redis_url(settings.redis_url)}")
-    print(f"JOURNAL_READER_DATABASE_URL={reader.database_url(settings.database_url)}")
+    lines = export_lines(tenant_env(settings, redis_creds.redis_url(settings.redis_url),
+                                    reader.database_url(settings.database_url)))
+    if args.env_file:
+        write_env_file(args.env_file, lines, force=args.force)
+        notes.print(f"credentials for tenant {args.tenant} written to {args.env_file} (mode 0600); "
+                    f"use them with `. {args.env_file}`")
+        return 0
+    notes.print(f"credentials for tenant {args.tenant} (shown once; store them in your secret manager, or "
+                f"`eval` this output):")
+    print("\n".join(lines))
     return 0
+
+
+def _check_env_target(path: Path, force: bool) -> None:
+    """Refuse a bad ``--env-file`` before any credential changes."""
+    if path.is_dir():
+        raise ConfigError(f"--env-file {path} is a directory; give a file path")
+    if not path.parent.is_dir():
+        raise ConfigError(f"--env-file {path}: folder {path.parent} does not exist; create it or choose another path")
+    if path.exists() and not force:
+        raise ConfigError(f"--env-file {path} exists; pass --force to overwrite it, or choose another path")
+
+
+# -- status ----------------------------------------------------------------------------------------
 
 
 def status_table(settings: Settings) -> Table | None:
@@ -103,7 +253,7 @@ def status_table(settings: Settings) -> Table | None:
         tenants = {m.decode() for m in r.smembers(keys.TENANT_REGISTRY)}
         lags = measure_lag(r, tenants)
     except Exception as e:  # status must print what it can
-        console.print(f"[yellow]lag unavailable: {e}[/]")
+        notes.print(f"[yellow]lag unavailable: {e}[/]", markup=True, highlight=False)
         return None
     table = Table(title="projector lag per tenant")
     for col in ("tenant", "stream length", "not delivered", "pending", "oldest unprojected (s)"):
@@ -114,21 +264,25 @@ def status_table(settings: Settings) -> Table | None:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("migrate", help="create or upgrade the PostgreSQL schema (Alembic)")
-    p.add_argument("--revision", default="head")
+    p = sub.add_parser("migrate", help="create or upgrade the PostgreSQL schema (Alembic); needs only PostgreSQL")
+    p.add_argument("--revision", default="head", help="head (default) or a revision id; upgrades only")
     p.set_defaults(func=_cmd_migrate)
 
     p = sub.add_parser("project", help="run a projector worker (Redis streams → PostgreSQL) until SIGTERM")
-    p.add_argument("--batch-size", type=int, default=5000, help="entries per PostgreSQL transaction")
-    p.add_argument("--claim-idle-ms", type=int, default=30_000,
+    p.add_argument("--batch-size", type=positive_int, default=5000, help="entries per PostgreSQL transaction")
+    p.add_argument("--claim-idle-ms", type=non_negative_int, default=30_000,
                    help="claim entries pending this long on a dead worker (default 30000)")
-    p.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics on 127.0.0.1:PORT")
+    p.add_argument("--metrics-port", type=port_number, default=None,
+                   help="serve Prometheus metrics on 127.0.0.1:PORT (default $JOURNAL_METRICS_PORT; 0 = off)")
     p.add_argument("--no-migrate", action="store_true", help="do not run migrations at start")
     p.set_defaults(func=_cmd_project)
 
     p = sub.add_parser("tenant", help="tenant-scoped credentials: a Redis ACL user and a PostgreSQL reader role")
     p.add_argument("action", choices=("create", "rotate", "revoke"))
     p.add_argument("tenant")
+    p.add_argument("--env-file", type=Path, default=None,
+                   help="write the export lines to this file (mode 0600) instead of printing them")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --env-file")
     p.set_defaults(func=_cmd_tenant)
 
     p = sub.add_parser("unfence", help="resolve a thread fenced after a sequence conflict")
@@ -136,6 +290,4 @@ def register(sub: Any) -> None:
     p.add_argument("thread")
     p.add_argument("--note", default="resolved by operator", help="resolution recorded on the conflicts")
     p.set_defaults(func=_cmd_unfence)
-
-
 

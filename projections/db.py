@@ -83,6 +83,32 @@ def reader_role_name(tenant: str) -> str:
     return "jr_" + hashlib.sha256(validate_id(tenant, "tenant").encode()).hexdigest()[:24]
 
 
+def tenant_reader_exists(settings: Settings, tenant: str) -> bool:
+    """Whether the tenant's reader login role exists."""
+    with connect(settings, role=None, autocommit=True) as conn:
+        return conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (reader_role_name(tenant),)).fetchone() \
+            is not None
+
+
+def bound_tenant(url: str) -> str | None:
+    """The tenant the login of ``url`` reads as a tenant reader, or None for any other login.
+
+    A reader sees its own row of ``journal.tenant_roles`` (and only it), so this needs no
+    administrative URL: agents and auditors export one ``JOURNAL_DATABASE_URL`` and it works.
+    """
+    try:
+        conn = psycopg.connect(url, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as e:
+        raise StoreUnavailable(f"PostgreSQL unreachable: {e}. Check JOURNAL_DATABASE_URL and that the server "
+                               "runs (`agent-journal status`).") from e
+    with conn:
+        try:
+            row = conn.execute("SELECT tenant_id FROM journal.tenant_roles WHERE role_name = current_user").fetchone()
+        except (psycopg.errors.UndefinedTable, psycopg.errors.InsufficientPrivilege):
+            return None  # no schema yet, or a login outside the journal's roles: not a tenant reader
+    return str(row[0]) if row else None
+
+
 def create_tenant_reader(settings: Settings, tenant: str, password: str | None = None) -> ReaderCredentials:
     """A login role that sees only ``tenant``'s rows, whatever SQL it sends (rotates if it exists)."""
     role = reader_role_name(tenant)

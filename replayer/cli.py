@@ -1,7 +1,8 @@
 """Replayer commands for `agent-journal`: replay, verify, audit (timeline, tools, diff, export).
 
-Every command reads through a role that row-level security applies to (``journal_app`` with
-the tenant set per transaction, or ``--reader-url``, a tenant reader's own login), read-only.
+Every command reads through a role that row-level security applies to, read-only: a tenant
+reader's own login when ``JOURNAL_DATABASE_URL`` (or ``--reader-url``) is one — what
+``agent-journal tenant create`` exports — else ``journal_app`` with the tenant set per transaction.
 Tables for people (rich), ``--format json`` for machines; progress goes to stderr so that
 stdout stays clean. ``verify`` exits 1 when any chain or bundle fails; typed errors exit 2.
 """
@@ -22,7 +23,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from journal.chain import key_bytes
-from journal.embedded import resolve
+from journal.cli import check_url, load_settings, non_negative_int
+from journal.errors import AccessDenied, ConfigError, NotFound
 from journal.reducer import load_registry
 from journal.settings import Settings
 from journal.state import ThreadState, thaw
@@ -39,15 +41,34 @@ def _json(data: Any) -> None:
     print(json.dumps(data, indent=2, default=str, ensure_ascii=False))
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    return resolve(Settings.from_env(data_dir=args.data_dir))
+def reader_url(args: argparse.Namespace, settings: Settings) -> str | None:
+    """The tenant reader login to read as (None: ``journal_app``); refuses one bound to another tenant."""
+    from projections.db import bound_tenant
+
+    if os.environ.get("JOURNAL_READER_URL"):
+        raise ConfigError("JOURNAL_READER_URL is not read any more: export the tenant reader's URL as "
+                          "JOURNAL_DATABASE_URL (as `agent-journal tenant create` prints it), or pass --reader-url")
+    url = check_url(args.reader_url, "postgres", "--reader-url") if args.reader_url else settings.database_url
+    if url is None:
+        return None
+    tenant = bound_tenant(url)
+    if tenant is None:
+        if args.reader_url:
+            raise ConfigError("--reader-url must be a tenant reader's login (from `agent-journal tenant create`); "
+                              "this one is bound to no tenant. Leave it out to read as journal_app.")
+        return None
+    if args.tenant and args.tenant != tenant:
+        raise AccessDenied(f"this login reads tenant {tenant} only; it cannot read tenant {args.tenant}. Use "
+                           f"{args.tenant}'s credentials (`agent-journal tenant create {args.tenant}`).")
+    return url
 
 
 @contextmanager
 def _replayer(args: argparse.Namespace) -> Iterator[Any]:
     from replayer.replay import Replayer
 
-    with Replayer.from_settings(_settings(args), reader_url=args.reader_url) as r:
+    settings = load_settings(args, need=("postgres",))
+    with Replayer.from_settings(settings, reader_url=reader_url(args, settings)) as r:
         yield r
 
 
@@ -110,7 +131,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     if args.bundle:
         return _verify_bundle(args)
     if not args.tenant:
-        raise SystemExit("agent-journal verify: give TENANT [THREAD], or --bundle FILE")
+        raise ConfigError("verify needs TENANT [THREAD], or --bundle FILE")
     from replayer.replay import ThreadVerdict
 
     results: list[ThreadVerdict] = []
@@ -120,6 +141,10 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         pg = r._pg()
         with pg.scope(args.tenant):
             threads = [args.thread] if args.thread else pg.threads(args.tenant)
+        if not threads:
+            raise NotFound(f"tenant {args.tenant} has no threads in PostgreSQL: unknown tenant, nothing projected "
+                           "yet, or this login may not see it. Check the name (`agent-journal status` lists "
+                           "tenants with streams).")
         with _progress() as progress:
             task = progress.add_task(f"verifying {args.tenant}", total=len(threads))
             for thread in threads:
@@ -127,7 +152,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
                 progress.advance(task)
     failed = [v for v in results if not v.ok]
     if args.format == "json":
-        _json({"tenant": args.tenant, "ok": not failed, "threads": [v.to_dict() for v in results]})
+        hint = {"hint": broken_hint(failed[0].first_bad_seq, failed[0].reason)} if failed else {}
+        _json({"tenant": args.tenant, "ok": not failed, "threads": [v.to_dict() for v in results], **hint})
     else:
         table = Table(title=f"hash chains of tenant {args.tenant}")
         for col in ("thread", "verdict", "events checked", "first bad seq", "reason", "detail"):
@@ -140,26 +166,60 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         out.print(table)
         out.print(f"{len(results) - len(failed)} of {len(results)} thread(s) verified"
                   + (f"; [bold red]{len(failed)} broken[/]" if failed else ""))
+        if failed:
+            out.print(broken_hint(failed[0].first_bad_seq, failed[0].reason), highlight=False)
     return 1 if failed else 0
+
+
+def broken_hint(first_bad_seq: int | None, reason: str | None) -> str:
+    """What a broken chain means, for people: tampering, or (when seq 1 already fails) maybe the wrong key."""
+    from replayer.verify import CHANGED
+
+    if first_bad_seq == 1 and reason == CHANGED:
+        return ("tampered, or key mismatch? A chain checked with another HMAC key than it was written with fails "
+                "at seq 1 exactly like this: verify with the writer's key (--key or JOURNAL_HASH_KEY) before "
+                "concluding it was altered.")
+    return (f"tampered: the stored history was altered at seq {first_bad_seq} ({reason}); compare with an exported "
+            "bundle or the archive.")
 
 
 def _verify_bundle(args: argparse.Namespace) -> int:
     from replayer.bundle import verify_bundle
 
+    path: Path = args.bundle
+    if not path.exists():
+        raise ConfigError(f"--bundle {path} does not exist; give the file `agent-journal audit export` wrote")
+    if not path.is_file():
+        raise ConfigError(f"--bundle {path} is not a file (a directory?); give the bundle file itself")
     # Offline: the environment may give the HMAC key, but no server is started or contacted.
     settings = Settings.from_env(data_dir=args.data_dir)
     key = key_bytes(args.key) if args.key else key_bytes(settings.hash_key)
-    report = verify_bundle(args.bundle, key, registry=load_registry(settings.reducers))
+    report = verify_bundle(path, key, registry=load_registry(settings.reducers))
+    hint = None if report.ok else _bundle_hint(report, key)
     if args.format == "json":
-        _json(report.to_dict())
+        _json(report.to_dict() | ({"hint": hint} if hint else {}))
     else:
         out = _out()
         verdict = "[green]ok[/]" if report.ok else "[bold red]FAILED[/]"
-        out.print(f"bundle {args.bundle}: {verdict} — {report.tenant}/{report.thread}, {report.events} event(s), "
+        out.print(f"bundle {path}: {verdict} — {report.tenant}/{report.thread}, {report.events} event(s), "
                   f"{report.blobs} blob(s), head {report.head_hash.hex()[:16] if report.head_hash else '-'}…")
         for p in report.problems:
-            out.print(f"  [red]✗[/] {p}")
+            out.print(f"  [red]✗[/] {p}", highlight=False)
+        if hint:
+            out.print(hint, highlight=False)
     return 0 if report.ok else 1
+
+
+def _bundle_hint(report: Any, key: bytes | None) -> str | None:
+    from replayer.replay import key_id
+
+    chain = report.chain
+    if chain is None or chain.ok:
+        return None
+    if report.key_id and key and report.key_id != key_id(key):
+        return (f"tampered, or key mismatch? The bundle was written with HMAC key {report.key_id} and this key is "
+                f"{key_id(key)}: verify with the writer's key (--key or JOURNAL_HASH_KEY).")
+    return broken_hint(chain.first_bad_seq, chain.reason)
 
 
 # -- audit -----------------------------------------------------------------------------------------
@@ -188,6 +248,9 @@ def _cmd_tools(args: argparse.Namespace) -> int:
 
     since = parse_since(args.since)
     until = parse_time(args.until) if args.until else None
+    if until is not None and until < since:
+        raise ConfigError(f"--until {until.isoformat()} is before --since {since.isoformat()}: the window is empty; "
+                          "swap them or widen it")
     with _replayer(args) as r:
         usage = tool_usage(r, args.tenant, args.tool, since, until)
     if args.format == "json":
@@ -209,6 +272,8 @@ def _cmd_tools(args: argparse.Namespace) -> int:
 def _cmd_diff(args: argparse.Namespace) -> int:
     from replayer.audit import state_diff
 
+    if args.from_seq > args.to_seq:
+        raise ConfigError(f"--from {args.from_seq} is after --to {args.to_seq}; give the earlier seq as --from")
     with _replayer(args) as r:
         d = state_diff(r, args.tenant, args.thread, args.from_seq, args.to_seq)
     if args.format == "json":
@@ -229,6 +294,7 @@ def _cmd_diff(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from replayer.audit import export_bundle
 
+    _check_out(args.out, args.force)
     with _replayer(args) as r, Console(stderr=True).status(f"exporting {args.tenant}/{args.thread} …"):
         done = export_bundle(r, args.tenant, args.thread, args.out)
     if args.format == "json":
@@ -242,13 +308,24 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0 if done.chain.ok else 1
 
 
+def _check_out(out: Path, force: bool) -> None:
+    """Refuse a bundle target that would fail late (no folder) or destroy a file unasked."""
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a directory; give a file path such as {out / 'thread.ajb'}")
+    if not out.parent.is_dir():
+        raise ConfigError(f"--out {out}: folder {out.parent} does not exist; create it or choose another path")
+    if out.exists() and not force:
+        raise ConfigError(f"--out {out} exists; pass --force to replace it, or choose another path")
+
+
 # -- registration ----------------------------------------------------------------------------------
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=FORMATS, default="table", help="table (default) or json")
-    p.add_argument("--reader-url", default=os.environ.get("JOURNAL_READER_URL") or None,
-                   help="read as a tenant reader's own PostgreSQL login (default: the journal_app role)")
+    p.add_argument("--reader-url", default=None,
+                   help="read as this tenant reader's PostgreSQL login (default: JOURNAL_DATABASE_URL, used as is "
+                        "when it is a tenant reader's login, else through the journal_app role)")
 
 
 def register(sub: Any) -> None:
@@ -256,7 +333,7 @@ def register(sub: Any) -> None:
     p.add_argument("tenant")
     p.add_argument("thread")
     at = p.add_mutually_exclusive_group()
-    at.add_argument("--at-seq", type=int, default=None, help="state after this seq")
+    at.add_argument("--at-seq", type=non_negative_int, default=None, help="state after this seq")
     at.add_argument("--at-time", default=None, help="state after the last event at or before this ISO time")
     _common(p)
     p.set_defaults(func=_cmd_replay)
@@ -289,15 +366,16 @@ def register(sub: Any) -> None:
     p = asub.add_parser("diff", help="what changed in a thread's state between two seqs")
     p.add_argument("tenant")
     p.add_argument("thread")
-    p.add_argument("--from", dest="from_seq", type=int, required=True)
-    p.add_argument("--to", dest="to_seq", type=int, required=True)
+    p.add_argument("--from", dest="from_seq", type=non_negative_int, required=True)
+    p.add_argument("--to", dest="to_seq", type=non_negative_int, required=True)
     _common(p)
     p.set_defaults(func=_cmd_diff)
 
     p = asub.add_parser("export", help="write a self-contained audit bundle (events, blobs, chain, state)")
     p.add_argument("tenant")
     p.add_argument("thread")
-    p.add_argument("--out", type=Path, required=True, help="bundle file to write (.ajb)")
+    p.add_argument("--out", type=Path, required=True, help="bundle file to write (.ajb); its folder must exist")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
     _common(p)
     p.set_defaults(func=_cmd_export)
 
