@@ -136,14 +136,12 @@ def test_tenant_user_fsync_durability(admin: redis.Redis, a_client: JournalClien
             a_client.append(tenant, "th", "message", MSG, durability="fsync")
 
 
-def test_first_append_skips_the_tenant_registry_with_a_log(a_client: JournalClient, admin: redis.Redis,
-                                                           tenant: str) -> None:
-    """SADD to the shared tenant registry is refused for a tenant user: the append succeeds and logs the skip."""
+def test_first_append_registers_the_tenant(a_client: JournalClient, admin: redis.Redis, tenant: str) -> None:
+    """The tenant user may SADD to the shared registry (an ACL selector), so a projector discovers its tenant."""
     with capture_logs() as logs:
         assert a_client.append(tenant, "th", "message", MSG).seq == 1
-    skipped = [e for e in logs if e.get("event") == "tenant_register_skipped"]
-    assert skipped and skipped[0]["tenant"] == tenant and "sadd" in skipped[0]["error"].lower()
-    assert not admin.sismember(keys.TENANT_REGISTRY, tenant)
+    assert not [e for e in logs if e.get("event") == "tenant_register_skipped"]
+    assert admin.sismember(keys.TENANT_REGISTRY, tenant)
 
 
 def test_check_server_tolerates_noperm_on_info(a_client: JournalClient) -> None:
@@ -192,7 +190,7 @@ RAW: dict[str, Callable[[str], tuple[Any, ...]]] = {
     "copy_b": lambda t: ("COPY", _b(t, "stream"), _a(t, "stolen")),
     "xtrim_own": lambda t: ("XTRIM", _a(t, "stream"), "MAXLEN", "0"),
     "hdel_own_head": lambda t: ("HDEL", _a(t), "th"),
-    "registry_sadd": lambda t: ("SADD", keys.TENANT_REGISTRY, t),
+    "registry_srem": lambda t: ("SREM", keys.TENANT_REGISTRY, t),
     "registry_smembers": lambda t: ("SMEMBERS", keys.TENANT_REGISTRY),
     "keys": lambda t: ("KEYS", "*"),
     "scan": lambda t: ("SCAN", "0"),
