@@ -41,6 +41,7 @@ _URLS = {
                  "postgresql://user:password@host:port/database"),
     "s3": ("s3_url", "JOURNAL_S3_URL", ("http", "https"), "http://host:port"),
 }
+_NAMES = {"redis": "a Redis", "postgres": "a PostgreSQL", "s3": "an S3"}
 #: What a server says when the credentials are wrong (PostgreSQL; Redis/Valkey WRONGPASS; missing password).
 _AUTH_FAILURE = re.compile(r"authentication failed|no password supplied|WRONGPASS|invalid username-password|NOAUTH",
                            re.IGNORECASE)
@@ -123,7 +124,7 @@ def check_url(url: str, service: str, source: str) -> str:
     except ValueError as e:
         problem = str(e)
     if problem:
-        raise ConfigError(f"{source}={redact(url)!r} is not a {service} URL ({problem}); expected {example}")
+        raise ConfigError(f"{source}={redact(url)!r} is not {_NAMES[service]} URL ({problem}); expected {example}")
     return url
 
 
@@ -366,7 +367,9 @@ def explain(e: BaseException, what: str = "the command") -> str:
         return str(StoreUnavailable(f"PostgreSQL failed during {what}: {e}. Check JOURNAL_DATABASE_URL and "
                                     "that the server runs (`agent-journal status`)."))
     if isinstance(e, OSError):
-        return f"{e.strerror or e} ({e.filename or what}): check the path or resource and try again."
+        where = f" on {e.filename}" if e.filename else f" during {what}"
+        return (f"{e.strerror or e}{where}: check that path (--data-dir / JOURNAL_DATA_DIR, --out, --bundle, "
+                "--env-file) or resource, and try again.")
     return (f"unexpected {type(e).__name__}: {e}. This is a bug in agent-journal: rerun with --log-level debug "
             "for the traceback and report it.")
 
