@@ -24,9 +24,9 @@ from urllib.parse import urlsplit, urlunsplit
 from rich.console import Console
 from rich.table import Table
 
-from journal import logs
-from journal.embedded import SERVICES, EmbeddedStack, resolve
+from journal import local_stack, logs
 from journal.errors import ConfigError, JournalError, StoreUnavailable
+from journal.local_stack import SERVICES, resolve
 from journal.settings import Settings
 
 console = Console()
@@ -151,14 +151,14 @@ def load_settings(args: argparse.Namespace, *, need: Iterable[str] = SERVICES, s
     needed = [m for m in missing if m in set(need)]
     if start and needed:
         return resolve(base, start=True)
-    stack = EmbeddedStack(base.data_dir)
-    running = stack.running()
+    data_dir = Path(base.data_dir).absolute()
+    running = local_stack.running(data_dir)
     absent = [m for m in needed if m not in running]
     if absent:
         envs = " / ".join(_URLS[m][1] for m in absent)
         raise ConfigError(f"no URL configured for {', '.join(absent)} and no embedded server running in "
-                          f"{stack.data_dir}; set {envs} or run `agent-journal up`")
-    embedded = stack.settings()
+                          f"{data_dir}; set {envs} or run `agent-journal up`")
+    embedded = local_stack.settings_of(data_dir, local_stack.read_state(data_dir))
     fill = {_URLS[m][0]: getattr(embedded, _URLS[m][0]) for m in missing if m in running}
     return base.with_(**fill)
 
@@ -175,6 +175,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
         return 0
     with console.status(f"starting {', '.join(base.missing_urls)} in {base.data_dir} …"):
         settings = resolve(base, start=True)
+    from journal.embedded import EmbeddedStack  # the process manager: only for commands that start or stop
+
     _print_services(EmbeddedStack(settings.data_dir))
     console.print("\nUse them from another shell with:")
     print("\n".join(settings.env_lines()))
@@ -182,6 +184,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def _cmd_down(args: argparse.Namespace) -> int:
+    from journal.embedded import EmbeddedStack
+
     stack = EmbeddedStack(Settings.from_env(data_dir=args.data_dir).data_dir)
     with console.status("stopping embedded servers …"):
         stack.down()
@@ -189,7 +193,7 @@ def _cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_services(stack: EmbeddedStack) -> None:
+def _print_services(stack: Any) -> None:
     table = Table(title=f"embedded servers in {stack.data_dir}")
     for col in ("service", "state", "pid", "url"):
         table.add_column(col)
@@ -238,7 +242,9 @@ def probe(service: str, url: str) -> str | None:
 def check_services(settings: Settings) -> list[ServiceCheck]:
     """Each service: the configured external server, or the embedded one (and whether it runs)."""
     env = Settings.from_env(data_dir=settings.data_dir)
-    embedded = {s.name: s for s in EmbeddedStack(settings.data_dir).status()}
+    data_dir = Path(settings.data_dir).absolute()
+    state = local_stack.read_state(data_dir)
+    embedded = local_stack.settings_of(data_dir, state)
     out = []
     for service, (field, var, _, _) in _URLS.items():
         url = getattr(env, field)
@@ -246,9 +252,13 @@ def check_services(settings: Settings) -> list[ServiceCheck]:
             why = probe(service, url)
             out.append(ServiceCheck(service, var, why is None, redact(url), None, why or "answers"))
             continue
-        e = embedded[service]
-        why = probe(service, e.url) if e.running and e.url else "stopped (`agent-journal up` starts it)"
-        out.append(ServiceCheck(service, "embedded", why is None, redact(e.url) if e.url else None, e.pid,
+        pid = state.get(service, {}).get("pid")
+        url = getattr(embedded, field)
+        if not local_stack.alive(pid):
+            why, pid = ("stopped (`agent-journal up` starts it)" if url else "never started (`agent-journal up`)"), None
+        else:
+            why = probe(service, url)
+        out.append(ServiceCheck(service, "embedded", why is None, redact(url) if url else None, pid,
                                 why or "answers"))
     return out
 

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from journal.cli import load_settings, non_negative_int, port_number, positive_int
 from journal.errors import ConfigError, JournalError
+from journal.s3_tenants import S3Credentials, SeaweedAdmin
 from journal.settings import Settings
 
 console = Console()
@@ -159,11 +160,14 @@ def export_lines(values: dict[str, str]) -> list[str]:
     return [f"export {name}={shlex.quote(value)}" for name, value in values.items()]
 
 
-def tenant_env(settings: Settings, redis_url: str, database_url: str) -> dict[str, str]:
+def tenant_env(settings: Settings, redis_url: str, database_url: str, s3: S3Credentials | None = None
+               ) -> dict[str, str]:
     """The variables an agent or auditor of one tenant exports: the names every part of the journal reads."""
     env = {"JOURNAL_REDIS_URL": redis_url, "JOURNAL_DATABASE_URL": database_url}
     if settings.s3_url:
         env |= {"JOURNAL_S3_URL": settings.s3_url, "JOURNAL_S3_BUCKET": settings.s3_bucket}
+    if s3 is not None:
+        env |= {"JOURNAL_S3_ACCESS_KEY": s3.access_key, "JOURNAL_S3_SECRET_KEY": s3.secret_key}
     return env
 
 
@@ -190,23 +194,28 @@ def _cmd_tenant(args: argparse.Namespace) -> int:
     settings = load_settings(args, need=("redis", "postgres"))
     assert settings.redis_url and settings.database_url
     admin = connect(settings.redis_url)
+    seaweed = SeaweedAdmin.for_settings(settings)
     has_user = acl.tenant_user_exists(admin, args.tenant)
     has_reader = db.tenant_reader_exists(settings, args.tenant)
+    has_s3 = seaweed.tenant_exists(args.tenant) if seaweed else False
     if args.action == "revoke":
         gone_redis = acl.revoke_tenant_user(admin, args.tenant)
         gone_pg = db.revoke_tenant_reader(settings, args.tenant)
-        if not (gone_redis or gone_pg):
+        gone_s3 = seaweed.revoke_tenant(args.tenant) if seaweed else False
+        if not (gone_redis or gone_pg or gone_s3):
             raise NothingToDo(f"tenant {args.tenant} has no credentials to revoke (no Redis user, no PostgreSQL "
-                              "reader); check the name")
+                              "reader, no S3 key); check the name")
         console.print(f"tenant {args.tenant}: Redis user {'revoked' if gone_redis else 'absent'}, "
-                      f"PostgreSQL reader {'revoked' if gone_pg else 'absent'}")
+                      f"PostgreSQL reader {'revoked' if gone_pg else 'absent'}"
+                      + (f", S3 key {'revoked' if gone_s3 else 'absent'}" if seaweed else ""))
         return 0
-    if args.action == "create" and (has_user or has_reader):
-        what = " and ".join(w for w, on in (("a Redis user", has_user), ("a PostgreSQL reader", has_reader)) if on)
+    if args.action == "create" and (has_user or has_reader or has_s3):
+        what = " and ".join(w for w, on in (("a Redis user", has_user), ("a PostgreSQL reader", has_reader),
+                                            ("an S3 key", has_s3)) if on)
         raise TenantExists(f"tenant {args.tenant} already has {what}: creating it again would replace the password "
                            "and break the agents using it. To issue new credentials on purpose, run "
                            f"`agent-journal tenant rotate {args.tenant}`.")
-    if args.action == "rotate" and not (has_user or has_reader):
+    if args.action == "rotate" and not (has_user or has_reader or has_s3):
         raise NothingToDo(f"tenant {args.tenant} has no credentials to rotate; create them with "
                           f"`agent-journal tenant create {args.tenant}`")
     if args.action == "rotate" and has_user:
@@ -214,8 +223,9 @@ def _cmd_tenant(args: argparse.Namespace) -> int:
     else:
         redis_creds = acl.create_tenant_user(admin, args.tenant)
     reader = db.create_tenant_reader(settings, args.tenant)
+    s3 = _tenant_s3(settings, seaweed, args.tenant)
     lines = export_lines(tenant_env(settings, redis_creds.redis_url(settings.redis_url),
-                                    reader.database_url(settings.database_url)))
+                                    reader.database_url(settings.database_url), s3))
     if args.env_file:
         write_env_file(args.env_file, lines, force=args.force)
         notes.print(f"credentials for tenant {args.tenant} written to {args.env_file} (mode 0600); "
@@ -225,6 +235,22 @@ def _cmd_tenant(args: argparse.Namespace) -> int:
                 f"`eval` this output):")
     print("\n".join(lines))
     return 0
+
+
+def _tenant_s3(settings: Settings, seaweed: SeaweedAdmin | None, tenant: str) -> S3Credentials | None:
+    """A key pair confined to ``{bucket}/{tenant}/`` on the embedded SeaweedFS; elsewhere None, and a note."""
+    from journal.blobs import BlobStore
+
+    if seaweed is None:
+        if settings.s3_url:
+            notes.print(f"note: {settings.s3_url} is not the embedded SeaweedFS, so no S3 key was made for "
+                        f"{tenant}: issue one confined to {settings.s3_bucket}/{tenant}/ in that store's IAM and "
+                        "export it as JOURNAL_S3_ACCESS_KEY / JOURNAL_S3_SECRET_KEY", markup=False, highlight=False)
+        return None
+    creds = seaweed.create_tenant(settings, tenant)
+    # A tenant key may not create the bucket (nor even HEAD it): make sure it is there now, as the operator.
+    BlobStore.from_settings(settings).ensure_bucket()
+    return creds
 
 
 def _check_env_target(path: Path, force: bool) -> None:

@@ -8,7 +8,9 @@ import shlex
 import stat
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -179,3 +181,54 @@ def test_tenant_user_may_add_itself_to_the_registry_and_nothing_more(env: Settin
     assert admin.xlen(keys.stream(other)) == 1
     admin.delete(keys.stream(other))
     main(["tenant", "revoke", tenant])
+
+
+@pytest.fixture(scope="module")
+def private_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """A SeaweedFS of this module's own: per-tenant keys turn on its authentication for every client."""
+    from journal.embedded import EmbeddedStack
+
+    stack = EmbeddedStack(tmp_path_factory.mktemp("s3-tenants"))
+    yield stack.up(("s3",))
+    stack.down()
+
+
+def s3_as(settings: Settings, access_key: str, secret_key: str) -> Any:
+    from journal.blobs import s3_client
+
+    return s3_client(settings.with_(s3_access_key=access_key, s3_secret_key=secret_key), attempts=1)
+
+
+def test_tenant_s3_key_is_confined_to_its_prefix(env: Settings, private_s3: Settings,
+                                                 capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+                                                 tenant: str) -> None:
+    """On the embedded SeaweedFS, create adds an S3 key that puts and gets under {tenant}/ only; revoke removes it."""
+    import botocore.exceptions
+
+    monkeypatch.setenv("JOURNAL_S3_URL", private_s3.s3_url or "")
+    monkeypatch.setenv("JOURNAL_DATA_DIR", str(private_s3.data_dir))
+    creds = provision(capsys, "create", tenant)
+    assert {"JOURNAL_S3_ACCESS_KEY", "JOURNAL_S3_SECRET_KEY"} <= set(creds)
+    bucket = creds["JOURNAL_S3_BUCKET"]
+    mine = s3_as(private_s3, creds["JOURNAL_S3_ACCESS_KEY"], creds["JOURNAL_S3_SECRET_KEY"])
+    operator = s3_as(private_s3, private_s3.s3_access_key, private_s3.s3_secret_key)
+    operator.put_object(Bucket=bucket, Key=f"{tenant}-b/blobs/x", Body=b"other tenant")
+    mine.put_object(Bucket=bucket, Key=f"{tenant}/blobs/x", Body=b"mine")
+    assert mine.get_object(Bucket=bucket, Key=f"{tenant}/blobs/x")["Body"].read() == b"mine"
+    refused = [lambda: mine.get_object(Bucket=bucket, Key=f"{tenant}-b/blobs/x"),
+               lambda: mine.put_object(Bucket=bucket, Key=f"{tenant}-b/blobs/y", Body=b"1"),
+               lambda: mine.delete_object(Bucket=bucket, Key=f"{tenant}-b/blobs/x"),
+               lambda: mine.list_objects_v2(Bucket=bucket)]
+    for call in refused:
+        with pytest.raises(botocore.exceptions.ClientError, match=r"AccessDenied|Forbidden|403"):
+            call()
+    assert operator.get_object(Bucket=bucket, Key=f"{tenant}-b/blobs/x")["Body"].read() == b"other tenant"
+
+    agent = Settings.from_env(creds)  # the export block and nothing else
+    with JournalClient.from_settings(agent) as c:
+        big = "x" * (agent.blob_threshold + 10)
+        assert c.append(tenant, "th", "tool_result", {"call_id": "c", "tool": "t", "output": big}).blob is not None
+
+    assert main(["tenant", "revoke", tenant]) == 0
+    with pytest.raises(botocore.exceptions.ClientError, match=r"InvalidAccessKeyId|AccessDenied|403"):
+        mine.get_object(Bucket=bucket, Key=f"{tenant}/blobs/x")
