@@ -2,7 +2,9 @@
 
 The write-path commands live here (``up``, ``down``, ``status``, ``env``, ``demo``). The
 projector and the replayer add theirs through the ``agent_journal.commands`` entry point
-group, so ``journal`` never imports the packages built on top of it.
+group, so ``journal`` never imports the packages built on top of it; they share what is here:
+``load_settings`` (only the servers a command needs, URLs checked first), the argument types,
+and ``main``'s promise that any failure is one line and a non-zero exit, never a traceback.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ _URLS = {
     "s3": ("s3_url", "JOURNAL_S3_URL", ("http", "https"), "http://host:port"),
 }
 _NAMES = {"redis": "a Redis", "postgres": "a PostgreSQL", "s3": "an S3"}
+#: SQLSTATEs of a database the journal's schema was never migrated into: undefined table, object, schema.
+_NO_SCHEMA = {"42P01", "42704", "3F000"}
 #: What a server says when the credentials are wrong (PostgreSQL; Redis/Valkey WRONGPASS; missing password).
 _AUTH_FAILURE = re.compile(r"authentication failed|no password supplied|WRONGPASS|invalid username-password|NOAUTH",
                            re.IGNORECASE)
@@ -373,6 +377,9 @@ def explain(e: BaseException, what: str = "the command") -> str:
         from journal.redis_store import translate
 
         return str(translate(e, what))  # type: ignore[arg-type]
+    if getattr(e, "sqlstate", None) in _NO_SCHEMA:
+        return (f"PostgreSQL has no journal schema here ({one_line(str(e))}): run `agent-journal migrate` "
+                "against this JOURNAL_DATABASE_URL first.")
     if type(e).__module__.startswith("psycopg"):
         return str(StoreUnavailable(f"PostgreSQL failed during {what}: {e}. Check JOURNAL_DATABASE_URL and "
                                     "that the server runs (`agent-journal status`)."))

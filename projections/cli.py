@@ -193,6 +193,8 @@ def _cmd_tenant(args: argparse.Namespace) -> int:
         _check_env_target(args.env_file, args.force)  # before any credential changes
     settings = load_settings(args, need=("redis", "postgres"))
     assert settings.redis_url and settings.database_url
+    if _current_revision(settings) is None:  # checked first: a half-made tenant is worse than none
+        raise ConfigError("the database has no journal schema yet: run `agent-journal migrate` first")
     admin = connect(settings.redis_url)
     seaweed = SeaweedAdmin.for_settings(settings)
     has_user = acl.tenant_user_exists(admin, args.tenant)

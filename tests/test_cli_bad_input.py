@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -308,3 +309,21 @@ def test_redis_auth_failure_is_not_a_scope_refusal(ctx: Ctx) -> None:
         redis.Redis.from_url(wrong_password(ctx.settings.redis_url)).ping()
     text = str(translate(caught.value, "PING"))
     assert "authentication failed" in text and "do not cover" not in text and "unreachable" not in text
+
+
+def test_unmigrated_database_says_run_migrate(ctx: Ctx, admin_pg: Any, capsys: pytest.CaptureFixture[str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Against a database without the journal schema, each command says to run `agent-journal migrate`."""
+    name = f"scratch_{ctx.tenant.replace('-', '_')}"
+    admin_pg.execute(f'CREATE DATABASE "{name}"')
+    try:
+        url = urlsplit(ctx.settings.database_url or "")
+        monkeypatch.setenv("JOURNAL_DATABASE_URL", urlunsplit(url._replace(path=f"/{name}")))
+        for argv in (["tenant", "create", ctx.tenant], ["verify", ctx.tenant], ["unfence", ctx.tenant, "th"],
+                     ["replay", ctx.tenant, "th"], ["audit", "timeline", ctx.tenant, "th"]):
+            code, out = run(capsys, argv)
+            assert code == 2 and "agent-journal migrate" in out and len(lines(out)) == 1, (argv, out)
+        assert not redis.Redis.from_url(ctx.settings.redis_url or "").execute_command(
+            "ACL", "GETUSER", f"journal-{ctx.tenant}")  # refused before anything was made
+    finally:
+        admin_pg.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
