@@ -44,6 +44,10 @@ _URLS = {
     "s3": ("s3_url", "JOURNAL_S3_URL", ("http", "https"), "http://host:port"),
 }
 _NAMES = {"redis": "a Redis", "postgres": "a PostgreSQL", "s3": "an S3"}
+#: Modules whose exceptions are failures of a server or of its answer, not of agent-journal.
+_DRIVERS = ("redis", "psycopg", "sqlalchemy", "alembic", "botocore", "boto3")
+#: Exit codes: 2 for anything the user or the environment can fix, 70 (EX_SOFTWARE) for a bug.
+EXIT_ERROR, EXIT_BUG = 2, 70
 #: SQLSTATEs of a database the journal's schema was never migrated into: undefined table, object, schema.
 _NO_SCHEMA = {"42P01", "42704", "3F000"}
 #: What a server says when the credentials are wrong (PostgreSQL; Redis/Valkey WRONGPASS; missing password).
@@ -391,6 +395,11 @@ def explain(e: BaseException, what: str = "the command") -> str:
             "for the traceback and report it.")
 
 
+def is_bug(e: BaseException) -> bool:
+    """Whether ``e`` is none of the failures a command expects (ours, a driver's, the operating system's)."""
+    return not isinstance(e, JournalError | OSError) and not type(e).__module__.startswith(_DRIVERS)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -402,12 +411,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit:
         raise
     except Exception as e:  # every failure is one line and an exit code, never a traceback
-        if args.log_level.lower() == "debug" and not isinstance(e, JournalError):
+        if args.log_level == "debug" and not isinstance(e, JournalError):
             raise
         # markup=False: messages quote user input and server text, where [brackets] are not styles.
         console.print(f"error: {one_line(explain(e, args.command))}", soft_wrap=True, markup=False,
                       highlight=False)
-        return 2
+        return EXIT_BUG if is_bug(e) else EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -327,3 +327,18 @@ def test_unmigrated_database_says_run_migrate(ctx: Ctx, admin_pg: Any, capsys: p
             "ACL", "GETUSER", f"journal-{ctx.tenant}")  # refused before anything was made
     finally:
         admin_pg.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def test_an_unexpected_error_is_one_line_exit_70_and_debug_shows_it(ctx: Ctx, capsys: pytest.CaptureFixture[str],
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug inside a command is still one line (exit 70, "a bug"); --log-level debug lets the traceback out."""
+    import journal.cli
+
+    def broken(args: Any) -> int:
+        raise KeyError("boom")
+
+    monkeypatch.setattr(journal.cli, "_cmd_env", broken)
+    code, out = run(capsys, ["env"])
+    assert code == 70 and "This is a bug" in out and "Traceback" not in out and len(lines(out)) == 1, out
+    with pytest.raises(KeyError):
+        main(["--log-level", "debug", "env"])
