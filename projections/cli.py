@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -180,54 +181,59 @@ def write_env_file(path: Path, lines: list[str], *, force: bool) -> None:
         f.write("\n".join(lines) + "\n")
 
 
-def _cmd_tenant(args: argparse.Namespace) -> int:
-    """Provision (or rotate, or revoke) a tenant's Redis ACL user and PostgreSQL reader role together."""
-    from journal import acl, keys
+@dataclass(frozen=True, slots=True)
+class TenantAccess:
+    """Where a tenant's credentials live and which of them exist."""
+
+    settings: Settings
+    admin: Any  # redis.Redis as the operator
+    seaweed: SeaweedAdmin | None
+    has_user: bool
+    has_reader: bool
+    has_s3: bool
+
+    @property
+    def held(self) -> list[str]:
+        return [w for w, on in (("a Redis user", self.has_user), ("a PostgreSQL reader", self.has_reader),
+                                ("an S3 key", self.has_s3)) if on]
+
+
+def _tenant_access(args: argparse.Namespace) -> TenantAccess:
+    from journal import acl
     from journal.redis_store import connect
     from projections import db
 
-    keys.validate_id(args.tenant, "tenant")
-    if args.env_file and args.action == "revoke":
-        raise ConfigError("--env-file goes with create or rotate; revoke prints no credentials")
-    if args.env_file:
-        _check_env_target(args.env_file, args.force)  # before any credential changes
     settings = load_settings(args, need=("redis", "postgres"))
     assert settings.redis_url and settings.database_url
     if _current_revision(settings) is None:  # checked first: a half-made tenant is worse than none
         raise ConfigError("the database has no journal schema yet: run `agent-journal migrate` first")
     admin = connect(settings.redis_url)
     seaweed = SeaweedAdmin.for_settings(settings)
-    has_user = acl.tenant_user_exists(admin, args.tenant)
-    has_reader = db.tenant_reader_exists(settings, args.tenant)
-    has_s3 = seaweed.tenant_exists(args.tenant) if seaweed else False
+    return TenantAccess(settings, admin, seaweed, acl.tenant_user_exists(admin, args.tenant),
+                        db.tenant_reader_exists(settings, args.tenant),
+                        seaweed.tenant_exists(args.tenant) if seaweed else False)
+
+
+def _cmd_tenant(args: argparse.Namespace) -> int:
+    """Provision (or rotate, or revoke) a tenant's Redis ACL user, PostgreSQL reader and S3 key together."""
+    from journal import keys
+
+    keys.validate_id(args.tenant, "tenant")
+    if args.env_file and args.action == "revoke":
+        raise ConfigError("--env-file goes with create or rotate; revoke prints no credentials")
+    if args.env_file:
+        _check_env_target(args.env_file, args.force)  # before any credential changes
+    access = _tenant_access(args)
     if args.action == "revoke":
-        gone_redis = acl.revoke_tenant_user(admin, args.tenant)
-        gone_pg = db.revoke_tenant_reader(settings, args.tenant)
-        gone_s3 = seaweed.revoke_tenant(args.tenant) if seaweed else False
-        if not (gone_redis or gone_pg or gone_s3):
-            raise NothingToDo(f"tenant {args.tenant} has no credentials to revoke (no Redis user, no PostgreSQL "
-                              "reader, no S3 key); check the name")
-        console.print(f"tenant {args.tenant}: Redis user {'revoked' if gone_redis else 'absent'}, "
-                      f"PostgreSQL reader {'revoked' if gone_pg else 'absent'}"
-                      + (f", S3 key {'revoked' if gone_s3 else 'absent'}" if seaweed else ""))
-        return 0
-    if args.action == "create" and (has_user or has_reader or has_s3):
-        what = " and ".join(w for w, on in (("a Redis user", has_user), ("a PostgreSQL reader", has_reader),
-                                            ("an S3 key", has_s3)) if on)
-        raise TenantExists(f"tenant {args.tenant} already has {what}: creating it again would replace the password "
-                           "and break the agents using it. To issue new credentials on purpose, run "
-                           f"`agent-journal tenant rotate {args.tenant}`.")
-    if args.action == "rotate" and not (has_user or has_reader or has_s3):
+        return _revoke(access, args.tenant)
+    if args.action == "create" and access.held:
+        raise TenantExists(f"tenant {args.tenant} already has {' and '.join(access.held)}: creating it again would "
+                           "replace the password and break the agents using it. To issue new credentials on "
+                           f"purpose, run `agent-journal tenant rotate {args.tenant}`.")
+    if args.action == "rotate" and not access.held:
         raise NothingToDo(f"tenant {args.tenant} has no credentials to rotate; create them with "
                           f"`agent-journal tenant create {args.tenant}`")
-    if args.action == "rotate" and has_user:
-        redis_creds = acl.rotate_tenant_user(admin, args.tenant, kill_connections=True)
-    else:
-        redis_creds = acl.create_tenant_user(admin, args.tenant)
-    reader = db.create_tenant_reader(settings, args.tenant)
-    s3 = _tenant_s3(settings, seaweed, args.tenant)
-    lines = export_lines(tenant_env(settings, redis_creds.redis_url(settings.redis_url),
-                                    reader.database_url(settings.database_url), s3))
+    lines = export_lines(_issue(access, args.tenant))
     if args.env_file:
         write_env_file(args.env_file, lines, force=args.force)
         notes.print(f"credentials for tenant {args.tenant} written to {args.env_file} (mode 0600); "
@@ -236,6 +242,39 @@ def _cmd_tenant(args: argparse.Namespace) -> int:
     notes.print(f"credentials for tenant {args.tenant} (shown once; store them in your secret manager, or "
                 f"`eval` this output):")
     print("\n".join(lines))
+    return 0
+
+
+def _issue(access: TenantAccess, tenant: str) -> dict[str, str]:
+    """New credentials in every store (an existing Redis user gets a new password and loses its connections)."""
+    from journal import acl
+    from projections import db
+
+    settings = access.settings
+    assert settings.redis_url and settings.database_url
+    if access.has_user:
+        redis_creds = acl.rotate_tenant_user(access.admin, tenant, kill_connections=True)
+    else:
+        redis_creds = acl.create_tenant_user(access.admin, tenant)
+    reader = db.create_tenant_reader(settings, tenant)
+    s3 = _tenant_s3(settings, access.seaweed, tenant)
+    return tenant_env(settings, redis_creds.redis_url(settings.redis_url), reader.database_url(settings.database_url),
+                      s3)
+
+
+def _revoke(access: TenantAccess, tenant: str) -> int:
+    from journal import acl
+    from projections import db
+
+    gone_redis = acl.revoke_tenant_user(access.admin, tenant)
+    gone_pg = db.revoke_tenant_reader(access.settings, tenant)
+    gone_s3 = access.seaweed.revoke_tenant(tenant) if access.seaweed else False
+    if not (gone_redis or gone_pg or gone_s3):
+        raise NothingToDo(f"tenant {tenant} has no credentials to revoke (no Redis user, no PostgreSQL reader, "
+                          "no S3 key); check the name")
+    console.print(f"tenant {tenant}: Redis user {'revoked' if gone_redis else 'absent'}, PostgreSQL reader "
+                  f"{'revoked' if gone_pg else 'absent'}"
+                  + (f", S3 key {'revoked' if gone_s3 else 'absent'}" if access.seaweed else ""))
     return 0
 
 
