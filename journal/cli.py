@@ -344,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo)
 
     for ep in entry_points(group="agent_journal.commands"):
-        register: Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None] = ep.load()
+        register: Callable[[argparse._SubParsersAction[CliParser]], None] = ep.load()
         register(sub)
     return parser
 

@@ -317,7 +317,7 @@ def status_table(settings: Settings) -> Table | None:
         return None
     try:
         r = connect(settings.redis_url)
-        tenants = {m.decode() for m in r.smembers(keys.TENANT_REGISTRY)}
+        tenants = {m.decode() if isinstance(m, bytes) else m for m in r.smembers(keys.TENANT_REGISTRY)}
         lags = measure_lag(r, tenants)
     except Exception as e:  # status must print what it can
         notes.print(f"[yellow]lag unavailable: {e}[/]", markup=True, highlight=False)
