@@ -142,6 +142,10 @@ CASES: dict[str, Case] = {
     "migrate_unknown_revision": Case(fixed("migrate", "--revision", "zzz"), ("unknown revision",)),
     "tenant_rotate_unknown": Case(lambda c: ["tenant", "rotate", c.tenant], ("tenant create",)),
     "tenant_revoke_unknown": Case(lambda c: ["tenant", "revoke", c.tenant], ("no credentials",)),
+    "tenant_revoke_with_env_file": Case(lambda c: ["tenant", "revoke", c.tenant, "--env-file", str(c.tmp / "t.env")],
+                                        ("--env-file goes with create or rotate",)),
+    "tenant_env_file_exists": Case(lambda c: ["tenant", "create", c.tenant, "--env-file", str(c.tmp / "existing.ajb")],
+                                   ("exists", "--force")),
 }
 
 
