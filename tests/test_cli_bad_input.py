@@ -232,7 +232,7 @@ def project(settings: Settings, tenant: str) -> None:
 def test_unfence_of_a_thread_that_is_not_fenced_says_so(ctx: Ctx, client: JournalClient,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     """unfence of an existing but unfenced thread exits 2 saying it is not fenced; of a fenced one, exits 0."""
-    client.append(ctx.tenant, "th", "message", {"n": 1})
+    client.append(ctx.tenant, "th", "message", {"role": "user", "content": "m1"})
     project(ctx.settings, ctx.tenant)
     code, out = run(capsys, ["unfence", ctx.tenant, "th"])
     assert code == 2 and "is not fenced" in out, out
@@ -245,8 +245,8 @@ def test_unfence_of_a_thread_that_is_not_fenced_says_so(ctx: Ctx, client: Journa
 def test_wrong_hmac_key_says_tampered_or_key_mismatch(ctx: Ctx, client: JournalClient,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     """A chain (in PostgreSQL and in a bundle) checked with another key fails saying "tampered" and "key mismatch?"."""
-    client.append(ctx.tenant, "th", "message", {"n": 1})
-    client.append(ctx.tenant, "th", "message", {"n": 2})
+    client.append(ctx.tenant, "th", "message", {"role": "user", "content": "m1"})
+    client.append(ctx.tenant, "th", "message", {"role": "user", "content": "m2"})
     project(ctx.settings.with_(hash_key="writer-key"), ctx.tenant)
     code, out = run(capsys, ["verify", ctx.tenant, "--key", "writer-key"])
     assert code == 0, out
