@@ -21,7 +21,7 @@ import redis.commands.core
 import structlog
 
 from journal import ops
-from journal.errors import ConfigError, JournalError
+from journal.errors import AccessDenied, ConfigError, JournalError
 from journal.events import Draft, Event
 from journal.local_stack import resolve
 from journal.redis_store import append_script, connect_client, translate, warn_if_volatile
@@ -126,6 +126,8 @@ class JournalClient:
         if self.blobs is not None:
             try:
                 self.blobs.ensure_bucket()
+            except AccessDenied as e:  # a tenant's S3 key may use its prefix only, not look at the bucket
+                log.debug("object_storage_bucket_not_visible", error=str(e))
             except JournalError as e:  # small appends need only Redis; big ones will say what is wrong
                 log.warning("object_storage_unavailable", error=str(e))
 

@@ -240,9 +240,7 @@ class EmbeddedStack:
             password = secrets.token_urlsafe(18)
             digest = hashlib.sha256(password.encode()).hexdigest()
             aclfile.write_text(f"user default on #{digest} ~* &* +@all\n")
-            secret = self.data_dir / "redis.password"
-            secret.write_text(password)
-            secret.chmod(0o600)
+            self._write_secret("redis", password)
         argv = [str(binary), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
                 "--aclfile", str(aclfile),
                 "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--daemonize", "no",
@@ -290,9 +288,7 @@ class EmbeddedStack:
             pwfile.unlink()
             if done.returncode:
                 raise StoreUnavailable(f"initdb failed for {data}:\n{done.stdout}{done.stderr}")
-            secret = self.data_dir / "postgres.password"
-            secret.write_text(password)
-            secret.chmod(0o600)
+            self._write_secret("postgres", password)
         port = free_port(prev.get("port"))
         argv = [str(bin_dir / "postgres"), "-D", str(data), "-p", str(port), "-h", "127.0.0.1",
                 "-c", "unix_socket_directories=", "-c", "max_connections=200", "-c", "shared_buffers=256MB",
@@ -304,6 +300,11 @@ class EmbeddedStack:
 
     def _pg_password(self) -> str:
         return self._secret("postgres")
+
+    def _write_secret(self, service: str, value: str) -> None:
+        path = self.data_dir / f"{service}.password"
+        path.write_text(value)
+        path.chmod(0o600)
 
     def _secret(self, service: str) -> str:
         return secret(self.data_dir, service)
@@ -354,6 +355,10 @@ class EmbeddedStack:
             binary = Path(found)
         data = self.data_dir / "s3"
         data.mkdir(parents=True, exist_ok=True)
+        if not (self.data_dir / "s3.password").exists():
+            # The operator's secret key: once a tenant identity exists, SeaweedFS enforces keys, and the
+            # public default pair would make anyone an admin.
+            self._write_secret("s3", secrets.token_urlsafe(24))
         port = free_port(prev.get("port"))
         names = ["master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3_grpc"]
         # Only the S3 port is in the URL; the internal ones are picked afresh at every start.

@@ -64,6 +64,8 @@ def settings_of(data_dir: Path, state: dict[str, dict[str, int]]) -> Settings:
         urls["database_url"] = f"postgresql://{auth}@127.0.0.1:{state['postgres']['port']}/{DATABASE}"
     if "s3" in state:
         urls["s3_url"] = f"http://127.0.0.1:{state['s3']['port']}"
+        if secret(data_dir, "s3"):  # stacks made before per-stack S3 keys keep the public default pair
+            urls["s3_secret_key"] = secret(data_dir, "s3")
     return Settings(data_dir=data_dir, **urls)  # type: ignore[arg-type]
 
 
@@ -95,8 +97,12 @@ def resolve(settings: Settings, *, start: bool = False) -> Settings:
                 "JOURNAL_S3_URL"
             )
         embedded = settings_of(data_dir, read_state(data_dir))
-    return settings.with_(
-        redis_url=settings.redis_url or embedded.redis_url,
-        database_url=settings.database_url or embedded.database_url,
-        s3_url=settings.s3_url or embedded.s3_url,
-    )
+    return fill_from(settings, embedded)
+
+
+def fill_from(settings: Settings, embedded: Settings) -> Settings:
+    """``settings`` with the services it does not configure taken from ``embedded`` (S3 with its keys)."""
+    s3 = {} if settings.s3_url else {"s3_url": embedded.s3_url, "s3_access_key": embedded.s3_access_key,
+                                     "s3_secret_key": embedded.s3_secret_key}
+    return settings.with_(redis_url=settings.redis_url or embedded.redis_url,
+                          database_url=settings.database_url or embedded.database_url, **s3)

@@ -96,8 +96,9 @@ class Settings:
     def env_lines(self) -> list[str]:
         """``export`` lines that point another shell at the same services."""
         out = []
-        for name, value in (("REDIS_URL", self.redis_url), ("DATABASE_URL", self.database_url),
-                            ("S3_URL", self.s3_url), ("S3_BUCKET", self.s3_bucket)):
+        s3 = (("S3_URL", self.s3_url), ("S3_BUCKET", self.s3_bucket), ("S3_ACCESS_KEY", self.s3_access_key),
+              ("S3_SECRET_KEY", self.s3_secret_key)) if self.s3_url else ()
+        for name, value in (("REDIS_URL", self.redis_url), ("DATABASE_URL", self.database_url), *s3):
             if value:
                 out.append(f"export JOURNAL_{name}={value}")
         return out

@@ -1,8 +1,9 @@
 """Delete every trace of one tenant, in every tier, idempotently.
 
 Order matters: the tenant's own credentials go first (its Redis ACL user, its PostgreSQL
-reader login), so its agents cannot write while the rest is deleted; then its Redis keys
-and registry entry, its PostgreSQL rows, and its objects in S3 (blobs and archive). Each step
+reader login, its S3 key on the embedded SeaweedFS), so its agents cannot write while the rest
+is deleted; then its Redis keys and registry entry, its PostgreSQL rows, and its objects in S3
+(blobs and archive). Each step
 deletes only what is still there, so a purge interrupted at any point is finished by running
 it again. A neighbour whose id shares a prefix (``acme`` / ``acme2``) is untouched: Redis keys
 are matched with the tenant's closing brace, rows by equality, objects under ``tenant/``.
@@ -23,6 +24,7 @@ from sqlalchemy.dialects import postgresql
 from journal import acl, keys
 from journal.errors import JournalError
 from journal.redis_store import connect, translate
+from journal.s3_tenants import SeaweedAdmin
 from journal.settings import Settings
 from projections import db, tables
 
@@ -48,16 +50,18 @@ class PurgeReport:
     reader_role: bool = False
     rows: dict[str, int] = field(default_factory=dict)
     objects: int = 0
+    s3_identity: bool = False
 
     @property
     def removed_anything(self) -> bool:
         return bool(self.redis_user or self.redis_keys or self.registry or self.reader_role
-                    or any(self.rows.values()) or self.objects)
+                    or any(self.rows.values()) or self.objects or self.s3_identity)
 
     def to_dict(self) -> dict[str, object]:
         return {"tenant": self.tenant, "redis": {"acl_user": self.redis_user, "keys": self.redis_keys,
                                                  "registry": self.registry},
-                "postgres": {"reader_role": self.reader_role, "rows": self.rows}, "s3": {"objects": self.objects}}
+                "postgres": {"reader_role": self.reader_role, "rows": self.rows},
+                "s3": {"objects": self.objects, "identity": self.s3_identity}}
 
 
 def purge_tenant(settings: Settings, tenant: str) -> PurgeReport:
@@ -73,6 +77,8 @@ def purge_tenant(settings: Settings, tenant: str) -> PurgeReport:
                 report.rows[name] = conn.execute(statement, {"tenant": tenant}).rowcount
             conn.commit()
     if settings.s3_url:
+        admin = SeaweedAdmin.for_settings(settings)  # the embedded S3 only: other stores manage their own keys
+        report.s3_identity = admin.revoke_tenant(tenant) if admin is not None else False
         report.objects = _purge_objects(settings, tenant)
     log.info("tenant_purged", **report.to_dict())
     return report

@@ -19,6 +19,7 @@ from journal.chain import GENESIS, link
 from journal.client import JournalClient
 from journal.codec import decode_body
 from journal.embedded import EmbeddedStack
+from journal.local_stack import fill_from
 from journal.settings import Settings
 
 
@@ -34,11 +35,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
 def settings(stack: EmbeddedStack) -> Settings:
     base = Settings.from_env(data_dir=stack.data_dir)
     embedded = stack.up(tuple(base.missing_urls)) if base.missing_urls else base
-    return base.with_(
-        redis_url=base.redis_url or embedded.redis_url,
-        database_url=base.database_url or embedded.database_url,
-        s3_url=base.s3_url or embedded.s3_url,
-    )
+    return fill_from(base, embedded)
 
 
 @pytest.fixture(scope="session")

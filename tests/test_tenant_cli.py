@@ -206,6 +206,7 @@ def test_tenant_s3_key_is_confined_to_its_prefix(env: Settings, private_s3: Sett
     import botocore.exceptions
 
     monkeypatch.setenv("JOURNAL_S3_URL", private_s3.s3_url or "")
+    monkeypatch.setenv("JOURNAL_S3_SECRET_KEY", private_s3.s3_secret_key)  # the stack's own operator key
     monkeypatch.setenv("JOURNAL_DATA_DIR", str(private_s3.data_dir))
     creds = provision(capsys, "create", tenant)
     assert {"JOURNAL_S3_ACCESS_KEY", "JOURNAL_S3_SECRET_KEY"} <= set(creds)
