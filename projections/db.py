@@ -15,6 +15,7 @@ from alembic import command
 from alembic.config import Config
 from psycopg import sql
 
+from journal.durable import BOUND_TENANT_SQL
 from journal.errors import AccessDenied, ConfigError, StoreUnavailable
 from journal.keys import validate_id
 from journal.settings import Settings, with_credentials
@@ -103,7 +104,7 @@ def bound_tenant(url: str) -> str | None:
                                "runs (`agent-journal status`).") from e
     with conn:
         try:
-            row = conn.execute("SELECT tenant_id FROM journal.tenant_roles WHERE role_name = current_user").fetchone()
+            row = conn.execute(BOUND_TENANT_SQL).fetchone()
         except (psycopg.errors.UndefinedTable, psycopg.errors.InsufficientPrivilege):
             return None  # no schema yet, or a login outside the journal's roles: not a tenant reader
     return str(row[0]) if row else None

@@ -87,13 +87,13 @@ class Replayer:
 
         The custom reducers are the settings' (``JOURNAL_REDUCERS``), as in the projector's snapshots.
 
-        With a reader URL, the Redis tier is left out unless ``use_redis`` is forced on by the caller
-        passing its own ``RedisSource``: a tenant reader's credentials are scoped by PostgreSQL, and
-        the settings' Redis user is not.
+        With a reader URL the Redis tail is read too: every read first opens a PostgreSQL scope,
+        which refuses any tenant but the reader's own (``PostgresSource.scope``), so the Redis user
+        of the settings (the tenant's own, as `agent-journal tenant create` exports it) never
+        serves another tenant through this replayer.
         """
         pg = PostgresSource.connect(settings, url=reader_url) if (settings.database_url or reader_url) else None
-        rs = RedisSource(redis_connect(settings.redis_url)) if use_redis and settings.redis_url and not reader_url \
-            else None
+        rs = RedisSource(redis_connect(settings.redis_url)) if use_redis and settings.redis_url else None
         blobs = BlobStore.from_settings(settings) if settings.s3_url else None
         return cls(pg, rs, blobs, key=key_bytes(settings.hash_key), registry=load_registry(settings.reducers))
 

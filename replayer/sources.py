@@ -30,7 +30,7 @@ import redis
 
 from journal import codec, durable, keys, ops
 from journal.client import drive
-from journal.errors import CodecError, StoreUnavailable
+from journal.errors import AccessDenied, CodecError, StoreUnavailable
 from journal.events import Event
 from journal.settings import Settings
 from journal.state import ThreadState, decode_state
@@ -113,6 +113,8 @@ class PostgresSource:
         conn.read_only = True
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         self._scope: str | None = None
+        #: The tenant a reader login is bound to (None: the pooled journal_app role, any tenant per scope).
+        self.bound_tenant: str | None = None
 
     @classmethod
     def connect(cls, settings: Settings, *, url: str | None = None) -> PostgresSource:
@@ -120,9 +122,14 @@ class PostgresSource:
         if url is None:
             return cls(db.connect(settings, role=db.APP))
         try:
-            return cls(psycopg.connect(url, connect_timeout=5))
+            conn = psycopg.connect(url, connect_timeout=5)
         except psycopg.OperationalError as e:
             raise StoreUnavailable(f"PostgreSQL unreachable with the reader URL: {e}") from e
+        source = cls(conn)
+        with conn.transaction():
+            row = conn.execute(durable.BOUND_TENANT_SQL).fetchone()
+        source.bound_tenant = row[0] if row else None
+        return source
 
     def close(self) -> None:
         self.conn.close()
@@ -131,6 +138,10 @@ class PostgresSource:
     def scope(self, tenant: str) -> Iterator[PostgresSource]:
         """One consistent, read-only view of ``tenant``'s rows (reentrant for the same tenant)."""
         keys.validate_id(tenant, "tenant")
+        if self.bound_tenant is not None and tenant != self.bound_tenant:
+            # Row-level security would show nothing anyway; saying so keeps the other tiers (Redis) out too.
+            raise AccessDenied(f"this PostgreSQL login reads tenant {self.bound_tenant!r} only, not {tenant!r}; "
+                               "use that tenant's own credentials")
         if self._scope is not None:
             if self._scope != tenant:
                 raise RuntimeError(f"a scope for tenant {self._scope} is open; cannot read {tenant} inside it")

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from journal.client import JournalClient
-from journal.errors import GapError, NotFound
+from journal.errors import AccessDenied, GapError, NotFound
 from journal.events import Draft, Event
 from journal.keys import TENANT_CONTEXT_THREAD
 from journal.ops import Resumed
@@ -135,7 +135,7 @@ def test_blob_payloads_are_resolved_before_folding(migrated: Settings, client: J
 
 
 def test_reader_of_tenant_a_cannot_replay_tenant_b(migrated: Settings, client: JournalClient) -> None:
-    """Through tenant A's reader URL, tenant B's thread is NotFound and B has no threads to verify."""
+    """Through tenant A's reader URL, replaying or verifying tenant B is refused with AccessDenied."""
     a, b = f"iso-a-{time.time_ns():x}", f"iso-b-{time.time_ns():x}"
     for t in (a, b):
         client.append_many(t, agent_steps("th", 4))
@@ -145,9 +145,10 @@ def test_reader_of_tenant_a_cannot_replay_tenant_b(migrated: Settings, client: J
         assert migrated.database_url
         with Replayer.from_settings(migrated, reader_url=creds.database_url(migrated.database_url)) as r:
             assert r.replay(a, "th").last_seq == 4
-            with pytest.raises(NotFound):
+            with pytest.raises(AccessDenied, match="reads tenant"):
                 r.replay(b, "th")
-            assert r.verify(b) == []
+            with pytest.raises(AccessDenied):
+                r.verify(b)
             assert [v.ok for v in r.verify(a)] == [True]
     finally:
         db.revoke_tenant_reader(migrated, a)

@@ -90,3 +90,16 @@ def test_tenant_reader_login_cannot_read_another_tenant_from_postgres(migrated: 
             reader.events(tenant + "-b", "th", 0)
     finally:
         reader.close()
+
+
+def test_reader_replayer_reads_the_hot_tail_and_refuses_other_tenants(migrated: Settings, tenant_settings: Settings,
+                                                                      tenant: str) -> None:
+    """Replayer.from_settings as a tenant reader includes unprojected events, and refuses another tenant outright."""
+    from replayer import Replayer
+
+    with make_client("sync", tenant_settings) as agent:
+        agent.append(tenant, "th", "message", {"role": "user", "content": "not projected yet"})
+    with Replayer.from_settings(tenant_settings, reader_url=tenant_settings.database_url) as r:
+        assert r.replay(tenant, "th").last_seq == 1
+        with pytest.raises(AccessDenied, match="reads tenant"):
+            r.replay(tenant + "-b", "th")
