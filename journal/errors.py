@@ -138,6 +138,10 @@ class BlobCorrupt(BlobError):
     """A blob's bytes do not hash to the digest that names it."""
 
 
+class NothingToDo(JournalError):
+    """An operation would change nothing (e.g. unfencing a thread that is not fenced): said, not silently done."""
+
+
 class NotFound(JournalError):
     """The tenant, thread or sequence asked for does not exist."""
 

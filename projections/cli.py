@@ -13,17 +13,13 @@ from rich.console import Console
 from rich.table import Table
 
 from journal.cli import load_settings, non_negative_int, port_number, positive_int
-from journal.errors import ConfigError, JournalError
+from journal.errors import ConfigError, JournalError, NothingToDo
 from journal.s3_tenants import S3Credentials, SeaweedAdmin
 from journal.settings import Settings
 
 console = Console()
 #: Progress and notes go to stderr, so that stdout holds only what a script may capture.
 notes = Console(stderr=True)
-
-
-class NothingToDo(JournalError):
-    """The command would change nothing (e.g. unfencing a thread that is not fenced)."""
 
 
 class TenantExists(JournalError):
@@ -117,39 +113,37 @@ def _cmd_project(args: argparse.Namespace) -> int:
 
 
 def _cmd_unfence(args: argparse.Namespace) -> int:
-    import redis
+    from projections.fences import unfence
 
-    from journal import keys
-    from journal.redis_store import connect, translate
-    from projections import db
-
-    keys.validate_id(args.tenant, "tenant")
-    keys.validate_id(args.thread, "thread")
     settings = load_settings(args, need=("redis", "postgres"))
-    assert settings.redis_url
-    r = connect(settings.redis_url)
-    try:
-        fenced_in_redis = bool(r.hexists(keys.fences(args.tenant), args.thread))
-    except redis.RedisError as e:
-        raise translate(e, "reading the fence") from e
-    with db.connect(settings) as conn:
-        row = conn.execute("SELECT fenced FROM journal.threads WHERE tenant_id = %s AND thread_id = %s",
-                           (args.tenant, args.thread)).fetchone()
-        if row is None and not fenced_in_redis:
-            raise NothingToDo(f"no thread {args.tenant}/{args.thread} in PostgreSQL and no fence in Redis; check "
-                              f"the names (`agent-journal verify {args.tenant}` lists the tenant's threads)")
-        if not (row and row[0]) and not fenced_in_redis:
-            raise NothingToDo(f"thread {args.tenant}/{args.thread} is not fenced; nothing to unfence")
-        conn.execute("UPDATE journal.threads SET fenced = false, fence_reason = NULL WHERE tenant_id = %s AND "
-                     "thread_id = %s", (args.tenant, args.thread))
-        n = conn.execute("UPDATE journal.conflicts SET resolved_at = now(), resolution = %s WHERE tenant_id = %s "
-                         "AND thread_id = %s AND resolved_at IS NULL", (args.note, args.tenant, args.thread)).rowcount
-        conn.commit()
-    try:
-        r.hdel(keys.fences(args.tenant), args.thread)
-    except redis.RedisError as e:
-        raise translate(e, "removing the fence") from e
+    n = unfence(settings, args.tenant, args.thread, args.note)
     console.print(f"{args.tenant}/{args.thread} unfenced; {n} conflict(s) marked resolved")
+    return 0
+
+
+def _cmd_purge_tenant(args: argparse.Namespace) -> int:
+    import json
+
+    from journal.keys import validate_id
+    from projections.purge import purge_tenant
+
+    validate_id(args.tenant, "tenant")
+    if args.confirm != args.tenant:
+        raise ConfigError(f"purge-tenant deletes every trace of {args.tenant} in every tier and cannot be undone; "
+                          f"repeat the tenant id to confirm: --confirm {args.tenant}")
+    report = purge_tenant(load_settings(args, need=("redis", "postgres")), args.tenant)
+    if args.format == "json":
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        table = Table(title=f"purged tenant {args.tenant}" + ("" if report.removed_anything else " (nothing left)"))
+        for col in ("tier", "removed"):
+            table.add_column(col)
+        table.add_row("redis", f"ACL user {'yes' if report.redis_user else 'no'}, {report.redis_keys} keys, "
+                               f"registry entry {'yes' if report.registry else 'no'}")
+        table.add_row("postgres", f"reader role {'yes' if report.reader_role else 'no'}, "
+                                  + ", ".join(f"{n} {t}" for t, n in report.rows.items()))
+        table.add_row("s3", f"{report.objects} objects, tenant key {'yes' if report.s3_identity else 'no'}")
+        console.print(table)
     return 0
 
 
@@ -357,4 +351,10 @@ def register(sub: Any) -> None:
     p.add_argument("thread")
     p.add_argument("--note", default="resolved by operator", help="resolution recorded on the conflicts")
     p.set_defaults(func=_cmd_unfence)
+
+    p = sub.add_parser("purge-tenant", help="delete every trace of a tenant in Redis, PostgreSQL and S3 (re-runnable)")
+    p.add_argument("tenant")
+    p.add_argument("--confirm", required=True, metavar="TENANT", help="the tenant id again, to confirm")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.set_defaults(func=_cmd_purge_tenant)
 

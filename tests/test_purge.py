@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import pytest
 import redis
 
 from journal import acl, keys
@@ -73,3 +74,24 @@ def test_purge_removes_every_trace_and_spares_the_neighbour(migrated: Settings) 
     assert fingerprint(settings, neighbour) == before
     assert not purge_tenant(settings, tenant).removed_anything  # re-runnable: nothing left to remove
     purge_tenant(settings, neighbour)
+
+
+def test_purge_command_needs_the_tenant_twice_and_reports_by_tier(migrated: Settings,
+                                                                  capsys: pytest.CaptureFixture[str],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """`purge-tenant T` without `--confirm T` deletes nothing; with it, a JSON report names what went, by tier."""
+    import json
+
+    from journal.cli import main
+
+    for name in ("redis_url", "database_url", "s3_url", "s3_access_key", "s3_secret_key"):
+        monkeypatch.setenv(f"JOURNAL_{name.upper()}", str(getattr(migrated, name)))
+    tenant = f"purge{uuid.uuid4().hex[:6]}"
+    populate(migrated, tenant)
+    assert main(["purge-tenant", tenant, "--confirm", tenant + "x"]) == 2
+    assert fingerprint(migrated, tenant)["postgres"]["events"]
+    capsys.readouterr()
+    assert main(["purge-tenant", tenant, "--confirm", tenant, "--format", "json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["postgres"]["rows"]["events"] == 31 and report["redis"]["keys"] > 0
+    assert not fingerprint(migrated, tenant)["postgres"]["events"]
