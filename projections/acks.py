@@ -16,10 +16,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+import structlog
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
 from projections.deferred import DeferredReplies
+
+log = structlog.get_logger("projections.acks")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +41,8 @@ class DeferredAcks:
         self._wire = DeferredReplies(url)
         self._sent: list[Call] = []
         self._loaded = False  # the script, on the current connection
+        #: Calls the server refused (``flush``), since this object was made.
+        self.refused = 0
 
     def send(self, calls: list[Call]) -> list[Call]:
         """Send ``calls`` without waiting; returns the earlier calls whose mark was stale (Redis lost its tail)."""
@@ -51,19 +56,26 @@ class DeferredAcks:
         return stale
 
     def flush(self) -> list[Call]:
-        """Wait for the calls sent last; returns those whose mark was stale."""
+        """Wait for the calls sent last; returns those whose mark was stale.
+
+        A call the server refuses concerns its tenant only (its user can write non-numbers into its own
+        ``projected`` hash, on which the script fails): it is logged and its entries stay pending, to be
+        redelivered and skipped as duplicates; it never stops the acknowledgement of other tenants.
+        """
         sent, self._sent = self._sent, []
         stale: list[Call] = []
-        first_error: redis.ResponseError | None = None
         for call, reply in zip(sent, self._wire.replies(), strict=True):
             if isinstance(reply, NoScriptError):  # the server restarted or flushed its scripts
-                reply = self.script(keys=call.keys, args=call.args, client=self._wire.client)
+                try:
+                    reply = self.script(keys=call.keys, args=call.args, client=self._wire.client)
+                except redis.ResponseError as e:
+                    reply = e
             if isinstance(reply, redis.ResponseError):
-                first_error = first_error or reply
+                self.refused += 1
+                log.error("acknowledgement_refused", tenant=call.tenant, error=str(reply)[:500],
+                          entries=call.args[4] if len(call.args) > 4 else None)
             elif int(reply) == 1:
                 stale.append(call)
-        if first_error is not None:
-            raise first_error
         return stale
 
     def reset(self) -> None:

@@ -84,6 +84,16 @@ def stream_position(stream_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+_INT64_MAX = 2**63 - 1
+
+
+def _storable(position: tuple[int, int]) -> tuple[int, int]:
+    """A stream position within ``bigint``: Redis ids go to 2**64 - 1, and a tenant may XADD one that high
+    itself; clamped, its offset stays in the past of nothing honest (no real clock reaches 2**63 ms)."""
+    ms, seq = position
+    return (ms, seq) if ms <= _INT64_MAX and seq <= _INT64_MAX else (min(ms, _INT64_MAX), min(seq, _INT64_MAX))
+
+
 def _columns(e: Event, body: bytes, stream_id: str) -> tuple[Any, ...]:
     tool = None
     if e.type in (TOOL_CALL, TOOL_RESULT) and isinstance(e.payload, dict):
@@ -148,12 +158,12 @@ def write_batch(conn: psycopg.Connection, items: Iterable[Item], poison: Iterabl
     by_thread: dict[tuple[str, str], list[Item]] = defaultdict(list)
     for it in items:
         by_thread[(it.event.tenant, it.event.thread)].append(it)
-        pos = stream_position(it.stream_id)
+        pos = _storable(stream_position(it.stream_id))
         if pos > positions.get(it.event.tenant, (0, 0)):
             positions[it.event.tenant] = pos
     poison = list(poison)
     for p in poison:
-        pos = stream_position(p.stream_id)
+        pos = _storable(stream_position(p.stream_id))
         if pos > positions.get(p.tenant, (0, 0)):
             positions[p.tenant] = pos
 

@@ -32,16 +32,15 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
-import msgpack
 import psycopg
 import redis
 import structlog
 
-from journal import codec, keys
+from journal import keys
 from journal.append import resolve_blob
 from journal.blobs import BlobStore, s3_client
 from journal.chain import key_bytes
-from journal.errors import BlobError, CodecError, JournalError, StoreUnavailable
+from journal.errors import BlobError, JournalError, StoreUnavailable
 from journal.events import Event
 from journal.redis_store import connect as redis_connect
 from journal.redis_store import script_source
@@ -50,6 +49,8 @@ from journal.settings import Settings
 from projections import db, metrics
 from projections.acks import Call, DeferredAcks
 from projections.deferred import DeferredReplies
+from projections.discovery import Discovery
+from projections.intake import BODY_HEADROOM, Intake, storable_text
 from projections.store import BatchResult, Item, Poison, stream_position, write_batch
 
 log = structlog.get_logger("projections.worker")
@@ -69,6 +70,8 @@ class WorkerOptions:
     claim_idle_ms: int = 30_000
     maintenance_every: float = 5.0
     tenant_refresh_every: float = 1.0
+    #: A SCAN pass for tenant streams starts this often (for tenants whose users cannot write the registry).
+    tenant_scan_every: float = 3.0
     max_attempts: int = 3
     #: Offsets committed more recently than this are not compared yet (their mark may be in flight).
     tail_check_grace_ms: int = 1000
@@ -157,10 +160,13 @@ class Projector:
         #: The chunks of tenants of a read sent ahead (``read_and_project``), in reply order.
         self._ahead: list[list[str]] = []
         self._pg: psycopg.Connection | None = None
-        self._tenants: set[str] = set()
-        self._grouped: set[str] = set()
+        self.discovery = Discovery(lambda: self.redis, GROUP, refresh_every=self.options.tenant_refresh_every,
+                                   scan_every=self.options.tenant_scan_every)
+        # The discovery's own sets, shared (never rebound).
+        self._tenants = self.discovery.tenants
+        self._grouped = self.discovery.grouped
+        self.intake = Intake(settings.blob_threshold + BODY_HEADROOM, settings.max_payload_bytes + BODY_HEADROOM)
         self._scripts: dict[str, Any] = {}
-        self._last_refresh = 0.0
         self._last_maintenance = 0.0
         self._last_claim = -float("inf")
         self._attempts: dict[tuple[str, str], int] = defaultdict(int)
@@ -273,9 +279,8 @@ class Projector:
     def run_once(self) -> int:
         """Refresh tenants, read and project one round of entries, and do due maintenance."""
         now = time.monotonic()
-        if now - self._last_refresh >= self.options.tenant_refresh_every or not self._tenants:
+        if self.discovery.due(now):
             self.refresh_tenants()
-            self._last_refresh = now
         done = 0
         if now - self._last_maintenance >= self.options.maintenance_every:
             self._last_maintenance = now
@@ -303,7 +308,16 @@ class Projector:
         for i in range(0, len(tenants), self.options.streams_per_read):
             streams = {keys.stream(t): "0" for t in tenants[i : i + self.options.streams_per_read]}
             for _ in range(100):  # bounded: an entry failing below max_attempts stays pending
-                entries = self.redis.xreadgroup(GROUP, self.consumer, streams, count=self.options.batch_size)
+                try:
+                    entries = self.redis.xreadgroup(GROUP, self.consumer, streams, count=self.options.batch_size)
+                except redis.ResponseError as e:
+                    chunk = [keys.tenant_of_stream(k) for k in streams]
+                    if "NOGROUP" in str(e):
+                        self.discovery.regroup(chunk)
+                    elif not self.discovery.quarantine(chunk):
+                        raise
+                    self._recover = True  # the chunk's other tenants: next turn
+                    break
                 if not entries:
                     break
                 done = self.project(entries)
@@ -313,33 +327,15 @@ class Projector:
         return total
 
     def refresh_tenants(self) -> None:
-        found = {m.decode() for m in self.redis.smembers(keys.TENANT_REGISTRY)}
-        if not self._tenants:
-            # First turn: also tenants PostgreSQL knows (Redis may have lost its registry) and a
-            # scan for tenants whose clients may not register (ACL users cannot write the registry).
-            found |= self._pg_tenants()
-            for k in self.redis.scan_iter(match=keys.stream_pattern(), count=1000, _type="stream"):
-                found.add(keys.tenant_of_stream(k.decode()))
-        for t in found - self._tenants:
-            self.log.info("tenant_discovered", tenant=t)
-        self._tenants |= found
-        self._ensure_groups(self._tenants - self._grouped)
+        """New tenants from the registry, a background SCAN and, on the first turn, PostgreSQL."""
+        self.discovery.refresh(trusted=self._pg_tenants)
 
     def _pg_tenants(self) -> set[str]:
         with self.pg.transaction():
             return {r[0] for r in self.pg.execute("SELECT tenant_id FROM journal.offsets")}
 
     def _ensure_groups(self, tenants: Iterable[str]) -> None:
-        tenants = list(tenants)
-        if not tenants:
-            return
-        pipe = self.redis.pipeline(transaction=False)
-        for t in tenants:
-            pipe.xgroup_create(keys.stream(t), GROUP, id="0", mkstream=True)
-        for t, res in zip(tenants, pipe.execute(raise_on_error=False), strict=True):
-            if isinstance(res, Exception) and "BUSYGROUP" not in str(res):
-                raise res
-            self._grouped.add(t)
+        self.discovery.ensure_groups(tenants)
 
     def read_and_project(self) -> int:
         """Read new entries of every known stream (one pipelined round trip), then project them.
@@ -372,8 +368,11 @@ class Projector:
         for chunk, reply in zip(chunks, replies, strict=True):
             if isinstance(reply, Exception):
                 if "NOGROUP" in str(reply):  # Redis restarted empty or a stream was deleted: recreate groups.
-                    self._grouped.clear()
-                    self._ensure_groups(chunk)
+                    self.discovery.regroup(chunk)
+                    continue
+                # One tenant can turn its stream key into another type (its user may SET it): that fails
+                # the whole XREADGROUP, so set it aside rather than stop every tenant of the chunk.
+                if isinstance(reply, redis.ResponseError) and self.discovery.quarantine(chunk):
                     continue
                 raise reply
             entries += _stream_entries(reply)
@@ -466,16 +465,7 @@ class Projector:
         return self._write(*self._decode(entries))
 
     def _decode(self, entries: list[tuple[str, str, dict[bytes, Any]]]) -> tuple[list[Item], list[Poison]]:
-        items: list[Item] = []
-        poison: list[Poison] = []
-        for tenant, sid, fields in entries:
-            try:
-                ev = codec.decode_entry(tenant, fields, sid)
-                # Computed here (an event whose chain bytes cannot be made is poison) and reused by the chain.
-                items.append(Item.of(sid, ev, fields[b"b"]))
-            except (CodecError, JournalError, KeyError, ValueError, TypeError) as e:
-                poison.append(self._poison(tenant, sid, fields, f"undecodable: {e}"))
-        return items, poison
+        return self.intake.decode(entries)
 
     def _write(self, items: list[Item], poison: list[Poison], *, while_locking: Callable[[], object] | None = None,
                meanwhile: Callable[[], object] | None = None, defer_ack: bool = False) -> int:
@@ -517,30 +507,31 @@ class Projector:
             except psycopg.Error as e:
                 self._attempts[slot] += 1
                 if self._attempts[slot] >= self.options.max_attempts:
-                    poison.append(Poison(it.event.tenant, it.stream_id, f"PostgreSQL refused it "
-                                         f"{self._attempts[slot]} times: {e}", it.body, it.event.thread, it.event.seq))
+                    reason = storable_text(f"PostgreSQL refused it {self._attempts[slot]} times: {e}")
+                    poison.append(Poison(it.event.tenant, it.stream_id, reason, it.body, it.event.thread,
+                                         it.event.seq))
                     self._attempts.pop(slot, None)
                 else:
                     self.log.warning("entry_failed", tenant=it.event.tenant, thread=it.event.thread,
                                      seq=it.event.seq, attempt=self._attempts[slot], error=str(e))
                     self._recover = True  # still pending on this consumer: retried next turn, not after claim_idle_ms
         if poison:
-            r = write_batch(self.pg, [], poison)
-            total.dead_letters = r.dead_letters
+            total.dead_letters = self._write_dead_letters(poison)
             done += [(p.tenant, p.stream_id) for p in poison]
         self._after_commit(total, done)
         return len(done)
 
-    def _poison(self, tenant: str, sid: str, fields: dict[bytes, Any], reason: str) -> Poison:
-        thread = fields.get(b"t")
-        seq = fields.get(b"s")
+    def _write_dead_letters(self, poison: list[Poison]) -> int:
+        """Store ``poison``; if PostgreSQL refuses a row as is, store it with only the columns that always fit."""
         try:
-            seq_i = int(seq) if seq is not None else None
-        except ValueError:
-            seq_i = None
-        raw = msgpack.packb({k.decode(errors="replace"): v for k, v in fields.items()}, use_bin_type=True)
-        self.log.error("dead_letter", tenant=tenant, stream_id=sid, reason=reason)
-        return Poison(tenant, sid, reason, raw, thread.decode(errors="replace") if thread else None, seq_i)
+            return write_batch(self.pg, [], poison).dead_letters
+        except psycopg.OperationalError:
+            raise
+        except psycopg.Error as e:
+            self.log.error("dead_letter_refused_storing_bare", error=str(e)[:500], entries=len(poison))
+            bare = [Poison(p.tenant, p.stream_id, storable_text(f"{p.reason} (stored bare: {e})"), p.entry)
+                    for p in poison]
+            return write_batch(self.pg, [], bare).dead_letters
 
     def _after_commit(self, result: BatchResult, acked: list[tuple[str, str]]) -> None:
         """Acknowledge a committed batch: sent now, replies read after the next batch (``DeferredAcks``)."""
@@ -564,7 +555,9 @@ class Projector:
             for tenant, thread, seq in result.conflicts:
                 pipe.hset(keys.fences(tenant), thread, f"seq {seq} was issued twice with different content")
                 self.log.error("sequence_conflict_thread_fenced", tenant=tenant, thread=thread, seq=seq)
-            pipe.execute()
+            for (tenant, thread, _), res in zip(result.conflicts, pipe.execute(raise_on_error=False), strict=True):
+                if isinstance(res, redis.ResponseError):  # the tenant's user made its fences key another type
+                    self.log.error("fence_refused", tenant=tenant, thread=thread, error=str(res)[:500])
         # A reused seq proves Redis lost its tail: stop further reuse (as soon as no transaction is open).
         for tenant, *_ in result.conflicts:
             self._due_repairs.setdefault(tenant, result.positions[tenant][0] if tenant in result.positions else None)
@@ -601,29 +594,31 @@ class Projector:
         for tenant, length in zip(tenants, lengths, strict=True):
             if isinstance(length, Exception) or int(length) <= self.settings.hot_window:
                 continue  # nothing to trim: skip the per-stream round trips
-            stream = keys.stream(tenant)
-            try:
-                groups = self.redis.xinfo_groups(stream)
-                summary = self.redis.xpending(stream, GROUP)
-            except redis.ResponseError:
-                continue
-            group = next((g for g in groups if g["name"] in (GROUP, GROUP.encode())), None)
-            if group is None:
-                continue
-            delivered = group["last-delivered-id"]
-            safe = delivered.decode() if isinstance(delivered, bytes) else str(delivered)
-            if summary and summary.get("pending"):
-                low = summary["min"]
-                low = low.decode() if isinstance(low, bytes) else str(low)
-                safe = min(safe, low, key=stream_position)
-            elif safe == "0-0":
-                continue
-            # Keep the hot window: the oldest id to keep is hot_window entries before `safe`.
-            window = self.redis.xrevrange(stream, max=safe, min="-", count=self.settings.hot_window + 1)
-            if len(window) <= self.settings.hot_window:
-                continue
-            keep_from = window[-2][0] if len(window) >= 2 else window[-1][0]
-            self.redis.xtrim(stream, minid=keep_from.decode(), approximate=False)
+            with contextlib.suppress(redis.ResponseError):  # a tenant's key changed under us: its tenant only
+                self._trim_one(tenant)
+
+    def _trim_one(self, tenant: str) -> None:
+        """Trim one stream, if it holds more than the hot window below what is committed."""
+        stream = keys.stream(tenant)
+        groups = self.redis.xinfo_groups(stream)
+        summary = self.redis.xpending(stream, GROUP)
+        group = next((g for g in groups if g["name"] in (GROUP, GROUP.encode())), None)
+        if group is None:
+            return
+        delivered = group["last-delivered-id"]
+        safe = delivered.decode() if isinstance(delivered, bytes) else str(delivered)
+        if summary and summary.get("pending"):
+            low = summary["min"]
+            low = low.decode() if isinstance(low, bytes) else str(low)
+            safe = min(safe, low, key=stream_position)
+        elif safe == "0-0":
+            return
+        # Keep the hot window: the oldest id to keep is hot_window entries before `safe`.
+        window = self.redis.xrevrange(stream, max=safe, min="-", count=self.settings.hot_window + 1)
+        if len(window) <= self.settings.hot_window:
+            return
+        keep_from = window[-2][0] if len(window) >= 2 else window[-1][0]
+        self.redis.xtrim(stream, minid=keep_from.decode(), approximate=False)
 
     def check_tail(self) -> None:
         """Detect that Redis lost its tail, and repair the heads of the tenants concerned.
@@ -643,11 +638,14 @@ class Projector:
         pipe = self.redis.pipeline(transaction=False)
         for t in tenants:
             pipe.hget(keys.projected(t), keys.COMMITTED_MARK)
-        for t, mark in zip(tenants, pipe.execute(), strict=True):
-            if int(mark or 0) < committed[t]:
+        for t, mark in zip(tenants, pipe.execute(raise_on_error=False), strict=True):
+            try:
+                behind = int(mark or 0) < committed[t]
+            except (TypeError, ValueError):  # not a number: the tenant's user wrote it (its own key)
+                behind = True
+            if behind:
                 self.repair_heads(t, committed[t])
-        self._tenants |= set(tenants)
-        self._ensure_groups(set(tenants) - self._grouped)
+        self.discovery.add_trusted(tenants)
 
     def repair_heads(self, tenant: str, committed_ms: int | None = None) -> int:
         """Raise the tenant's Lua heads to at least what PostgreSQL holds, and restore its fences."""
@@ -660,15 +658,21 @@ class Projector:
                 committed_ms = found[0] if found else 0
         raised = 0
         script = self._script("raise_heads")
-        for i in range(0, len(rows), 500):
-            args: list[Any] = []
-            for thread, seq, _, _ in rows[i : i + 500]:
-                args += [thread, seq]
-            raised += int(script(keys=[keys.heads(tenant)], args=args))
-        fenced = {thread: reason or "fenced in PostgreSQL" for thread, _, is_fenced, reason in rows if is_fenced}
-        if fenced:
-            self.redis.hset(keys.fences(tenant), mapping=fenced)
-        script(keys=[keys.projected(tenant)], args=[keys.COMMITTED_MARK, committed_ms])
+        try:
+            for i in range(0, len(rows), 500):
+                args: list[Any] = []
+                for thread, seq, _, _ in rows[i : i + 500]:
+                    args += [thread, seq]
+                raised += int(script(keys=[keys.heads(tenant)], args=args))
+            fenced = {thread: reason or "fenced in PostgreSQL" for thread, _, is_fenced, reason in rows if is_fenced}
+            if fenced:
+                self.redis.hset(keys.fences(tenant), mapping=fenced)
+            script(keys=[keys.projected(tenant)], args=[keys.COMMITTED_MARK, committed_ms])
+        except redis.ResponseError as e:
+            # The tenant's user can write non-numbers into its own heads or marks, on which the script fails:
+            # its own appends then fail too; other tenants' repairs go on.
+            self.log.error("head_repair_refused", tenant=tenant, error=str(e)[:500])
+            return 0
         # Raised heads mean Redis really had lost its tail; none raised was a harmless false alarm
         # (a mark overtaken by another worker's commit).
         (self.log.error if raised else self.log.info)(

@@ -108,8 +108,37 @@ def test_many_small_batches_in_one_round_with_poison(migrated: Settings, admin_p
 
 def test_entry_postgres_refuses_is_dead_lettered_and_its_batch_still_projects(
         migrated: Settings, admin_pg: Any, client: JournalClient, tenant: str) -> None:
-    """A body that decodes but that PostgreSQL refuses (a NUL in the idempotency key, from a writer that skipped
-    the client's checks) fails its batch; the batch is retried entry by entry and only that entry is dead-lettered."""
+    """An entry PostgreSQL refuses (here a trigger on thread "c") fails its batch; the batch is retried entry by
+    entry and only that entry is dead-lettered."""
+    fn = f"public.refuse_{tenant.replace('-', '_')}"
+    admin_pg.execute(f"CREATE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                     "IF NEW.tenant_id = TG_ARGV[0] AND NEW.thread_id = 'c' THEN RAISE 'refused by the test'; "
+                     "END IF; RETURN NEW; END $$")
+    admin_pg.execute(f"CREATE TRIGGER refuse_c BEFORE INSERT ON journal.events FOR EACH ROW "
+                     f"EXECUTE FUNCTION {fn}('{tenant}')")
+    try:
+        for i in range(6):
+            client.append(tenant, "a", "message", {"i": i})
+        client.append(tenant, "c", "message", {"i": 1})
+        bad = client.redis.xrevrange(keys.stream(tenant), count=1)[0][0].decode()
+        for i in range(6):
+            client.append(tenant, "a", "message", {"i": 6 + i})
+        p = projector(migrated, batch_size=4)
+        p.drain(tenants=[tenant])
+        p.close()
+    finally:
+        admin_pg.execute("DROP TRIGGER refuse_c ON journal.events")
+        admin_pg.execute(f"DROP FUNCTION {fn}()")
+    assert_exactly_once(admin_pg, tenant, {"a": 12})
+    row = admin_pg.execute("SELECT seq, reason FROM journal.dead_letters WHERE tenant_id = %s AND stream_id = %s",
+                           (tenant, bad)).fetchone()
+    assert row is not None and row[0] == 1 and "PostgreSQL refused it 3 times" in row[1]
+
+
+def test_text_postgres_cannot_store_is_dead_lettered_before_any_sql(
+        migrated: Settings, admin_pg: Any, client: JournalClient, tenant: str) -> None:
+    """A body that decodes but holds text PostgreSQL cannot store (a NUL in the idempotency key, from a writer that
+    skipped the client's checks) is dead-lettered at intake; the rest of its batch projects at once."""
     for i in range(6):
         client.append(tenant, "a", "message", {**MSG, "i": i})
     body = codec.frame(codec.pack([1, "message", None, {"i": 1}, "key\x00nul", {}, None]))
@@ -123,7 +152,7 @@ def test_entry_postgres_refuses_is_dead_lettered_and_its_batch_still_projects(
     assert_exactly_once(admin_pg, tenant, {"a": 12})
     row = admin_pg.execute("SELECT seq, reason FROM journal.dead_letters WHERE tenant_id = %s AND stream_id = %s",
                            (tenant, bad)).fetchone()
-    assert row is not None and row[0] == 1 and "PostgreSQL refused it 3 times" in row[1]
+    assert row is not None and row[0] == 1 and "idempotency key is not text" in row[1]
 
 
 def test_reused_seq_with_different_content_is_a_conflict_and_fences(
