@@ -16,11 +16,18 @@ from typing import Any
 import redis
 
 from journal.redis_store import connect
+from projections import redis_internals
 
 
 class DeferredReplies:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, partial_reads: bool | None = None) -> None:
+        """``partial_reads``: parse replies as they arrive (redis-py internals); default: if the version is known."""
         self.url = url
+        if partial_reads is None:
+            partial_reads = redis_internals.known()
+            if not partial_reads:
+                redis_internals.fall_back("partial_reads", "redis-py version outside the known range")
+        self.partial_reads = partial_reads
         self._client: redis.Redis | None = None
         self._unread = 0
         #: Replies parsed ahead of ``replies()`` (``read_arrived``).
@@ -78,15 +85,18 @@ class DeferredReplies:
         conn: Any = self.client.connection
         parser = getattr(conn, "_parser", None)
         reader = getattr(parser, "_reader", None)
-        if reader is None or not hasattr(parser, "read_from_socket"):
-            # Not redis-py's hiredis parser (its internals are what allow this): no partial reads.
+        not_enough = getattr(sys.modules[type(parser).__module__], "NOT_ENOUGH_DATA", None)
+        if not self.partial_reads or reader is None or not_enough is None or not hasattr(parser, "read_from_socket"):
+            if self.partial_reads:  # a known version, but not its hiredis parser (hiredis not installed?)
+                redis_internals.fall_back("partial_reads", f"connection parser {type(parser).__name__} has no "
+                                          "hiredis reader")
             if conn.can_read(0):
                 self.read_one()
             return
         while parser.read_from_socket(timeout=0, raise_on_timeout=False):
             pass
         reply = reader.gets()
-        if reply is getattr(sys.modules[type(parser).__module__], "NOT_ENOUGH_DATA", False):
+        if reply is not_enough:
             return
         if isinstance(reply, redis.ConnectionError):
             raise reply

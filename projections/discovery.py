@@ -55,12 +55,13 @@ class Discovery:
     def due(self, now: float) -> bool:
         return not self.tenants or now - self._last_refresh >= self.refresh_every or self._cursor is not None
 
-    def refresh(self, trusted: Callable[[], Iterable[str]] | None = None) -> None:
-        """Read the registry, advance the scan, and add every new tenant (``trusted``: PostgreSQL's, first time)."""
+    def refresh(self, trusted: Callable[[], Iterable[str]] | None = None, *, force: bool = False) -> None:
+        """Read the registry (when due, or ``force``), advance the scan, and add every new tenant
+        (``trusted``: PostgreSQL's, on the first refresh)."""
         now = time.monotonic()
         first = not self.tenants
         found: set[str] = set()
-        if first or now - self._last_refresh >= self.refresh_every:
+        if first or force or now - self._last_refresh >= self.refresh_every:
             self._last_refresh = now
             found |= {_name(m) for m in self.redis.smembers(keys.TENANT_REGISTRY)}
         if self._cursor is None and now - self._last_scan_start >= self.scan_every:

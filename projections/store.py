@@ -14,9 +14,9 @@ import contextlib
 import operator
 import weakref
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 import psycopg
@@ -73,6 +73,16 @@ class BatchResult:
     positions: dict[str, tuple[int, int]] = field(default_factory=dict)
     #: tenant -> committed stream time (ms) before this batch (0 for a new tenant).
     previous_ms: dict[str, int] = field(default_factory=dict)
+
+
+class Overlap(Protocol):
+    """CPU work a caller runs while one batch waits on PostgreSQL (``write_batch`` calls each at most once;
+    either may not be called if a statement fails first). The projector acknowledges the batch before
+    while the thread rows are locked, and decodes the next batch while the writes and COMMIT run."""
+
+    def while_locking(self) -> None: ...
+
+    def while_writing(self) -> None: ...
 
 
 _seq_of = operator.attrgetter("event.seq")
@@ -145,13 +155,12 @@ def _stage_events(conn: psycopg.Connection, rows: list[tuple[Any, ...]]) -> None
 
 def write_batch(conn: psycopg.Connection, items: Iterable[Item], poison: Iterable[Poison] = (), *,
                 key: bytes | None = None, snapshot_every: int = 100,
-                resolve: snapshots.BlobSource | None = None, while_locking: Callable[[], object] | None = None,
-                meanwhile: Callable[[], object] | None = None, registry: Registry | None = None) -> BatchResult:
+                resolve: snapshots.BlobSource | None = None, overlap: Overlap | None = None,
+                registry: Registry | None = None) -> BatchResult:
     """Project ``items`` (and dead-letter ``poison``) in one transaction, committed here (rolled back on error).
 
-    The callables are CPU work the caller overlaps with PostgreSQL's, called while the batch waits:
-    ``while_locking`` once the thread rows are being locked, ``meanwhile`` once the writes are on their
-    way. Either may not be called if a statement fails first.
+    ``overlap`` is work of the caller's run while the batch waits: its ``while_locking`` once the thread
+    rows are being locked, its ``while_writing`` once the writes (and the COMMIT) are on their way.
     """
     result = BatchResult()
     positions = result.positions
@@ -170,7 +179,7 @@ def write_batch(conn: psycopg.Connection, items: Iterable[Item], poison: Iterabl
     if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
         raise psycopg.ProgrammingError("write_batch commits its own transaction: call it outside one")
     try:
-        _run_batch(conn, by_thread, poison, result, key, snapshot_every, resolve, while_locking, meanwhile, registry)
+        _run_batch(conn, by_thread, poison, result, key, snapshot_every, resolve, overlap, registry)
     except BaseException:
         if not conn.closed:
             with contextlib.suppress(psycopg.Error):
@@ -181,8 +190,7 @@ def write_batch(conn: psycopg.Connection, items: Iterable[Item], poison: Iterabl
 
 def _run_batch(conn: psycopg.Connection, by_thread: dict[tuple[str, str], list[Item]], poison: list[Poison],
                result: BatchResult, key: bytes | None, snapshot_every: int, resolve: snapshots.BlobSource | None,
-               while_locking: Callable[[], object] | None, meanwhile: Callable[[], object] | None,
-               registry: Registry | None) -> None:
+               overlap: Overlap | None, registry: Registry | None) -> None:
     positions = result.positions
     # Every join below looks up keys from an unnest() batch. The planner prices that as a hash join
     # over a whole table (threads, events) once the batch has a few thousand keys: measured 3× slower
@@ -194,8 +202,8 @@ def _run_batch(conn: psycopg.Connection, by_thread: dict[tuple[str, str], list[I
         offsets = conn.execute("SELECT tenant_id, stream_ms FROM journal.offsets WHERE tenant_id = ANY(%b)",
                                (tenants,)) if positions else None
         locked = _lock_threads(conn, sorted(by_thread)) if by_thread else None
-        if while_locking is not None:
-            while_locking()
+        if overlap is not None:
+            overlap.while_locking()
         if offsets is not None:
             result.previous_ms = dict.fromkeys(tenants, 0)
             result.previous_ms.update(offsets.fetchall())
@@ -204,7 +212,7 @@ def _run_batch(conn: psycopg.Connection, by_thread: dict[tuple[str, str], list[I
     if plan.rows:
         _stage_events(conn, plan.rows)
     # Nothing below needs a result: in pipeline mode PostgreSQL runs these statements, and the COMMIT
-    # when no snapshot is due, while ``meanwhile`` (the projector decoding its next batch) runs here.
+    # when no snapshot is due, while ``overlap.while_writing`` (the projector decoding its next batch) runs here.
     with conn.pipeline():
         _apply(conn, plan)
         if poison:
@@ -226,8 +234,8 @@ def _run_batch(conn: psycopg.Connection, by_thread: dict[tuple[str, str], list[I
                 (tenants, [positions[t][0] for t in tenants], [positions[t][1] for t in tenants]))
         if not plan.snapshot_jobs:
             conn.execute("COMMIT")
-        if meanwhile is not None:
-            meanwhile()
+        if overlap is not None:
+            overlap.while_writing()
     if plan.snapshot_jobs:  # they read this batch's hashes back
         for tenant, thread, old_seq, new_seq, chained in plan.snapshot_jobs:
             result.snapshots += snapshots.write_due(conn, tenant, thread, old_seq, new_seq, chained,

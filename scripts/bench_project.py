@@ -289,6 +289,7 @@ def _worker_main(urls: tuple[str, str], data_dir: str, options: dict[str, Any], 
     """One projector worker process: the stock ``Projector.run()``, plus timers around its stages."""
     import cProfile
 
+    from projections import committer as committer_mod
     from projections import worker as worker_mod
 
     # Per-tenant "tenant_discovered" lines would flood the bench output; warnings and errors still show.
@@ -298,18 +299,29 @@ def _worker_main(urls: tuple[str, str], data_dir: str, options: dict[str, Any], 
     batches: list[int] = []
     # Timers wrap functions in this process only; the rest is subtracted out in the parent. A batch is
     # decoded either directly or, for all but a round's first, inside write_batch while PostgreSQL runs
-    # the previous batch's statements (its ``meanwhile``): that part is timed separately.
-    write_batch = clock.wrap("write_batch", worker_mod.write_batch)
+    # the previous batch's statements (its overlap's ``while_writing``): that part is timed separately.
+    write_batch = clock.wrap("write_batch", committer_mod.write_batch)
+    # while_locking acknowledges the batch before; while_writing decodes the next and parses a read-ahead reply.
+    lock_wait = clock.wrap("lock_wait_acks", lambda overlap: overlap.while_locking())
+    meanwhile = clock.wrap("meanwhile", lambda overlap: overlap.while_writing())
 
-    def timed_write_batch(*a: Any, while_locking: Any = None, meanwhile: Any = None, **kw: Any) -> Any:
-        # while_locking acknowledges the batch before; meanwhile decodes the next and parses a read-ahead reply.
-        return write_batch(*a, while_locking=while_locking and clock.wrap("lock_wait_acks", while_locking),
-                           meanwhile=meanwhile and clock.wrap("meanwhile", meanwhile), **kw)
+    class TimedOverlap:
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
 
-    worker_mod.write_batch = timed_write_batch  # type: ignore[assignment]
+        def while_locking(self) -> None:
+            lock_wait(self.inner)
+
+        def while_writing(self) -> None:
+            meanwhile(self.inner)
+
+    def timed_write_batch(*a: Any, overlap: Any = None, **kw: Any) -> Any:
+        return write_batch(*a, overlap=overlap and TimedOverlap(overlap), **kw)
+
+    committer_mod.write_batch = timed_write_batch  # type: ignore[assignment]
 
     p = Projector(settings, WorkerOptions(**options))
-    after_commit = clock.wrap("_after_commit", p._after_commit)
+    after_commit = clock.wrap("_after_commit", p.committer.after_commit)
 
     def counted_after_commit(result: Any, acked: list[tuple[str, str]]) -> None:
         after_commit(result, acked)
@@ -319,10 +331,10 @@ def _worker_main(urls: tuple[str, str], data_dir: str, options: dict[str, Any], 
             if 0 < target.value <= counter.value:
                 reached.set()
 
-    # Instance attributes shadow the methods, and run_once/read_and_project call them through self.
-    p._after_commit = counted_after_commit  # type: ignore[method-assign]
-    p._parse_ahead = clock.wrap("parse_ahead", p._parse_ahead)  # type: ignore[method-assign]
-    p._decode = clock.wrap("decode", p._decode)  # type: ignore[method-assign]
+    # Instance attributes shadow the methods, and the rooms call them through self.
+    p.committer.after_commit = counted_after_commit  # type: ignore[method-assign]
+    p.reader.parse_ahead = clock.wrap("parse_ahead", p.reader.parse_ahead)  # type: ignore[method-assign]
+    p.committer.decode = clock.wrap("decode", p.committer.decode)  # type: ignore[method-assign]
     for name in ("read_and_project", "check_tail", "claim", "trim", "refresh_tenants"):
         setattr(p, name, clock.wrap(name, getattr(p, name)))
     worker_mod.tune_gc()  # as `agent-journal project` does

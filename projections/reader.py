@@ -1,0 +1,200 @@
+"""The projector's reader: which entries to project next, from the tenant streams.
+
+Reads new entries of every tenant stream (XREADGROUP, ``streams_per_read`` streams per call), its
+own entries left pending by a failed batch, and entries of dead consumers (XAUTOCLAIM). On a
+backlog the next round's read is sent ahead, so Valkey prepares it while PostgreSQL works
+(``DeferredReplies``); its replies are parsed in the committer's waits (``parse_ahead``).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import redis
+import structlog
+
+from journal import keys
+from projections import redis_internals
+from projections.deferred import DeferredReplies
+from projections.discovery import Discovery
+from projections.links import Links
+
+log = structlog.get_logger("projections.reader")
+
+Entry = tuple[str, str, dict[bytes, Any]]
+
+
+def stream_entries(reply: Any, **_: Any) -> list[Entry]:
+    """XREADGROUP's reply (RESP2 list or RESP3 map) as ``(tenant, stream id, fields)``, in one pass.
+
+    Installed in place of redis-py's parser on the projector's client (``install_parser``): that one
+    builds a tuple and a dict per entry which would be unpacked again here. Also takes redis-py's own
+    parse (fields already a dict), for when it is not installed. Entries deleted while pending (no
+    fields) are skipped.
+    """
+    if not reply:
+        return []
+    out: list[Entry] = []
+    append = out.append
+    for key, msgs in reply.items() if isinstance(reply, dict) else reply:
+        tenant = keys.tenant_of_stream(key.decode() if isinstance(key, bytes) else key)
+        for sid, flat in msgs:
+            if flat is None:
+                continue
+            if type(flat) is dict:
+                append((tenant, sid.decode(), flat))
+            else:
+                pairs = iter(flat)
+                append((tenant, sid.decode(), dict(zip(pairs, pairs, strict=False))))
+    return out
+
+
+def entry_count(reply: Any) -> int:
+    """Entries in an XREADGROUP reply, unparsed (0 for an error or nothing)."""
+    if not reply or isinstance(reply, Exception):
+        return 0
+    return sum(len(msgs) for _, msgs in (reply.items() if isinstance(reply, dict) else reply))
+
+
+def install_parser(client: redis.Redis) -> None:
+    """Parse XREADGROUP replies with ``stream_entries`` on ``client``, on a redis-py version known to allow it."""
+    if redis_internals.known():
+        client.set_response_callback("XREADGROUP", stream_entries)
+    else:
+        redis_internals.fall_back("xreadgroup_parser", "redis-py version outside the known range")
+
+
+class Reader:
+    def __init__(self, links: Links, discovery: Discovery, *, group: str, consumer: str, streams_per_read: int,
+                 read_ahead: int, batch_size: int, block_ms: int, claim_idle_ms: int, stop: threading.Event) -> None:
+        self.links = links
+        self.discovery = discovery
+        self.group = group
+        self.consumer = consumer
+        self.streams_per_read = streams_per_read
+        self.read_ahead = read_ahead
+        self.batch_size = batch_size
+        self.block_ms = block_ms
+        self.claim_idle_ms = claim_idle_ms
+        self._stop = stop
+        self._reads: DeferredReplies | None = None
+        #: The chunks of tenants of a read sent ahead (``read_round``), in reply order.
+        self._ahead: list[list[str]] = []
+
+    @property
+    def reads(self) -> DeferredReplies:
+        if self._reads is None:
+            self._reads = DeferredReplies(self.links.settings.redis_url or "")
+        return self._reads
+
+    @property
+    def unread(self) -> int:
+        """Replies of a read sent ahead not yet taken (entries delivered to this consumer already)."""
+        return self._reads.unread if self._reads is not None else 0
+
+    def reset(self) -> None:
+        """Forget a read sent ahead (its entries stay pending on this consumer: ``own_pending`` takes them)."""
+        if self._reads is not None:
+            self._reads.reset()
+
+    def parse_ahead(self) -> None:
+        """Parse one reply of the read sent ahead if it has arrived (Valkey may still be running it)."""
+        self.reads.read_arrived()
+
+    def read_round(self) -> list[Entry]:
+        """New entries of every known stream (one pipelined round trip), or a round read ahead.
+
+        A round that fills several batches means a backlog: the next round's read is then sent
+        before this one is written, and its reply taken at the next turn, so Valkey prepares it
+        while PostgreSQL works.
+        """
+        if self.reads.unread:
+            chunks, replies = self._ahead, self.reads.replies()
+        else:
+            tenants = sorted(self.discovery.tenants)
+            if not tenants:
+                self._stop.wait(self.block_ms / 1000)
+                return []
+            chunks = self._chunks(tenants)
+            # One read can block until something arrives; many streams cannot share one blocking read.
+            # Valkey writes replies once it has run every command received, so the first chunk goes alone.
+            self._send_reads(chunks[:1], len(tenants), block=len(chunks) == 1)
+            replies = self.reads.replies()
+            if len(chunks) > 1:
+                self._send_reads(chunks[1:], len(tenants), block=False)
+                if entry_count(replies[0]) >= self.batch_size // 2:
+                    # A backlog: start on it now; the other chunks' replies are parsed while this round
+                    # waits on PostgreSQL, and projected next turn.
+                    chunks, self._ahead = chunks[:1], chunks[1:]
+                else:
+                    replies += self.reads.replies()
+        entries: list[Entry] = []
+        for chunk, reply in zip(chunks, replies, strict=True):
+            if isinstance(reply, Exception):
+                if "NOGROUP" in str(reply):  # Redis restarted empty or a stream was deleted: recreate groups.
+                    self.discovery.regroup(chunk)
+                    continue
+                # One tenant can turn its stream key into another type (its user may SET it): that fails
+                # the whole XREADGROUP, so set it aside rather than stop every tenant of the chunk.
+                if isinstance(reply, redis.ResponseError) and self.discovery.quarantine(chunk):
+                    continue
+                raise reply
+            entries += stream_entries(reply)
+        if not entries and len(chunks) > 1:  # idle briefly, do not spin
+            self._stop.wait(self.block_ms / 1000)
+        return entries
+
+    def send_ahead(self) -> None:
+        """Send the next round's read now (a backlog), unless one is in flight or the worker is stopping."""
+        if not self.reads.unread and not self._stop.is_set():
+            tenants = sorted(self.discovery.tenants)
+            self._ahead = self._chunks(tenants)
+            self._send_reads(self._ahead, len(tenants), block=False)
+
+    def _chunks(self, tenants: list[str]) -> list[list[str]]:
+        """``tenants`` in groups of ``streams_per_read``: one XREADGROUP each."""
+        spr = self.streams_per_read
+        return [tenants[i : i + spr] for i in range(0, len(tenants), spr)]
+
+    def _send_reads(self, chunks: list[list[str]], n_tenants: int, *, block: bool) -> None:
+        """Send one XREADGROUP per chunk of tenants, ``n_tenants`` in the round; replies via ``self.reads``."""
+        # Enough per stream that a thread's backlog lands in one transaction, bounded per round.
+        per_stream = max(10, self.read_ahead // n_tenants)
+        wait = ("BLOCK", self.block_ms) if block else ()
+        self.reads.send([("XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", per_stream, *wait, "STREAMS",
+                          *map(keys.stream, chunk), *[">"] * len(chunk)) for chunk in chunks])
+
+    def own_chunks(self) -> list[list[str]]:
+        """The known tenants in chunks, for ``own_pending``."""
+        return self._chunks(sorted(self.discovery.tenants))
+
+    def own_pending(self, chunk: list[str]) -> list[Entry] | None:
+        """Entries delivered to this consumer and not acknowledged, on ``chunk``'s streams (up to a batch);
+        ``None`` if the chunk cannot be read now (a group recreated, a tenant set aside: try next turn)."""
+        streams = {keys.stream(t): "0" for t in chunk}
+        try:
+            return self.links.redis.xreadgroup(self.group, self.consumer, streams, count=self.batch_size)
+        except redis.ResponseError as e:
+            if "NOGROUP" in str(e):
+                self.discovery.regroup(chunk)
+            elif not self.discovery.quarantine(chunk):
+                raise
+            return None
+
+    def claimable(self) -> list[Entry]:
+        """Entries pending on dead consumers for longer than ``claim_idle_ms``, now this consumer's."""
+        tenants = sorted(self.discovery.tenants)
+        if not tenants:
+            return []
+        pipe = self.links.redis.pipeline(transaction=False)
+        for t in tenants:
+            pipe.xautoclaim(keys.stream(t), self.group, self.consumer, self.claim_idle_ms, "0-0", count=1000)
+        entries: list[Entry] = []
+        for t, res in zip(tenants, pipe.execute(raise_on_error=False), strict=True):
+            if isinstance(res, Exception):
+                continue
+            for sid, fields in res[1]:
+                if fields is not None:
+                    entries.append((t, sid.decode(), fields))
+        return entries
