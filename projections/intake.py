@@ -108,10 +108,9 @@ class Intake:
 def _integer(raw: object, what: str, low: int, high: int) -> int:
     # Checked on the bytes first: int() of a long digit string is quadratic, and accepts '_', '+',
     # spaces and non-ASCII digits. bytes.isdigit is ASCII only; no valid value has a sign or 20 digits.
-    if type(raw) is not bytes or not raw.isdigit() or len(raw) > 19:
+    if type(raw) is not bytes or not raw.isdigit():
         raise HostileEntry(f"{what} {_show(raw)} is not a decimal integer in {low}..{high}")
-    value = int(raw)
-    if not low <= value <= high:
+    if len(raw) > 19 or not low <= (value := int(raw)) <= high:
         raise HostileEntry(f"{what} {_show(raw)} is outside {low}..{high}")
     return value
 
