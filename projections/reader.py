@@ -29,24 +29,33 @@ def stream_entries(reply: Any, **_: Any) -> list[Entry]:
     """XREADGROUP's reply (RESP2 list or RESP3 map) as ``(tenant, stream id, fields)``, in one pass.
 
     Installed in place of redis-py's parser on the projector's client (``install_parser``): that one
-    builds a tuple and a dict per entry which would be unpacked again here. Also takes redis-py's own
-    parse (fields already a dict), for when it is not installed. Entries deleted while pending (no
-    fields) are skipped.
+    builds a tuple and a dict per entry which would be unpacked again here. Entries deleted while
+    pending (no fields) are skipped.
     """
     if not reply:
         return []
     out: list[Entry] = []
     append = out.append
     for key, msgs in reply.items() if isinstance(reply, dict) else reply:
-        tenant = keys.tenant_of_stream(key.decode() if isinstance(key, bytes) else key)
+        tenant = keys.tenant_of_stream(key.decode())
         for sid, flat in msgs:
-            if flat is None:
-                continue
-            if type(flat) is dict:
-                append((tenant, sid.decode(), flat))
-            else:
+            if flat is not None:
                 pairs = iter(flat)
                 append((tenant, sid.decode(), dict(zip(pairs, pairs, strict=False))))
+    return out
+
+
+def parsed_entries(reply: Any) -> list[Entry]:
+    """redis-py's own parse of XREADGROUP (RESP2 ``[[key, [(id, fields)]]]``, RESP3 ``{key: [[(id, fields)]]}``)
+    as ``(tenant, stream id, fields)``: for a client without ``stream_entries`` installed."""
+    if not reply:
+        return []
+    out: list[Entry] = []
+    for key, msgs in reply.items() if isinstance(reply, dict) else reply:
+        tenant = keys.tenant_of_stream(key.decode() if isinstance(key, bytes) else key)
+        for sid, fields in (msgs[0] if msgs else []) if isinstance(reply, dict) else msgs:
+            if fields is not None:
+                out.append((tenant, sid.decode() if isinstance(sid, bytes) else sid, fields))
     return out
 
 
@@ -78,6 +87,8 @@ class Reader:
         self.block_ms = block_ms
         self.claim_idle_ms = claim_idle_ms
         self._stop = stop
+        #: Whether ``install_parser`` put ``stream_entries`` on the client (else redis-py parses XREADGROUP).
+        self._own_parser = redis_internals.known()
         self._reads: DeferredReplies | None = None
         #: The chunks of tenants of a read sent ahead (``read_round``), in reply order.
         self._ahead: list[list[str]] = []
@@ -174,7 +185,8 @@ class Reader:
         ``None`` if the chunk cannot be read now (a group recreated, a tenant set aside: try next turn)."""
         streams = {keys.stream(t): "0" for t in chunk}
         try:
-            return self.links.redis.xreadgroup(self.group, self.consumer, streams, count=self.batch_size)
+            reply = self.links.redis.xreadgroup(self.group, self.consumer, streams, count=self.batch_size)
+            return reply if self._own_parser else parsed_entries(reply)
         except redis.ResponseError as e:
             if "NOGROUP" in str(e):
                 self.discovery.regroup(chunk)

@@ -13,7 +13,7 @@ from journal import keys
 from journal.settings import Settings
 from projections import redis_internals
 from projections.deferred import DeferredReplies
-from projections.reader import install_parser, stream_entries
+from projections.reader import install_parser, parsed_entries
 
 
 def test_replies_parsed_as_they_arrive_match_replies_read_whole(settings: Settings) -> None:
@@ -106,7 +106,7 @@ def test_reader_parses_redis_py_own_xreadgroup_reply_when_its_parser_is_not_inst
         fast.xgroup_create(stream, "g", id="0")
         got_fast = fast.xreadgroup("g", "c1", {stream: ">"})
         plain.xgroup_setid(stream, "g", id="0")
-        got_plain = stream_entries(plain.xreadgroup("g", "c2", {stream: ">"}))
+        got_plain = parsed_entries(plain.xreadgroup("g", "c2", {stream: ">"}))
         assert got_fast == got_plain and len(got_fast) == 3
         assert got_fast[0][2] == {b"t": b"th", b"s": b"1", b"ts": b"1", b"b": b"J\x00x"}
     finally:
