@@ -288,3 +288,25 @@ def test_tenant_reader_cannot_read_table_statistics(
             admin_pg.execute("RESET ROLE")
     finally:
         db.revoke_tenant_reader(migrated, tenant)
+
+
+def test_garbage_registry_names_create_nothing(migrated: Settings, admin: redis.Redis, tenant: str) -> None:
+    """Names in the tenant registry that are invalid, or have no stream, are never read and create no stream."""
+    junk = [f"{tenant}}}x", "a:b", "..", "", "x" * 300, "é", f"{tenant}-nostream"]
+    admin.sadd(keys.TENANT_REGISTRY, *junk)
+    p = Projector(migrated, WorkerOptions(block_ms=10))
+    try:
+        p.refresh_tenants()
+        p.run_once()
+        assert not set(junk) & p.discovery.tenants
+        assert not admin.exists(f"agent:v1:{{{tenant}-nostream}}:stream")
+        # Once its stream exists (its own user appended), the name is taken at the next scan pass.
+        admin.xadd(keys.stream(f"{tenant}-nostream"), entry())
+        deadline = time.monotonic() + 10
+        while f"{tenant}-nostream" not in p.discovery.tenants:
+            assert time.monotonic() < deadline, "the stream was not found by the next scan pass"
+            p.run_once()
+    finally:
+        p.close()
+        admin.srem(keys.TENANT_REGISTRY, *junk)
+        admin.delete(keys.stream(f"{tenant}-nostream"))
