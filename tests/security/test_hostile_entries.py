@@ -269,6 +269,7 @@ def test_tenant_reader_cannot_read_table_statistics(
                 "SELECT pg_relation_size('journal.events_p00')",
                 "SELECT pg_total_relation_size('journal.threads')",
                 "SELECT pg_table_size('journal.threads')",
+                "SELECT pg_database_size(current_database())",
             ):
                 with pytest.raises(psycopg.errors.InsufficientPrivilege):
                     conn.execute(query)

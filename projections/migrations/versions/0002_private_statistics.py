@@ -1,7 +1,7 @@
 """Statistics and sizes of tables are not for tenant readers: they count every tenant's rows.
 
 A reader bound to tenant A could read ``pg_stat_all_tables.n_live_tup`` (or call
-``pg_stat_get_live_tuples(oid)``, ``pg_relation_size()``) on ``journal.events`` and its
+``pg_stat_get_live_tuples(oid)``, ``pg_relation_size()``, ``pg_database_size()``) on ``journal.events`` and its
 partitions and learn how many rows other tenants have and how fast they grow. In this database,
 EXECUTE on the per-object statistics functions and the size functions, and SELECT on the
 statistics views built on them, are revoked from PUBLIC and granted back only to the roles that
@@ -30,7 +30,8 @@ GRANTEES = "journal_owner, journal_writer, pg_read_all_stats"
 
 # Views: every per-table, per-index, per-sequence and per-function statistics view, and the database
 # totals (tup_inserted counts every tenant's rows). Functions: every pg_stat_get_* taking one oid
-# (a relation's or a database's counters; the views call them as the querying role), and the sizes.
+# (a relation's or a database's counters; the views call them as the querying role), and the sizes
+# (a database's total, minus a tenant's own rows, is every other tenant's).
 _OBJECTS = r"""
 SELECT format('TABLE pg_catalog.%I', c.relname)
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -42,7 +43,8 @@ SELECT format('FUNCTION %s', p.oid::regprocedure)
 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
 WHERE n.nspname = 'pg_catalog'
   AND ((p.proname LIKE 'pg\_stat\_get\_%' AND p.pronargs = 1 AND p.proargtypes[0] = 'oid'::regtype)
-       OR p.proname IN ('pg_relation_size', 'pg_total_relation_size', 'pg_table_size', 'pg_indexes_size'))
+       OR p.proname IN ('pg_relation_size', 'pg_total_relation_size', 'pg_table_size', 'pg_indexes_size',
+                        'pg_database_size', 'pg_tablespace_size'))
 """
 
 
