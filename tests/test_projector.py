@@ -118,11 +118,11 @@ def test_entry_postgres_refuses_is_dead_lettered_and_its_batch_still_projects(
                      f"EXECUTE FUNCTION {fn}('{tenant}')")
     try:
         for i in range(6):
-            client.append(tenant, "a", "message", {"i": i})
-        client.append(tenant, "c", "message", {"i": 1})
+            client.append(tenant, "a", "message", {**MSG, "i": i})
+        client.append(tenant, "c", "message", {**MSG, "i": 1})
         bad = client.redis.xrevrange(keys.stream(tenant), count=1)[0][0].decode()
         for i in range(6):
-            client.append(tenant, "a", "message", {"i": 6 + i})
+            client.append(tenant, "a", "message", {**MSG, "i": 6 + i})
         p = projector(migrated, batch_size=4)
         p.drain(tenants=[tenant])
         p.close()
@@ -376,7 +376,7 @@ def test_unknown_redis_py_version_projects_on_the_plain_api(migrated: Settings, 
     from projections import redis_internals
 
     for i in range(5):
-        client.append(tenant, "th", "message", {"i": i})
+        client.append(tenant, "th", "message", {**MSG, "i": i})
     first = Projector(migrated, WorkerOptions(), consumer=f"c-{tenant}")
     first.refresh_tenants()
     assert len(first.reader.read_round()) >= 5  # delivered to this consumer, never projected: pending
@@ -384,7 +384,7 @@ def test_unknown_redis_py_version_projects_on_the_plain_api(migrated: Settings, 
     monkeypatch.setattr(redis, "__version__", "99.0.0")
     monkeypatch.setattr(redis_internals, "_reported", set())
     for i in range(5, 10):
-        client.append(tenant, "th", "message", {"i": i})
+        client.append(tenant, "th", "message", {**MSG, "i": i})
     p = Projector(migrated, WorkerOptions(), consumer=f"c-{tenant}")
     assert not p.reader.reads.partial_reads
     p.drain(tenants=[tenant])

@@ -24,7 +24,9 @@ from journal.settings import Settings
 from projections import db
 from projections.worker import GROUP, Projector, WorkerOptions
 
-VALID = codec.frame(codec.pack_body("message", {"text": "hi"}, None, None, {}, None))
+#: A valid message payload (the client checks what the fold needs: role and content).
+MSG = {"role": "user", "content": "hi"}
+VALID = codec.frame(codec.pack_body("message", MSG, None, None, {}, None))
 
 
 def body(*parts: Any) -> bytes:
@@ -134,12 +136,12 @@ def test_malformed_entries_are_dead_lettered_while_other_tenants_project(
     others = [f"ok-{uuid.uuid4().hex[:8]}-{i}" for i in range(3)]
     with JournalClient.from_settings(migrated) as c:
         for t in others:
-            c.append(t, "th", "message", {"i": 0})
+            c.append(t, "th", "message", {**MSG, "i": 0})
     sids = {name: hostile.xadd(keys.stream(tenant), fields).decode() for name, fields in MALFORMED}
     with JournalClient.from_settings(migrated) as c:
         for t in others:
             for i in range(1, 20):
-                c.append(t, "th", "message", {"i": i})
+                c.append(t, "th", "message", {**MSG, "i": i})
     p = Projector(migrated, WorkerOptions(batch_size=16))  # hostile and honest entries share batches
     try:
         p.refresh_tenants()
@@ -189,7 +191,7 @@ def test_new_tenant_writing_with_its_own_credentials_is_projected_within_5_s(
             creds = acl.create_tenant_user(admin, tenant)
         own = redis.Redis.from_url(creds.redis_url(migrated.redis_url or ""))
         with capture_logs(), JournalClient(own, settings=migrated) as c:
-            c.append(tenant, "th", "message", {"hello": 1})
+            c.append(tenant, "th", "message", {**MSG, "hello": 1})
         assert not admin.sismember(keys.TENANT_REGISTRY, tenant)  # only a SCAN can find it
         t0 = time.monotonic()
         while time.monotonic() - t0 < 5.0:
@@ -211,14 +213,14 @@ def test_stream_key_turned_into_a_string_sets_only_its_tenant_aside(
     """A tenant that SETs its stream key to a string (via its own Lua) stops only itself, not its chunk's others."""
     other = f"ok-{uuid.uuid4().hex[:8]}"
     with JournalClient.from_settings(migrated) as c:
-        c.append(other, "th", "message", {"i": 0})
+        c.append(other, "th", "message", {**MSG, "i": 0})
     hostile.xadd(keys.stream(tenant), entry())
     p = Projector(migrated, WorkerOptions(block_ms=10))
     try:
         p.refresh_tenants()
         hostile.eval("redis.call('SET', KEYS[1], 'x')", 1, keys.stream(tenant))
         with JournalClient.from_settings(migrated) as c:
-            c.append(other, "th", "message", {"i": 1})
+            c.append(other, "th", "message", {**MSG, "i": 1})
         run_until(p, lambda: acknowledged(admin, other) == (0, 0), timeout=30)
         assert tenant not in p.discovery.tenants
     finally:
@@ -231,7 +233,7 @@ def test_non_numeric_marks_fail_only_their_tenant(
     """Garbage a tenant writes into its own projected hash and heads fails its acknowledgement only."""
     other = f"ok-{uuid.uuid4().hex[:8]}"
     with JournalClient.from_settings(migrated) as c:
-        c.append(other, "th", "message", {"i": 0})
+        c.append(other, "th", "message", {**MSG, "i": 0})
     p = Projector(migrated, WorkerOptions(block_ms=10))
     try:
         hostile.xadd(keys.stream(tenant), entry())
@@ -242,7 +244,7 @@ def test_non_numeric_marks_fail_only_their_tenant(
             hostile.eval("redis.call('HSET', KEYS[1], ARGV[1], 'garbage')", 1, key, field)
         hostile.xadd(keys.stream(tenant), entry(s=b"2"))
         with JournalClient.from_settings(migrated) as c:
-            c.append(other, "th", "message", {"i": 1})
+            c.append(other, "th", "message", {**MSG, "i": 1})
         run_until(p, lambda: acknowledged(admin, other) == (0, 0), timeout=30)
         p.check_tail()  # reads the garbage mark, tries to repair: logged, not raised
         p.run_once()

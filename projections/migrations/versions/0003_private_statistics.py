@@ -13,16 +13,16 @@ Not closable here, because every client library and psql read them: ``pg_class.r
 estimates ``EXPLAIN`` prints, which come from them and from ``pg_statistic``. Row-level security
 hides ``pg_stats`` rows of tables with RLS already.
 
-Revision ID: 0002
-Revises: 0001
+Revision ID: 0003
+Revises: 0002
 """
 
 from __future__ import annotations
 
 from alembic import op
 
-revision = "0002"
-down_revision = "0001"
+revision = "0003"
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 
