@@ -65,7 +65,7 @@ class _BatchOverlap:
 
 
 class Committer:
-    def __init__(self, links: Links, maintenance: Maintenance, intake: Intake, *, group: str, key: bytes,
+    def __init__(self, links: Links, maintenance: Maintenance, intake: Intake, *, group: str, key: bytes | None,
                  snapshot_every: int, resolve: BlobSource, max_attempts: int, log: Any,
                  registry: Registry | None = None) -> None:
         self.links = links

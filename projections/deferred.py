@@ -69,7 +69,8 @@ class DeferredReplies:
         if self._unread:
             self._unread -= 1
             try:
-                self._read.append(self.client.connection.read_response())
+                conn: Any = self.client.connection
+                self._read.append(conn.read_response())
             except redis.ResponseError as e:
                 self._read.append(e)
 
@@ -83,7 +84,7 @@ class DeferredReplies:
         if not self._unread:
             return
         conn: Any = self.client.connection
-        parser = getattr(conn, "_parser", None)
+        parser: Any = getattr(conn, "_parser", None)
         reader = getattr(parser, "_reader", None)
         not_enough = getattr(sys.modules[type(parser).__module__], "NOT_ENOUGH_DATA", None)
         if not self.partial_reads or reader is None or not_enough is None or not hasattr(parser, "read_from_socket"):

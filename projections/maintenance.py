@@ -63,7 +63,7 @@ class Maintenance:
         elif safe == "0-0":
             return
         # Keep the hot window: the oldest id to keep is hot_window entries before `safe`.
-        window = self.links.redis.xrevrange(stream, max=safe, min="-", count=self.hot_window + 1)
+        window: Any = self.links.redis.xrevrange(stream, max=safe, min="-", count=self.hot_window + 1)
         if len(window) <= self.hot_window:
             return
         keep_from = window[-2][0] if len(window) >= 2 else window[-1][0]

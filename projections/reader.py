@@ -183,9 +183,9 @@ class Reader:
     def own_pending(self, chunk: list[str]) -> list[Entry] | None:
         """Entries delivered to this consumer and not acknowledged, on ``chunk``'s streams (up to a batch);
         ``None`` if the chunk cannot be read now (a group recreated, a tenant set aside: try next turn)."""
-        streams = {keys.stream(t): "0" for t in chunk}
+        streams: dict[Any, Any] = {keys.stream(t): "0" for t in chunk}
         try:
-            reply = self.links.redis.xreadgroup(self.group, self.consumer, streams, count=self.batch_size)
+            reply: Any = self.links.redis.xreadgroup(self.group, self.consumer, streams, count=self.batch_size)
             return reply if self._own_parser else parsed_entries(reply)
         except redis.ResponseError as e:
             if "NOGROUP" in str(e):
