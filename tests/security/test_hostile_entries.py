@@ -314,3 +314,27 @@ def test_garbage_registry_names_create_nothing(migrated: Settings, admin: redis.
         p.close()
         admin.srem(keys.TENANT_REGISTRY, *junk)
         admin.delete(keys.stream(f"{tenant}-nostream"))
+
+
+def test_stream_ids_beyond_bigint_are_projected_with_a_clamped_offset(
+        migrated: Settings, admin_pg: Any, admin: redis.Redis, hostile: redis.Redis, tenant: str) -> None:
+    """A tenant that XADDs its own ids above 2**63 ms still gets projected; its offset is clamped, nobody stops."""
+    other = f"ok-{uuid.uuid4().hex[:8]}"
+    with JournalClient.from_settings(migrated) as c:
+        c.append(other, "th", "message", {**MSG, "i": 0})
+    huge = hostile.xadd(keys.stream(tenant), entry(), id=f"{2**64 - 2}-0").decode()
+    bad = hostile.xadd(keys.stream(tenant), entry(s=b"x"), id=f"{2**64 - 1}-{2**64 - 1}").decode()
+    p = Projector(migrated, WorkerOptions(block_ms=10))
+    try:
+        p.refresh_tenants()
+        run_until(p, lambda: acknowledged(admin, tenant) == (0, 0) and acknowledged(admin, other) == (0, 0))
+        p.check_tail()
+    finally:
+        p.close()
+    assert admin_pg.execute("SELECT stream_id FROM journal.events WHERE tenant_id = %s", (tenant,)).fetchall() == [
+        (huge,)]
+    assert admin_pg.execute("SELECT seq FROM journal.dead_letters WHERE tenant_id = %s AND stream_id = %s",
+                            (tenant, bad)).fetchone() == (None,)
+    assert admin_pg.execute("SELECT stream_ms, stream_seq FROM journal.offsets WHERE tenant_id = %s",
+                            (tenant,)).fetchone() == (2**63 - 1, 2**63 - 1)
+    assert admin_pg.execute("SELECT count(*) FROM journal.events WHERE tenant_id = %s", (other,)).fetchone() == (1,)
