@@ -83,7 +83,12 @@ class Discovery:
             steps += 1
             self._cursor = int(cursor) or None
             for k in batch:
-                out.add(keys.tenant_of_stream(_name(k)))
+                # The pattern's '*' also matches other keys a tenant may create under its own tag
+                # ('agent:v1:{T}:x}:stream'): only the tenant's stream key itself counts.
+                name = _name(k)
+                tenant = keys.tenant_of_stream(name)
+                if _valid(tenant) and keys.stream(tenant) == name:
+                    out.add(tenant)
         return out
 
     def _admit(self, names: set[str], *, known_streams: set[str]) -> None:

@@ -298,6 +298,8 @@ def test_garbage_registry_names_create_nothing(migrated: Settings, admin: redis.
     """Names in the tenant registry that are invalid, or have no stream, are never read and create no stream."""
     junk = [f"{tenant}}}x", "a:b", "..", "", "x" * 300, "é", f"{tenant}-nostream"]
     admin.sadd(keys.TENANT_REGISTRY, *junk)
+    # A stream under the tenant's tag that the SCAN pattern matches but is not the tenant's stream key.
+    admin.xadd(f"agent:v1:{{{tenant}-nostream}}:x}}:stream", entry())
     p = Projector(migrated, WorkerOptions(block_ms=10))
     try:
         p.refresh_tenants()
@@ -313,7 +315,7 @@ def test_garbage_registry_names_create_nothing(migrated: Settings, admin: redis.
     finally:
         p.close()
         admin.srem(keys.TENANT_REGISTRY, *junk)
-        admin.delete(keys.stream(f"{tenant}-nostream"))
+        admin.delete(keys.stream(f"{tenant}-nostream"), f"agent:v1:{{{tenant}-nostream}}:x}}:stream")
 
 
 def test_stream_ids_beyond_bigint_are_projected_with_a_clamped_offset(
