@@ -35,8 +35,9 @@ MAX_SEQ = 2**53
 INT64_MAX = 2**63 - 1
 #: 9999-12-31T23:59:59.999Z: ``to_timestamp`` and every client can represent it.
 MAX_TS_MS = 253_402_300_799_999
-#: Bodies above the offload threshold plus this much are not from the append client (which offloads
-#: large payloads to object storage); they would cost the batch, not just their tenant.
+#: No append client writes a body above its ``max_payload_bytes`` plus the envelope (actor, node,
+#: key): bounded by this headroom. The offload threshold is not used as the bound: a projector
+#: configured with a lower one than the writers' would dead-letter their honest events.
 BODY_HEADROOM = 1024 * 1024
 #: A dead letter keeps at most this much of the raw entry (and the SHA-256 of all of it).
 MAX_DEAD_ENTRY = 64 * 1024

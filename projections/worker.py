@@ -142,7 +142,7 @@ class Projector:
                                      if settings.s3_url else None)
         self.committer = Committer(
             self.links, self.maintenance,
-            Intake(settings.blob_threshold + BODY_HEADROOM, settings.max_payload_bytes + BODY_HEADROOM),
+            Intake(settings.max_payload_bytes + BODY_HEADROOM, settings.max_payload_bytes + BODY_HEADROOM),
             group=GROUP, key=key_bytes(settings.hash_key), snapshot_every=settings.snapshot_every,
             resolve=self.resolve, max_attempts=o.max_attempts, log=self.log,
             # The custom reducers snapshots fold with: the settings', as every replayer loads them.
