@@ -114,7 +114,7 @@ class Discovery:
 
     def add_trusted(self, tenants: Iterable[str]) -> None:
         """Tenants PostgreSQL holds: read even if Redis lost their stream (it is created empty, with its group)."""
-        new = [t for t in tenants if t not in self.tenants and _valid(t)]
+        new = [t for t in tenants if t not in self.tenants and t not in self._refused and _valid(t)]
         self.tenants.update(new)
         self.ensure_groups(new, create_streams=True)
 
