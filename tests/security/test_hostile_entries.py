@@ -344,3 +344,34 @@ def test_stream_ids_beyond_bigint_are_projected_with_a_clamped_offset(
     assert admin_pg.execute("SELECT stream_ms, stream_seq FROM journal.offsets WHERE tenant_id = %s",
                             (tenant,)).fetchone() == (2**63 - 1, 2**63 - 1)
     assert admin_pg.execute("SELECT count(*) FROM journal.events WHERE tenant_id = %s", (other,)).fetchone() == (1,)
+
+
+def test_running_projector_survives_malformed_entries(
+        migrated: Settings, admin_pg: Any, admin: redis.Redis, hostile: redis.Redis, tenant: str) -> None:
+    """Projector.run() keeps running through every malformed entry while another tenant's appends project."""
+    other = f"ok-{uuid.uuid4().hex[:8]}"
+    with JournalClient.from_settings(migrated) as c:
+        c.append(other, "th", "message", {**MSG, "i": 0})
+    hostile.xadd(keys.stream(tenant), entry())
+    p = Projector(migrated.with_(max_payload_bytes=1_000_000, blob_threshold=100_000), WorkerOptions(block_ms=20))
+    worker = threading.Thread(target=p.run, daemon=True)
+    worker.start()
+    try:
+        for _, fields in MALFORMED:
+            hostile.xadd(keys.stream(tenant), fields)
+        with JournalClient.from_settings(migrated) as c:
+            for i in range(1, 30):
+                c.append(other, "th", "message", {**MSG, "i": i})
+        deadline = time.monotonic() + 60
+        while not (acknowledged(admin, tenant) == (0, 0) and acknowledged(admin, other) == (0, 0)):
+            assert worker.is_alive(), "the projector exited"
+            assert time.monotonic() < deadline, "the projector did not get through the entries"
+            time.sleep(0.1)
+        assert worker.is_alive()
+    finally:
+        p.stop()
+        worker.join(30)
+    assert not worker.is_alive()
+    assert admin_pg.execute("SELECT count(*) FROM journal.events WHERE tenant_id = %s", (other,)).fetchone() == (30,)
+    assert admin_pg.execute("SELECT count(*) FROM journal.dead_letters WHERE tenant_id = %s",
+                            (tenant,)).fetchone() == (len(MALFORMED),)
