@@ -270,18 +270,17 @@ def pack_body(
                  blob.to_wire() if blob else None])
 
 
-def decode_entry(tenant: str, fields: Mapping[bytes | str, Any], stream_id: str | None = None) -> Event:
+def decode_entry(tenant: str, fields: Mapping[bytes, Any] | Mapping[str, Any], stream_id: str | None = None) -> Event:
     """Build an ``Event`` from a stream entry's fields (``t`` thread, ``s`` seq, ``ts`` ms, ``b`` body)."""
-    get = fields.get
-    if b"b" not in fields:  # str field names (a client decoding responses)
-        get = {k.encode() if isinstance(k, str) else k: v for k, v in fields.items()}.get
+    by_name: Mapping[bytes, Any] = fields if b"b" in fields else {  # type: ignore[assignment]
+        k.encode() if isinstance(k, str) else k: v for k, v in fields.items()}  # str names: a decoding client
     try:
-        thread = _text(get(b"t"))
-        seq = int(get(b"s"))
-        ts_ms = int(get(b"ts"))
-        body = get(b"b")
-    except (TypeError, ValueError) as e:
-        raise CodecError(f"stream entry {stream_id} is malformed: {e}") from e
+        thread = _text(by_name[b"t"])
+        seq = int(by_name[b"s"])
+        ts_ms = int(by_name[b"ts"])
+        body = by_name.get(b"b")
+    except (KeyError, TypeError, ValueError) as e:
+        raise CodecError(f"stream entry {stream_id} is malformed: {e!r}") from e
     if not isinstance(body, bytes):
         raise CodecError(f"stream entry {stream_id} has no event body")
     return decode_body(tenant, thread, seq, ts_ms, body, stream_id)

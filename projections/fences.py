@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import redis
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
 
 from journal import keys
 from journal.errors import NothingToDo
@@ -17,16 +16,11 @@ from journal.redis_store import connect, translate
 from journal.settings import Settings
 from projections import db, tables
 
-
-def _compiled(statement: sa.Executable) -> str:
-    return str(statement.compile(dialect=postgresql.psycopg.dialect()))
-
-
 _t, _c = tables.threads, tables.conflicts
 _THREAD = (_t.c.tenant_id == sa.bindparam("tenant")) & (_t.c.thread_id == sa.bindparam("thread"))
-FENCED_SQL = _compiled(sa.select(_t.c.fenced).where(_THREAD))
-RELEASE_SQL = _compiled(sa.update(_t).where(_THREAD).values(fenced=sa.false(), fence_reason=sa.null()))
-RESOLVE_SQL = _compiled(
+FENCED_SQL = tables.compiled(sa.select(_t.c.fenced).where(_THREAD))
+RELEASE_SQL = tables.compiled(sa.update(_t).where(_THREAD).values(fenced=sa.false(), fence_reason=sa.null()))
+RESOLVE_SQL = tables.compiled(
     sa.update(_c).where((_c.c.tenant_id == sa.bindparam("tenant")) & (_c.c.thread_id == sa.bindparam("thread"))
                         & _c.c.resolved_at.is_(None))
     .values(resolved_at=sa.func.now(), resolution=sa.bindparam("note")))

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 import redis
 import sqlalchemy as sa
 import structlog
-from sqlalchemy.dialects import postgresql
 
 from journal import acl, keys
 from journal.errors import JournalError
@@ -32,9 +31,8 @@ log = structlog.get_logger("projections.purge")
 
 #: One DELETE per tenant table, built from the schema (``projections.tables``).
 DELETES = {
-    name: str(tables.metadata.tables[f"journal.{name}"].delete()
-              .where(tables.metadata.tables[f"journal.{name}"].c.tenant_id == sa.bindparam("tenant"))
-              .compile(dialect=postgresql.psycopg.dialect()))
+    name: tables.compiled(tables.metadata.tables[f"journal.{name}"].delete()
+                          .where(tables.metadata.tables[f"journal.{name}"].c.tenant_id == sa.bindparam("tenant")))
     for name in tables.TENANT_TABLES
 }
 

@@ -28,7 +28,9 @@ from sqlalchemy import (
     Text,
     text,
 )
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
+from sqlalchemy.sql.expression import ClauseElement
 
 SCHEMA = "journal"
 metadata = MetaData(schema=SCHEMA)
@@ -176,3 +178,11 @@ AUTOGENERATE_OPTIONS: dict[str, Any] = {
     "compare_type": True,
     "compare_server_default": True,
 }
+
+
+_DIALECT = postgresql.psycopg.dialect()  # type: ignore[no-untyped-call]
+
+
+def compiled(statement: ClauseElement) -> str:
+    """A statement built from these tables as PostgreSQL text with ``%(name)s`` parameters, for psycopg."""
+    return str(statement.compile(dialect=_DIALECT))

@@ -39,7 +39,7 @@ def upgrade() -> None:
     # Through the DBAPI cursor: a server-side pass over the status and node events only, in seq order.
     cur = conn.connection.cursor()
     cur.execute(_MOVES_SQL, {"types": sorted(lifecycle.MOVES)})
-    for tenant, thread, type_, node, payload in cur:
+    for tenant, thread, type_, node, payload in cur.fetchall():
         key = (tenant, thread)
         moved[key] = lifecycle.step(moved.get(key, lifecycle.Position()), type_, payload, node)
     updates: list[tuple[Any, ...]] = [(pos.status, pos.node, orjson.dumps(list(pos.branches)).decode(), t, th)
