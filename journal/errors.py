@@ -142,6 +142,10 @@ class NothingToDo(JournalError):
     """An operation would change nothing (e.g. unfencing a thread that is not fenced): said, not silently done."""
 
 
+class InvalidQuery(JournalError, ValueError):
+    """A replay or audit was asked something that has no answer as posed (both a seq and a time, a naive time)."""
+
+
 class NotFound(JournalError):
     """The tenant, thread or sequence asked for does not exist."""
 

@@ -147,6 +147,73 @@ def _cmd_purge_tenant(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- inspection ------------------------------------------------------------------------------------
+
+
+def _print_rows(args: argparse.Namespace, title: str, rows: list[Any], columns: tuple[str, ...]) -> None:
+    import json
+
+    if args.format == "json":
+        print(json.dumps([r.to_dict() for r in rows], indent=2, default=str, ensure_ascii=False))
+        return
+    table = Table(title=f"{title} ({len(rows)})")
+    for col in columns:
+        table.add_column(col)
+    for r in rows:
+        data = r.to_dict()
+        table.add_row(*(_cell(data[c]) for c in columns))
+    console.print(table)
+
+
+def _cell(value: Any) -> str:
+    import json
+
+    if value is None:
+        return "-"
+    if isinstance(value, dict | list):
+        text = json.dumps(value, default=str, ensure_ascii=False)
+        return text if len(text) <= 400 else text[:400] + "…"
+    return str(value)
+
+
+def _cmd_tenants(args: argparse.Namespace) -> int:
+    from projections import inspect
+
+    rows = inspect.tenants(load_settings(args, need=("postgres",)))
+    _print_rows(args, "tenants", rows, ("tenant", "threads", "events", "fenced", "last_activity"))
+    return 0
+
+
+def _cmd_threads(args: argparse.Namespace) -> int:
+    from journal.timespec import parse_span
+    from projections import inspect
+
+    idle = parse_span(args.idle) if args.idle else None
+    status = tuple(s for s in (args.status or "").split(",") if s)
+    rows = inspect.threads(load_settings(args, need=("postgres",)), args.tenant, status=status, idle=idle,
+                           limit=args.limit)
+    _print_rows(args, f"threads of {args.tenant}", rows,
+                ("thread", "status", "node", "last_seq", "events", "updated_at", "fenced"))
+    return 0
+
+
+def _cmd_dead_letters(args: argparse.Namespace) -> int:
+    from projections import inspect
+
+    rows = inspect.dead_letters(load_settings(args, need=("postgres",)), args.tenant, limit=args.limit)
+    _print_rows(args, "dead letters", rows, ("tenant", "thread", "seq", "reason", "attempts", "last_seen"))
+    return 0
+
+
+def _cmd_conflicts(args: argparse.Namespace) -> int:
+    from projections import inspect
+
+    rows = inspect.conflicts(load_settings(args, need=("postgres",)), args.tenant, limit=args.limit)
+    _print_rows(args, "conflicts (stored vs incoming)", rows,
+                ("tenant", "thread", "seq", "detected_at", "resolved_at", "existing", "incoming"))
+    return 0
+
+
 # -- tenant ----------------------------------------------------------------------------------------
 
 
@@ -351,6 +418,26 @@ def register(sub: Any) -> None:
     p.add_argument("thread")
     p.add_argument("--note", default="resolved by operator", help="resolution recorded on the conflicts")
     p.set_defaults(func=_cmd_unfence)
+
+    p = sub.add_parser("tenants", help="tenants PostgreSQL holds, with thread and event counts")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.set_defaults(func=_cmd_tenants)
+
+    p = sub.add_parser("threads", help="a tenant's threads, most recent first")
+    p.add_argument("tenant")
+    p.add_argument("--status", help="comma-separated: active,paused,completed,failed,abandoned")
+    p.add_argument("--idle", help="only threads quiet for at least this long (7d, 12h, …)")
+    p.add_argument("--limit", type=positive_int, default=1000)
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.set_defaults(func=_cmd_threads)
+
+    for name, func, what in (("dead-letters", _cmd_dead_letters, "entries the projector could not store"),
+                             ("conflicts", _cmd_conflicts, "reused sequence numbers, both versions side by side")):
+        p = sub.add_parser(name, help=what)
+        p.add_argument("tenant", nargs="?", default=None)
+        p.add_argument("--limit", type=positive_int, default=1000)
+        p.add_argument("--format", choices=("table", "json"), default="table")
+        p.set_defaults(func=func)
 
     p = sub.add_parser("purge-tenant", help="delete every trace of a tenant in Redis, PostgreSQL and S3 (re-runnable)")
     p.add_argument("tenant")

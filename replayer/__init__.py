@@ -9,11 +9,12 @@ The fold itself (``fold``, ``apply``, ``ThreadState``) lives at the bottom of th
 ``journal.reducer`` and ``journal.state``; it is re-exported here for auditors' scripts.
 """
 
+from journal.errors import InvalidQuery
 from journal.reducer import ReducerError, apply, fold, register
 from journal.state import ThreadState, diff, empty
 from replayer.audit import Step, ToolUsage, export_bundle, state_diff, timeline, tool_usage
 from replayer.bundle import BundleReport, verify_bundle, write_bundle
-from replayer.replay import InvalidQuery, Replayer, ThreadVerdict, replay, verify
+from replayer.replay import Replayer, ThreadVerdict, replay, verify
 from replayer.sources import ArchiveSource, HistorySource, PostgresSource, RedisSource
 from replayer.verify import StoredEvent, VerifyResult, verify_chain
 

@@ -8,7 +8,6 @@ reads are read-only.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,11 +15,11 @@ from typing import Any
 
 from journal import events as ev
 from journal import lifecycle, reducer, state
-from journal.errors import NotFound
+from journal.errors import InvalidQuery, NotFound
 from journal.events import Event
 from journal.keys import validate_id
 from replayer.bundle import write_bundle
-from replayer.replay import InvalidQuery, Replayer, ThreadVerdict, verify_rows
+from replayer.replay import Replayer, ThreadVerdict, verify_rows
 
 # -- timeline --------------------------------------------------------------------------------------
 
@@ -201,27 +200,6 @@ def explain_tool_usage(r: Replayer, tenant: str, tool: str, since: datetime, unt
     with pg.scope(tenant):
         rows = pg.conn.execute("EXPLAIN " + TOOL_USAGE_SQL, params).fetchall()
     return "\n".join(row[0] for row in rows)
-
-
-_SPAN = re.compile(r"(\d+)\s*([smhdw])")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
-
-def parse_since(text: str, now: datetime | None = None) -> datetime:
-    """``30d``, ``12h``, ``90m``, ``2w``, ``45s`` ago, or an ISO 8601 time (UTC if it names no zone)."""
-    m = _SPAN.fullmatch(text.strip())
-    if m:
-        return (now or datetime.now(UTC)) - timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
-    return parse_time(text)
-
-
-def parse_time(text: str) -> datetime:
-    """An ISO 8601 time; ``Z`` accepted; a time without a zone is taken as UTC."""
-    try:
-        at = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError as e:
-        raise InvalidQuery(f"{text!r} is neither a span like 30d/12h/90m nor an ISO 8601 time") from e
-    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 # -- diff ------------------------------------------------------------------------------------------

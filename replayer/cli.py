@@ -112,7 +112,7 @@ def _clip(value: Any, width: int = 100) -> str:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    from replayer.audit import parse_time
+    from journal.timespec import parse_time
 
     at_time = parse_time(args.at_time) if args.at_time else None
     with _replayer(args) as r:
@@ -244,7 +244,8 @@ def _cmd_timeline(args: argparse.Namespace) -> int:
 
 
 def _cmd_tools(args: argparse.Namespace) -> int:
-    from replayer.audit import parse_since, parse_time, tool_usage
+    from journal.timespec import parse_since, parse_time
+    from replayer.audit import tool_usage
 
     since = parse_since(args.since)
     until = parse_time(args.until) if args.until else None

@@ -24,7 +24,7 @@ from typing import Any
 from journal.append import resolve_blob
 from journal.blobs import BlobStore
 from journal.chain import key_bytes
-from journal.errors import ConfigError, GapError, JournalError, NotFound
+from journal.errors import ConfigError, GapError, InvalidQuery, JournalError, NotFound
 from journal.events import Event
 from journal.keys import validate_id
 from journal.local_stack import resolve
@@ -36,10 +36,6 @@ from replayer.sources import ArchiveSource, BadRow, PostgresSource, RedisSource,
 from replayer.verify import CHANGED, StoredEvent, VerifyResult, verify_chain
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-class InvalidQuery(JournalError, ValueError):
-    """A replay or audit was asked something that has no answer as posed (both a seq and a time, a naive time)."""
 
 
 @dataclass(frozen=True, slots=True)

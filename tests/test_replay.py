@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from journal.client import JournalClient
-from journal.errors import AccessDenied, GapError, NotFound
+from journal.errors import AccessDenied, GapError, InvalidQuery, NotFound
 from journal.events import Draft, Event
 from journal.keys import TENANT_CONTEXT_THREAD
 from journal.ops import Resumed
@@ -19,7 +19,7 @@ from journal.settings import Settings
 from journal.state import empty
 from projections import db
 from projections.worker import Projector
-from replayer.replay import InvalidQuery, Replayer
+from replayer.replay import Replayer
 
 
 def project(settings: Settings, *tenants: str) -> None:
