@@ -65,7 +65,7 @@ def prepare(settings: Settings, tenant: str, drafts: Iterable[Draft | Mapping[st
         raise InvalidEvent("append_many needs at least one event")
     if len(items) > MAX_BATCH:
         raise InvalidEvent(f"a batch holds at most {MAX_BATCH} events, got {len(items)}")
-    script_keys = [keys.stream(tenant), keys.heads(tenant), keys.fences(tenant)]
+    script_keys = [keys.stream(tenant), keys.heads(tenant), keys.fences(tenant), keys.evicted(tenant)]
     idem_index: dict[tuple[str, str], int] = {}
     args: list[Any] = [settings.idempotency_ttl, len(items)]
     prepared = Prepared(tenant, items, [], [], [], script_keys, args)
@@ -103,7 +103,23 @@ def prepare(settings: Settings, tenant: str, drafts: Iterable[Draft | Mapping[st
         prepared.payloads.append(payload)
         prepared.actors.append(actor)
         prepared.blob_refs.append(ref)
+    args.append(0)  # no floors: see with_floors
     return prepared
+
+
+def restore_request(reply: Any) -> list[str] | None:
+    """The threads whose heads the script asks for (their tenant had idle threads evicted), or None."""
+    if isinstance(reply, list) and reply and _text(reply[0]) == "restore":
+        return [_text(t) for t in reply[1:]]
+    return None
+
+
+def with_floors(p: Prepared, floors: Mapping[str, int]) -> None:
+    """Give the script the heads PostgreSQL holds for threads Redis has no head for (after a restore reply)."""
+    del p.args[2 + 5 * len(p.drafts):]
+    p.args.append(len(floors))
+    for thread, head in floors.items():
+        p.args.extend((thread, head))
 
 
 @dataclass(frozen=True, slots=True)

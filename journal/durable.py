@@ -121,6 +121,12 @@ class DurableReader:
             rows = conn.execute(EVENTS_SQL, (tenant, thread, after, NO_LIMIT if upto is None else upto)).fetchall()
         return decode_rows(tenant, thread, rows)
 
+    def max_seq(self, tenant: str, thread: str) -> int:
+        """The highest stored seq of the thread (0 if none)."""
+        with self._scoped(tenant) as conn:
+            row = conn.execute(MAX_SEQ_SQL, (tenant, thread)).fetchone()
+        return int(row[0] or 0) if row else 0
+
     def latest(self, tenant: str, thread: str) -> tuple[int, ThreadState | None]:
         """The highest stored seq of the thread and its newest snapshot, from one consistent view."""
         with self._scoped(tenant) as conn:

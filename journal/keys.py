@@ -82,6 +82,11 @@ def fences(tenant: str) -> str:
     return f"{_tag(tenant)}:fenced"
 
 
+def evicted(tenant: str) -> str:
+    """Exists once idle threads' heads were dropped from Redis: a thread with no head may have a history."""
+    return f"{_tag(tenant)}:evicted"
+
+
 def projected(tenant: str) -> str:
     """Hash thread -> last seq committed to PostgreSQL (written by the projector)."""
     return f"{_tag(tenant)}:projected"

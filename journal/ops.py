@@ -162,6 +162,15 @@ def append_many(env: Env, tenant: str, drafts: Iterable[Draft | Mapping[str, Any
     timeout = env.settings.durability_timeout
     fsync_ms = max(1, int(timeout * 1000)) if level == "fsync" else None
     reply, waited = yield Script(f"append to tenant {tenant}", p.keys, p.args, fsync_ms)
+    evicted = protocol.restore_request(reply)
+    if evicted is not None:
+        # Threads `agent-journal maintain` dropped from Redis: their heads come back from PostgreSQL.
+        if env.durable is None:
+            raise ConfigError(f"thread {evicted[0]} of tenant {tenant} was evicted from Redis while idle; restoring "
+                              "its head needs PostgreSQL: set JOURNAL_DATABASE_URL. Nothing was written.")
+        heads = yield Offload(tuple((env.durable.max_seq, (tenant, t)) for t in evicted))
+        protocol.with_floors(p, dict(zip(evicted, heads, strict=True)))
+        reply, waited = yield Script(f"append to tenant {tenant}", p.keys, p.args, fsync_ms)
     outcome = protocol.parse_reply(p, reply)
     if outcome.created_stream:
         # The registry lets projectors find a new tenant at once; it lives outside the tenant's
@@ -257,8 +266,12 @@ def history(env: Env, tenant: str, thread: str, after: int, upto: int | None = N
     """
     keys.validate_id(thread, "thread")
     _check_seq(after, "after_seq")
-    issued, committed = yield Pipe("HGET head", (("hget", (keys.heads(tenant), thread)),
-                                                 ("hget", (keys.projected(tenant), thread))))
+    issued, committed, evicted = yield Pipe("HGET head", (("hget", (keys.heads(tenant), thread)),
+                                                          ("hget", (keys.projected(tenant), thread)),
+                                                          ("exists", (keys.evicted(tenant),))))
+    if issued is None and evicted and env.durable is not None and not at_least:
+        # Maybe a thread `agent-journal maintain` dropped from Redis while idle: PostgreSQL knows its head.
+        at_least = (yield Offload(((env.durable.max_seq, (tenant, thread)),)))[0]
     top = max(int(issued or 0), at_least)
     if upto is not None:
         top = min(top, upto)

@@ -214,6 +214,23 @@ def _cmd_conflicts(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_maintain(args: argparse.Namespace) -> int:
+    import time
+
+    from journal.timespec import parse_span
+    from projections.idle import evict_idle
+
+    idle = parse_span(args.idle)
+    settings = load_settings(args, need=("redis", "postgres"))
+    while True:
+        done = evict_idle(settings, idle, tuple(args.tenant or ()))
+        _print_rows(args, f"threads idle {args.idle} or more, evicted from Redis", done,
+                    ("tenant", "threads", "entries_trimmed"))
+        if not args.loop:
+            return 0
+        time.sleep(args.loop)
+
+
 # -- tenant ----------------------------------------------------------------------------------------
 
 
@@ -438,6 +455,13 @@ def register(sub: Any) -> None:
         p.add_argument("--limit", type=positive_int, default=1000)
         p.add_argument("--format", choices=("table", "json"), default="table")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("maintain", help="evict idle threads from Redis (they come back from PostgreSQL when used)")
+    p.add_argument("--idle", default="7d", help="evict threads quiet this long (default 7d)")
+    p.add_argument("--tenant", action="append", help="only this tenant (repeatable)")
+    p.add_argument("--loop", type=positive_int, default=None, metavar="SECONDS", help="run again every SECONDS")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.set_defaults(func=_cmd_maintain)
 
     p = sub.add_parser("purge-tenant", help="delete every trace of a tenant in Redis, PostgreSQL and S3 (re-runnable)")
     p.add_argument("tenant")

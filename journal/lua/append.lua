@@ -1,15 +1,19 @@
 -- Atomic append of a batch of events to one tenant's stream.
 --
 -- KEYS[1] stream  KEYS[2] heads (hash thread -> seq)  KEYS[3] fences (hash thread -> reason)
--- KEYS[4..] idempotency keys of the batch (string "seq:ts_ms:digest", with a TTL; older values lack the digest)
+-- KEYS[4] evicted (exists once `agent-journal maintain` dropped idle threads' heads from Redis)
+-- KEYS[5..] idempotency keys of the batch (string "seq:ts_ms:digest", with a TTL; older values lack the digest)
 -- ARGV[1] idempotency TTL (s)  ARGV[2] n events, then per event 5 values:
 --   thread, expected head ("" = any), index into KEYS of its idempotency key (0 = none),
 --   digest of the body ("" without a key), body
+-- then m, and m pairs "thread floor": the head PostgreSQL holds for a thread Redis has no head for.
 --
 -- Replies "ok created ts seq1 dup1 ts1 seq2 dup2 ts2 ..." as one space-separated string (a flat
 -- array costs the client a parse per element) where created = 1 when this call made the stream;
 -- or {"conflict", i, actual_head}; or {"fenced", thread, reason}; or {"reused", i, seq} when an
--- idempotency key already names an event whose digest differs (same key, other content).
+-- idempotency key already names an event whose digest differs (same key, other content); or
+-- {"restore", thread, ...} when the tenant had threads evicted and these threads have no head in
+-- Redis: the client reads their heads from PostgreSQL and calls again with them as floors.
 -- Everything is checked before anything is written, so a refused batch writes nothing.
 
 local ttl = tonumber(ARGV[1])
@@ -21,6 +25,14 @@ local heads = {}      -- thread -> head as it will be after the items seen so fa
 local batch_idem = {} -- KEYS index -> "seq:ts" issued earlier in this batch
 local plan = {}       -- per item: seq, dup flag, ts
 local any_fence = redis.call('EXISTS', KEYS[3]) == 1
+local floors = {}     -- thread -> head restored from PostgreSQL by the client
+local fbase = 3 + n * 5
+for j = 1, tonumber(ARGV[fbase] or '0') do
+  floors[ARGV[fbase + 2 * j - 1]] = tonumber(ARGV[fbase + 2 * j])
+end
+local any_evicted = nil -- asked only when a thread has no head (a new thread, or an evicted one)
+local restore = {}    -- threads whose head must come from PostgreSQL
+local restoring = {}
 
 for i = 0, n - 1 do
   local base = 3 + i * 5
@@ -52,9 +64,23 @@ for i = 0, n - 1 do
   else
     local head = heads[thread]
     if head == nil then
-      head = tonumber(redis.call('HGET', KEYS[2], thread) or '0')
+      local stored = redis.call('HGET', KEYS[2], thread)
+      if stored then
+        head = tonumber(stored)
+      elseif floors[thread] then
+        head = floors[thread]
+      else
+        if any_evicted == nil then
+          any_evicted = redis.call('EXISTS', KEYS[4]) == 1
+        end
+        if any_evicted and not restoring[thread] then
+          restoring[thread] = true
+          restore[#restore + 1] = thread
+        end
+        head = 0
+      end
     end
-    if expected ~= '' and tonumber(expected) ~= head then
+    if expected ~= '' and tonumber(expected) ~= head and not restoring[thread] then
       return {'conflict', i, head}
     end
     head = head + 1
@@ -64,6 +90,11 @@ for i = 0, n - 1 do
       batch_idem[ik] = head .. ':' .. ts .. ':' .. digest
     end
   end
+end
+
+if #restore > 0 then
+  table.insert(restore, 1, 'restore')
+  return restore
 end
 
 local created = 0
