@@ -107,29 +107,28 @@ def threads(settings: Settings, tenant: str, *, status: tuple[str, ...] = (), id
 
 def dead_letters(settings: Settings, tenant: str | None = None, limit: int = 1000) -> list[DeadLetter]:
     """Entries the projector could not store as events, newest first."""
-    query = sa.select(_d.c.tenant_id, _d.c.stream_id, _d.c.thread_id, _d.c.seq, _d.c.reason, _d.c.attempts,
-                      _d.c.last_seen)
-    params: dict[str, Any] = {"limit": limit}
-    if tenant is not None:
-        keys.validate_id(tenant, "tenant")
-        query = query.where(_d.c.tenant_id == sa.bindparam("tenant"))
-        params["tenant"] = tenant
+    query, params = _of_tenant(sa.select(_d.c.tenant_id, _d.c.stream_id, _d.c.thread_id, _d.c.seq, _d.c.reason,
+                                         _d.c.attempts, _d.c.last_seen), _d, tenant, limit)
     query = query.order_by(_d.c.last_seen.desc()).limit(sa.bindparam("limit"))
     return [DeadLetter(*r) for r in _rows(settings, tables.compiled(query), params)]
 
 
 def conflicts(settings: Settings, tenant: str | None = None, limit: int = 1000) -> list[Conflict]:
     """Reused sequence numbers: the stored version and the incoming one, decoded."""
-    query = sa.select(_c.c.tenant_id, _c.c.thread_id, _c.c.seq, _c.c.detected_at, _c.c.resolved_at,
-                      _c.c.existing_body, _c.c.incoming_body)
-    params: dict[str, Any] = {"limit": limit}
-    if tenant is not None:
-        keys.validate_id(tenant, "tenant")
-        query = query.where(_c.c.tenant_id == sa.bindparam("tenant"))
-        params["tenant"] = tenant
+    query, params = _of_tenant(sa.select(_c.c.tenant_id, _c.c.thread_id, _c.c.seq, _c.c.detected_at,
+                                         _c.c.resolved_at, _c.c.existing_body, _c.c.incoming_body), _c, tenant, limit)
     query = query.order_by(_c.c.detected_at.desc()).limit(sa.bindparam("limit"))
     return [Conflict(t, th, seq, at, done, _body(t, th, seq, old), _body(t, th, seq, new) or {})
             for t, th, seq, at, done, old, new in _rows(settings, tables.compiled(query), params)]
+
+
+def _of_tenant(query: sa.Select[Any], table: sa.Table, tenant: str | None,
+               limit: int) -> tuple[sa.Select[Any], dict[str, Any]]:
+    """``query`` limited to ``tenant``'s rows when one is named, with its parameters."""
+    if tenant is None:
+        return query, {"limit": limit}
+    keys.validate_id(tenant, "tenant")
+    return query.where(table.c.tenant_id == sa.bindparam("tenant")), {"limit": limit, "tenant": tenant}
 
 
 def _body(tenant: str, thread: str, seq: int, body: bytes | None) -> dict[str, Any] | None:

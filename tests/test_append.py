@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import make_client
 
 from journal import keys
 from journal.aio import AsyncJournalClient
@@ -23,11 +21,10 @@ from journal.settings import Settings
 MSG = {"role": "user", "content": "hi"}
 
 
-@pytest.fixture(params=["sync", "async"])
-def client(request: pytest.FixtureRequest, migrated: Settings) -> Iterator[Any]:
+@pytest.fixture
+def client(any_client: Any) -> Any:
     """Both clients: every test of this module that takes ``client`` runs against each."""
-    with make_client(request.param, migrated) as c:
-        yield c
+    return any_client
 
 
 def test_concurrent_writers_get_gapless_seqs(settings: Settings, tenant: str) -> None:

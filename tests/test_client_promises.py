@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -32,11 +31,10 @@ from projections.worker import Projector, WorkerOptions
 MSG = {"role": "user", "content": "hi"}
 
 
-@pytest.fixture(params=["sync", "async"])
-def client(request: pytest.FixtureRequest, migrated: Settings) -> Iterator[Any]:
+@pytest.fixture
+def client(any_client: Any) -> Any:
     """Both clients: every test here runs against each."""
-    with make_client(request.param, migrated) as c:
-        yield c
+    return any_client
 
 
 def project_all(settings: Settings, tenant: str) -> None:
