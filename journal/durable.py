@@ -2,8 +2,9 @@
 
 The client answers ``read``, ``wait`` and ``resume`` from every tier, so it needs the events
 that have left Redis. This module reads them, and only them: the schema belongs to
-``projections`` (its SQLAlchemy tables and migrations); the few read statements the client
-depends on are named here, once, and ``projections``/``replayer`` use them too.
+``projections`` (its SQLAlchemy tables and migrations); the few statements of ``journal`` (the
+client's reads, and the embedded server's database bootstrap) are named here, once, and
+``projections``/``replayer`` use the reads too.
 
 Reads go through row-level security. The login of ``JOURNAL_DATABASE_URL`` is either
 
@@ -23,6 +24,7 @@ from typing import Any
 
 import psycopg
 import psycopg_pool
+from psycopg import sql
 
 from journal import codec
 from journal.errors import AccessDenied, JournalError, StoreUnavailable
@@ -42,7 +44,14 @@ SNAPSHOT_SQL = ("SELECT state FROM journal.snapshots WHERE tenant_id = %s AND th
                 "ORDER BY seq DESC LIMIT 1")
 #: The tenant a login is bound to (a tenant reader sees its own row of ``tenant_roles`` only).
 BOUND_TENANT_SQL = "SELECT tenant_id FROM journal.tenant_roles WHERE role_name = current_user"
+#: Name the tenant an administrative reader sees, for this transaction only (``is_local``).
 SCOPE_SQL = "SELECT set_config('journal.tenant', %s, true)"
+#: An administrative login becomes the pooled application role, to which row-level security applies.
+SET_APP_ROLE_SQL = sql.SQL("SET ROLE {}").format(sql.Identifier(APP_ROLE))
+#: Whether a database exists (the embedded server's bootstrap, as ``postgres``).
+DATABASE_EXISTS_SQL = "SELECT 1 FROM pg_database WHERE datname = %s"
+#: ``.format(Identifier(name))``: create it.
+CREATE_DATABASE_SQL = sql.SQL("CREATE DATABASE {}")
 #: Larger than any seq: the open upper bound of a range.
 NO_LIMIT = 2**63 - 1
 
@@ -73,7 +82,7 @@ class DurableReader:
             self.bound_tenant = row[0]
         else:
             try:
-                conn.execute(f"SET ROLE {APP_ROLE}")
+                conn.execute(SET_APP_ROLE_SQL)
             except psycopg.Error as e:
                 raise AccessDenied(f"the PostgreSQL login of JOURNAL_DATABASE_URL is neither a tenant reader nor "
                                    f"allowed to SET ROLE {APP_ROLE} ({e}); use the tenant URL from "

@@ -331,14 +331,17 @@ class EmbeddedStack:
     @staticmethod
     def _ensure_database(port: int, password: str) -> None:
         import psycopg
+        from psycopg import sql
+
+        from journal.durable import CREATE_DATABASE_SQL, DATABASE_EXISTS_SQL
 
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             try:
                 with psycopg.connect(host="127.0.0.1", port=port, user="postgres", password=password, dbname="postgres",
                                      autocommit=True, connect_timeout=2) as conn:
-                    if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)).fetchone():
-                        conn.execute(f'CREATE DATABASE "{DATABASE}"')
+                    if not conn.execute(DATABASE_EXISTS_SQL, (DATABASE,)).fetchone():
+                        conn.execute(CREATE_DATABASE_SQL.format(sql.Identifier(DATABASE)))
                     return
             except psycopg.OperationalError:
                 if time.monotonic() > deadline:

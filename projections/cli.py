@@ -41,11 +41,11 @@ def _revisions(settings: Settings) -> list[str]:
 def _current_revision(settings: Settings) -> str | None:
     import psycopg
 
-    from projections import db
+    from projections import db, statements
 
     with db.connect(settings, role=None, autocommit=True) as conn:
         try:
-            row = conn.execute("SELECT version_num FROM journal.alembic_version").fetchone()
+            row = conn.execute(statements.CURRENT_REVISION).fetchone()
         except psycopg.errors.UndefinedTable:
             return None
     return str(row[0]) if row else None

@@ -11,19 +11,30 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from psycopg import sql
+from sqlalchemy.dialects import postgresql
 
 from journal.durable import BOUND_TENANT_SQL
 from journal.errors import AccessDenied, ConfigError, StoreUnavailable
 from journal.keys import validate_id
 from journal.settings import Settings, with_credentials
+from projections import statements, tables
 
 WRITER = "journal_writer"
 READER = "journal_reader"
 APP = "journal_app"
 OWNER = "journal_owner"
+
+_r = tables.tenant_roles
+_bind = postgresql.insert(_r).values(role_name=sa.bindparam("role"), tenant_id=sa.bindparam("tenant"))
+#: Bind a reader role to its tenant (a rotated role keeps its row, rebound to the tenant given).
+BIND_READER_SQL = tables.compiled(
+    _bind.on_conflict_do_update(index_elements=[_r.c.role_name], set_={"tenant_id": _bind.excluded.tenant_id}))
+#: Remove a reader role's binding.
+UNBIND_READER_SQL = tables.compiled(sa.delete(_r).where(_r.c.role_name == sa.bindparam("role")))
 
 
 def _require_url(settings: Settings) -> str:
@@ -42,7 +53,7 @@ def connect(settings: Settings, *, role: str | None = WRITER, autocommit: bool =
                                "runs (`agent-journal status`).") from e
     if role:
         try:
-            conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
+            conn.execute(statements.SET_ROLE.format(sql.Identifier(role)))
             if not autocommit:
                 conn.commit()
         except psycopg.Error as e:
@@ -87,8 +98,7 @@ def reader_role_name(tenant: str) -> str:
 def tenant_reader_exists(settings: Settings, tenant: str) -> bool:
     """Whether the tenant's reader login role exists."""
     with connect(settings, role=None, autocommit=True) as conn:
-        return conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (reader_role_name(tenant),)).fetchone() \
-            is not None
+        return conn.execute(statements.ROLE_EXISTS, (reader_role_name(tenant),)).fetchone() is not None
 
 
 def bound_tenant(url: str) -> str | None:
@@ -115,14 +125,12 @@ def create_tenant_reader(settings: Settings, tenant: str, password: str | None =
     role = reader_role_name(tenant)
     password = password or secrets.token_urlsafe(24)
     with connect(settings, role=None, autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
-        verb = "ALTER" if exists else "CREATE"
-        conn.execute(sql.SQL(verb + " ROLE {} LOGIN NOCREATEDB NOCREATEROLE PASSWORD {}").format(
-            sql.Identifier(role), sql.Literal(password)))
-        conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(READER), sql.Identifier(role)))
-        conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(OWNER)))
-        conn.execute("INSERT INTO journal.tenant_roles (role_name, tenant_id) VALUES (%s, %s) "
-                     "ON CONFLICT (role_name) DO UPDATE SET tenant_id = EXCLUDED.tenant_id", (role, tenant))
+        exists = conn.execute(statements.ROLE_EXISTS, (role,)).fetchone()
+        ddl = statements.ALTER_READER if exists else statements.CREATE_READER
+        conn.execute(ddl.format(sql.Identifier(role), sql.Literal(password)))
+        conn.execute(statements.GRANT_ROLE.format(sql.Identifier(READER), sql.Identifier(role)))
+        conn.execute(statements.SET_ROLE.format(sql.Identifier(OWNER)))
+        conn.execute(BIND_READER_SQL, {"role": role, "tenant": tenant})
     return ReaderCredentials(tenant, role, password)
 
 
@@ -130,11 +138,11 @@ def revoke_tenant_reader(settings: Settings, tenant: str) -> bool:
     """Drop the tenant's reader role and its binding; True if it existed."""
     role = reader_role_name(tenant)
     with connect(settings, role=None, autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
+        if not conn.execute(statements.ROLE_EXISTS, (role,)).fetchone():
             return False
-        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (role,))
-        conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(OWNER)))
-        conn.execute("DELETE FROM journal.tenant_roles WHERE role_name = %s", (role,))
-        conn.execute("RESET ROLE")
-        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+        conn.execute(statements.TERMINATE_SESSIONS, (role,))
+        conn.execute(statements.SET_ROLE.format(sql.Identifier(OWNER)))
+        conn.execute(UNBIND_READER_SQL, {"role": role})
+        conn.execute(statements.RESET_ROLE)
+        conn.execute(statements.DROP_ROLE.format(sql.Identifier(role)))
     return True

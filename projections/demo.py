@@ -5,12 +5,20 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import sqlalchemy as sa
 from rich.console import Console
 from rich.table import Table
 
 from journal.settings import Settings
-from projections import db
+from projections import db, tables
 from projections.worker import Projector
+
+_e, _t, _s = tables.events, tables.threads, tables.snapshots
+_TENANT: sa.BindParameter[str] = sa.bindparam("tenant")
+EVENT_COUNT_SQL = tables.compiled(sa.select(sa.func.count()).select_from(_e).where(_e.c.tenant_id == _TENANT))
+STATUS_COUNTS_SQL = tables.compiled(sa.select(_t.c.status, sa.func.count()).where(_t.c.tenant_id == _TENANT)
+                                    .group_by(_t.c.status).order_by(_t.c.status))
+SNAPSHOT_COUNT_SQL = tables.compiled(sa.select(sa.func.count()).select_from(_s).where(_s.c.tenant_id == _TENANT))
 
 
 def stage(settings: Settings, summary: Any, console: Console) -> None:
@@ -26,10 +34,10 @@ def stage(settings: Settings, summary: Any, console: Console) -> None:
         table.add_column(col, justify="left" if col in ("tenant", "statuses") else "right")
     with db.connect(settings, role=None) as conn:
         for tenant in summary.tenants:
-            events = conn.execute("SELECT count(*) FROM journal.events WHERE tenant_id = %s", (tenant,)).fetchone()
-            statuses = conn.execute("SELECT status, count(*) FROM journal.threads WHERE tenant_id = %s GROUP BY 1 "
-                                    "ORDER BY 1", (tenant,)).fetchall()
-            snaps = conn.execute("SELECT count(*) FROM journal.snapshots WHERE tenant_id = %s", (tenant,)).fetchone()
+            params = {"tenant": tenant}
+            events = conn.execute(EVENT_COUNT_SQL, params).fetchone()
+            statuses = conn.execute(STATUS_COUNTS_SQL, params).fetchall()
+            snaps = conn.execute(SNAPSHOT_COUNT_SQL, params).fetchone()
             table.add_row(tenant, str(summary.per_tenant[tenant]), str(events[0] if events else 0),
                           str(sum(n for _, n in statuses)), ", ".join(f"{s} {n}" for s, n in statuses),
                           str(snaps[0] if snaps else 0))

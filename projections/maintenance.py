@@ -9,15 +9,29 @@ Lua heads to what PostgreSQL holds, so no seq is ever issued twice, and restores
 from __future__ import annotations
 
 import contextlib
+from datetime import timedelta
 from typing import Any
 
 import redis
+import sqlalchemy as sa
 
 from journal import keys
-from projections import metrics
+from projections import metrics, tables
 from projections.discovery import Discovery
 from projections.links import Links
 from projections.store import stream_position
+
+_o, _t = tables.offsets, tables.threads
+#: Committed stream times older than the grace period (younger marks may still be on their way).
+SETTLED_OFFSETS_SQL = tables.compiled(
+    sa.select(_o.c.tenant_id, _o.c.stream_ms)
+    .where(_o.c.updated_at <= sa.func.now() - sa.bindparam("grace", type_=sa.Interval)))
+#: A tenant's threads with the highest seq PostgreSQL holds for each, and their fences.
+THREAD_TOPS_SQL = tables.compiled(
+    sa.select(_t.c.thread_id, sa.func.greatest(_t.c.last_seq, _t.c.max_seq), _t.c.fenced, _t.c.fence_reason)
+    .where(_t.c.tenant_id == sa.bindparam("tenant")))
+#: A tenant's committed stream time.
+TENANT_OFFSET_SQL = tables.compiled(sa.select(_o.c.stream_ms).where(_o.c.tenant_id == sa.bindparam("tenant")))
 
 
 class Maintenance:
@@ -79,8 +93,7 @@ class Maintenance:
         """
         with self.links.pg.transaction():
             committed = {t: ms for t, ms in self.links.pg.execute(
-                "SELECT tenant_id, stream_ms FROM journal.offsets WHERE updated_at <= now() - %s * interval '1 ms'",
-                (self.tail_check_grace_ms,))}
+                SETTLED_OFFSETS_SQL, {"grace": timedelta(milliseconds=self.tail_check_grace_ms)})}
         if not committed:
             return
         tenants = sorted(committed)
@@ -99,11 +112,9 @@ class Maintenance:
     def repair_heads(self, tenant: str, committed_ms: int | None = None) -> int:
         """Raise the tenant's Lua heads to at least what PostgreSQL holds, and restore its fences."""
         with self.links.pg.transaction():
-            rows = self.links.pg.execute("SELECT thread_id, GREATEST(last_seq, max_seq), fenced, fence_reason "
-                                         "FROM journal.threads WHERE tenant_id = %s", (tenant,)).fetchall()
+            rows = self.links.pg.execute(THREAD_TOPS_SQL, {"tenant": tenant}).fetchall()
             if committed_ms is None:
-                found = self.links.pg.execute("SELECT stream_ms FROM journal.offsets WHERE tenant_id = %s",
-                                              (tenant,)).fetchone()
+                found = self.links.pg.execute(TENANT_OFFSET_SQL, {"tenant": tenant}).fetchone()
                 committed_ms = found[0] if found else 0
         raised = 0
         script = self.links.script("raise_heads")

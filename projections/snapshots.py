@@ -11,11 +11,12 @@ from typing import Protocol
 import psycopg
 import structlog
 
-from journal import codec
+from journal import durable
 from journal.errors import BlobError, JournalError
 from journal.events import Event
 from journal.reducer import ReducerError, Registry, apply
 from journal.state import decode_state, empty, encode_state
+from projections import statements
 
 log = structlog.get_logger("projections.snapshots")
 
@@ -28,10 +29,8 @@ class BlobSource(Protocol):
 
 
 def load_events(conn: psycopg.Connection, tenant: str, thread: str, after: int, upto: int) -> list[Event]:
-    rows = conn.execute(
-        "SELECT seq, ts_ms, body FROM journal.events WHERE tenant_id = %s AND thread_id = %s "
-        "AND seq > %s AND seq <= %s ORDER BY seq", (tenant, thread, after, upto)).fetchall()
-    return [codec.decode_body(tenant, thread, s, ts, bytes(b)) for s, ts, b in rows]
+    rows = conn.execute(durable.EVENTS_SQL, (tenant, thread, after, upto)).fetchall()
+    return durable.decode_rows(tenant, thread, rows)
 
 
 def write_due(conn: psycopg.Connection, tenant: str, thread: str, old_seq: int, new_seq: int,
@@ -49,13 +48,10 @@ def write_due(conn: psycopg.Connection, tenant: str, thread: str, old_seq: int, 
     targets = list(range((old_seq // every + 1) * every, new_seq + 1, every))
     if not targets:
         return 0
-    row = conn.execute(
-        "SELECT seq, state FROM journal.snapshots WHERE tenant_id = %s AND thread_id = %s AND seq <= %s "
-        "ORDER BY seq DESC LIMIT 1", (tenant, thread, targets[0])).fetchone()
+    row = conn.execute(statements.SNAPSHOT_AT_OR_BELOW, (tenant, thread, targets[0])).fetchone()
     base_seq, state = (row[0], decode_state(row[1])) if row else (0, empty(tenant, thread))
     if (resolve is None or not resolve.available()) and conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM journal.events WHERE tenant_id = %s AND thread_id = %s AND seq > %s "
-        "AND seq <= %s AND blob_sha256 IS NOT NULL)", (tenant, thread, base_seq, new_seq)).fetchone() == (True,):
+        statements.OFFLOADED_IN_RANGE, (tenant, thread, base_seq, new_seq)).fetchone() == (True,):
         # Skip before loading anything: a fold far behind its last snapshot is costly to redo at
         # every batch while object storage is down.
         log.info("snapshot_deferred_blobs_unavailable", tenant=tenant, thread=thread, seq=targets[-1])
@@ -63,8 +59,7 @@ def write_due(conn: psycopg.Connection, tenant: str, thread: str, old_seq: int, 
     first_new = chained[0].seq if chained else new_seq + 1
     history = load_events(conn, tenant, thread, base_seq, first_new - 1) + [e for e in chained if e.seq > base_seq]
     hashes: dict[int, bytes] = dict(conn.execute(
-        "SELECT seq, hash FROM journal.events WHERE tenant_id = %s AND thread_id = %s AND seq = ANY(%s)",
-        (tenant, thread, targets)).fetchall())
+        statements.HASHES_AT, (tenant, thread, targets)).fetchall())
     written = 0
     wanted = set(targets)
     for ev in history:
@@ -82,14 +77,11 @@ def write_due(conn: psycopg.Connection, tenant: str, thread: str, old_seq: int, 
             # The event stays in the journal (it is valid data); only the snapshot cannot be built.
             log.error("snapshot_reducer_failed", tenant=tenant, thread=thread, seq=ev.seq, error=str(e))
             conn.execute(
-                "INSERT INTO journal.dead_letters (tenant_id, stream_id, thread_id, seq, reason) "
-                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (tenant_id, stream_id) DO UPDATE SET "
-                "attempts = journal.dead_letters.attempts + 1, last_seen = now()",
-                (tenant, f"reducer:{thread}:{ev.seq}", thread, ev.seq, f"reducer failed: {e}"))
+                statements.INSERT_DEAD_LETTER,
+                (tenant, f"reducer:{thread}:{ev.seq}", thread, ev.seq, f"reducer failed: {e}", None))
             return written
         if ev.seq in wanted and ev.seq in hashes:
             conn.execute(
-                "INSERT INTO journal.snapshots (tenant_id, thread_id, seq, state, hash) VALUES (%s, %s, %s, %s, %s) "
-                "ON CONFLICT DO NOTHING", (tenant, thread, ev.seq, encode_state(state), hashes[ev.seq]))
+                statements.INSERT_SNAPSHOT, (tenant, thread, ev.seq, encode_state(state), hashes[ev.seq]))
             written += 1
     return written

@@ -26,7 +26,7 @@ from journal import codec, lifecycle
 from journal.chain import GENESIS, link
 from journal.events import TOOL_CALL, TOOL_RESULT, Event
 from journal.reducer import Registry
-from projections import snapshots
+from projections import snapshots, statements
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,19 +119,6 @@ def _columns(e: Event, body: bytes, stream_id: str) -> tuple[Any, ...]:
     )
 
 
-_COLUMNS = ("t text, th text, s bigint, ty text, n text, tl text, ag text, ac text, ts bigint, p text, bs text, "
-            "bz bigint, ik text, v smallint, b bytea, sid text, ph bytea, h bytea")
-_COPY_TYPES = ["text", "text", "int8", "text", "text", "text", "text", "text", "int8", "text", "text", "int8", "text",
-               "int2", "bytea", "text", "bytea", "bytea"]
-_INSERT_EVENTS = """
-INSERT INTO journal.events (tenant_id, thread_id, seq, type, node, tool, agent_id, actor, ts_ms, appended_at,
-    payload, blob_sha256, blob_size, idempotency_key, version, body, stream_id, prev_hash, hash)
-SELECT t, th, s, ty, n, tl, ag, ac::jsonb, ts, to_timestamp(ts / 1000.0), p::jsonb, bs, bz, ik, v, b, sid, ph, h
-FROM pg_temp.journal_batch
-"""
-# No ON CONFLICT: every seq inserted is above the thread's max_seq, read under the thread's row
-# lock, so it cannot exist; a speculative insertion per row would cost a third of the statement.
-
 _staged: weakref.WeakSet[psycopg.Connection] = weakref.WeakSet()
 
 
@@ -142,13 +129,13 @@ def _stage_events(conn: psycopg.Connection, rows: list[tuple[Any, ...]]) -> None
     temporary table has none, and the INSERT still passes through the policies.
     """
     if conn not in _staged:
-        conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS journal_batch ({_COLUMNS}) ON COMMIT DELETE ROWS")
+        conn.execute(statements.CREATE_STAGE)
         # set_types picks dumpers by oid, and for bytea that is psycopg.dbapi20's Python dumper (registered
         # last); the C dumper of bytes is a third of the COPY's client time on three bytea columns.
         conn.adapters.register_dumper(bytes, psycopg.adapters.get_dumper(bytes, PyFormat.BINARY))
         _staged.add(conn)
-    with conn.cursor().copy("COPY pg_temp.journal_batch FROM STDIN (FORMAT BINARY)") as copy:
-        copy.set_types(_COPY_TYPES)
+    with conn.cursor().copy(statements.COPY_STAGE) as copy:
+        copy.set_types(statements.COPY_TYPES)
         for row in rows:
             copy.write_row(row)
 
@@ -192,15 +179,12 @@ def _run_batch(conn: psycopg.Connection, by_thread: dict[tuple[str, str], list[I
                result: BatchResult, key: bytes | None, snapshot_every: int, resolve: snapshots.BlobSource | None,
                overlap: Overlap | None, registry: Registry | None) -> None:
     positions = result.positions
-    # Every join below looks up keys from an unnest() batch. The planner prices that as a hash join
-    # over a whole table (threads, events) once the batch has a few thousand keys: measured 3× slower
-    # at 50,000 threads, and it grows with the table. Index nested loops cost only what the batch touches.
+    # Index nested loops for every join on an unnest() batch (statements.NO_HASHJOIN says why).
     with conn.pipeline():
-        conn.execute("SET LOCAL enable_hashjoin = off")
-        conn.execute("SET LOCAL enable_mergejoin = off")
+        conn.execute(statements.NO_HASHJOIN)
+        conn.execute(statements.NO_MERGEJOIN)
         tenants = sorted(positions)
-        offsets = conn.execute("SELECT tenant_id, stream_ms FROM journal.offsets WHERE tenant_id = ANY(%b)",
-                               (tenants,)) if positions else None
+        offsets = conn.execute(statements.OFFSETS_OF_TENANTS, (tenants,)) if positions else None
         locked = _lock_threads(conn, sorted(by_thread)) if by_thread else None
         if overlap is not None:
             overlap.while_locking()
@@ -216,24 +200,15 @@ def _run_batch(conn: psycopg.Connection, by_thread: dict[tuple[str, str], list[I
     with conn.pipeline():
         _apply(conn, plan)
         if poison:
-            conn.cursor().executemany(
-                "INSERT INTO journal.dead_letters (tenant_id, stream_id, thread_id, seq, reason, entry) "
-                "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (tenant_id, stream_id) DO UPDATE SET "
-                "attempts = journal.dead_letters.attempts + 1, last_seen = now(), reason = EXCLUDED.reason",
-                [(p.tenant, p.stream_id, p.thread, p.seq, p.reason, p.entry) for p in poison])
+            conn.cursor().executemany(statements.INSERT_DEAD_LETTER,
+                                      [(p.tenant, p.stream_id, p.thread, p.seq, p.reason, p.entry) for p in poison])
             result.dead_letters = len(poison)
         if positions:
             conn.execute(
-                "INSERT INTO journal.offsets (tenant_id, stream_ms, stream_seq) "
-                "SELECT * FROM unnest(%b::text[], %b::bigint[], %b::bigint[]) "
-                "ON CONFLICT (tenant_id) DO UPDATE SET updated_at = now(), "
-                "stream_ms = GREATEST(journal.offsets.stream_ms, EXCLUDED.stream_ms), "
-                "stream_seq = CASE WHEN (EXCLUDED.stream_ms, EXCLUDED.stream_seq) > "
-                "(journal.offsets.stream_ms, journal.offsets.stream_seq) THEN EXCLUDED.stream_seq "
-                "ELSE journal.offsets.stream_seq END",
+                statements.ADVANCE_OFFSETS,
                 (tenants, [positions[t][0] for t in tenants], [positions[t][1] for t in tenants]))
         if not plan.snapshot_jobs:
-            conn.execute("COMMIT")
+            conn.execute(statements.COMMIT)
         if overlap is not None:
             overlap.while_writing()
     if plan.snapshot_jobs:  # they read this batch's hashes back
@@ -261,13 +236,8 @@ def _lock_threads(conn: psycopg.Connection, order: list[tuple[str, str]]) -> psy
     """
     tenants = [t for t, _ in order]
     thread_ids = [th for _, th in order]
-    conn.execute("INSERT INTO journal.threads (tenant_id, thread_id) SELECT * FROM unnest(%b::text[], %b::text[]) "
-                 "ON CONFLICT DO NOTHING", (tenants, thread_ids))
-    return conn.execute(
-        "SELECT t.tenant_id, t.thread_id, t.last_seq, t.last_hash, t.max_seq, t.status, t.branches "
-        "FROM journal.threads t JOIN unnest(%b::text[], %b::text[]) u(a, b) "
-        "ON t.tenant_id = u.a AND t.thread_id = u.b ORDER BY t.tenant_id, t.thread_id FOR UPDATE OF t",
-        (tenants, thread_ids))
+    conn.execute(statements.INSERT_THREADS, (tenants, thread_ids))
+    return conn.execute(statements.LOCK_THREADS, (tenants, thread_ids))
 
 
 def _plan_threads(conn: psycopg.Connection, by_thread: dict[tuple[str, str], list[Item]],
@@ -281,9 +251,7 @@ def _plan_threads(conn: psycopg.Connection, by_thread: dict[tuple[str, str], lis
     stored: dict[tuple[str, str, int], bytes] = {}
     if probe:
         for t, th, s, b in conn.execute(
-            "SELECT e.tenant_id, e.thread_id, e.seq, e.body FROM journal.events e "
-            "JOIN unnest(%b::text[], %b::text[], %b::bigint[]) u(a, b, c) "
-            "ON e.tenant_id = u.a AND e.thread_id = u.b AND e.seq = u.c",
+            statements.STORED_BODIES,
             ([p[0] for p in probe], [p[1] for p in probe], [p[2] for p in probe]),
         ):
             stored[(t, th, s)] = bytes(b)
@@ -348,29 +316,20 @@ def _plan_threads(conn: psycopg.Connection, by_thread: dict[tuple[str, str], lis
 def _apply(conn: psycopg.Connection, plan: _Plan) -> None:
     """The writes of ``plan`` that need no result (its rows already staged by ``_stage_events``)."""
     if plan.rows:
-        conn.execute(_INSERT_EVENTS)
+        conn.execute(statements.INSERT_EVENTS)
     if plan.hash_updates:
         conn.execute(
-            "UPDATE journal.events e SET prev_hash = u.p, hash = u.h FROM unnest(%b::text[], %b::text[], "
-            "%b::bigint[], %b::bytea[], %b::bytea[]) u(a, b, s, p, h) "
-            "WHERE e.tenant_id = u.a AND e.thread_id = u.b AND e.seq = u.s",
+            statements.CHAIN_HASHES,
             [list(col) for col in zip(*plan.hash_updates, strict=True)])
     if plan.updates:
         conn.execute(
-            "UPDATE journal.threads t SET last_seq = u.s, last_hash = u.h, max_seq = u.m, status = "
-            "CASE WHEN t.status = 'abandoned' THEN 'active' ELSE u.st END, node = u.n, "
-            "branches = COALESCE(u.br::jsonb, t.branches), event_count = t.event_count + u.c, updated_at = now() "
-            "FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::bytea[], %b::bigint[], %b::text[], %b::text[], "
-            "%b::text[], %b::bigint[]) u(a, b, s, h, m, st, n, br, c) WHERE t.tenant_id = u.a AND t.thread_id = u.b",
+            statements.ADVANCE_THREADS,
             [list(col) for col in zip(*plan.updates, strict=True)])
     if plan.conflict_rows:
-        conn.cursor().executemany(
-            "INSERT INTO journal.conflicts (tenant_id, thread_id, seq, incoming_stream_id, existing_body, "
-            "incoming_body) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING", plan.conflict_rows)
+        conn.cursor().executemany(statements.INSERT_CONFLICT, plan.conflict_rows)
         fenced = sorted({(t, th) for t, th, *_ in plan.conflict_rows})
         conn.execute(
-            "UPDATE journal.threads t SET fenced = true, fence_reason = 'sequence conflict; see journal.conflicts' "
-            "FROM unnest(%b::text[], %b::text[]) u(a, b) WHERE t.tenant_id = u.a AND t.thread_id = u.b",
+            statements.FENCE_THREADS,
             ([f[0] for f in fenced], [f[1] for f in fenced]))
 
 
@@ -381,11 +340,7 @@ def _load_unchained(conn: psycopg.Connection, threads: list[tuple[str, str, int]
     out: dict[tuple[str, str], dict[int, Event]] = defaultdict(dict)
     if threads:
         for t, th, s, ts, b in conn.execute(
-            # LATERAL … OFFSET 0: one index range scan per thread. As a join, the planner scans every
-            # partition for "hash IS NULL" (it expects few such rows): 0.5 s at 1M events, not 22 ms.
-            "SELECT u.a, u.b, e.seq, e.ts_ms, e.body FROM unnest(%b::text[], %b::text[], %b::bigint[]) u(a, b, c) "
-            "CROSS JOIN LATERAL (SELECT seq, ts_ms, body FROM journal.events WHERE tenant_id = u.a "
-            "AND thread_id = u.b AND seq > u.c AND hash IS NULL OFFSET 0) e",
+            statements.UNCHAINED,  # one index range scan per thread (statements.UNCHAINED says why)
             [list(col) for col in zip(*threads, strict=True)]):
             out[(t, th)][s] = codec.decode_body(t, th, s, ts, bytes(b))
     return out

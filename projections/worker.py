@@ -35,6 +35,7 @@ from typing import Any
 
 import psycopg
 import redis
+import sqlalchemy as sa
 import structlog
 
 from journal import keys
@@ -45,13 +46,16 @@ from journal.errors import BlobError, JournalError, StoreUnavailable
 from journal.events import Event
 from journal.reducer import load_registry
 from journal.settings import Settings
-from projections import metrics
+from projections import metrics, tables
 from projections.committer import Committer
 from projections.discovery import Discovery
 from projections.intake import BODY_HEADROOM, Intake
 from projections.links import Links
 from projections.maintenance import Maintenance
 from projections.reader import Entry, Reader, install_parser
+
+#: Every tenant that has committed a stream position (known to PostgreSQL before any SCAN).
+OFFSET_TENANTS_SQL = tables.compiled(sa.select(tables.offsets.c.tenant_id))
 
 log = structlog.get_logger("projections.worker")
 GROUP = "projector"
@@ -241,7 +245,7 @@ class Projector:
 
     def _pg_tenants(self) -> set[str]:
         with self.pg.transaction():
-            return {r[0] for r in self.pg.execute("SELECT tenant_id FROM journal.offsets")}
+            return {r[0] for r in self.pg.execute(OFFSET_TENANTS_SQL)}
 
     def read_and_project(self) -> int:
         """Read new entries of every known stream (or a round read ahead), then project them.

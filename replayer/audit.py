@@ -20,6 +20,12 @@ from journal.events import Event
 from journal.keys import validate_id
 from replayer.bundle import write_bundle
 from replayer.replay import Replayer, ThreadVerdict, verify_rows
+from replayer.sources import (
+    EXPLAIN_TOOL_USAGE_SQL,
+    OFFLOADED_TOOL_THREADS_SQL,
+    TOOL_EVENTS_IN_WINDOW_SQL,
+    TOOL_USAGE_SQL,
+)
 
 # -- timeline --------------------------------------------------------------------------------------
 
@@ -104,35 +110,7 @@ def timeline(r: Replayer, tenant: str, thread: str, after: int = 0, upto: int | 
 # give that alone: an offloaded payload (over the blob threshold) leaves the row without a tool
 # or payload, and a result without ``tool`` has none either. So the SQL only finds the threads
 # and the window's seqs; each thread is then replayed (nearest snapshot + tail, blobs fetched).
-
-#: Threads that named the tool in the window: ``events_tool_idx (tenant_id, tool, appended_at)
-#: WHERE tool IS NOT NULL``, whose leading columns are the equality predicates and the window its range.
-TOOL_USAGE_SQL = """
-SELECT DISTINCT thread_id
-FROM journal.events
-WHERE tenant_id = %(tenant)s AND tool = %(tool)s AND tool IS NOT NULL
-  AND appended_at >= %(since)s AND appended_at < %(until)s
-"""
-
-#: Threads with a tool event in the window whose payload is in object storage (its tool is unknown
-#: until the blob is read). No index serves it: it scans the tenant's partition for the window
-#: (offloaded rows are rare; a partial index on (tenant_id, appended_at) WHERE blob_sha256 IS NOT
-#: NULL would make it a lookup).
-OFFLOADED_TOOL_THREADS_SQL = """
-SELECT DISTINCT thread_id
-FROM journal.events
-WHERE tenant_id = %(tenant)s AND blob_sha256 IS NOT NULL AND type IN ('tool_call', 'tool_result')
-  AND appended_at >= %(since)s AND appended_at < %(until)s
-"""
-
-#: The tool events of those threads in the window: ``events_time_idx (tenant_id, thread_id, appended_at)``.
-TOOL_EVENTS_IN_WINDOW_SQL = """
-SELECT thread_id, seq, appended_at
-FROM journal.events
-WHERE tenant_id = %(tenant)s AND thread_id = ANY(%(threads)s) AND type IN ('tool_call', 'tool_result')
-  AND appended_at >= %(since)s AND appended_at < %(until)s
-"""
-
+# The statements (and the indexes they rely on) are in replayer.sources.
 
 @dataclass(frozen=True, slots=True)
 class ToolUsage:
@@ -194,11 +172,11 @@ def tool_usage(r: Replayer, tenant: str, tool: str, since: datetime, until: date
 
 
 def explain_tool_usage(r: Replayer, tenant: str, tool: str, since: datetime, until: datetime | None = None) -> str:
-    """The PostgreSQL plan of :data:`TOOL_USAGE_SQL` as the reader runs it (row-level security included)."""
+    """The PostgreSQL plan of ``sources.TOOL_USAGE_SQL`` as the reader runs it (row-level security included)."""
     pg = r._pg()
     params = _usage_params(tenant, tool, since, until)
     with pg.scope(tenant):
-        rows = pg.conn.execute("EXPLAIN " + TOOL_USAGE_SQL, params).fetchall()
+        rows = pg.conn.execute(EXPLAIN_TOOL_USAGE_SQL, params).fetchall()
     return "\n".join(row[0] for row in rows)
 
 

@@ -87,6 +87,56 @@ class RedisSource:
 
 # -- PostgreSQL: the durable truth ----------------------------------------------------------------
 
+# The replayer's statements, all of them (``journal.durable``'s are reused where the same: the events
+# of a range, the max seq, the newest snapshot, the bound tenant, the scope).
+
+#: What ``journal.threads`` records of one thread's projected chain.
+THREAD_HEAD_SQL = ("SELECT thread_id, last_seq, last_hash, max_seq, status FROM journal.threads "
+                   "WHERE tenant_id = %s AND thread_id = %s")
+#: The seq of the last stored event appended at or before a time (``events_time_idx``).
+SEQ_AT_TIME_SQL = ("SELECT seq FROM journal.events WHERE tenant_id = %s AND thread_id = %s AND appended_at <= %s "
+                   "ORDER BY appended_at DESC, seq DESC LIMIT 1")
+#: Every thread of a tenant: those in ``threads`` and any that only have events.
+THREADS_SQL = ("SELECT thread_id FROM journal.threads WHERE tenant_id = %s UNION "
+               "SELECT DISTINCT thread_id FROM journal.events WHERE tenant_id = %s ORDER BY 1")
+#: A thread's rows with their chain columns and JSONB copy, up to a seq (verification, bundles).
+STORED_EVENTS_SQL = ("SELECT seq, ts_ms, body, prev_hash, hash, payload FROM journal.events WHERE tenant_id = %s "
+                     "AND thread_id = %s AND seq <= %s ORDER BY seq")
+
+# Audit by tool (``replayer.audit.tool_usage``): the SQL only finds the threads and the window's seqs;
+# the counts are the fold's.
+
+#: Threads that named the tool in the window: ``events_tool_idx (tenant_id, tool, appended_at)
+#: WHERE tool IS NOT NULL``, whose leading columns are the equality predicates and the window its range.
+TOOL_USAGE_SQL = """
+SELECT DISTINCT thread_id
+FROM journal.events
+WHERE tenant_id = %(tenant)s AND tool = %(tool)s AND tool IS NOT NULL
+  AND appended_at >= %(since)s AND appended_at < %(until)s
+"""
+
+#: Threads with a tool event in the window whose payload is in object storage (its tool is unknown
+#: until the blob is read). No index serves it: it scans the tenant's partition for the window
+#: (offloaded rows are rare; a partial index on (tenant_id, appended_at) WHERE blob_sha256 IS NOT
+#: NULL would make it a lookup).
+OFFLOADED_TOOL_THREADS_SQL = """
+SELECT DISTINCT thread_id
+FROM journal.events
+WHERE tenant_id = %(tenant)s AND blob_sha256 IS NOT NULL AND type IN ('tool_call', 'tool_result')
+  AND appended_at >= %(since)s AND appended_at < %(until)s
+"""
+
+#: The tool events of those threads in the window: ``events_time_idx (tenant_id, thread_id, appended_at)``.
+TOOL_EVENTS_IN_WINDOW_SQL = """
+SELECT thread_id, seq, appended_at
+FROM journal.events
+WHERE tenant_id = %(tenant)s AND thread_id = ANY(%(threads)s) AND type IN ('tool_call', 'tool_result')
+  AND appended_at >= %(since)s AND appended_at < %(until)s
+"""
+
+#: :data:`TOOL_USAGE_SQL`'s plan, as the reader runs it (row-level security included).
+EXPLAIN_TOOL_USAGE_SQL = "EXPLAIN " + TOOL_USAGE_SQL
+
 
 @dataclass(frozen=True, slots=True)
 class ThreadHead:
@@ -164,8 +214,7 @@ class PostgresSource:
             return self.conn.execute(query, params).fetchall()
 
     def thread_head(self, tenant: str, thread: str) -> ThreadHead | None:
-        rows = self._rows(tenant, "SELECT thread_id, last_seq, last_hash, max_seq, status FROM journal.threads "
-                                  "WHERE tenant_id = %s AND thread_id = %s", (tenant, thread))
+        rows = self._rows(tenant, THREAD_HEAD_SQL, (tenant, thread))
         if not rows:
             return None
         t, last, h, top, status = rows[0]
@@ -188,16 +237,12 @@ class PostgresSource:
 
     def seq_at_time(self, tenant: str, thread: str, at: datetime) -> int:
         """The seq of the last stored event appended at or before ``at`` (0 if none)."""
-        rows = self._rows(
-            tenant, "SELECT seq FROM journal.events WHERE tenant_id = %s AND thread_id = %s AND appended_at <= %s "
-                    "ORDER BY appended_at DESC, seq DESC LIMIT 1", (tenant, thread, at))
+        rows = self._rows(tenant, SEQ_AT_TIME_SQL, (tenant, thread, at))
         return int(rows[0][0]) if rows else 0
 
     def threads(self, tenant: str) -> list[str]:
         """Every thread of the tenant: those recorded in ``threads`` and any that only have events."""
-        rows = self._rows(tenant, "SELECT thread_id FROM journal.threads WHERE tenant_id = %s UNION "
-                                  "SELECT DISTINCT thread_id FROM journal.events WHERE tenant_id = %s ORDER BY 1",
-                          (tenant, tenant))
+        rows = self._rows(tenant, THREADS_SQL, (tenant, tenant))
         return [r[0] for r in rows]
 
     def stored_events(self, tenant: str, thread: str, upto: int | None = None) -> Iterator[StoredEvent | BadRow]:
@@ -205,9 +250,7 @@ class PostgresSource:
 
         A row whose body does not decode is returned as a :class:`BadRow` (verification names it).
         """
-        rows = self._rows(
-            tenant, "SELECT seq, ts_ms, body, prev_hash, hash, payload FROM journal.events WHERE tenant_id = %s "
-                    "AND thread_id = %s AND seq <= %s ORDER BY seq", (tenant, thread, _top(upto)))
+        rows = self._rows(tenant, STORED_EVENTS_SQL, (tenant, thread, _top(upto)))
         out: list[StoredEvent | BadRow] = []
         for seq, ts, body, prev, h, payload in rows:
             try:

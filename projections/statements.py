@@ -1,0 +1,146 @@
+"""Every hand-written SQL statement of ``projections``, named once.
+
+The schema is ``projections.tables`` (SQLAlchemy Core); a simple statement off the hot path is
+built from it with ``tables.compiled(...)`` next to its use (``fences``, ``purge``, ``inspect``,
+``idle``, ``maintenance``, ``db``…). What is written by hand lives here, each with why:
+
+* the batch path (``store``, ``snapshots``): the binary ``COPY`` into a temporary table, the
+  ``unnest()`` statements pipelined under the threads' row locks, ``SET LOCAL`` planner settings.
+  Their ``%b`` (binary) parameters, join shapes and ``LATERAL … OFFSET 0`` are measured choices a
+  query builder would not keep;
+* what the Core tables do not declare: catalogs (``pg_roles``, ``pg_stat_activity``), Alembic's
+  version table, role DDL (``psycopg.sql`` templates, composed with ``Identifier``/``Literal`` only,
+  never with text).
+
+The client's reads of the durable tier (``journal.durable``) are reused, not repeated here.
+"""
+
+from __future__ import annotations
+
+from psycopg import sql
+
+# -- the batch (projections.store) -----------------------------------------------------------------
+
+#: Every join of a batch looks up keys from an unnest() batch. The planner prices that as a hash join
+#: over a whole table (threads, events) once the batch has a few thousand keys: measured 3× slower
+#: at 50,000 threads, and it grows with the table. Index nested loops cost only what the batch touches.
+NO_HASHJOIN = "SET LOCAL enable_hashjoin = off"
+#: As :data:`NO_HASHJOIN`, for merge joins (the planner's next choice once hash joins are off).
+NO_MERGEJOIN = "SET LOCAL enable_mergejoin = off"
+
+#: The committed stream time of the batch's tenants (pipelined with the row locks; ``%b``: a text[]).
+OFFSETS_OF_TENANTS = "SELECT tenant_id, stream_ms FROM journal.offsets WHERE tenant_id = ANY(%b)"
+
+#: Create the batch's missing ``threads`` rows (pipelined before :data:`LOCK_THREADS`).
+INSERT_THREADS = ("INSERT INTO journal.threads (tenant_id, thread_id) SELECT * FROM unnest(%b::text[], %b::text[]) "
+                  "ON CONFLICT DO NOTHING")
+#: Lock the batch's threads in key order (so workers never deadlock) and read their heads.
+LOCK_THREADS = ("SELECT t.tenant_id, t.thread_id, t.last_seq, t.last_hash, t.max_seq, t.status, t.branches "
+                "FROM journal.threads t JOIN unnest(%b::text[], %b::text[]) u(a, b) "
+                "ON t.tenant_id = u.a AND t.thread_id = u.b ORDER BY t.tenant_id, t.thread_id FOR UPDATE OF t")
+
+#: The stored bodies of incoming seqs at or below their thread's max_seq (redelivery or conflict?).
+STORED_BODIES = ("SELECT e.tenant_id, e.thread_id, e.seq, e.body FROM journal.events e "
+                 "JOIN unnest(%b::text[], %b::text[], %b::bigint[]) u(a, b, c) "
+                 "ON e.tenant_id = u.a AND e.thread_id = u.b AND e.seq = u.c")
+
+#: Per (tenant, thread, verified head): events stored above the head without a hash, waiting for an
+#: earlier seq. LATERAL … OFFSET 0: one index range scan per thread. As a join, the planner scans every
+#: partition for "hash IS NULL" (it expects few such rows): 0.5 s at 1M events, not 22 ms.
+UNCHAINED = ("SELECT u.a, u.b, e.seq, e.ts_ms, e.body FROM unnest(%b::text[], %b::text[], %b::bigint[]) u(a, b, c) "
+             "CROSS JOIN LATERAL (SELECT seq, ts_ms, body FROM journal.events WHERE tenant_id = u.a "
+             "AND thread_id = u.b AND seq > u.c AND hash IS NULL OFFSET 0) e")
+
+#: The staging table's columns, in :data:`COPY_TYPES`' order: ``journal.events`` but its defaults.
+STAGE_COLUMNS = ("t text, th text, s bigint, ty text, n text, tl text, ag text, ac text, ts bigint, p text, "
+                 "bs text, bz bigint, ik text, v smallint, b bytea, sid text, ph bytea, h bytea")
+#: The binary COPY's types of :data:`STAGE_COLUMNS` (``copy.set_types``).
+COPY_TYPES = ["text", "text", "int8", "text", "text", "text", "text", "text", "int8", "text", "text", "int8",
+              "text", "int2", "bytea", "text", "bytea", "bytea"]
+#: The session's staging table, emptied at each commit. COPY straight into journal.events is refused
+#: under row-level security; a session's own temporary table has none (the INSERT still passes the policies).
+CREATE_STAGE = f"CREATE TEMP TABLE IF NOT EXISTS journal_batch ({STAGE_COLUMNS}) ON COMMIT DELETE ROWS"
+#: Rows into the staging table by binary COPY: the C fast path, far cheaper than bound INSERT rows.
+COPY_STAGE = "COPY pg_temp.journal_batch FROM STDIN (FORMAT BINARY)"
+#: The staged rows into ``journal.events``. No ON CONFLICT: every seq inserted is above the thread's
+#: max_seq, read under the thread's row lock, so it cannot exist; a speculative insertion per row would
+#: cost a third of the statement.
+INSERT_EVENTS = """
+INSERT INTO journal.events (tenant_id, thread_id, seq, type, node, tool, agent_id, actor, ts_ms, appended_at,
+    payload, blob_sha256, blob_size, idempotency_key, version, body, stream_id, prev_hash, hash)
+SELECT t, th, s, ty, n, tl, ag, ac::jsonb, ts, to_timestamp(ts / 1000.0), p::jsonb, bs, bz, ik, v, b, sid, ph, h
+FROM pg_temp.journal_batch
+"""
+
+#: Chain hashes of events stored earlier without one, now that their gap is filled (one unnest() batch).
+CHAIN_HASHES = ("UPDATE journal.events e SET prev_hash = u.p, hash = u.h FROM unnest(%b::text[], %b::text[], "
+                "%b::bigint[], %b::bytea[], %b::bytea[]) u(a, b, s, p, h) "
+                "WHERE e.tenant_id = u.a AND e.thread_id = u.b AND e.seq = u.s")
+#: The threads' new heads, status, node, branches and counts (one unnest() batch; an abandoned thread
+#: that receives events is active again).
+ADVANCE_THREADS = (
+    "UPDATE journal.threads t SET last_seq = u.s, last_hash = u.h, max_seq = u.m, status = "
+    "CASE WHEN t.status = 'abandoned' THEN 'active' ELSE u.st END, node = u.n, "
+    "branches = COALESCE(u.br::jsonb, t.branches), event_count = t.event_count + u.c, updated_at = now() "
+    "FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::bytea[], %b::bigint[], %b::text[], %b::text[], "
+    "%b::text[], %b::bigint[]) u(a, b, s, h, m, st, n, br, c) WHERE t.tenant_id = u.a AND t.thread_id = u.b")
+#: A reused seq with a different body: both bodies kept, nothing overwritten (executemany, rare).
+INSERT_CONFLICT = ("INSERT INTO journal.conflicts (tenant_id, thread_id, seq, incoming_stream_id, existing_body, "
+                   "incoming_body) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING")
+#: Fence the threads of the batch's conflicts (one unnest() batch).
+FENCE_THREADS = ("UPDATE journal.threads t SET fenced = true, "
+                 "fence_reason = 'sequence conflict; see journal.conflicts' "
+                 "FROM unnest(%b::text[], %b::text[]) u(a, b) WHERE t.tenant_id = u.a AND t.thread_id = u.b")
+#: The one dead-letter write (the batch's poison, the committer's bare fallback, a failed snapshot fold):
+#: parameters (tenant, stream_id, thread or NULL, seq or NULL, reason, entry or NULL). A repeat counts an
+#: attempt and keeps the newest reason; the first entry stays.
+INSERT_DEAD_LETTER = ("INSERT INTO journal.dead_letters (tenant_id, stream_id, thread_id, seq, reason, entry) "
+                      "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (tenant_id, stream_id) DO UPDATE SET "
+                      "attempts = journal.dead_letters.attempts + 1, last_seen = now(), reason = EXCLUDED.reason")
+#: The stream position consumed per tenant, only ever moving forward (same transaction as the rows).
+ADVANCE_OFFSETS = ("INSERT INTO journal.offsets (tenant_id, stream_ms, stream_seq) "
+                   "SELECT * FROM unnest(%b::text[], %b::bigint[], %b::bigint[]) "
+                   "ON CONFLICT (tenant_id) DO UPDATE SET updated_at = now(), "
+                   "stream_ms = GREATEST(journal.offsets.stream_ms, EXCLUDED.stream_ms), "
+                   "stream_seq = CASE WHEN (EXCLUDED.stream_ms, EXCLUDED.stream_seq) > "
+                   "(journal.offsets.stream_ms, journal.offsets.stream_seq) THEN EXCLUDED.stream_seq "
+                   "ELSE journal.offsets.stream_seq END")
+#: Sent as a statement inside the pipeline (not ``conn.commit()``), so PostgreSQL commits while the
+#: projector decodes its next batch.
+COMMIT = "COMMIT"
+
+# -- snapshots (projections.snapshots, on the batch path when a snapshot is due) -------------------
+# The events between a snapshot and the batch are read with ``journal.durable.EVENTS_SQL``.
+
+#: The newest snapshot at or below a seq, with its seq (``durable.SNAPSHOT_SQL`` has the state only).
+SNAPSHOT_AT_OR_BELOW = ("SELECT seq, state FROM journal.snapshots WHERE tenant_id = %s AND thread_id = %s "
+                        "AND seq <= %s ORDER BY seq DESC LIMIT 1")
+#: Whether a seq range of the thread has an offloaded payload (a fold would need object storage).
+OFFLOADED_IN_RANGE = ("SELECT EXISTS (SELECT 1 FROM journal.events WHERE tenant_id = %s AND thread_id = %s "
+                      "AND seq > %s AND seq <= %s AND blob_sha256 IS NOT NULL)")
+#: The chain hashes at the snapshot seqs.
+HASHES_AT = "SELECT seq, hash FROM journal.events WHERE tenant_id = %s AND thread_id = %s AND seq = ANY(%s)"
+#: A snapshot; a second writer of the same seq changes nothing (the fold is deterministic).
+INSERT_SNAPSHOT = ("INSERT INTO journal.snapshots (tenant_id, thread_id, seq, state, hash) "
+                   "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING")
+
+# -- outside the Core tables: catalogs, Alembic, roles (projections.db, projections.cli) ------------
+
+#: Alembic's current revision (its version table is Alembic's, not declared in ``tables``).
+CURRENT_REVISION = "SELECT version_num FROM journal.alembic_version"
+#: Whether a role exists (the cluster catalog).
+ROLE_EXISTS = "SELECT 1 FROM pg_roles WHERE rolname = %s"
+#: End the sessions of a login role, before dropping it.
+TERMINATE_SESSIONS = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s"
+#: ``.format(Identifier(role))``: act as ``role`` (row-level security applies to it).
+SET_ROLE = sql.SQL("SET ROLE {}")
+#: Back to the session's login role.
+RESET_ROLE = "RESET ROLE"
+#: ``.format(Identifier(role), Literal(password))``: a tenant reader's login role.
+CREATE_READER = sql.SQL("CREATE ROLE {} LOGIN NOCREATEDB NOCREATEROLE PASSWORD {}")
+#: As :data:`CREATE_READER`, for a role that exists (its password rotates).
+ALTER_READER = sql.SQL("ALTER ROLE {} LOGIN NOCREATEDB NOCREATEROLE PASSWORD {}")
+#: ``.format(Identifier(granted), Identifier(grantee))``: role membership.
+GRANT_ROLE = sql.SQL("GRANT {} TO {}")
+#: ``.format(Identifier(role))``.
+DROP_ROLE = sql.SQL("DROP ROLE {}")
