@@ -165,3 +165,37 @@ def test_migration_recomputes_status_and_node_of_existing_threads(migrated: Sett
         assert rows == [("quiet", "active", None, []), (THREAD, state.status, state.node, list(state.pending_branches))]
     finally:
         admin_pg.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+FAILING_MODULE = """
+def explode(state, event):
+    raise ValueError("no fold for " + str(event.payload["n"]))
+
+REDUCERS = {"x.test.explode": explode}
+"""
+
+
+def test_a_failed_snapshot_fold_is_dead_lettered_by_the_one_statement(
+        migrated: Settings, client: JournalClient, tenant: str, admin_pg: Any, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reducer that fails at a snapshot leaves the events stored and one dead letter (no entry), counted per try."""
+    from projections import db, snapshots
+
+    name = f"jr_explode_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text(FAILING_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    configured = migrated.with_(reducers=name, snapshot_every=2)
+    for n in (1, 2):
+        client.append(tenant, THREAD, "x.test.explode", {"n": n})
+    p = Projector(configured)
+    p.drain(tenants=[tenant])
+    p.close()
+    dead = "SELECT stream_id, thread_id, seq, reason, entry, attempts FROM journal.dead_letters WHERE tenant_id = %s"
+    [(stream_id, thread, seq, reason, entry, attempts)] = admin_pg.execute(dead, (tenant,)).fetchall()
+    assert (stream_id, thread, seq, entry, attempts) == (f"reducer:{THREAD}:1", THREAD, 1, None, 1)
+    assert reason.startswith("reducer failed: ") and "ValueError: no fold for 1" in reason
+    assert admin_pg.execute("SELECT count(*) FROM journal.events WHERE tenant_id = %s", (tenant,)).fetchone() == (2,)
+    with db.connect(configured) as conn:  # the snapshot retried (from the stored events): one more attempt
+        assert snapshots.write_due(conn, tenant, THREAD, 0, 2, [], 2, None, load_registry(name)) == 0
+        conn.commit()
+    assert admin_pg.execute(dead, (tenant,)).fetchall()[0][-1] == 2
