@@ -43,14 +43,17 @@ def _require_url(settings: Settings) -> str:
     return settings.database_url
 
 
-def connect(settings: Settings, *, role: str | None = WRITER, autocommit: bool = False) -> psycopg.Connection:
-    """A connection from ``JOURNAL_DATABASE_URL`` that has ``SET ROLE role`` (RLS applies to it)."""
-    url = _require_url(settings)
+def _open(url: str, autocommit: bool) -> psycopg.Connection:
     try:
-        conn = psycopg.connect(url, autocommit=autocommit, connect_timeout=5)
+        return psycopg.connect(url, autocommit=autocommit, connect_timeout=5)
     except psycopg.OperationalError as e:
         raise StoreUnavailable(f"PostgreSQL unreachable: {e}. Check JOURNAL_DATABASE_URL and that the server "
                                "runs (`agent-journal status`).") from e
+
+
+def connect(settings: Settings, *, role: str | None = WRITER, autocommit: bool = False) -> psycopg.Connection:
+    """A connection from ``JOURNAL_DATABASE_URL`` that has ``SET ROLE role`` (RLS applies to it)."""
+    conn = _open(_require_url(settings), autocommit)
     if role:
         try:
             conn.execute(statements.SET_ROLE.format(sql.Identifier(role)))
@@ -107,12 +110,7 @@ def bound_tenant(url: str) -> str | None:
     A reader sees its own row of ``journal.tenant_roles`` (and only it), so this needs no
     administrative URL: agents and auditors export one ``JOURNAL_DATABASE_URL`` and it works.
     """
-    try:
-        conn = psycopg.connect(url, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as e:
-        raise StoreUnavailable(f"PostgreSQL unreachable: {e}. Check JOURNAL_DATABASE_URL and that the server "
-                               "runs (`agent-journal status`).") from e
-    with conn:
+    with _open(url, autocommit=True) as conn:
         try:
             row = conn.execute(BOUND_TENANT_SQL).fetchone()
         except (psycopg.errors.UndefinedTable, psycopg.errors.InsufficientPrivilege):
