@@ -51,7 +51,8 @@ PAGE = 100
 MAX_PAGE = 500
 #: Inline payloads longer than this are clipped in the timeline; the payload page shows them whole.
 INLINE_CHARS = 2000
-#: The payload page shows at most this much text (a blob may be many megabytes).
+#: The payload and state pages show at most this much text (a blob, or a long conversation's state,
+#: may be many megabytes); the state's JSON link gives it whole.
 PAYLOAD_CHARS = 1_000_000
 THREAD_LIMIT = 500
 STATUSES = ("active", "paused", "completed", "failed")
@@ -283,7 +284,7 @@ class Console:
                            next_after=after + size if after + size < latest else None,
                            last_after=max(0, latest - size))
 
-    def state(self, request: Request) -> Response:
+    def _replay(self, request: Request) -> tuple[str, str, Any, int, str]:
         s, tenant = self.scoped(request)
         thread = self.thread_of(request)
         seq = self._int(request, "seq", None)
@@ -292,8 +293,19 @@ class Console:
         with self.sessions.replayer(s) as r:
             st = r.replay(tenant, thread, at_seq=seq, at_time=at)
             latest = r.latest_seq(tenant, thread)
-        return self.render(request, "state.html", tenant=tenant, thread=thread, state=st, data=st.to_dict(),
-                           latest=latest, at=at_raw, state_json=pretty(st.to_dict()))
+        return tenant, thread, st, latest, at_raw
+
+    def state(self, request: Request) -> Response:
+        """The state after a seq (a clicked step, or a typed seq) or after the last event at a typed time."""
+        tenant, thread, st, latest, at_raw = self._replay(request)
+        text = pretty(st.to_dict())
+        return self.render(request, "state.html", tenant=tenant, thread=thread, state=st, latest=latest, at=at_raw,
+                           state_json=text[:PAYLOAD_CHARS], clipped=max(0, len(text) - PAYLOAD_CHARS))
+
+    def state_json(self, request: Request) -> Response:
+        """The same state as JSON (``agent-journal replay --format json``), whole however large."""
+        _, _, st, _, _ = self._replay(request)
+        return Response(json.dumps(st.to_dict(), ensure_ascii=False, default=str), media_type="application/json")
 
     def diff(self, request: Request) -> Response:
         s, tenant = self.scoped(request)
@@ -389,6 +401,7 @@ def create_app(settings: Settings, *, sessions: Sessions | None = None) -> Starl
         Route("/t/{tenant}/threads", c.threads),
         Route(t, c.thread),
         Route(t + "/state", c.state),
+        Route(t + "/state.json", c.state_json),
         Route(t + "/diff", c.diff),
         Route(t + "/verify", c.verify),
         Route(t + "/bundle", c.bundle),
@@ -406,5 +419,5 @@ def create_app(settings: Settings, *, sessions: Sessions | None = None) -> Starl
 
     app = Starlette(routes=routes, exception_handlers={JournalError: on_journal_error}, lifespan=lifespan)
     app.state.sessions = sessions
-    app.add_middleware(SecurityHeaders)  # type: ignore[arg-type]
+    app.add_middleware(SecurityHeaders)
     return app

@@ -132,7 +132,7 @@ class Sessions:
         if not value:
             return None
         try:
-            sid = self._signer.loads(value, max_age=self.ttl)
+            sid = self._signer.loads(value, max_age=max(1, int(self.ttl)))
         except BadSignature:  # SignatureExpired is a BadSignature too
             return None
         with self._mutex:

@@ -273,3 +273,16 @@ def test_thread_filters(http: TestClient, world: World) -> None:
     tool = http.get(base + "?tool=issue_refund&days=7").text
     assert "run-1" in tool and "run-2" not in tool and "tampered" not in tool
     assert "run-1" not in http.get(base + "?idle=30d").text
+
+
+def test_state_json_equals_replay(http: TestClient, world: World) -> None:
+    """/state.json is the replayed state's to_dict, for a seq and for a time."""
+    as_reader(http, world)
+    with Replayer.from_settings(world.settings, reader_url=world.reader_a.database_url(
+            world.settings.database_url or "")) as r:
+        want = json.loads(json.dumps(r.replay(world.a, "run-1", at_seq=6).to_dict(), default=str))
+        at = r.history(world.a, "run-1", 5, 6)[0].at.isoformat()
+    assert http.get(f"/t/{world.a}/threads/run-1/state.json?seq=6").json() == want
+    shown = http.get(f"/t/{world.a}/threads/run-1/state.json", params={"at": at}).json()
+    assert shown["last_seq"] >= 6  # every event of the fixture shares a millisecond or follows it
+    assert http.get(f"/t/{world.b}/threads/secret-1/state.json").status_code == 404
