@@ -20,10 +20,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
@@ -176,21 +178,31 @@ class Console:
             raise InvalidQuery(f"{name} must be at least {low}, got {value}")
         return value
 
+    @staticmethod
+    def same_origin(request: Request) -> None:
+        """Refuse a form posted from another site (the SameSite=Strict cookie is the first guard, this the second)."""
+        origin = request.headers.get("origin")
+        if origin and origin != "null" and urlsplit(origin).netloc != request.headers.get("host", ""):
+            raise AccessDenied(f"a form posted from {origin} is refused: sign in from the console's own pages")
+
     # -- sign-in -----------------------------------------------------------------------------------
 
     def login_page(self, request: Request) -> Response:
         return self.render(request, "login.html", error=None)
 
     async def login(self, request: Request) -> Response:
+        self.same_origin(request)
         form = await request.form()
         user, password = str(form.get("user", "")), str(form.get("password", ""))
         tenant = str(form.get("tenant", "")).strip() or None
-        from starlette.concurrency import run_in_threadpool
-
         try:
             s = await run_in_threadpool(self.sessions.sign_in, user, password, tenant)
         except (SignInFailed, InvalidIdentifier) as e:
             return self.render(request, "login.html", status_code=401, error=str(e), user=user)
+        # A new sign-in replaces the browser's previous session rather than leaving it alive.
+        old = self.sessions.from_cookie(request.cookies.get(COOKIE))
+        if old is not None:
+            self.sessions.sign_out(old)
         target = f"/t/{s.tenant}/threads" if s.tenant else "/tenant"
         response = RedirectResponse(target, status_code=303)
         response.set_cookie(COOKIE, self.sessions.cookie_value(s), max_age=int(self.sessions.ttl), httponly=True,
@@ -198,6 +210,7 @@ class Console:
         return response
 
     def logout(self, request: Request) -> Response:
+        self.same_origin(request)
         s = self.sessions.from_cookie(request.cookies.get(COOKIE))
         if s is not None:
             self.sessions.sign_out(s)
@@ -215,6 +228,7 @@ class Console:
         if s.kind != OPERATOR:
             raise AccessDenied("a tenant reader reads its own tenant only")
         if request.method == "POST":
+            self.same_origin(request)
             form = await request.form()
             try:
                 s.tenant = validate_id(str(form.get("tenant", "")).strip(), "tenant")

@@ -286,3 +286,10 @@ def test_state_json_equals_replay(http: TestClient, world: World) -> None:
     shown = http.get(f"/t/{world.a}/threads/run-1/state.json", params={"at": at}).json()
     assert shown["last_seq"] >= 6  # every event of the fixture shares a millisecond or follows it
     assert http.get(f"/t/{world.b}/threads/secret-1/state.json").status_code == 404
+
+
+def test_cross_site_form_posts_are_refused(http: TestClient, world: World) -> None:
+    """A sign-in posted from another origin is refused with 403 and sets no cookie."""
+    r = http.post("/login", data={"user": world.reader_a.role, "password": world.reader_a.password},
+                  headers={"origin": "https://evil.example"})
+    assert r.status_code == 403 and COOKIE not in r.cookies
