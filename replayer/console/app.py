@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import shutil
 import tempfile
 import time
@@ -37,6 +36,7 @@ from journal.errors import (
     BlobError,
     ConfigError,
     InvalidIdentifier,
+    InvalidQuery,
     JournalError,
     NotFound,
     StoreUnavailable,
@@ -44,9 +44,10 @@ from journal.errors import (
 from journal.keys import validate_id
 from journal.settings import Settings
 from journal.state import thaw
-from replayer.audit import export_bundle, parse_since, parse_time, state_diff, timeline, tool_usage
+from journal.timespec import parse_since, parse_span, parse_time
+from replayer.audit import export_bundle, state_diff, timeline, tool_usage
 from replayer.console.auth import COOKIE, OPERATOR, Session, Sessions, SignInFailed
-from replayer.replay import InvalidQuery, Replayer
+from replayer.replay import Replayer
 
 HERE = Path(__file__).parent
 PAGE = 100
@@ -83,8 +84,6 @@ WHERE tenant_id = %(tenant)s
 ORDER BY updated_at DESC, thread_id
 LIMIT %(limit)s
 """
-
-_SPAN = re.compile(r"\d+[smhdw]")
 
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Scope], Awaitable[None]]], Awaitable[None]]
@@ -246,15 +245,15 @@ class Console:
         if status is not None and status not in STATUSES:
             raise InvalidQuery(f"status must be one of {', '.join(STATUSES)}")
         idle = q.get("idle", "").strip() or None
-        if idle is not None and not _SPAN.fullmatch(idle):
-            raise InvalidQuery(f"idle must be a span like 30m, 12h, 7d, got {idle!r}")
+        idle_for = parse_span(idle) if idle else None
         tool = q.get("tool", "").strip() or None
         days = self._int(request, "days", 30, low=1) or 30
         usage = {}
         with self.sessions.replayer(s) as r:
             if tool:
                 usage = {u.thread: u for u in tool_usage(r, tenant, tool, parse_since(f"{days}d"))}
-            params = {"tenant": tenant, "status": status, "idle_since": parse_since(idle) if idle else None,
+            idle_since = datetime.now(UTC) - idle_for if idle_for else None
+            params = {"tenant": tenant, "status": status, "idle_since": idle_since,
                       "only": list(usage) if tool else None, "limit": THREAD_LIMIT}
             pg = _pg(r)
             with pg.scope(tenant):
