@@ -234,7 +234,16 @@ class Console:
             except InvalidIdentifier as e:
                 return self.render(request, "tenant.html", status_code=400, error=str(e))
             return RedirectResponse(f"/t/{s.tenant}/threads", status_code=303)
-        return self.render(request, "tenant.html", error=None)
+        return self.render(request, "tenant.html", error=None, tenants=await run_in_threadpool(self._tenants))
+
+    def _tenants(self) -> list[Any]:
+        """Every tenant PostgreSQL holds threads of (operators only; read as journal_writer, which sees all)."""
+        from projections.inspect import tenants
+
+        try:
+            return list(tenants(self.sessions.settings))
+        except JournalError:
+            return []  # the picker still takes a typed id
 
     # -- pages -------------------------------------------------------------------------------------
 

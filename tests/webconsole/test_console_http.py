@@ -84,6 +84,8 @@ def test_reader_sees_its_threads_and_nothing_of_another_tenant(http: TestClient,
     r = http.post("/login", data={"user": world.reader_a.role, "password": world.reader_a.password,
                                   "tenant": world.b})  # a reader cannot choose: its login is bound to A
     assert r.headers["location"] == f"/t/{world.a}/threads"
+    assert http.get("/tenant").status_code == 403  # nor pick another one afterwards
+    assert http.post("/tenant", data={"tenant": world.b}).status_code == 403
     page = http.get(f"/t/{world.a}/threads")
     assert page.status_code == 200
     assert all(t in page.text for t in ("run-1", "run-2", "tampered"))
@@ -150,6 +152,8 @@ def test_operator_token_picks_a_tenant(http: TestClient, world: World, sessions:
     """The operator token signs in without a tenant, then picks one and reads it as journal_app."""
     sign_in(http, "operator", sessions.token)
     assert http.get("/").headers["location"] == "/tenant"
+    picker = http.get("/tenant").text
+    assert world.a in picker and world.b in picker  # operators see every tenant to pick from
     r = http.post("/tenant", data={"tenant": world.b})
     assert r.headers["location"] == f"/t/{world.b}/threads"
     page = http.get(f"/t/{world.b}/threads/secret-1")
