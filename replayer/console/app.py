@@ -10,6 +10,7 @@ in a payload is text even if an escape were ever missed.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import shutil
@@ -58,6 +59,7 @@ INLINE_CHARS = 2000
 #: may be many megabytes); the state's JSON link gives it whole.
 PAYLOAD_CHARS = 1_000_000
 THREAD_LIMIT = 500
+FAILED_SIGN_IN_DELAY = 0.5
 STATUSES = ("active", "paused", "completed", "failed")
 
 #: No script, no frames, no plugins, no foreign origins: the pages are plain HTML and one stylesheet.
@@ -197,6 +199,8 @@ class Console:
         try:
             s = await run_in_threadpool(self.sessions.sign_in, user, password, tenant)
         except (SignInFailed, InvalidIdentifier) as e:
+            # A pause per failure slows password guessing (each guess is also a PostgreSQL SCRAM login).
+            await asyncio.sleep(FAILED_SIGN_IN_DELAY)
             return self.render(request, "login.html", status_code=401, error=str(e), user=user)
         # A new sign-in replaces the browser's previous session rather than leaving it alive.
         old = self.sessions.from_cookie(request.cookies.get(COOKIE))
