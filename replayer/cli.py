@@ -380,6 +380,10 @@ def register(sub: Any) -> None:
     _common(p)
     p.set_defaults(func=_cmd_export)
 
+    from replayer.console.cli import configure as configure_console
+
+    configure_console(sub.add_parser("serve", help="the read-only audit console (web), on 127.0.0.1 by default"))
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m replayer.cli …` runs the same as `agent-journal …`."""
