@@ -90,10 +90,7 @@ def timeline(r: Replayer, tenant: str, thread: str, after: int = 0, upto: int | 
     events = r.history(tenant, thread, after, upto, resolve_blobs=False)
     if not events and after == 0:
         raise NotFound(f"thread {tenant}/{thread} has no events (or this reader may not see them)")
-    pos = lifecycle.Position()
-    if after:
-        before = r.replay(tenant, thread, at_seq=after)
-        pos = lifecycle.Position(before.status, before.pending_branches)
+    pos = _position_at(r, tenant, thread, after) if after else lifecycle.Position()
     out: list[Step] = []
     for e in events:
         pos = lifecycle.step(pos, e.type, e.payload, e.node)  # the fold's status rules, without folding
@@ -101,6 +98,24 @@ def timeline(r: Replayer, tenant: str, thread: str, after: int = 0, upto: int | 
         out.append(Step(e.seq, e.at, e.type, e.node, _tool(e), agent if isinstance(agent, str) else None, pos.status,
                         _detail(e)))
     return out
+
+
+def _position_at(r: Replayer, tenant: str, thread: str, seq: int) -> lifecycle.Position:
+    """Status and open nodes at ``seq`` from the few events that move them, not a replay of the whole state.
+
+    A page deep into a long conversation would otherwise decode a snapshot holding every message
+    (0.6-1.1 s per page at 100,000 events, bench_console.py) just to seed its status column.
+    """
+    pg = r._pg()
+    with pg.scope(tenant):
+        moves = pg.events_of_types(tenant, thread, seq, sorted(lifecycle.MOVES))
+        stored = pg.head(tenant, thread)
+    if seq > stored:  # the rest is still only in the Redis tail
+        moves += [e for e in r.history(tenant, thread, stored, seq, resolve_blobs=False) if e.type in lifecycle.MOVES]
+    pos = lifecycle.Position()
+    for e in moves:
+        pos = lifecycle.step(pos, e.type, e.payload, e.node)
+    return pos
 
 
 # -- tool usage across threads ---------------------------------------------------------------------

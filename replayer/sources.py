@@ -97,6 +97,9 @@ THREAD_HEAD_SQL = ("SELECT thread_id, last_seq, last_hash, max_seq, status FROM 
 SEQ_AT_TIME_SQL = ("SELECT seq FROM journal.events WHERE tenant_id = %s AND thread_id = %s AND appended_at <= %s "
                    "ORDER BY appended_at DESC, seq DESC LIMIT 1")
 #: Every thread of a tenant: those in ``threads`` and any that only have events.
+#: A thread's events of the given types up to a seq (the few that move its status and node).
+EVENTS_OF_TYPES_SQL = ("SELECT seq, ts_ms, body FROM journal.events WHERE tenant_id = %s AND thread_id = %s "
+                       "AND seq <= %s AND type = ANY(%s) ORDER BY seq")
 THREADS_SQL = ("SELECT thread_id FROM journal.threads WHERE tenant_id = %s UNION "
                "SELECT DISTINCT thread_id FROM journal.events WHERE tenant_id = %s ORDER BY 1")
 #: A thread's rows with their chain columns and JSONB copy, up to a seq (verification, bundles).
@@ -229,6 +232,11 @@ class PostgresSource:
         # ``body`` is the hashed truth; the JSONB ``payload`` is only its queryable copy and is not read here.
         rows = self._rows(tenant, durable.EVENTS_SQL, (tenant, thread, after, _top(upto)))
         return iter(durable.decode_rows(tenant, thread, rows))
+
+    def events_of_types(self, tenant: str, thread: str, upto: int, types: list[str]) -> list[Event]:
+        """The stored events of ``types`` with ``seq <= upto``, in seq order (blobs unresolved)."""
+        rows = self._rows(tenant, EVENTS_OF_TYPES_SQL, (tenant, thread, upto, types))
+        return durable.decode_rows(tenant, thread, rows)
 
     def snapshot(self, tenant: str, thread: str, at_or_below: int) -> ThreadState | None:
         """The newest snapshot at or below ``at_or_below``, decoded (None if there is none)."""

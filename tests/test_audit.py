@@ -230,3 +230,26 @@ def test_export_bundle_verifies_offline_and_one_byte_breaks_it(
     out_file.write_bytes(bytes(data))
     code, out = run(capsys, "verify", "--bundle", str(out_file))
     assert code == 1 and "FAILED" in out and "seq 2" in out
+
+
+def test_timeline_pages_give_the_statuses_of_the_whole_timeline(migrated: Settings, client: JournalClient,
+                                                                tenant: str) -> None:
+    """A page starting after any seq shows the same steps and statuses as the whole timeline, across tiers."""
+    from replayer.audit import timeline
+
+    msg = {"role": "user", "content": "hi"}
+    first = [Draft("th", "node_enter", {"node": "planner"}), Draft("th", "message", msg),
+             Draft("th", "pause", {"reason": "approval"}), Draft("th", "message", msg),
+             Draft("th", "resume", {"by": "human:alice"}), Draft("th", "node_enter", {"node": "executor"})]
+    client.append_many(tenant, first)
+    p = Projector(migrated)
+    p.drain(tenants=[tenant])
+    p.close()
+    client.append_many(tenant, [Draft("th", "node_exit", {"node": "executor"}), Draft("th", "message", msg),
+                                Draft("th", "complete", {"summary": "done"})])  # only in the Redis tail
+    with Replayer.from_settings(migrated) as r:
+        whole = timeline(r, tenant, "th")
+        assert [s.status for s in whole] == ["active", "active", "paused", "paused", "active", "active", "active",
+                                             "active", "completed"]
+        for k in range(1, 9):
+            assert timeline(r, tenant, "th", after=k) == whole[k:], k
