@@ -92,11 +92,14 @@ def timeline(r: Replayer, tenant: str, thread: str, after: int = 0, upto: int | 
         raise NotFound(f"thread {tenant}/{thread} has no events (or this reader may not see them)")
     pos = _position_at(r, tenant, thread, after) if after else lifecycle.Position()
     out: list[Step] = []
+    # An offloaded tool event names its tool inside the payload in S3: fetch those (few) to fill the column.
+    offloaded = [e for e in events if e.blob is not None and e.type in (ev.TOOL_CALL, ev.TOOL_RESULT)]
+    tools = {e.seq: _tool(e) for e in r.resolve_blobs(offloaded)}
     for e in events:
         pos = lifecycle.step(pos, e.type, e.payload, e.node)  # the fold's status rules, without folding
         agent = e.actor.get("agent_id") if isinstance(e.actor, dict) else None
-        out.append(Step(e.seq, e.at, e.type, e.node, _tool(e), agent if isinstance(agent, str) else None, pos.status,
-                        _detail(e)))
+        out.append(Step(e.seq, e.at, e.type, e.node, tools.get(e.seq) or _tool(e),
+                        agent if isinstance(agent, str) else None, pos.status, _detail(e)))
     return out
 
 

@@ -136,6 +136,10 @@ def test_tools_counts_offloaded_payloads_as_the_fold_does(cli_env: Settings, ten
         th: n for th, n in expected.items() if any(n)}
     assert expected["a"] == (3, 3, 1) and expected["c"] == (1, 0, 0)
     assert [t["thread"] for t in got["threads"]] == ["a", "c"]
+    with Replayer.from_settings(cli_env) as r:  # the timeline names the tool of offloaded calls and results too
+        from replayer.audit import timeline
+
+        assert [s.tool for s in timeline(r, tenant, "b")] == ["send_email", "send_email"]
 
 
 def test_tool_query_plan_uses_events_tool_idx(cli_env: Settings, admin_pg: Any, tenant: str) -> None:
