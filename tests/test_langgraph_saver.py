@@ -1,0 +1,251 @@
+"""The LangGraph checkpointers on the real stack: LangGraph's conformance suite, then what the journal adds.
+
+Both savers run ``langgraph-checkpoint-conformance`` (put, put_writes, get_tuple, list, delete_thread)
+against the embedded Valkey + PostgreSQL; the other tests check the journal's own promises: the
+tombstone is final, ids are encoded, payloads are plain data, unchanged channels are not stored
+again, the tenant comes from the config, and a graph interrupted in one saver resumes in another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import AsyncGenerator
+from typing import Any, TypedDict
+
+import pytest
+
+pytest.importorskip("langgraph.checkpoint.conformance")
+
+from langgraph.checkpoint.base import BaseCheckpointSaver, empty_checkpoint
+from langgraph.checkpoint.base.id import uuid6
+from langgraph.checkpoint.conformance import checkpointer_test, validate
+from langgraph.checkpoint.conformance.report import CapabilityReport
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import Command, interrupt
+
+from journal.aio import AsyncJournalClient
+from journal.client import JournalClient
+from journal.settings import Settings
+from projections.worker import Projector, WorkerOptions
+from replayer.langgraph import (
+    CHECKPOINT,
+    DELETED,
+    WRITES,
+    AsyncJournalSaver,
+    CheckpointConfigError,
+    JournalSaver,
+    journal_thread,
+)
+
+
+def _tenant() -> str:
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+def _check(report: CapabilityReport) -> None:
+    """Every base capability ran its checks and passed them all (a run that checked nothing fails)."""
+    failures = "\n".join(f"{cap}: {f}" for cap, r in report.results.items() for f in (r.failures or []))
+    assert report.passed_all_base(), failures
+    ran = {cap: r.tests_passed for cap, r in report.results.items() if r.detected}
+    assert set(ran) >= {"put", "put_writes", "get_tuple", "list", "delete_thread"} and all(ran.values()), ran
+    assert sum(ran.values()) >= 58, ran  # conformance 0.0.2: put 17, put_writes 10, get_tuple 10, list 16, delete 5
+
+
+def _checkpoint(**values: Any) -> Any:
+    cp = empty_checkpoint()
+    cp["id"] = str(uuid6(clock_seq=-1))
+    cp["channel_values"] = dict(values)
+    cp["channel_versions"] = dict.fromkeys(values, 1)
+    return cp
+
+
+def _config(thread_id: str, checkpoint_id: str | None = None, **extra: Any) -> Any:
+    conf: dict[str, Any] = {"thread_id": thread_id, "checkpoint_ns": "", **extra}
+    if checkpoint_id:
+        conf["checkpoint_id"] = checkpoint_id
+    return {"configurable": conf}
+
+
+# -- LangGraph's conformance suite ------------------------------------------------------------------
+
+def test_sync_saver_passes_langgraph_conformance(migrated: Settings) -> None:
+    """JournalSaver passes every base capability of langgraph-checkpoint-conformance on the real stack."""
+    with JournalClient.from_settings(migrated) as client:
+
+        @checkpointer_test(name="JournalSaver")
+        async def saver() -> AsyncGenerator[BaseCheckpointSaver[Any], None]:
+            yield JournalSaver(client, tenant=_tenant())  # a fresh tenant per suite: suites reuse thread ids
+
+        report = asyncio.run(validate(saver))
+    _check(report)
+
+
+def test_async_saver_passes_langgraph_conformance(migrated: Settings) -> None:
+    """AsyncJournalSaver passes every base capability of langgraph-checkpoint-conformance on the real stack."""
+
+    async def run() -> CapabilityReport:
+        client = await AsyncJournalClient.from_settings(migrated)
+        try:
+            @checkpointer_test(name="AsyncJournalSaver")
+            async def saver() -> AsyncGenerator[BaseCheckpointSaver[Any], None]:
+                yield AsyncJournalSaver(client, tenant=_tenant())
+
+            return await validate(saver)
+        finally:
+            await client.close()
+
+    report = asyncio.run(run())
+    _check(report)
+
+
+# -- what the journal adds ---------------------------------------------------------------------------
+
+def test_delete_is_final_even_for_writes_that_raced_it(client: JournalClient, settings: Settings,
+                                                       tenant: str) -> None:
+    """After delete_thread, a put/put_writes from a saver that had not seen the tombstone reads as nothing."""
+    writer = JournalSaver(client, tenant=tenant)
+    stored = writer.put(_config("race"), _checkpoint(a="before"), {"source": "loop", "step": 0}, {"a": 1})
+    with JournalClient.from_settings(settings) as other_client:
+        JournalSaver(other_client, tenant=tenant).delete_thread("race")
+    # The writer still believes epoch 0: its writes against the deleted checkpoint land after the tombstone.
+    writer.put_writes(stored, [("a", "late")], "task-1")
+    stale = _checkpoint(a="raced")
+    head = client.head(tenant, "race")
+    client.append(tenant, "race", CHECKPOINT, {**client.read(tenant, "race")[0].payload, "id": stale["id"]},
+                  expected_seq=head)  # exactly what a put racing the delete would have written (epoch 0)
+    fresh = JournalSaver(client, tenant=tenant)
+    assert fresh.get_tuple(_config("race")) is None
+    assert list(fresh.list(_config("race"))) == []
+    assert [e.type for e in client.read(tenant, "race")] == [CHECKPOINT, DELETED, WRITES, CHECKPOINT]
+    # A put made after the delete was seen starts the thread afresh.
+    again = writer.put(_config("race"), _checkpoint(a="after"), {"source": "input", "step": -1}, {"a": 1})
+    tup = fresh.get_tuple(_config("race"))
+    assert tup is not None and tup.config == again and tup.checkpoint["channel_values"] == {"a": "after"}
+
+
+def test_thread_ids_that_are_not_journal_ids_are_hashed_and_kept(client: JournalClient, tenant: str) -> None:
+    """A thread_id with '/', spaces, unicode, >128 chars or a leading '_' maps to a valid '_lg.<sha256>' thread."""
+    saver = JournalSaver(client, tenant=tenant)
+    assert journal_thread("run-42.a_b") == "run-42.a_b"
+    odd = ["user/42 chat", "ünï", "x" * 200, "_tenant", "a..b", 7]
+    threads = {journal_thread(t) for t in odd}
+    assert len(threads) == len(odd) and all(t.startswith("_lg.") and len(t) == 68 for t in threads - {"7"})
+    for thread_id in odd:
+        saver.put(_config(thread_id), _checkpoint(v=str(thread_id)), {"source": "loop", "step": 0}, {"v": 1})
+        tup = saver.get_tuple(_config(thread_id))
+        assert tup is not None and tup.checkpoint["channel_values"] == {"v": str(thread_id)}
+        assert tup.config["configurable"]["thread_id"] == str(thread_id)
+    with pytest.raises(CheckpointConfigError):
+        saver.get_tuple({"configurable": {}})
+
+
+def test_payloads_are_plain_data_and_only_changed_channels_are_stored(client: JournalClient, tenant: str) -> None:
+    """Serializer bytes are stored as base64 text (JSON as text); a put stores only the channels in new_versions."""
+    saver = JournalSaver(client, tenant=tenant)
+    first = saver.put(_config("plain"), _checkpoint(big="x" * 1000, small=b"\x00\xff"),
+                      {"source": "loop", "step": 0}, {"big": 1, "small": 1})
+    cp = _checkpoint(big="x" * 1000, small=b"\x01")
+    cp["channel_versions"] = {"big": 1, "small": 2}
+    saver.put(_config("plain", first["configurable"]["checkpoint_id"]), cp, {"source": "loop", "step": 1},
+              {"small": 2})
+    one, two = client.read(tenant, "plain")
+    assert set(one.payload["blobs"]) == {"big", "small"} and set(two.payload["blobs"]) == {"small"}
+    value = two.payload["blobs"]["small"]["value"]
+    assert set(value) == {"t", "b64"} and isinstance(value["b64"], str)
+    assert two.payload["step"] == 1 and two.payload["source"] == "loop"  # readable in an audit as is
+    tup = saver.get_tuple(_config("plain"))
+    assert tup is not None and tup.checkpoint["channel_values"] == {"big": "x" * 1000, "small": b"\x01"}
+
+
+def test_tenant_comes_from_the_config_or_the_default(client: JournalClient, tenant: str) -> None:
+    """config['configurable']['tenant_id'] picks the tenant; without it the saver's default is used."""
+    other = _tenant()
+    saver = JournalSaver(client, tenant=tenant)
+    saver.put(_config("th", tenant_id=other), _checkpoint(a=1), {"source": "loop", "step": 0}, {"a": 1})
+    assert client.head(other, "th") == 1 and client.head(tenant, "th") == 0
+    assert saver.get_tuple(_config("th")) is None
+    assert saver.get_tuple(_config("th", tenant_id=other)) is not None
+    saver.delete_thread("th", tenant=other)
+    assert saver.get_tuple(_config("th", tenant_id=other)) is None
+
+
+def test_checkpoints_read_back_from_postgresql_after_projection(migrated: Settings, tenant: str) -> None:
+    """A saver with no cache reads checkpoints the projector moved to PostgreSQL (Redis stream trimmed)."""
+    with JournalClient.from_settings(migrated) as client:
+        saver = JournalSaver(client, tenant=tenant)
+        stored = saver.put(_config("pg"), _checkpoint(a="v"), {"source": "loop", "step": 0}, {"a": 1})
+        saver.put_writes(stored, [("a", "w")], "task-1")
+        p = Projector(migrated, WorkerOptions())
+        try:
+            p.drain(tenants=[tenant])
+        finally:
+            p.close()
+        from journal import keys
+        client.redis.xtrim(keys.stream(tenant), maxlen=0, approximate=False)
+        tup = JournalSaver(client, tenant=tenant).get_tuple(_config("pg"))
+    assert tup is not None and tup.checkpoint["channel_values"] == {"a": "v"}
+    assert tup.pending_writes == [("task-1", "a", "w")]
+
+
+# -- a real graph: interrupt in one saver, resume in another -------------------------------------------
+
+class _State(TypedDict):
+    steps: list[str]
+
+
+def _graph(saver: BaseCheckpointSaver[Any]) -> Any:
+    def plan(state: _State) -> dict[str, list[str]]:
+        return {"steps": [*state["steps"], "plan"]}
+
+    def approve(state: _State) -> dict[str, list[str]]:
+        decision = interrupt({"question": "go?"})
+        return {"steps": [*state["steps"], f"approved:{decision}"]}
+
+    g = StateGraph(_State)
+    g.add_node("plan", plan)
+    g.add_node("approve", approve)
+    g.add_edge(START, "plan")
+    g.add_edge("plan", "approve")
+    g.add_edge("approve", END)
+    return g.compile(checkpointer=saver)
+
+
+def test_graph_interrupted_with_one_saver_resumes_with_another(client: JournalClient, settings: Settings,
+                                                                tenant: str) -> None:
+    """A StateGraph stopped at interrupt() resumes from the journal in a saver (and client) that never saw it."""
+    config = {"configurable": {"thread_id": "g1"}}
+    out = _graph(JournalSaver(client, tenant=tenant)).invoke({"steps": []}, config)
+    assert "__interrupt__" in out
+    with JournalClient.from_settings(settings) as other:
+        graph = _graph(JournalSaver(other, tenant=tenant))
+        assert graph.get_state(config).next == ("approve",)
+        done = graph.invoke(Command(resume="yes"), config)
+    assert done == {"steps": ["plan", "approved:yes"]}
+
+
+def test_async_graph_and_sync_calls_from_another_thread(settings: Settings, tenant: str) -> None:
+    """AsyncJournalSaver runs ainvoke, and its sync get_state works from another thread (not from its loop)."""
+    config = {"configurable": {"thread_id": "g2"}}
+
+    async def run() -> Any:
+        client = await AsyncJournalClient.from_settings(settings)
+        try:
+            saver = AsyncJournalSaver(client, tenant=tenant)
+            graph = _graph(saver)
+            await graph.ainvoke({"steps": []}, config)
+            result: list[Any] = []
+            t = threading.Thread(target=lambda: result.append(graph.get_state(config).next))
+            t.start()
+            while t.is_alive():
+                await asyncio.sleep(0.01)
+            with pytest.raises(Exception, match="deadlock"):
+                saver.get_tuple(config)
+            done = await graph.ainvoke(Command(resume="ok"), config)
+            return result[0], done
+        finally:
+            await client.close()
+
+    nxt, done = asyncio.run(run())
+    assert nxt == ("approve",) and done == {"steps": ["plan", "approved:ok"]}
