@@ -297,7 +297,13 @@ def _writes_draft(serde: SerializerProtocol, jthread: str, epoch: int, config: R
         "writes": [[WRITES_IDX_MAP.get(channel, idx), channel, encode_value(serde.dumps_typed(value))]
                    for idx, (channel, value) in enumerate(writes)],
     }
-    return Draft(thread=jthread, type=WRITES, payload=payload)
+    return Draft(thread=jthread, type=WRITES, payload=payload, node=_task_node(task_path))
+
+
+def _task_node(task_path: str) -> str | None:
+    """The graph node whose task wrote, for the journal's ``node`` column ("~__pregel_pull, tools" → "tools")."""
+    kind, _, name = task_path.partition(", ")
+    return name[:256] if kind == "~__pregel_pull" and name else None
 
 
 def _deleted_draft(jthread: str, thread_id: str) -> Draft:

@@ -9,6 +9,7 @@ again, the tenant comes from the config, and a graph interrupted in one saver re
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import uuid
 from collections.abc import AsyncGenerator
@@ -249,3 +250,30 @@ def test_async_graph_and_sync_calls_from_another_thread(settings: Settings, tena
 
     nxt, done = asyncio.run(run())
     assert nxt == ("approve",) and done == {"steps": ["plan", "approved:ok"]}
+
+
+# -- the example script ------------------------------------------------------------------------------
+
+def test_example_stops_resumes_in_a_new_process_and_audits(migrated: Settings, tmp_path: Any) -> None:
+    """scripts/langgraph_example.py: interrupt in one process, resume in another, audit timeline and replay."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOURNAL_")}
+    env.update(line.removeprefix("export ").split("=", 1) for line in migrated.env_lines())
+    env |= {"JOURNAL_DATA_DIR": str(tmp_path), "PYTHONPATH": str(root)}
+    tenant = _tenant()
+    done = subprocess.run([sys.executable, str(root / "scripts" / "langgraph_example.py"), "all", "--tenant", tenant,
+                           "--thread", "refund-1234"], env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert '"stopped_at": "approval"' in out and "Refund issued" in out and "r-1234" in out
+    assert f"timeline of {tenant}/refund-1234" in out and "x.langgraph.checkpoint" in out
+    replayed = json.loads(out.split("(the interrupt): ", 1)[1].splitlines()[0])
+    assert replayed["langgraph_events"] and set(replayed["langgraph_events"]) <= {CHECKPOINT, WRITES}
+    with JournalClient.from_settings(migrated) as client:
+        tup = JournalSaver(client, tenant=tenant).get_tuple(_config("refund-1234"))
+    assert tup is not None and tup.checkpoint["channel_values"]["messages"][-1].content.startswith("Refund issued")
