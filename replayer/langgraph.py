@@ -331,6 +331,10 @@ class _Cache:
         self.size = size
         self.entries: OrderedDict[tuple[str, str], ThreadIndex] = OrderedDict()
 
+    def peek(self, key: tuple[str, str]) -> ThreadIndex | None:
+        """The index if this process has one (without reading), else None."""
+        return self.entries.get(key)
+
     def get(self, key: tuple[str, str]) -> ThreadIndex:
         index = self.entries.pop(key, None) or ThreadIndex()
         self.entries[key] = index
@@ -393,8 +397,12 @@ class JournalSaver(BaseCheckpointSaver[int]):
     def put_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
                    task_path: str = "") -> None:
         where = _Where(config, self.tenant)
-        with self._lock:  # the epoch the checkpoint these writes belong to was put under is cached
-            epoch = self._cache.get((where.tenant, where.jthread)).epoch
+        with self._lock:
+            known = self._cache.peek((where.tenant, where.jthread))
+        # The writes belong to a checkpoint this process put or read, so its index knows the epoch without
+        # reading again; a writer that has not seen a later delete writes under the old one, and is ignored as
+        # it should be. Only an index this process lacks (never read, or dropped from the cache) is read.
+        epoch = known.epoch if known is not None else self._index(where.tenant, where.jthread).epoch
         self.client.append_many(where.tenant, [_writes_draft(self.serde, where.jthread, epoch, config, writes,
                                                              task_id, task_path)], durability=self.durability)
 
@@ -483,7 +491,8 @@ class AsyncJournalSaver(BaseCheckpointSaver[int]):
     async def aput_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
                           task_path: str = "") -> None:
         where = _Where(config, self.tenant)
-        epoch = self._cache.get((where.tenant, where.jthread)).epoch
+        known = self._cache.peek((where.tenant, where.jthread))  # see JournalSaver.put_writes
+        epoch = known.epoch if known is not None else (await self._index(where.tenant, where.jthread)).epoch
         await self.client.append_many(where.tenant, [_writes_draft(self.serde, where.jthread, epoch, config, writes,
                                                                    task_id, task_path)], durability=self.durability)
 

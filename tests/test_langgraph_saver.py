@@ -160,6 +160,30 @@ def test_payloads_are_plain_data_and_only_changed_channels_are_stored(client: Jo
     assert tup is not None and tup.checkpoint["channel_values"] == {"big": "x" * 1000, "small": b"\x01"}
 
 
+def test_writes_after_the_index_left_the_cache_use_the_current_epoch(client: JournalClient, tenant: str) -> None:
+    """put_writes on a thread whose index the LRU dropped reads the epoch first, so writes after a delete count."""
+    saver = JournalSaver(client, tenant=tenant, cache_threads=1)
+    saver.put(_config("a"), _checkpoint(x=1), {"source": "loop", "step": 0}, {"x": 1})
+    saver.delete_thread("a")
+    stored = saver.put(_config("a"), _checkpoint(x=2), {"source": "loop", "step": 0}, {"x": 1})  # epoch 1
+    saver.get_tuple(_config("b"))  # drops a's index
+    saver.put_writes(stored, [("x", 3)], "task-1")
+    tup = JournalSaver(client, tenant=tenant).get_tuple(_config("a"))
+    assert tup is not None and tup.pending_writes == [("task-1", "x", 3)]
+    assert client.read(tenant, "a")[-1].payload["epoch"] == 1
+
+
+def test_a_checkpoint_over_the_blob_threshold_round_trips_through_s3(client: JournalClient, settings: Settings,
+                                                                     tenant: str) -> None:
+    """A checkpoint event larger than JOURNAL_BLOB_THRESHOLD is offloaded to S3 and reads back whole."""
+    big = "z" * (settings.blob_threshold + 10)
+    saver = JournalSaver(client, tenant=tenant)
+    saver.put(_config("big"), _checkpoint(doc=big), {"source": "loop", "step": 0}, {"doc": 1})
+    assert client.read(tenant, "big", resolve_blobs=False)[0].blob is not None
+    tup = JournalSaver(client, tenant=tenant).get_tuple(_config("big"))
+    assert tup is not None and tup.checkpoint["channel_values"] == {"doc": big}
+
+
 def test_tenant_comes_from_the_config_or_the_default(client: JournalClient, tenant: str) -> None:
     """config['configurable']['tenant_id'] picks the tenant; without it the saver's default is used."""
     other = _tenant()
@@ -277,3 +301,19 @@ def test_example_stops_resumes_in_a_new_process_and_audits(migrated: Settings, t
     with JournalClient.from_settings(migrated) as client:
         tup = JournalSaver(client, tenant=tenant).get_tuple(_config("refund-1234"))
     assert tup is not None and tup.checkpoint["channel_values"]["messages"][-1].content.startswith("Refund issued")
+
+
+def test_the_core_and_replayer_do_not_import_langgraph() -> None:
+    """`import journal, projections, replayer` loads no LangGraph module; only replayer.langgraph does."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, journal, projections, replayer, replayer.cli\n"
+            "assert not [m for m in sys.modules if m.split('.')[0] in ('langgraph', 'langchain_core')], 'core'\n"
+            "import replayer.langgraph\n"
+            "assert 'langgraph.checkpoint.base' in sys.modules")
+    root = str(Path(__file__).resolve().parent.parent)
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                          env={"PYTHONPATH": root, "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
