@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import hashlib
 import threading
 from collections import OrderedDict
@@ -114,15 +115,23 @@ def encode_value(typed: tuple[str, bytes]) -> dict[str, str]:
     return {"t": type_, "b64": base64.b64encode(data).decode("ascii")}
 
 
+def check_value(stored: Any) -> dict[str, str]:
+    """``stored`` if it has :func:`encode_value`'s shape (checked when folded; decoded only when asked for)."""
+    if (isinstance(stored, dict) and isinstance(stored.get("t"), str)
+            and (isinstance(stored.get("s"), str) or isinstance(stored.get("b64"), str))):
+        return cast(dict[str, str], stored)
+    raise CheckpointCorrupt(f"a stored value must be {{'t': str, 's' or 'b64': str}}, got {stored!r:.80}")
+
+
 def decode_value(stored: Any) -> tuple[str, bytes]:
     """The serializer's ``(type, bytes)`` back from :func:`encode_value`'s form."""
-    if not isinstance(stored, dict) or not isinstance(stored.get("t"), str):
-        raise CheckpointCorrupt(f"a stored value must be a map with a str 't', got {stored!r:.80}")
+    check_value(stored)
     if isinstance(stored.get("s"), str):
         return stored["t"], stored["s"].encode("utf-8")
-    if isinstance(stored.get("b64"), str):
-        return stored["t"], base64.b64decode(stored["b64"])
-    raise CheckpointCorrupt(f"a stored value needs 's' or 'b64', got keys {sorted(stored)}")
+    try:
+        return stored["t"], base64.b64decode(stored["b64"], validate=True)
+    except binascii.Error as e:
+        raise CheckpointCorrupt(f"a stored {stored['t']!r} value is not base64: {e}") from e
 
 
 def _configurable(config: RunnableConfig | None) -> dict[str, Any]:
@@ -156,47 +165,59 @@ class ThreadIndex:
     writes: dict[tuple[str, str], dict[tuple[str, int], _Write]] = field(default_factory=dict)
 
     def apply(self, events: Sequence[Event]) -> None:
+        """Fold ``events`` (seq order, after ``self.seq``); ``seq`` advances only past an event folded whole."""
         for ev in events:
+            if ev.type in TYPES:
+                try:
+                    self._apply(ev)
+                except (KeyError, TypeError, ValueError, AttributeError) as e:
+                    # The index stays before this event, so every later read fails the same way, naming it.
+                    raise CheckpointCorrupt(f"seq {ev.seq} ({ev.type}): malformed payload: {e!r}") from e
+            # Other agent steps may share the thread: they are not LangGraph's, and are skipped.
             self.seq = ev.seq
-            if ev.type not in TYPES:
-                continue  # other agent steps may share the thread; they are not LangGraph's
-            p = ev.payload
-            if not isinstance(p, dict) or p.get("v") != FORMAT:
-                found = p.get("v") if isinstance(p, dict) else p
-                raise CheckpointCorrupt(f"seq {ev.seq} ({ev.type}): payload format {found!r:.40} is not {FORMAT}")
-            if ev.type == DELETED:
-                self.checkpoints.clear()
-                self.blobs.clear()
-                self.writes.clear()
-                self.epoch += 1
-                continue
-            if p.get("epoch") != self.epoch:
-                continue  # written by one who had not seen a delete that came before it: deleted too
-            try:
-                if ev.type == CHECKPOINT:
-                    self._put(p)
-                else:
-                    self._put_writes(p)
-            except (KeyError, TypeError, ValueError) as e:
-                raise CheckpointCorrupt(f"seq {ev.seq} ({ev.type}): malformed payload: {e!r}") from e
+
+    def _apply(self, ev: Event) -> None:
+        p = ev.payload
+        if not isinstance(p, dict) or p.get("v") != FORMAT:
+            found = p.get("v") if isinstance(p, dict) else p
+            raise CheckpointCorrupt(f"seq {ev.seq} ({ev.type}): payload format {found!r:.40} is not {FORMAT}")
+        if ev.type == DELETED:
+            self.checkpoints.clear()
+            self.blobs.clear()
+            self.writes.clear()
+            self.epoch += 1
+        elif p.get("epoch") != self.epoch:
+            pass  # written by one who had not seen a delete that came before it: deleted too
+        elif ev.type == CHECKPOINT:
+            self._put(p)
+        else:
+            self._put_writes(p)
 
     def _put(self, p: dict[str, Any]) -> None:
-        ns: str = p["ns"]
-        for channel, blob in p["blobs"].items():
-            self.blobs[(ns, channel, blob["version"])] = blob.get("value")
-        self.checkpoints.setdefault(ns, {})[p["id"]] = _Stored(p["checkpoint"], p["metadata"], p["parent"],
-                                                               p["thread_id"])
+        # Everything read and checked first, then stored: a malformed event changes nothing.
+        ns, cid, parent, thread_id = str(p["ns"]), str(p["id"]), p["parent"], str(p["thread_id"])
+        blobs = [((ns, str(channel), blob["version"]), blob.get("value")) for channel, blob in p["blobs"].items()]
+        for _, value in blobs:
+            if value is not None:
+                check_value(value)
+        stored = _Stored(check_value(p["checkpoint"]), check_value(p["metadata"]),
+                         None if parent is None else str(parent), thread_id)
+        self.blobs.update(blobs)
+        self.checkpoints.setdefault(ns, {})[cid] = stored
 
     def _put_writes(self, p: dict[str, Any]) -> None:
-        stored = self.writes.setdefault((p["ns"], p["checkpoint_id"]), {})
-        task_id: str = p["task_id"]
-        for idx, channel, value in p["writes"]:
-            key = (task_id, int(idx))
+        task_id, task_path = str(p["task_id"]), str(p["task_path"])
+        writes = [(int(idx), str(channel), value) for idx, channel, value in p["writes"]]
+        for _, _, value in writes:
+            check_value(value)
+        stored = self.writes.setdefault((str(p["ns"]), str(p["checkpoint_id"])), {})
+        for idx, channel, value in writes:
+            key = (task_id, idx)
             # As LangGraph's savers do: a regular write (idx >= 0) is kept once, the first time; the
             # special channels (error, interrupt, resume…: negative idx) are replaced by the latest.
-            if key[1] >= 0 and key in stored:
+            if idx >= 0 and key in stored:
                 continue
-            stored[key] = (task_id, channel, value, p["task_path"], key[1])
+            stored[key] = (task_id, channel, value, task_path, idx)
 
     # -- queries -------------------------------------------------------------------------------
 

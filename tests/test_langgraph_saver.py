@@ -36,6 +36,7 @@ from replayer.langgraph import (
     WRITES,
     AsyncJournalSaver,
     CheckpointConfigError,
+    CheckpointCorrupt,
     JournalSaver,
     journal_thread,
 )
@@ -182,6 +183,19 @@ def test_a_checkpoint_over_the_blob_threshold_round_trips_through_s3(client: Jou
     assert client.read(tenant, "big", resolve_blobs=False)[0].blob is not None
     tup = JournalSaver(client, tenant=tenant).get_tuple(_config("big"))
     assert tup is not None and tup.checkpoint["channel_values"] == {"doc": big}
+
+
+def test_other_steps_share_the_thread_and_a_malformed_checkpoint_is_named_every_time(client: JournalClient,
+                                                                                   tenant: str) -> None:
+    """Agent steps in the thread are skipped; a bad x.langgraph.checkpoint raises CheckpointCorrupt on every read."""
+    saver = JournalSaver(client, tenant=tenant)
+    saver.put(_config("mixed"), _checkpoint(a=1), {"source": "loop", "step": 0}, {"a": 1})
+    client.append(tenant, "mixed", "message", {"role": "user", "content": "hi"})
+    assert saver.get_tuple(_config("mixed")) is not None
+    client.append(tenant, "mixed", CHECKPOINT, {"v": 1, "epoch": 0, "ns": "", "id": "z", "blobs": {}})
+    for _ in range(2):  # the second read must not have moved past it
+        with pytest.raises(CheckpointCorrupt, match="seq 3"):
+            saver.get_tuple(_config("mixed"))
 
 
 def test_tenant_comes_from_the_config_or_the_default(client: JournalClient, tenant: str) -> None:
