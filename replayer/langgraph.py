@@ -338,11 +338,25 @@ class _Where:
         conf = _configurable(config)
         if "thread_id" not in conf:
             raise CheckpointConfigError("config['configurable'] needs a 'thread_id'")
-        self.tenant: str = conf.get("tenant_id") or default_tenant
+        #: the tenant the config names, handed back in every config the saver returns so it routes the same way
+        self.named_tenant: str | None = conf.get("tenant_id") or None
+        self.tenant: str = self.named_tenant or default_tenant
         self.thread_id = str(conf["thread_id"])
         self.jthread = journal_thread(conf["thread_id"])
         self.ns: str | None = conf.get("checkpoint_ns")
         self.checkpoint_id = get_checkpoint_id(cast(RunnableConfig, config))
+
+
+    def route(self, config: RunnableConfig) -> RunnableConfig:
+        if self.named_tenant is None:
+            return config
+        return {**config, "configurable": {**_configurable(config), "tenant_id": self.named_tenant}}
+
+    def route_tuple(self, tup: CheckpointTuple | None) -> CheckpointTuple | None:
+        if tup is None or self.named_tenant is None:
+            return tup
+        parent = self.route(tup.parent_config) if tup.parent_config else None
+        return tup._replace(config=self.route(tup.config), parent_config=parent)
 
 
 class _Cache:
@@ -392,7 +406,7 @@ class JournalSaver(BaseCheckpointSaver[int]):
         ns = where.ns or ""
         with self._lock:
             cid = where.checkpoint_id or index.latest_id(ns)
-            return index.tuple(self.serde, ns, cid) if cid else None
+            return where.route_tuple(index.tuple(self.serde, ns, cid) if cid else None)
 
     def list(self, config: RunnableConfig | None, *, filter: dict[str, Any] | None = None,
              before: RunnableConfig | None = None, limit: int | None = None) -> Iterator[CheckpointTuple]:
@@ -404,7 +418,8 @@ class JournalSaver(BaseCheckpointSaver[int]):
         with self._lock:
             found = index.select(self.serde, where.ns, where.checkpoint_id, filter,
                                  get_checkpoint_id(before) if before else None, limit)
-        yield from found
+        for tup in found:
+            yield cast(CheckpointTuple, where.route_tuple(tup))
 
     def put(self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,
             new_versions: ChannelVersions) -> RunnableConfig:
@@ -413,7 +428,7 @@ class JournalSaver(BaseCheckpointSaver[int]):
         epoch = self._index(where.tenant, where.jthread).epoch
         draft, out = _checkpoint_draft(self.serde, where.jthread, epoch, config, checkpoint, metadata, new_versions)
         self.client.append_many(where.tenant, [draft], durability=self.durability)
-        return out
+        return where.route(out)
 
     def put_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
                    task_path: str = "") -> None:
@@ -489,7 +504,7 @@ class AsyncJournalSaver(BaseCheckpointSaver[int]):
         index = await self._index(where.tenant, where.jthread)
         ns = where.ns or ""
         cid = where.checkpoint_id or index.latest_id(ns)
-        return index.tuple(self.serde, ns, cid) if cid else None
+        return where.route_tuple(index.tuple(self.serde, ns, cid) if cid else None)
 
     async def alist(self, config: RunnableConfig | None, *, filter: dict[str, Any] | None = None,
                     before: RunnableConfig | None = None, limit: int | None = None) -> AsyncIterator[CheckpointTuple]:
@@ -499,7 +514,7 @@ class AsyncJournalSaver(BaseCheckpointSaver[int]):
         index = await self._index(where.tenant, where.jthread)
         for tup in index.select(self.serde, where.ns, where.checkpoint_id, filter,
                                 get_checkpoint_id(before) if before else None, limit):
-            yield tup
+            yield cast(CheckpointTuple, where.route_tuple(tup))
 
     async def aput(self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,
                    new_versions: ChannelVersions) -> RunnableConfig:
@@ -507,7 +522,7 @@ class AsyncJournalSaver(BaseCheckpointSaver[int]):
         epoch = (await self._index(where.tenant, where.jthread)).epoch
         draft, out = _checkpoint_draft(self.serde, where.jthread, epoch, config, checkpoint, metadata, new_versions)
         await self.client.append_many(where.tenant, [draft], durability=self.durability)
-        return out
+        return where.route(out)
 
     async def aput_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
                           task_path: str = "") -> None:

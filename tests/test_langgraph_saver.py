@@ -199,11 +199,15 @@ def test_other_steps_share_the_thread_and_a_malformed_checkpoint_is_named_every_
 
 
 def test_tenant_comes_from_the_config_or_the_default(client: JournalClient, tenant: str) -> None:
-    """config['configurable']['tenant_id'] picks the tenant; without it the saver's default is used."""
+    """config['configurable']['tenant_id'] picks the tenant (and is in the configs returned); else the default."""
     other = _tenant()
     saver = JournalSaver(client, tenant=tenant)
-    saver.put(_config("th", tenant_id=other), _checkpoint(a=1), {"source": "loop", "step": 0}, {"a": 1})
-    assert client.head(other, "th") == 1 and client.head(tenant, "th") == 0
+    stored = saver.put(_config("th", tenant_id=other), _checkpoint(a=1), {"source": "loop", "step": 0}, {"a": 1})
+    assert stored["configurable"]["tenant_id"] == other  # handed back, so writes against it route the same way
+    saver.put_writes(stored, [("a", 2)], "task-1")
+    assert client.head(other, "th") == 2 and client.head(tenant, "th") == 0
+    tup = saver.get_tuple(stored)
+    assert tup is not None and tup.config["configurable"]["tenant_id"] == other and tup.pending_writes
     assert saver.get_tuple(_config("th")) is None
     assert saver.get_tuple(_config("th", tenant_id=other)) is not None
     saver.delete_thread("th", tenant=other)
@@ -262,6 +266,18 @@ def test_graph_interrupted_with_one_saver_resumes_with_another(client: JournalCl
         assert graph.get_state(config).next == ("approve",)
         done = graph.invoke(Command(resume="yes"), config)
     assert done == {"steps": ["plan", "approved:yes"]}
+
+
+def test_a_graph_run_with_tenant_id_in_its_config_stays_in_that_tenant(client: JournalClient, tenant: str) -> None:
+    """Every event of a run whose config names tenant_id (checkpoints, writes, resume) goes to that tenant."""
+    other = _tenant()
+    graph = _graph(JournalSaver(client, tenant=tenant))
+    config = {"configurable": {"thread_id": "g3", "tenant_id": other}}
+    graph.invoke({"steps": []}, config)
+    assert graph.get_state(config).next == ("approve",)
+    assert graph.invoke(Command(resume="fine"), config) == {"steps": ["plan", "approved:fine"]}
+    assert client.head(tenant, "g3") == 0
+    assert {e.type for e in client.read(other, "g3")} == {CHECKPOINT, WRITES}
 
 
 def test_async_graph_and_sync_calls_from_another_thread(settings: Settings, tenant: str) -> None:
