@@ -280,6 +280,36 @@ def test_a_graph_run_with_tenant_id_in_its_config_stays_in_that_tenant(client: J
     assert {e.type for e in client.read(other, "g3")} == {CHECKPOINT, WRITES}
 
 
+def test_an_interrupt_inside_a_subgraph_resumes_from_its_namespace(client: JournalClient, tenant: str) -> None:
+    """A subgraph checkpoints under its checkpoint_ns in the root's thread; its interrupt resumes in a new saver."""
+    def child() -> Any:
+        def ask(state: _State) -> dict[str, list[str]]:
+            return {"steps": [*state["steps"], f"child:{interrupt('ok?')}"]}
+
+        g = StateGraph(_State)
+        g.add_node("ask", ask)
+        g.add_edge(START, "ask")
+        g.add_edge("ask", END)
+        return g.compile()
+
+    def parent(saver: BaseCheckpointSaver[Any]) -> Any:
+        g = StateGraph(_State)
+        g.add_node("first", lambda s: {"steps": [*s["steps"], "first"]})
+        g.add_node("sub", child())
+        g.add_edge(START, "first")
+        g.add_edge("first", "sub")
+        g.add_edge("sub", END)
+        return g.compile(checkpointer=saver)
+
+    config = {"configurable": {"thread_id": "nested"}}
+    parent(JournalSaver(client, tenant=tenant)).invoke({"steps": []}, config)
+    namespaces = {e.payload["ns"] for e in client.read(tenant, "nested") if e.type == CHECKPOINT}
+    assert "" in namespaces and any(ns.startswith("sub:") for ns in namespaces)
+    graph = parent(JournalSaver(client, tenant=tenant))
+    assert graph.get_state(config, subgraphs=True).tasks[0].state.next == ("ask",)
+    assert graph.invoke(Command(resume="yes"), config) == {"steps": ["first", "child:yes"]}
+
+
 def test_async_graph_and_sync_calls_from_another_thread(settings: Settings, tenant: str) -> None:
     """AsyncJournalSaver runs ainvoke, and its sync get_state works from another thread (not from its loop)."""
     config = {"configurable": {"thread_id": "g2"}}
