@@ -41,7 +41,7 @@ from journal import logs
 from journal.client import JournalClient
 from journal.embedded import EmbeddedStack
 from projections import db
-from replayer.langgraph import CHECKPOINT, JournalSaver
+from replayer.langgraph import CHECKPOINT, JournalSaver, decode_value
 
 
 class State(TypedDict):
@@ -94,7 +94,11 @@ def main() -> None:
         with JournalClient.from_settings(settings) as client:
             journal_ms = run(JournalSaver(client, tenant=tenant), thread, args.steps)
             memory_ms = run(InMemorySaver(), thread, args.steps)
-            sizes = [len(json.dumps(e.payload)) for e in client.read(tenant, thread) if e.type == CHECKPOINT]
+            checkpoints = [e.payload for e in client.read(tenant, thread) if e.type == CHECKPOINT]
+            sizes = [len(json.dumps(p)) for p in checkpoints]
+            last = checkpoints[-1]
+            stored = [b["value"] for b in last["blobs"].values() if b["value"]] + [last["checkpoint"], last["metadata"]]
+            raw = sum(len(decode_value(v)[1]) for v in stored)
             events = client.head(tenant, thread)
             config: RunnableConfig = {"configurable": {"thread_id": thread}}
             warm_saver = JournalSaver(client, tenant=tenant)
@@ -107,6 +111,7 @@ def main() -> None:
         table.add_row("ms / superstep, InMemorySaver", f"{memory_ms:.2f}")
         table.add_row("journal events (checkpoints + writes)", f"{events} ({len(sizes)} checkpoints)")
         table.add_row("bytes, first / last checkpoint event", f"{sizes[0]:,} / {sizes[-1]:,}")
+        table.add_row("serializer bytes in the last one (stored as base64)", f"{raw:,}")
         table.add_row("bytes, all checkpoint events", f"{sum(sizes):,}")
         table.add_row(f"get_tuple latest, warm (median of {args.runs}) ms", f"{warm:.2f}")
         table.add_row(f"get_tuple latest, cold: fold {events} events (median) ms", f"{cold:.2f}")
