@@ -100,6 +100,17 @@ SEQ_AT_TIME_SQL = ("SELECT seq FROM journal.events WHERE tenant_id = %s AND thre
 #: A thread's events of the given types up to a seq (the few that move its status and node).
 EVENTS_OF_TYPES_SQL = ("SELECT seq, ts_ms, body FROM journal.events WHERE tenant_id = %s AND thread_id = %s "
                        "AND seq <= %s AND type = ANY(%s) ORDER BY seq")
+#: The console's list of a tenant's threads (``journal.threads`` rows), read through row-level security.
+THREAD_LIST_SQL = """
+SELECT thread_id, status, last_seq, max_seq, event_count, node, created_at, updated_at, fenced
+FROM journal.threads
+WHERE tenant_id = %(tenant)s
+  AND (%(status)s::text IS NULL OR status = %(status)s)
+  AND (%(idle_since)s::timestamptz IS NULL OR updated_at <= %(idle_since)s)
+  AND (%(only)s::text[] IS NULL OR thread_id = ANY(%(only)s))
+ORDER BY updated_at DESC, thread_id
+LIMIT %(limit)s
+"""
 THREADS_SQL = ("SELECT thread_id FROM journal.threads WHERE tenant_id = %s UNION "
                "SELECT DISTINCT thread_id FROM journal.events WHERE tenant_id = %s ORDER BY 1")
 #: A thread's rows with their chain columns and JSONB copy, up to a seq (verification, bundles).

@@ -49,6 +49,7 @@ from journal.timespec import parse_since, parse_span, parse_time
 from replayer.audit import export_bundle, state_diff, timeline, tool_usage
 from replayer.console.auth import COOKIE, OPERATOR, Session, Sessions, SignInFailed
 from replayer.replay import Replayer
+from replayer.sources import THREAD_LIST_SQL
 
 HERE = Path(__file__).parent
 PAGE = 100
@@ -74,18 +75,6 @@ SECURITY_HEADERS = [
     (b"cache-control", b"no-store"),
     (b"cross-origin-opener-policy", b"same-origin"),
 ]
-
-#: Threads of the tenant with their projection row (``journal.threads``), read through row-level security.
-THREADS_SQL = """
-SELECT thread_id, status, last_seq, max_seq, event_count, node, created_at, updated_at, fenced
-FROM journal.threads
-WHERE tenant_id = %(tenant)s
-  AND (%(status)s::text IS NULL OR status = %(status)s)
-  AND (%(idle_since)s::timestamptz IS NULL OR updated_at <= %(idle_since)s)
-  AND (%(only)s::text[] IS NULL OR thread_id = ANY(%(only)s))
-ORDER BY updated_at DESC, thread_id
-LIMIT %(limit)s
-"""
 
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Scope], Awaitable[None]]], Awaitable[None]]
@@ -270,7 +259,7 @@ class Console:
                       "only": list(usage) if tool else None, "limit": THREAD_LIMIT}
             pg = _pg(r)
             with pg.scope(tenant):
-                rows = pg.conn.execute(THREADS_SQL, params).fetchall()
+                rows = pg.conn.execute(THREAD_LIST_SQL, params).fetchall()
         now = datetime.now(UTC)
         threads = [dict(thread=t, status=st, last_seq=ls, max_seq=ms, events=n, node=node, created=c, updated=u,
                         fenced=f, idle=_ago(now - u), usage=usage.get(t))
