@@ -67,8 +67,9 @@ def _str(field: str) -> _Check:
 def _opt_str(field: str) -> _Check:
     def check(type_: str, p: Mapping[str, Any], node: str | None, where: str) -> None:
         v = p.get(field)
-        if v is not None and not isinstance(v, str):
-            raise InvalidPayload(type_, field, "a str or null when given", _got(p, field), where)
+        if v is not None and (not isinstance(v, str) or not v):
+            # An empty name is as wrong here as in the call it answers (the fold would flag the mismatch).
+            raise InvalidPayload(type_, field, "a non-empty str or null when given", _got(p, field), where)
     return check
 
 

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from journal.chain import GENESIS, link
 from journal.client import JournalClient
@@ -21,6 +22,12 @@ from journal.codec import decode_body
 from journal.embedded import EmbeddedStack
 from journal.local_stack import fill_from
 from journal.settings import Settings
+
+# The property tests draw the same examples on every run, so the suite is reproducible (a red CI run
+# is a real failure). HYPOTHESIS_PROFILE=explore draws new examples each run, to search for bugs.
+hypothesis_settings.register_profile("repeatable", derandomize=True)
+hypothesis_settings.register_profile("explore", derandomize=False)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 
 @pytest.fixture(scope="session")

@@ -179,3 +179,9 @@ def test_error_message_says_what_to_do() -> None:
     text = str(info.value)
     assert re.search(r"event\[3\]\.payload\.path of a 'memory_set' event must be a non-empty list", text)
     assert "got nothing (the field is missing)" in text and "nothing was written" in text and "x.<org>" in text
+
+
+def test_tool_result_naming_an_empty_tool_is_refused() -> None:
+    """A tool_result whose optional tool is the empty string is refused (hypothesis found the fold flags it)."""
+    with pytest.raises(InvalidPayload, match="tool"):
+        payloads.check("tool_result", {"call_id": "c1", "tool": "", "output": 1}, None)
