@@ -154,6 +154,7 @@ def test_operator_token_picks_a_tenant(http: TestClient, world: World, sessions:
     assert http.get("/").headers["location"] == "/tenant"
     picker = http.get("/tenant").text
     assert world.a in picker and world.b in picker  # operators see every tenant to pick from
+    assert "<title>Pick a tenant · agent-journal</title>" in picker and picker.count('id="tenants"') == 1
     r = http.post("/tenant", data={"tenant": world.b})
     assert r.headers["location"] == f"/t/{world.b}/threads"
     page = http.get(f"/t/{world.b}/threads/secret-1")
