@@ -108,6 +108,31 @@ class BlobStore:
         except (botocore.exceptions.BotoCoreError, OSError) as e:
             raise _translate(e, f"head {key}") from e
 
+    def put_object(self, key: str, data: bytes) -> None:
+        """Write ``data`` at ``key`` (the archive's segments and manifests; their keys name their content)."""
+        try:
+            self._s3.put_object(Bucket=self.bucket, Key=key, Body=data)
+        except botocore.exceptions.ClientError as e:
+            if str(e.response.get("Error", {}).get("Code")) == "NoSuchBucket":
+                self.ensure_bucket()
+                self.put_object(key, data)
+                return
+            raise _translate(e, f"put {key}") from e
+        except (botocore.exceptions.BotoCoreError, OSError) as e:
+            raise _translate(e, f"put {key}") from e
+
+    def get_object(self, key: str) -> bytes:
+        """The bytes at ``key``; ``BlobMissing`` if there is no such object."""
+        try:
+            data: bytes = self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            return data
+        except botocore.exceptions.ClientError as e:
+            if str(e.response.get("Error", {}).get("Code")) in _MISSING:
+                raise BlobMissing(f"s3://{self.bucket}/{key}") from e
+            raise _translate(e, f"get {key}") from e
+        except (botocore.exceptions.BotoCoreError, OSError) as e:
+            raise _translate(e, f"get {key}") from e
+
     def get(self, tenant: str, ref: BlobRef) -> bytes:
         """The blob's bytes, verified against its digest; ``BlobMissing`` if it is gone."""
         key = blob_key(tenant, ref.sha256)

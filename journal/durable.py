@@ -27,6 +27,7 @@ import psycopg_pool
 from psycopg import sql
 
 from journal import codec
+from journal.archive import ArchiveRef
 from journal.errors import AccessDenied, JournalError, StoreUnavailable
 from journal.events import Event
 from journal.keys import validate_id
@@ -39,6 +40,8 @@ EVENTS_SQL = ("SELECT seq, ts_ms, body FROM journal.events WHERE tenant_id = %s 
               "AND seq > %s AND seq <= %s ORDER BY seq")
 #: The highest stored seq of a thread (rows above the chained head count: they are durable too).
 MAX_SEQ_SQL = "SELECT max(seq) FROM journal.events WHERE tenant_id = %s AND thread_id = %s"
+#: Where an archived thread's history went (``journal.archive``): the newest manifest and the archive's head.
+ARCHIVE_SQL = "SELECT manifest_key, last_seq, last_hash FROM journal.archives WHERE tenant_id = %s AND thread_id = %s"
 #: The newest snapshot at or below a seq.
 SNAPSHOT_SQL = ("SELECT state FROM journal.snapshots WHERE tenant_id = %s AND thread_id = %s AND seq <= %s "
                 "ORDER BY seq DESC LIMIT 1")
@@ -54,6 +57,11 @@ DATABASE_EXISTS_SQL = "SELECT 1 FROM pg_database WHERE datname = %s"
 CREATE_DATABASE_SQL = sql.SQL("CREATE DATABASE {}")
 #: Larger than any seq: the open upper bound of a range.
 NO_LIMIT = 2**63 - 1
+
+
+def archive_ref(row: tuple[Any, ...] | None) -> ArchiveRef | None:
+    """The stub row of :data:`ARCHIVE_SQL` as an ``ArchiveRef`` (None: the thread was never archived)."""
+    return None if row is None else ArchiveRef(str(row[0]), int(row[1]), bytes(row[2]))
 
 
 def decode_rows(tenant: str, thread: str, rows: list[tuple[Any, ...]]) -> list[Event]:
@@ -131,14 +139,25 @@ class DurableReader:
         return decode_rows(tenant, thread, rows)
 
     def max_seq(self, tenant: str, thread: str) -> int:
-        """The highest stored seq of the thread (0 if none)."""
+        """The highest durable seq of the thread, in ``events`` or in its S3 archive (0 if none)."""
         with self._scoped(tenant) as conn:
-            row = conn.execute(MAX_SEQ_SQL, (tenant, thread)).fetchone()
-        return int(row[0] or 0) if row else 0
+            return _durable_top(conn, tenant, thread)
 
     def latest(self, tenant: str, thread: str) -> tuple[int, ThreadState | None]:
-        """The highest stored seq of the thread and its newest snapshot, from one consistent view."""
+        """The highest durable seq of the thread and its newest snapshot, from one consistent view."""
         with self._scoped(tenant) as conn:
-            top = conn.execute(MAX_SEQ_SQL, (tenant, thread)).fetchone()
+            top = _durable_top(conn, tenant, thread)
             snap = conn.execute(SNAPSHOT_SQL, (tenant, thread, NO_LIMIT)).fetchone()
-        return int(top[0] or 0) if top else 0, decode_state(snap[0]) if snap else None
+        return top, decode_state(snap[0]) if snap else None
+
+    def archived(self, tenant: str, thread: str) -> ArchiveRef | None:
+        """Where the thread's archived history is, or None if it has none."""
+        with self._scoped(tenant) as conn:
+            return archive_ref(conn.execute(ARCHIVE_SQL, (tenant, thread)).fetchone())
+
+
+def _durable_top(conn: psycopg.Connection, tenant: str, thread: str) -> int:
+    # An archived thread may have no rows left in ``events``: its head is the archive's.
+    row = conn.execute(MAX_SEQ_SQL, (tenant, thread)).fetchone()
+    ref = archive_ref(conn.execute(ARCHIVE_SQL, (tenant, thread)).fetchone())
+    return max(int(row[0] or 0) if row else 0, ref.last_seq if ref else 0)

@@ -171,3 +171,11 @@ class GapError(JournalError):
             f"thread {tenant}/{thread}: seq {missing} is missing from the history; the record is "
             "incomplete. Run `agent-journal verify` and restore the event from the archive."
         )
+
+
+class ArchiveError(JournalError):
+    """The S3 archive of a thread cannot be written or read as it must be."""
+
+
+class ArchiveCorrupt(ArchiveError):
+    """An archive object does not match its manifest (digest, seq range, chain) or is in an unknown format."""

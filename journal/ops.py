@@ -284,16 +284,38 @@ def history(env: Env, tenant: str, thread: str, after: int, upto: int | None = N
     if missing and env.durable is not None:
         stored = yield Offload(((env.durable.events, (tenant, thread, after, missing[-1])),))
         merged.update((e.seq, e) for e in stored[0])
+        missing = [s for s in missing if s not in merged]
+        if missing:
+            # Asked after the rows: an archiver deletes rows and writes the stub in one transaction,
+            # so a read that found the rows gone finds the stub.
+            yield from _archived(env, tenant, thread, after, missing[-1], merged)
     elif missing:
         # No PostgreSQL: the hot window below the mark may still hold them.
         merged.update((e.seq, e) for e in (yield from hot_tail(tenant, thread, after, low)))
     gap = next((s for s in range(after + 1, top + 1) if s not in merged), None)
     if gap is not None:
-        where = ("neither in Redis (trimmed after projection) nor in PostgreSQL" if env.durable is not None else
+        where = ("neither in Redis (trimmed after projection) nor in PostgreSQL nor in its S3 archive"
+                 if env.durable is not None else
                  "no longer in Redis (trimmed after projection) and no PostgreSQL is configured "
                  "(set JOURNAL_DATABASE_URL to read the durable tier)")
         raise HistoryIncomplete(tenant, thread, gap, where)
     return [merged[s] for s in range(after + 1, top + 1)]
+
+
+def _archived(env: Env, tenant: str, thread: str, after: int, upto: int, merged: dict[int, Event]) -> Op[None]:
+    """Fill ``merged`` from the thread's S3 archive (``journal.archive``), if it has one."""
+    assert env.durable is not None
+    ref = (yield Offload(((env.durable.archived, (tenant, thread)),)))[0]
+    if ref is None or ref.last_seq <= after:
+        return
+    if env.blobs is None:
+        raise HistoryIncomplete(tenant, thread, after + 1, f"archived to object storage ({ref.manifest_key}) but no "
+                                "S3 is configured; set JOURNAL_S3_URL (and the tenant's S3 key) to read it")
+    from journal.archive import ArchiveReader
+
+    archived = (yield Offload(((ArchiveReader(env.blobs).events, (tenant, thread, ref, after, upto)),)))[0]
+    for e in archived:
+        merged.setdefault(e.seq, e)
 
 
 def resolve(env: Env, events: list[Event]) -> Op[list[Event]]:

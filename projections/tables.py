@@ -151,7 +151,25 @@ tenant_roles = Table(
     Column("created_at", TS, nullable=False, server_default=text("now()")),
 )
 
-TENANT_TABLES = ("events", "threads", "snapshots", "dead_letters", "conflicts", "offsets")
+#: Where an archived thread's history is (``projections.archive``): one row per thread, the newest
+#: manifest and the head of what S3 holds. The ``threads`` row stays beside it (status, head, last hash).
+archives = Table(
+    "archives", metadata,
+    Column("tenant_id", Text, primary_key=True),
+    Column("thread_id", Text, primary_key=True),
+    Column("manifest_key", Text, nullable=False),
+    #: The archive holds seq 1..last_seq; ``last_hash`` is the chain hash at last_seq.
+    Column("last_seq", BigInteger, nullable=False),
+    Column("last_hash", LargeBinary, nullable=False),
+    Column("event_count", BigInteger, nullable=False),
+    Column("segments", Integer, nullable=False),
+    #: Compressed bytes of every segment in S3.
+    Column("stored_bytes", BigInteger, nullable=False),
+    Column("codec_version", SmallInteger, nullable=False),
+    Column("archived_at", TS, nullable=False, server_default=text("now()")),
+)
+
+TENANT_TABLES = ("events", "threads", "snapshots", "dead_letters", "conflicts", "offsets", "archives")
 
 
 #: ``events``' hash partitions: the migrations create them, but SQLAlchemy declares only the
