@@ -1,4 +1,4 @@
-"""Projector commands for `agent-journal`: migrate, project, tenant, unfence, and the status hook."""
+"""Projector commands for `agent-journal`: migrate, project, tenant, unfence, archive, and the status hook."""
 
 from __future__ import annotations
 
@@ -229,6 +229,52 @@ def _cmd_maintain(args: argparse.Namespace) -> int:
         if not args.loop:
             return 0
         time.sleep(args.loop)
+
+
+# -- archive ---------------------------------------------------------------------------------------
+
+
+def _cmd_archive(args: argparse.Namespace) -> int:
+    import json
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from journal.keys import validate_id
+    from journal.timespec import parse_span
+    from projections.archive import Archived, Archiver, candidates, check_statuses
+
+    idle = parse_span(args.idle)
+    statuses = check_statuses(tuple(s.strip() for s in args.status.split(",")))
+    tenants = tuple(validate_id(t, "tenant") for t in args.tenant or ())
+    settings = load_settings(args, need=("postgres",) if args.dry_run else ("postgres", "s3"))
+    todo = candidates(settings, idle, statuses, tenants)
+    if args.dry_run:
+        _print_rows(args, f"threads idle {args.idle} or more ({','.join(statuses)}) that archive would move", todo,
+                    ("tenant", "thread", "from_seq", "to_seq", "events"))
+        return 0
+    archiver = Archiver(settings)
+    total = sum(c.events for c in todo)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("events"),
+                  TimeElapsedColumn(), console=notes, transient=True, disable=not notes.is_terminal) as bar:
+        task = bar.add_task(f"archiving {len(todo)} thread(s)", total=total)
+
+        def advance(done: Archived) -> None:
+            bar.advance(task, done.events)
+
+        report = archiver.run(todo, advance)
+    summary = report.to_dict()
+    if args.format == "json":
+        print(json.dumps(summary, indent=2))
+    else:
+        table = Table(title=f"archived {summary['threads']} thread(s), {summary['events']} events, "
+                            f"{summary['stored_bytes']} bytes in S3, in {summary['seconds']} s")
+        for col in ("tenant", "thread", "seqs", "segments", "bytes", "outcome"):
+            table.add_column(col)
+        for t in report.threads:
+            table.add_row(t.tenant, t.thread, f"{t.from_seq}..{t.to_seq}", str(t.segments), str(t.stored_bytes),
+                          t.manifest if t.error is None else f"[red]left in PostgreSQL: {t.error}")
+        console.print(table)
+    return 1 if report.failed else 0
 
 
 # -- tenant ----------------------------------------------------------------------------------------
@@ -462,6 +508,15 @@ def register(sub: Any) -> None:
     p.add_argument("--loop", type=positive_int, default=None, metavar="SECONDS", help="run again every SECONDS")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.set_defaults(func=_cmd_maintain)
+
+    p = sub.add_parser("archive", help="move cold threads' history from PostgreSQL to S3 segments (re-runnable)")
+    p.add_argument("--idle", default="30d", help="only threads quiet this long (default 30d)")
+    p.add_argument("--tenant", action="append", help="only this tenant (repeatable)")
+    p.add_argument("--status", default="completed,failed,abandoned",
+                   help="comma-separated statuses to archive (default completed,failed,abandoned)")
+    p.add_argument("--dry-run", action="store_true", help="list what would move; change nothing")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.set_defaults(func=_cmd_archive)
 
     p = sub.add_parser("purge-tenant", help="delete every trace of a tenant in Redis, PostgreSQL and S3 (re-runnable)")
     p.add_argument("tenant")

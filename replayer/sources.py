@@ -3,7 +3,7 @@
 A :class:`HistorySource` answers two questions about one thread: how far does this tier go
 (``head``) and which events does it hold in a seq range (``events``). The replayer asks the
 tiers in order — Redis (the hot tail, not yet projected), PostgreSQL (the durable truth),
-and the S3 archive (cold history, :class:`ArchiveSource`, not implemented yet) — and merges
+and the S3 archive (cold history, :class:`ArchiveSource`, :class:`S3ArchiveSource`) — and merges
 them by seq.
 
 Sources return events exactly as stored: an offloaded payload (``event.blob``) is *not*
@@ -29,13 +29,14 @@ import psycopg
 import redis
 
 from journal import codec, durable, keys, ops
+from journal.archive import ArchiveReader, ArchiveRef, ObjectStore
 from journal.client import drive
 from journal.errors import AccessDenied, CodecError, StoreUnavailable
 from journal.events import Event
 from journal.settings import Settings
 from journal.state import ThreadState, decode_state
 from projections import db
-from replayer.verify import StoredEvent
+from replayer.verify import NOT_LOADED, StoredEvent
 
 #: Entries per XREVRANGE page when walking the hot tail backwards.
 
@@ -61,11 +62,15 @@ class HistorySource(Protocol):
 class ArchiveSource(HistorySource, Protocol):
     """The S3 cold tier: sealed segments under ``{tenant}/archive/{thread}/`` with a manifest.
 
-    Not implemented yet (the archiver arrives later). An implementation must return the same
-    ``Event`` values the other tiers return (decoded from the archived ``body`` bytes, which
-    carry the chain), cover ``1..head`` of what it archived, and be read-only. The replayer
-    consults it for seqs below what PostgreSQL still holds; pass one to ``Replayer(archive=…)``.
+    Returns the same ``Event`` values the other tiers return (decoded from the archived ``body``
+    bytes, which carry the chain), covers ``1..head`` of what it archived, and is read-only.
+    The replayer consults it for seqs below what PostgreSQL still holds; pass one to
+    ``Replayer(archive=…)`` (``Replayer.from_settings`` does, when S3 is configured).
     """
+
+    def stored_events(self, tenant: str, thread: str, upto: int | None = None) -> list[StoredEvent]:
+        """The archived rows with their chain hashes (no JSONB copy: it is not archived), for verification."""
+        ...
 
 
 # -- Redis: the hot tail --------------------------------------------------------------------------
@@ -264,6 +269,11 @@ class PostgresSource:
         rows = self._rows(tenant, THREADS_SQL, (tenant, tenant))
         return [r[0] for r in rows]
 
+    def archive_ref(self, tenant: str, thread: str) -> ArchiveRef | None:
+        """The stub of the thread's S3 archive (``journal.archives``), or None if it was never archived."""
+        rows = self._rows(tenant, durable.ARCHIVE_SQL, (tenant, thread))
+        return durable.archive_ref(rows[0] if rows else None)
+
     def stored_events(self, tenant: str, thread: str, upto: int | None = None) -> Iterator[StoredEvent | BadRow]:
         """The thread's rows with their chain columns and JSONB copy, for verification and bundles.
 
@@ -280,6 +290,37 @@ class PostgresSource:
             out.append(StoredEvent(ev, bytes(h) if h is not None else b"", bytes(prev) if prev is not None else b"",
                                    payload))
         return iter(out)
+
+
+# -- S3: the archive -----------------------------------------------------------------------------
+
+
+class S3ArchiveSource:
+    """Archived history (``journal.archive``), found through the stub PostgreSQL keeps of each archived thread.
+
+    The stub is read in the replayer's open PostgreSQL scope, so it is the same consistent view as the
+    rows: a thread whose rows an archiver deletes meanwhile is seen wholly before or wholly after.
+    Segments are verified against the manifest's SHA-256 as they are read; the chain is the verifier's.
+    """
+
+    def __init__(self, pg: PostgresSource, store: ObjectStore) -> None:
+        self.pg = pg
+        self.reader = ArchiveReader(store)
+
+    def head(self, tenant: str, thread: str) -> int:
+        ref = self.pg.archive_ref(tenant, thread)
+        return ref.last_seq if ref else 0
+
+    def events(self, tenant: str, thread: str, after: int, upto: int | None = None) -> Iterator[Event]:
+        ref = self.pg.archive_ref(tenant, thread)
+        return iter(self.reader.events(tenant, thread, ref, after, upto) if ref else [])
+
+    def stored_events(self, tenant: str, thread: str, upto: int | None = None) -> list[StoredEvent]:
+        ref = self.pg.archive_ref(tenant, thread)
+        if ref is None:
+            return []
+        rows = self.reader.rows(self.reader.manifest(tenant, thread, ref), 0, upto)
+        return [StoredEvent(r.event(tenant, thread), r.hash, r.prev_hash, NOT_LOADED) for r in rows]
 
 
 def _top(upto: int | None) -> int:
