@@ -63,14 +63,15 @@ STATUSES = ("active", "paused", "completed", "failed", "abandoned")
 
 _t, _a, _e, _s = tables.threads, tables.archives, tables.events, tables.snapshots
 
+_archived_seq = sa.func.coalesce(_a.c.last_seq, sa.literal_column("0"))
 #: Finished, quiet, fully chained threads with rows the archive does not hold yet, with their row counts.
 CANDIDATES_SQL = tables.compiled(
-    sa.select(_t.c.tenant_id, _t.c.thread_id, _t.c.last_seq, sa.func.coalesce(_a.c.last_seq, 0))
+    sa.select(_t.c.tenant_id, _t.c.thread_id, _t.c.last_seq, _archived_seq)
     .select_from(_t.outerjoin(_a, (_a.c.tenant_id == _t.c.tenant_id) & (_a.c.thread_id == _t.c.thread_id)))
     .where((_t.c.updated_at <= sa.func.now() - sa.bindparam("idle", type_=sa.Interval))
            & (_t.c.status == sa.any_(sa.bindparam("statuses", type_=ARRAY(sa.Text))))
            & (_t.c.last_seq == _t.c.max_seq) & sa.not_(_t.c.fenced)
-           & (_t.c.last_seq > sa.func.coalesce(_a.c.last_seq, 0))
+           & (_t.c.last_seq > _archived_seq)
            & (sa.bindparam("all_tenants", type_=sa.Boolean)
               | (_t.c.tenant_id == sa.any_(sa.bindparam("tenants", type_=ARRAY(sa.Text))))))
     .order_by(_t.c.tenant_id, _t.c.thread_id))
