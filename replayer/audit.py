@@ -113,6 +113,12 @@ def _position_at(r: Replayer, tenant: str, thread: str, seq: int) -> lifecycle.P
     with pg.scope(tenant):
         moves = pg.events_of_types(tenant, thread, seq, sorted(lifecycle.MOVES))
         stored = pg.head(tenant, thread)
+        archived = r.archive.head(tenant, thread) if r.archive is not None else 0
+        if archived and r.archive is not None:
+            # Rows at or below the archive's head are in S3 only (projections.archive).
+            moves = [e for e in r.archive.events(tenant, thread, 0, min(seq, archived))
+                     if e.type in lifecycle.MOVES] + moves
+            stored = max(stored, archived)
     if seq > stored:  # the rest is still only in the Redis tail
         moves += [e for e in r.history(tenant, thread, stored, seq, resolve_blobs=False) if e.type in lifecycle.MOVES]
     pos = lifecycle.Position()

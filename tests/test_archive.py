@@ -28,7 +28,7 @@ from projections.idle import evict_idle
 from projections.purge import purge_tenant
 from projections.worker import Projector, WorkerOptions
 from replayer import Replayer
-from replayer.audit import export_bundle
+from replayer.audit import export_bundle, timeline
 from replayer.bundle import verify_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,6 +90,8 @@ def observe(settings: Settings, tenant: str, thread: str, tmp: Path, at: list[in
         out = tmp / f"{uuid.uuid4().hex}.ajb"
         exported = export_bundle(r, tenant, thread, out)
         history = r.history(tenant, thread)
+        steps = timeline(r, tenant, thread) + timeline(r, tenant, thread, after=at[1], upto=at[-2])
+        at_time = {s: r.replay(tenant, thread, at_time=history[s - 1].at) for s in at}
     bundle = verify_bundle(out, registry=None)
     with JournalClient.from_settings(settings) as c:
         read = c.read(tenant, thread)
@@ -98,7 +100,7 @@ def observe(settings: Settings, tenant: str, thread: str, tmp: Path, at: list[in
     return {"states": states, "full": full, "verdict": (verdict.ok, verdict.checked, verdict.head_hash),
             "chain": [(s.event, s.hash, s.prev_hash) for s in chain], "head": head,
             "bundle": (bundle.ok, bundle.events, bundle.blobs, bundle.head_hash, exported.head_hash, bundle.state),
-            "history": history, "read": read, "read_after": read_after,
+            "history": history, "timeline": steps, "at_time": at_time, "read": read, "read_after": read_after,
             "resumed": (resumed.state, resumed.seq)}
 
 
@@ -298,3 +300,54 @@ def test_archive_cli_dry_run_then_json_summary(env: Settings, capsys: pytest.Cap
     assert code == 0 and (summary["threads"], summary["events"], summary["failed"]) == (1, 11, 0), out
     code, out = run_cli(capsys, ["archive", "--idle", "0s", "--tenant", tenant])
     assert code == 0 and "archived 0 thread(s)" in out, out
+
+
+def test_the_projector_snapshots_a_reactivated_thread_from_the_head_snapshot(migrated: Settings) -> None:
+    """Past the next multiple of K after archiving, the projector folds its snapshot from the one kept at the head."""
+    tenant, thread = f"arc-{uuid.uuid4().hex[:8]}", "run-1"
+    every = migrated.snapshot_every
+    with JournalClient.from_settings(migrated) as c:
+        write_thread(c, tenant, thread, every - 6, big=False)
+        project(migrated, tenant)
+        archive(migrated, NOW, tenants=[tenant])
+        for _ in range(10):
+            c.append(tenant, thread, "message", {"role": "user", "content": "back"})
+    project(migrated, tenant)
+    with psycopg.connect(migrated.database_url or "") as conn:
+        snaps = [r[0] for r in conn.execute("SELECT seq FROM journal.snapshots WHERE tenant_id = %s ORDER BY seq",
+                                            (tenant,)).fetchall()]
+        dead = conn.execute("SELECT count(*) FROM journal.dead_letters WHERE tenant_id = %s", (tenant,)).fetchone()
+    assert snaps == [every - 5, every] and dead == (0,)
+    with Replayer.from_settings(migrated) as r:
+        assert r.replay(tenant, thread, at_seq=every) == r.replay(tenant, thread, at_seq=every, use_snapshots=False)
+        assert all(v.ok for v in r.verify(tenant))
+
+
+def test_a_tenants_own_s3_key_reads_its_archive_and_no_other(migrated: Settings) -> None:
+    """Archive keys sit under {tenant}/: a client with the tenant's S3 key reads it; another tenant's key cannot."""
+    from dataclasses import replace
+
+    from journal.errors import AccessDenied
+    from journal.s3_tenants import SeaweedAdmin
+
+    admin = SeaweedAdmin.for_settings(migrated)
+    if admin is None:
+        pytest.skip("tenant S3 keys are issued on the embedded SeaweedFS only")
+    tenant, thread = f"arc-{uuid.uuid4().hex[:8]}", "run-1"
+    other = tenant + "x"
+    with JournalClient.from_settings(migrated) as c:
+        write_thread(c, tenant, thread, 10, big=False)
+        expected = c.read(tenant, thread)
+    project(migrated, tenant)
+    archive(migrated, NOW, tenants=[tenant])
+    mine, theirs = admin.create_tenant(migrated, tenant), admin.create_tenant(migrated, other)
+    try:
+        own = replace(migrated, s3_access_key=mine.access_key, s3_secret_key=mine.secret_key)
+        with JournalClient.from_settings(own) as c:
+            assert c.read(tenant, thread) == expected
+        foreign = replace(migrated, s3_access_key=theirs.access_key, s3_secret_key=theirs.secret_key)
+        with JournalClient.from_settings(foreign) as c, pytest.raises(AccessDenied):
+            c.read(tenant, thread)
+    finally:
+        admin.revoke_tenant(tenant)
+        admin.revoke_tenant(other)
