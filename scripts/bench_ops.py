@@ -1,0 +1,205 @@
+#!/usr/bin/env python
+"""Benchmark the operators' tools, one section each, printed as one table.
+
+    python scripts/bench_ops.py                         # every section, its own embedded stack in a temp dir
+    python scripts/bench_ops.py --only archive --runs 5 --json ops.json
+
+Sections (``--only``, comma-separated; each is a function returning rows):
+
+* ``archive``: ``agent-journal archive`` over completed conversation threads (message → tool_call →
+  tool_result → memory_set cycles): archive events/s; bytes per event in PostgreSQL
+  (``journal.events`` with its indexes and TOAST: the growth of ``pg_total_relation_size`` over the
+  partitions while the threads are projected) against bytes per event in S3 (segments plus manifests);
+  and the replay latency of one thread before archiving (PostgreSQL) and after (S3 segments), as a
+  ratio, both for a full fold from seq 1 and for a replay at a mid-history seq (which, in PostgreSQL,
+  starts from a snapshot; archived, from the segments: the archiver keeps only the head snapshot).
+
+Every figure is the median over ``--runs`` runs (each run archives a fresh set of threads; replay
+latencies are themselves medians of ``--reps`` timed calls, PostgreSQL and archive interleaved
+over the same thread). The machine may be shared and noisy: compare ratios, not absolute times.
+The script never asserts: it reports and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from journal import logs
+from journal.blobs import s3_client
+from journal.client import JournalClient
+from journal.embedded import EmbeddedStack
+from journal.events import Draft
+from journal.settings import Settings
+from projections import db
+from projections.archive import Archiver, candidates
+from projections.worker import Projector, WorkerOptions
+from replayer.replay import Replayer
+
+#: Wide when piped (rich's default is 80 columns), so the table stays one line per row in a log or README.
+console = Console() if sys.stdout.isatty() else Console(width=160)
+Row = dict[str, Any]
+
+#: Bytes of ``journal.events`` and its partitions, indexes and TOAST (owner's view: sizes are revoked from readers).
+EVENTS_BYTES_SQL = ("SELECT COALESCE(sum(pg_total_relation_size(i.inhrelid)), 0) FROM pg_inherits i "
+                    "WHERE i.inhparent = 'journal.events'::regclass")
+
+
+def conversation(thread: str, n: int) -> list[Draft]:
+    """``n`` events of an agent conversation, then ``complete`` (so the thread is archivable)."""
+    out: list[Draft] = []
+    for seq in range(1, n + 1):
+        i, kind = divmod(seq - 1, 4)
+        cid = f"call_{i}"
+        if kind == 0:
+            out.append(Draft(thread, "message", {"role": "assistant", "content": f"Step {i}: let me check the "
+                                                 "order history before deciding.", "tool_calls": [cid]}))
+        elif kind == 1:
+            out.append(Draft(thread, "tool_call", {"call_id": cid, "tool": "search_orders", "args": {"order": i}},
+                             node="tools"))
+        elif kind == 2:
+            out.append(Draft(thread, "tool_result", {"call_id": cid, "tool": "search_orders",
+                                                     "output": {"rows": i % 20, "status": "ok"}}, node="tools"))
+        else:
+            out.append(Draft(thread, "memory_set", {"path": ["customer", "last_order"], "value": i}))
+    out.append(Draft(thread, "complete", {"summary": "done"}))
+    return out
+
+
+def _events_bytes(settings: Settings) -> int:
+    with db.connect(settings, role=None) as conn:
+        return int(conn.execute(EVENTS_BYTES_SQL).fetchone()[0])  # type: ignore[index]
+
+
+def _archive_bytes(settings: Settings, tenant: str) -> int:
+    s3 = s3_client(settings)
+    total = 0
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=settings.s3_bucket, Prefix=f"{tenant}/archive/"):
+        total += sum(int(o["Size"]) for o in page.get("Contents", []))
+    return total
+
+
+def _median_ms(fn: Callable[[], object], reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+def archive_section(settings: Settings, args: argparse.Namespace) -> list[Row]:
+    """Archive rate, bytes per event in each tier, and replay latency archived vs in PostgreSQL."""
+    runs: list[dict[str, float]] = []
+    n, threads = args.archive_events, args.archive_threads
+    for run in range(args.runs):
+        tenant = f"arc{run}-{uuid.uuid4().hex[:6]}"
+        before = _events_bytes(settings)
+        with JournalClient.from_settings(settings) as client:
+            for t in range(threads):
+                drafts = conversation(f"t{t}", n)
+                for start in range(0, len(drafts), 500):
+                    client.append_many(tenant, drafts[start:start + 500])
+        projector = Projector(settings, WorkerOptions())
+        projector.drain(timeout=600, tenants=[tenant])
+        projector.close()
+        pg_bytes = _events_bytes(settings) - before
+        events = threads * (n + 1)
+        mid = n // 2 + 37
+        with Replayer.from_settings(settings) as r:
+            r.replay(tenant, "t0", use_snapshots=False)  # warm the connection and caches
+            pg_full = _median_ms(lambda r=r, tn=tenant: r.replay(tn, "t0", use_snapshots=False), args.reps)
+            pg_mid = _median_ms(lambda r=r, tn=tenant, m=mid: r.replay(tn, "t0", at_seq=m), args.reps)
+        report = Archiver(settings).run(candidates(settings, timedelta(0), tenants=[tenant]))
+        if report.failed or report.events != events:
+            console.print(f"[red]run {run}: archived {report.events} of {events} events; failed: {report.failed}")
+        s3_bytes = _archive_bytes(settings, tenant)
+        with Replayer.from_settings(settings) as r:
+            r.replay(tenant, "t0", use_snapshots=False)
+            s3_full = _median_ms(lambda r=r, tn=tenant: r.replay(tn, "t0", use_snapshots=False), args.reps)
+            s3_mid = _median_ms(lambda r=r, tn=tenant, m=mid: r.replay(tn, "t0", at_seq=m), args.reps)
+        runs.append({"rate": report.events / report.seconds, "pg": pg_bytes / events, "s3": s3_bytes / events,
+                     "pg_full": pg_full, "s3_full": s3_full, "pg_mid": pg_mid, "s3_mid": s3_mid})
+        console.print(f"archive run {run + 1}/{args.runs}: {report.events:,} events in {report.seconds:.2f}s")
+
+    def med(key: str) -> float:
+        return statistics.median(r[key] for r in runs)
+
+    what = f"{threads} threads × {n + 1:,} events, median of {len(runs)} runs"
+    thread = f"one {n + 1:,}-event thread, median of {args.reps} calls per run"
+    return [
+        {"section": "archive", "measure": "archive rate", "value": f"{med('rate'):,.0f} events/s", "detail": what},
+        {"section": "archive", "measure": "bytes/event in PostgreSQL", "value": f"{med('pg'):,.0f} B",
+         "detail": "journal.events rows + indexes + TOAST (pg_total_relation_size growth)"},
+        {"section": "archive", "measure": "bytes/event in the archive", "value": f"{med('s3'):,.0f} B",
+         "detail": f"S3 segments + manifests; {med('pg') / med('s3'):.1f}× smaller"},
+        {"section": "archive", "measure": "replay, full fold from seq 1",
+         "value": f"{med('s3_full') / med('pg_full'):.2f}× (archive / PostgreSQL)",
+         "detail": f"{med('pg_full'):.1f} ms in PostgreSQL, {med('s3_full'):.1f} ms archived; {thread}"},
+        {"section": "archive", "measure": f"replay at seq {n // 2 + 37:,}",
+         "value": f"{med('s3_mid') / med('pg_mid'):.2f}× (archive / PostgreSQL)",
+         "detail": f"{med('pg_mid'):.1f} ms from a snapshot in PostgreSQL, {med('s3_mid'):.1f} ms from the segments"},
+    ]
+
+
+SECTIONS: dict[str, Callable[[Settings, argparse.Namespace], list[Row]]] = {
+    "archive": archive_section,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", default=",".join(SECTIONS), help=f"sections, comma-separated: {', '.join(SECTIONS)}")
+    ap.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the rows as JSON to FILE")
+    ap.add_argument("--runs", type=int, default=3, help="runs per section (medians reported)")
+    ap.add_argument("--reps", type=int, default=5, help="timed calls per latency figure within a run")
+    ap.add_argument("--archive-threads", type=int, default=20)
+    ap.add_argument("--archive-events", type=int, default=2500, help="events per archived thread")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary data folder")
+    args = ap.parse_args(argv)
+    only = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = [s for s in only if s not in SECTIONS]
+    if unknown or not only:
+        ap.error(f"--only {args.only}: choose among {', '.join(SECTIONS)}")
+    logs.configure("warning")
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-ops-"))
+    stack = EmbeddedStack(tmp)
+    rows: list[Row] = []
+    try:
+        with console.status("starting embedded Valkey, PostgreSQL and S3 …"):
+            settings = stack.up(("redis", "postgres", "s3"))
+            db.migrate(settings)
+        for name in only:
+            rows += SECTIONS[name](settings, args)
+    finally:
+        with console.status("stopping the embedded servers …"):
+            stack.down()
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+    table = Table(title="operators' tools (bench_ops.py; medians; a shared machine: compare ratios)")
+    for col in ("section", "measure", "value", "detail"):
+        table.add_column(col, justify="right" if col == "value" else "left")
+    for row in rows:
+        table.add_row(row["section"], row["measure"], row["value"], row["detail"])
+    console.print(table)
+    if args.json is not None:
+        args.json.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
