@@ -188,7 +188,8 @@ def check_chain(tenant: str, thread: str, rows: Iterable[ArchivedRow], prev: byt
         if not ok:
             raise ArchiveCorrupt(f"seq {r.seq} of {tenant}/{thread}: the chain breaks there (its hash or prev_hash "
                                  "does not follow from the seq before it); nothing is archived from a broken chain. "
-                                 "Run `agent-journal verify` on the thread")
+                                 "Run `agent-journal verify` on the thread, and check that JOURNAL_HASH_KEY is the "
+                                 "projector's")
         prev = r.hash
     return prev
 

@@ -323,12 +323,13 @@ def test_the_projector_snapshots_a_reactivated_thread_from_the_head_snapshot(mig
         assert all(v.ok for v in r.verify(tenant))
 
 
-def test_a_tenants_own_s3_key_reads_its_archive_and_no_other(migrated: Settings) -> None:
-    """Archive keys sit under {tenant}/: a client with the tenant's S3 key reads it; another tenant's key cannot."""
+def test_a_tenants_own_credentials_read_its_archive_and_no_other(migrated: Settings) -> None:
+    """Archive keys sit under {tenant}/: its reader login and S3 key read it; another tenant's S3 key cannot."""
     from dataclasses import replace
 
     from journal.errors import AccessDenied
     from journal.s3_tenants import SeaweedAdmin
+    from projections import db
 
     admin = SeaweedAdmin.for_settings(migrated)
     if admin is None:
@@ -341,13 +342,36 @@ def test_a_tenants_own_s3_key_reads_its_archive_and_no_other(migrated: Settings)
     project(migrated, tenant)
     archive(migrated, NOW, tenants=[tenant])
     mine, theirs = admin.create_tenant(migrated, tenant), admin.create_tenant(migrated, other)
+    reader = db.create_tenant_reader(migrated, tenant)
     try:
-        own = replace(migrated, s3_access_key=mine.access_key, s3_secret_key=mine.secret_key)
+        own = replace(migrated, s3_access_key=mine.access_key, s3_secret_key=mine.secret_key,
+                      database_url=reader.database_url(migrated.database_url or ""))
         with JournalClient.from_settings(own) as c:
-            assert c.read(tenant, thread) == expected
+            assert c.read(tenant, thread) == expected and c.resume(tenant, thread).seq == 11
         foreign = replace(migrated, s3_access_key=theirs.access_key, s3_secret_key=theirs.secret_key)
         with JournalClient.from_settings(foreign) as c, pytest.raises(AccessDenied):
             c.read(tenant, thread)
     finally:
         admin.revoke_tenant(tenant)
         admin.revoke_tenant(other)
+        db.revoke_tenant_reader(migrated, tenant)
+
+
+def test_the_async_client_reads_and_resumes_an_archived_thread(migrated: Settings) -> None:
+    """AsyncJournalClient drives the same operations: read and resume of an archived thread equal the sync client's."""
+    import asyncio
+
+    from journal.aio import AsyncJournalClient
+
+    tenant, thread = f"arc-{uuid.uuid4().hex[:8]}", "run-1"
+    with JournalClient.from_settings(migrated) as c:
+        write_thread(c, tenant, thread, 30)
+        expected = (c.read(tenant, thread), c.resume(tenant, thread).state)
+    project(migrated, tenant)
+    archive(migrated, NOW, tenants=[tenant])
+
+    async def go() -> tuple[Any, Any]:
+        async with await AsyncJournalClient.from_settings(migrated) as a:
+            return await a.read(tenant, thread), (await a.resume(tenant, thread)).state
+
+    assert asyncio.run(go()) == expected
