@@ -140,7 +140,7 @@ class Replayer:
             chained = head.last_seq if head else 0
             stored = pg.head(tenant, thread)
             latest = max(stored, self.redis.head(tenant, thread) if self.redis else 0,
-                         self.archive.head(tenant, thread) if self.archive else 0)
+                         self._archive_head(tenant, thread))
             if latest == 0:
                 raise NotFound(f"thread {tenant}/{thread} has no events (or this reader may not see them)")
             tail: list[Event] | None = None
@@ -148,7 +148,7 @@ class Replayer:
                 at_ms = to_ms(at_time)
                 target = pg.seq_at_time(tenant, thread, at_time)
                 tail = self._tail(tenant, thread, chained, None)
-                archived = self.archive.head(tenant, thread) if self.archive else 0
+                archived = self._archive_head(tenant, thread)
                 if self.archive is not None and target <= archived:
                     # Rows older than the archive's head are in S3 only: their times are in the segments.
                     target = max([target, *(e.seq for e in self.archive.events(tenant, thread, 0)
@@ -172,7 +172,7 @@ class Replayer:
         pg = self._pg()
         with pg.scope(tenant):
             return max(pg.head(tenant, thread), self.redis.head(tenant, thread) if self.redis else 0,
-                       self.archive.head(tenant, thread) if self.archive else 0)
+                       self._archive_head(tenant, thread))
 
     def history(self, tenant: str, thread: str, after: int = 0, upto: int | None = None, *,
                 resolve_blobs: bool = True) -> list[Event]:
@@ -181,13 +181,24 @@ class Replayer:
         with pg.scope(tenant):
             head = pg.thread_head(tenant, thread)
             latest = max(pg.head(tenant, thread), self.redis.head(tenant, thread) if self.redis else 0,
-                         self.archive.head(tenant, thread) if self.archive else 0)
+                         self._archive_head(tenant, thread))
             target = latest if upto is None else min(upto, latest)
             events = self._collect(tenant, thread, after, target, head.last_seq if head else 0, None)
         return self.resolve_blobs(events) if resolve_blobs else events
 
     def _tail(self, tenant: str, thread: str, chained: int, upto: int | None) -> list[Event]:
         return list(self.redis.events(tenant, thread, chained, upto)) if self.redis else []
+
+    def _archive_head(self, tenant: str, thread: str, *, needed: bool = False) -> int:
+        """How far the thread's S3 archive goes (0: never archived); without an archive source, the stub says,
+        and ``needed`` makes an archived thread a ``ConfigError`` (its history cannot be read without S3)."""
+        if self.archive is not None:
+            return self.archive.head(tenant, thread)
+        ref = self._pg().archive_ref(tenant, thread)
+        if ref is not None and needed:
+            raise ConfigError(f"thread {tenant}/{thread} is archived to object storage up to seq {ref.last_seq} "
+                              f"({ref.manifest_key}); set JOURNAL_S3_URL (and its keys) to read it")
+        return ref.last_seq if ref else 0
 
     def _collect(self, tenant: str, thread: str, after: int, upto: int, chained: int,
                  tail: list[Event] | None) -> list[Event]:
@@ -202,6 +213,8 @@ class Replayer:
                     merged[e.seq] = e
         for e in self._pg().events(tenant, thread, after, upto):
             merged[e.seq] = e
+        if len(merged) < upto - after and self.archive is None:
+            self._archive_head(tenant, thread, needed=True)
         if len(merged) < upto - after and self.archive is not None:
             low = min(merged, default=upto + 1)
             for e in self.archive.events(tenant, thread, after, low - 1):
@@ -263,6 +276,8 @@ class Replayer:
 
     def _stored(self, tenant: str, thread: str, upto: int | None) -> list[StoredEvent | BadRow]:
         """The thread's chain rows from the archive (seqs it holds), then PostgreSQL's (the rest)."""
+        if self.archive is None:
+            self._archive_head(tenant, thread, needed=True)
         archived: list[StoredEvent | BadRow] = list(self.archive.stored_events(tenant, thread, upto)
                                                     if self.archive else [])
         below = archived[-1].event.seq if archived and isinstance(archived[-1], StoredEvent) else 0

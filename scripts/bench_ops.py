@@ -15,8 +15,9 @@ Sections (``--only``, comma-separated; each is a function returning rows):
   starts from a snapshot; archived, from the segments: the archiver keeps only the head snapshot).
 
 Every figure is the median over ``--runs`` runs (each run archives a fresh set of threads; replay
-latencies are themselves medians of ``--reps`` timed calls, PostgreSQL and archive interleaved
-over the same thread). The machine may be shared and noisy: compare ratios, not absolute times.
+latencies are themselves medians of ``--reps`` timed calls). The replay comparison is side by side:
+each run writes the same threads to two tenants, archives one, and times the archived thread and its
+identical twin in PostgreSQL alternately. The machine may be shared and noisy: compare ratios, not absolute times.
 The script never asserts: it reports and exits 0.
 """
 
@@ -101,47 +102,65 @@ def _archive_bytes(settings: Settings, tenant: str) -> int:
     return total
 
 
-def _median_ms(fn: Callable[[], object], reps: int) -> float:
-    times = []
+def _interleaved_ms(a: Callable[[], object], b: Callable[[], object], reps: int) -> tuple[float, float]:
+    """Median ms of ``a`` and of ``b``, called alternately (a, b, a, b, …) so that noise hits both alike."""
+    ta: list[float] = []
+    tb: list[float] = []
     for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
+        for fn, out in ((a, ta), (b, tb)):
+            t0 = time.perf_counter()
+            fn()
+            out.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(ta), statistics.median(tb)
+
+
+def _write(settings: Settings, tenant: str, threads: int, n: int) -> None:
+    with JournalClient.from_settings(settings) as client:
+        for t in range(threads):
+            drafts = conversation(f"t{t}", n)
+            for start in range(0, len(drafts), 500):
+                client.append_many(tenant, drafts[start:start + 500])
+    projector = Projector(settings, WorkerOptions())
+    projector.drain(timeout=600, tenants=[tenant])
+    projector.close()
+
+
+def _replay_pair(settings: Settings, cold: str, warm: str, mid: int, reps: int) -> tuple[float, float, float, float]:
+    """Thread t0 of ``cold`` (archived) and of ``warm`` (the same events in PostgreSQL), timed alternately:
+    (archived, PostgreSQL) ms for a fold from seq 1, then for a replay at ``mid``."""
+    with Replayer.from_settings(settings) as r:
+        for tenant in (cold, warm):  # warm the connection and caches
+            r.replay(tenant, "t0", use_snapshots=False)
+        full = _interleaved_ms(lambda: r.replay(cold, "t0", use_snapshots=False),
+                               lambda: r.replay(warm, "t0", use_snapshots=False), reps)
+        at_mid = _interleaved_ms(lambda: r.replay(cold, "t0", at_seq=mid), lambda: r.replay(warm, "t0", at_seq=mid),
+                                 reps)
+    return full[0], full[1], at_mid[0], at_mid[1]
 
 
 def archive_section(settings: Settings, args: argparse.Namespace) -> list[Row]:
-    """Archive rate, bytes per event in each tier, and replay latency archived vs in PostgreSQL."""
+    """Archive rate, bytes per event in each tier, and replay latency archived vs in PostgreSQL.
+
+    Each run writes the same threads to two tenants and archives one of them: the replay latency
+    of a thread archived and of the identical thread still in PostgreSQL is then timed alternately.
+    """
     runs: list[dict[str, float]] = []
     n, threads = args.archive_events, args.archive_threads
     for run in range(args.runs):
-        tenant = f"arc{run}-{uuid.uuid4().hex[:6]}"
+        cold, warm = f"arc{run}-{uuid.uuid4().hex[:6]}", f"pg{run}-{uuid.uuid4().hex[:6]}"
         before = _events_bytes(settings)
-        with JournalClient.from_settings(settings) as client:
-            for t in range(threads):
-                drafts = conversation(f"t{t}", n)
-                for start in range(0, len(drafts), 500):
-                    client.append_many(tenant, drafts[start:start + 500])
-        projector = Projector(settings, WorkerOptions())
-        projector.drain(timeout=600, tenants=[tenant])
-        projector.close()
+        _write(settings, cold, threads, n)
         pg_bytes = _events_bytes(settings) - before
+        _write(settings, warm, threads, n)
         events = threads * (n + 1)
-        body, snaps_before = _tenant_bytes(settings, tenant)
-        mid = n // 2 + 37
-        with Replayer.from_settings(settings) as r:
-            r.replay(tenant, "t0", use_snapshots=False)  # warm the connection and caches
-            pg_full = _median_ms(lambda r=r, tn=tenant: r.replay(tn, "t0", use_snapshots=False), args.reps)
-            pg_mid = _median_ms(lambda r=r, tn=tenant, m=mid: r.replay(tn, "t0", at_seq=m), args.reps)
-        report = Archiver(settings).run(candidates(settings, timedelta(0), tenants=[tenant]))
+        body, snaps_before = _tenant_bytes(settings, cold)
+        report = Archiver(settings).run(candidates(settings, timedelta(0), tenants=[cold]))
         if report.failed or report.events != events:
             console.print(f"[red]run {run}: archived {report.events} of {events} events; failed: {report.failed}")
-        s3_bytes = _archive_bytes(settings, tenant)
-        snaps_after = _tenant_bytes(settings, tenant)[1]
-        with Replayer.from_settings(settings) as r:
-            r.replay(tenant, "t0", use_snapshots=False)
-            s3_full = _median_ms(lambda r=r, tn=tenant: r.replay(tn, "t0", use_snapshots=False), args.reps)
-            s3_mid = _median_ms(lambda r=r, tn=tenant, m=mid: r.replay(tn, "t0", at_seq=m), args.reps)
+        s3_bytes = _archive_bytes(settings, cold)
+        snaps_after = _tenant_bytes(settings, cold)[1]
+        mid = n // 2 + 37
+        s3_full, pg_full, s3_mid, pg_mid = _replay_pair(settings, cold, warm, mid, args.reps)
         runs.append({"rate": report.events / report.seconds, "pg": pg_bytes / events, "s3": s3_bytes / events,
                      "body": body, "snaps": snaps_before / events, "snaps_after": snaps_after / events,
                      "pg_full": pg_full, "s3_full": s3_full, "pg_mid": pg_mid, "s3_mid": s3_mid})
@@ -151,7 +170,7 @@ def archive_section(settings: Settings, args: argparse.Namespace) -> list[Row]:
         return statistics.median(r[key] for r in runs)
 
     what = f"{threads} threads × {n + 1:,} events, median of {len(runs)} runs"
-    thread = f"one {n + 1:,}-event thread, median of {args.reps} calls per run"
+    thread = f"one {n + 1:,}-event thread and its twin in PostgreSQL, alternately, median of {args.reps} calls per run"
     return [
         {"section": "archive", "measure": "archive rate", "value": f"{med('rate'):,.0f} events/s", "detail": what},
         {"section": "archive", "measure": "bytes/event in PostgreSQL", "value": f"{med('pg'):,.0f} B",

@@ -375,3 +375,26 @@ def test_the_async_client_reads_and_resumes_an_archived_thread(migrated: Setting
             return await a.read(tenant, thread), (await a.resume(tenant, thread)).state
 
     assert asyncio.run(go()) == expected
+
+
+def test_without_object_storage_an_archived_thread_says_to_configure_it(migrated: Settings) -> None:
+    """A reader with no S3 configured gets a typed error naming JOURNAL_S3_URL, not an empty or short history."""
+    from dataclasses import replace
+
+    from journal.errors import ConfigError, HistoryIncomplete
+    from replayer.sources import PostgresSource
+
+    tenant, thread = f"arc-{uuid.uuid4().hex[:8]}", "run-1"
+    with JournalClient.from_settings(migrated) as c:
+        write_thread(c, tenant, thread, 10, big=False)
+    project(migrated, tenant)
+    archive(migrated, NOW, tenants=[tenant])
+    with JournalClient.from_settings(replace(migrated, s3_url=None)) as c, \
+            pytest.raises(HistoryIncomplete, match="JOURNAL_S3_URL"):
+        c.read(tenant, thread)
+    with Replayer(PostgresSource.connect(migrated)) as r:
+        for call in (lambda: r.replay(tenant, thread, at_seq=3), lambda: r.verify(tenant, thread),
+                     lambda: r.history(tenant, thread)):
+            with pytest.raises(ConfigError, match="JOURNAL_S3_URL"):
+                call()
+        assert r.replay(tenant, thread).last_seq == 11  # the head snapshot needs no archive
