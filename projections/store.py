@@ -268,6 +268,13 @@ def _plan_threads(conn: psycopg.Connection, by_thread: dict[tuple[str, str], lis
             existing = stored.get((tenant, thread, seq))
             if existing is None and seq in fresh:
                 existing = fresh[seq].body
+            if existing is None and seq <= last_seq:
+                # Below the chained head every seq is stored, unless the archiver moved it to S3
+                # (projections.archive). It cannot be compared here: a conflict (stored side NULL, the
+                # thread fenced), never a second row of that seq, never dropped.
+                conflict_rows.append((tenant, thread, seq, it.stream_id, None, it.body))
+                result.conflicts.append((tenant, thread, seq))
+                continue
             if existing is None:
                 fresh[seq] = it
             elif existing == it.body:

@@ -398,3 +398,25 @@ def test_without_object_storage_an_archived_thread_says_to_configure_it(migrated
             with pytest.raises(ConfigError, match="JOURNAL_S3_URL"):
                 call()
         assert r.replay(tenant, thread).last_seq == 11  # the head snapshot needs no archive
+
+
+def test_a_reused_seq_of_an_archived_thread_is_a_conflict_not_a_second_row(migrated: Settings) -> None:
+    """A seq issued again below the archive's head (Redis lost its head) is recorded as a conflict and fences."""
+    from journal import keys
+    from journal.errors import ThreadFenced
+
+    tenant, thread = f"arc-{uuid.uuid4().hex[:8]}", "run-1"
+    with JournalClient.from_settings(migrated) as c:
+        write_thread(c, tenant, thread, 10, big=False)
+        project(migrated, tenant)
+        archive(migrated, NOW, tenants=[tenant])
+        c.redis.hset(keys.heads(tenant), thread, 2)  # as if Redis restored an old snapshot
+        assert c.append(tenant, thread, "message", {"role": "user", "content": "impostor"}).seq == 3
+        project(migrated, tenant)
+        with psycopg.connect(migrated.database_url or "") as conn:
+            conflicts = conn.execute("SELECT seq, existing_body IS NULL FROM journal.conflicts WHERE tenant_id = %s",
+                                     (tenant,)).fetchall()
+        assert conflicts == [(3, True)]
+        assert pg_counts(migrated, tenant, thread)["events"] == 0
+        with pytest.raises(ThreadFenced):
+            c.append(tenant, thread, "message", {"role": "user", "content": "more"})
