@@ -420,3 +420,30 @@ def test_a_reused_seq_of_an_archived_thread_is_a_conflict_not_a_second_row(migra
         assert pg_counts(migrated, tenant, thread)["events"] == 0
         with pytest.raises(ThreadFenced):
             c.append(tenant, thread, "message", {"role": "user", "content": "more"})
+
+
+def test_a_tenant_reader_sees_its_own_archive_stubs_only(migrated: Settings) -> None:
+    """journal.archives is under forced row-level security: tenant A's reader sees A's stub, never B's, writes none."""
+    from projections import db
+
+    a, b = f"arc-a-{uuid.uuid4().hex[:8]}", f"arc-b-{uuid.uuid4().hex[:8]}"
+    with JournalClient.from_settings(migrated) as c:
+        for t in (a, b):
+            write_thread(c, t, "run-1", 5, big=False)
+    for t in (a, b):
+        project(migrated, t)
+        archive(migrated, NOW, tenants=[t])
+    creds = db.create_tenant_reader(migrated, a)
+    try:
+        with psycopg.connect(creds.database_url(migrated.database_url or ""), autocommit=True) as conn:
+            seen = conn.execute("SELECT tenant_id FROM journal.archives WHERE tenant_id IN (%s, %s) OR true",
+                                (a, b)).fetchall()
+            assert seen == [(a,)]
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("DELETE FROM journal.archives")
+    finally:
+        db.revoke_tenant_reader(migrated, a)
+    with psycopg.connect(migrated.database_url or "") as conn:
+        forced = conn.execute("SELECT relrowsecurity, relforcerowsecurity FROM pg_class "
+                              "WHERE oid = 'journal.archives'::regclass").fetchone()
+    assert forced == (True, True)
