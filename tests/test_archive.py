@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -323,7 +324,17 @@ def test_the_projector_snapshots_a_reactivated_thread_from_the_head_snapshot(mig
         assert all(v.ok for v in r.verify(tenant))
 
 
-def test_a_tenants_own_credentials_read_its_archive_and_no_other(migrated: Settings) -> None:
+@pytest.fixture(scope="module")
+def private_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """A SeaweedFS of this module's own: per-tenant keys turn on its authentication for every client."""
+    from journal.embedded import EmbeddedStack
+
+    stack = EmbeddedStack(tmp_path_factory.mktemp("archive-s3"))
+    yield stack.up(("s3",))
+    stack.down()
+
+
+def test_a_tenants_own_credentials_read_its_archive_and_no_other(migrated: Settings, private_s3: Settings) -> None:
     """Archive keys sit under {tenant}/: its reader login and S3 key read it; another tenant's S3 key cannot."""
     from dataclasses import replace
 
@@ -331,30 +342,31 @@ def test_a_tenants_own_credentials_read_its_archive_and_no_other(migrated: Setti
     from journal.s3_tenants import SeaweedAdmin
     from projections import db
 
-    admin = SeaweedAdmin.for_settings(migrated)
-    if admin is None:
-        pytest.skip("tenant S3 keys are issued on the embedded SeaweedFS only")
+    settings = migrated.with_(s3_url=private_s3.s3_url, s3_access_key=private_s3.s3_access_key,
+                              s3_secret_key=private_s3.s3_secret_key, data_dir=private_s3.data_dir)
+    admin = SeaweedAdmin.for_settings(settings)
+    assert admin is not None
     tenant, thread = f"arc-{uuid.uuid4().hex[:8]}", "run-1"
     other = tenant + "x"
-    with JournalClient.from_settings(migrated) as c:
+    with JournalClient.from_settings(settings) as c:
         write_thread(c, tenant, thread, 10, big=False)
         expected = c.read(tenant, thread)
-    project(migrated, tenant)
-    archive(migrated, NOW, tenants=[tenant])
-    mine, theirs = admin.create_tenant(migrated, tenant), admin.create_tenant(migrated, other)
-    reader = db.create_tenant_reader(migrated, tenant)
+    project(settings, tenant)
+    archive(settings, NOW, tenants=[tenant])
+    mine, theirs = admin.create_tenant(settings, tenant), admin.create_tenant(settings, other)
+    reader = db.create_tenant_reader(settings, tenant)
     try:
-        own = replace(migrated, s3_access_key=mine.access_key, s3_secret_key=mine.secret_key,
-                      database_url=reader.database_url(migrated.database_url or ""))
+        own = replace(settings, s3_access_key=mine.access_key, s3_secret_key=mine.secret_key,
+                      database_url=reader.database_url(settings.database_url or ""))
         with JournalClient.from_settings(own) as c:
             assert c.read(tenant, thread) == expected and c.resume(tenant, thread).seq == 11
-        foreign = replace(migrated, s3_access_key=theirs.access_key, s3_secret_key=theirs.secret_key)
+        foreign = replace(settings, s3_access_key=theirs.access_key, s3_secret_key=theirs.secret_key)
         with JournalClient.from_settings(foreign) as c, pytest.raises(AccessDenied):
             c.read(tenant, thread)
     finally:
         admin.revoke_tenant(tenant)
         admin.revoke_tenant(other)
-        db.revoke_tenant_reader(migrated, tenant)
+        db.revoke_tenant_reader(settings, tenant)
 
 
 def test_the_async_client_reads_and_resumes_an_archived_thread(migrated: Settings) -> None:
