@@ -194,25 +194,26 @@ def check_chain(tenant: str, thread: str, rows: Iterable[ArchivedRow], prev: byt
     return prev
 
 
-def build(tenant: str, thread: str, rows: Sequence[ArchivedRow], previous: Manifest | None,
-          per_segment: int = SEGMENT_EVENTS) -> tuple[Manifest, list[tuple[SegmentInfo, bytes]]]:
-    """The new segments for ``rows`` (which continue ``previous``, if any) and the manifest listing them all."""
+def seal(tenant: str, thread: str, rows: Sequence[ArchivedRow]) -> tuple[SegmentInfo, bytes]:
+    """One segment of ``rows`` (gapless, in seq order): its manifest entry and its bytes."""
+    if not rows or [r.seq for r in rows] != list(range(rows[0].seq, rows[0].seq + len(rows))):
+        raise ArchiveCorrupt(f"rows to archive for {tenant}/{thread} must be gapless")
+    data = encode_segment(rows)
+    key = segment_key(tenant, thread, rows[0].seq, rows[-1].seq)
+    return SegmentInfo(key, rows[0].seq, rows[-1].seq, len(data), hashlib.sha256(data).hexdigest()), data
+
+
+def extend(tenant: str, thread: str, previous: Manifest | None, new: Sequence[SegmentInfo], first_hash: bytes,
+           last_hash: bytes) -> Manifest:
+    """The manifest of ``previous``'s segments followed by ``new`` ones (``first_hash``: seq 1's, if no previous)."""
     validate_id(tenant, "tenant")
     validate_id(thread, "thread")
     start = previous.last_seq + 1 if previous else 1
-    if not rows or rows[0].seq != start or [r.seq for r in rows] != list(range(start, start + len(rows))):
-        raise ArchiveCorrupt(f"rows to archive for {tenant}/{thread} must be gapless from seq {start}")
-    new: list[tuple[SegmentInfo, bytes]] = []
-    for i in range(0, len(rows), per_segment):
-        part = rows[i:i + per_segment]
-        data = encode_segment(part)
-        info = SegmentInfo(segment_key(tenant, thread, part[0].seq, part[-1].seq), part[0].seq, part[-1].seq,
-                           len(data), hashlib.sha256(data).hexdigest())
-        new.append((info, data))
-    first_hash = previous.first_hash if previous else rows[0].hash
-    manifest = Manifest(tenant, thread, CODEC_VERSION, 1, rows[-1].seq, rows[-1].seq, first_hash, rows[-1].hash,
-                        (*(previous.segments if previous else ()), *(i for i, _ in new)))
-    return manifest, new
+    if not new or new[0].first_seq != start:
+        raise ArchiveCorrupt(f"new segments of {tenant}/{thread} must start at seq {start}")
+    last = new[-1].last_seq
+    return Manifest(tenant, thread, CODEC_VERSION, 1, last, last, previous.first_hash if previous else first_hash,
+                    last_hash, (*(previous.segments if previous else ()), *new))
 
 
 class ArchiveReader:
@@ -240,6 +241,17 @@ class ArchiveReader:
             out.extend(r for r in rows if after < r.seq <= top)
         return out
 
+    def verify(self, manifest: Manifest, key: bytes | None) -> bytes:
+        """Read every segment back and recompute the whole chain from genesis, a segment at a time; the last hash."""
+        prev = GENESIS
+        for info in manifest.segments:
+            rows = decode_segment(self.store.get_object(info.key), info)
+            prev = check_chain(manifest.tenant, manifest.thread, rows, prev, key)
+        if prev != manifest.last_hash:
+            raise ArchiveCorrupt(f"the archive of {manifest.tenant}/{manifest.thread} ends in a hash other than "
+                                 "its manifest's last hash")
+        return prev
+
     def events(self, tenant: str, thread: str, ref: ArchiveRef, after: int = 0,
                upto: int | None = None) -> list[Event]:
         """Archived events with ``after < seq <= upto``, decoded as every other tier decodes them."""
@@ -252,5 +264,5 @@ class ArchiveReader:
             raise ArchiveCorrupt(f"an archived event of {tenant}/{thread} cannot be decoded: {e}") from e
 
 
-__all__ = ["CODEC_VERSION", "GENESIS", "ArchiveReader", "ArchiveRef", "ArchivedRow", "Manifest", "SegmentInfo",
-           "build", "check_chain", "decode_segment", "encode_segment", "manifest_key", "segment_key"]
+__all__ = ["CODEC_VERSION", "ArchiveReader", "ArchiveRef", "ArchivedRow", "Manifest", "SegmentInfo", "check_chain",
+           "decode_segment", "encode_segment", "extend", "manifest_key", "seal", "segment_key"]

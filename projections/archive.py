@@ -3,12 +3,12 @@
 For each thread that is finished (``--status``), quiet for ``idle`` and fully chained
 (``last_seq = max_seq``, not fenced), with rows in ``events`` the archive does not hold yet:
 
-1. **read** its rows above what is archived (one REPEATABLE READ view) and recompute their chain
-   from the archive's last hash (genesis the first time) up to ``threads.last_hash``: a broken
-   chain is never archived;
+1. **read** its rows above what is archived (one REPEATABLE READ view, a server-side cursor, a
+   segment of rows at a time) and recompute their chain from the archive's last hash (genesis the
+   first time) up to ``threads.last_hash``: a broken chain is never archived;
 2. **fold** its state at the head (the newest snapshot + the rows after it, offloaded payloads
    fetched), so a snapshot exactly at the head can stay in PostgreSQL;
-3. **upload** the new segments, then the manifest (listing every segment from seq 1);
+3. **upload** each new segment as it is sealed, then the manifest (listing every segment from seq 1);
 4. **read back** the manifest and every segment through the readers' own path
    (``journal.archive.ArchiveReader``) and recompute the whole chain from genesis;
 5. **switch**, in one transaction under the thread's row lock: write the stub
@@ -199,27 +199,29 @@ class Archiver:
         self.hook = hook
         self.per_segment = per_segment
 
-    def run(self, todo: Sequence[Candidate], progress: Callable[[Archived], None] | None = None) -> ArchiveReport:
+    def run(self, todo: Sequence[Candidate], progress: Callable[[int], None] | None = None) -> ArchiveReport:
+        """Archive ``todo``, a thread at a time; ``progress`` gets the events of each segment sealed."""
         report = ArchiveReport()
         started = time.perf_counter()
         with db.connect(self.settings) as conn:
             for c in todo:
                 try:
-                    done = self.archive_thread(conn, c)
+                    done = self.archive_thread(conn, c, progress)
                 except JournalError as e:
                     conn.rollback()
                     done = Archived(c.tenant, c.thread, c.archived_seq + 1, c.last_seq, c.events, error=str(e))
                     log.error("archive_failed", tenant=c.tenant, thread=c.thread, error=str(e))
                 report.threads.append(done)
-                if progress is not None:
-                    progress(done)
         report.seconds = time.perf_counter() - started
         return report
 
-    def archive_thread(self, conn: psycopg.Connection, c: Candidate) -> Archived:
+    def archive_thread(self, conn: psycopg.Connection, c: Candidate,
+                       progress: Callable[[int], None] | None = None) -> Archived:
+        """Archive one thread (steps 1-5 of the module docstring); ``progress`` gets the events of each segment."""
         tenant, thread = c.tenant, c.thread
         p = {"tenant": tenant, "thread": thread}
-        # 1. read, in one consistent view
+        # 1-3. read, verify, fold and upload, a segment at a time, in one consistent view: memory holds
+        # one segment's rows (and the folded state), not the thread.
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         with conn.transaction():
             head = conn.execute(HEAD_SQL, p).fetchone()
@@ -228,38 +230,45 @@ class Archiver:
                 raise ArchiveError(f"thread {tenant}/{thread} has no threads row; nothing to archive")
             upto, head_hash = int(head[0]), bytes(head[1]) if head[1] is not None else GENESIS
             after = ref.last_seq if ref else 0
-            rows = [fmt.ArchivedRow(int(s), int(t), bytes(b), bytes(ph) if ph is not None else b"",
-                                    bytes(h) if h is not None else b"")
-                    for s, t, b, ph, h in conn.execute(ROWS_SQL, {**p, "after": after, "upto": upto}).fetchall()]
-            if len(rows) != upto - after:
-                raise ArchiveError(f"thread {tenant}/{thread}: PostgreSQL holds {len(rows)} of seqs {after + 1}.."
-                                   f"{upto}; a gap is never archived. Run `agent-journal verify {tenant} {thread}`")
             previous = self.reader.manifest(tenant, thread, ref) if ref else None
-            last = fmt.check_chain(tenant, thread, rows, ref.last_hash if ref else GENESIS, self.key)
-            if last != head_hash:
+            base_row = conn.execute(statements.SNAPSHOT_AT_OR_BELOW, (tenant, thread, upto)).fetchone()
+            base = decode_state(base_row[1]) if base_row else empty(tenant, thread)
+            if base.last_seq < after:
+                raise ArchiveError(f"thread {tenant}/{thread}: no snapshot at its archived head {after}; "
+                                   "rebuild its snapshots before archiving more of it")
+            state, prev, first_hash = base, ref.last_hash if ref else GENESIS, b""
+            sealed: list[fmt.SegmentInfo] = []
+            expected = after + 1
+            with conn.cursor(name="archive_rows") as cur:
+                cur.execute(ROWS_SQL, {**p, "after": after, "upto": upto})
+                while batch := cur.fetchmany(self.per_segment):
+                    rows = [fmt.ArchivedRow(int(s), int(t), bytes(b), bytes(ph) if ph is not None else b"",
+                                            bytes(h) if h is not None else b"") for s, t, b, ph, h in batch]
+                    if rows[0].seq != expected or rows[-1].seq != expected + len(rows) - 1:
+                        raise ArchiveError(f"thread {tenant}/{thread}: seq {expected} is missing from PostgreSQL; "
+                                           f"a gap is never archived. Run `agent-journal verify {tenant} {thread}`")
+                    prev = fmt.check_chain(tenant, thread, rows, prev, self.key)
+                    first_hash = first_hash or rows[0].hash
+                    tail = [self._resolved(r.event(tenant, thread)) for r in rows if r.seq > base.last_seq]
+                    state = fold(tail, state, self.registry) if tail else state
+                    info, data = fmt.seal(tenant, thread, rows)
+                    self.store.put_object(info.key, data)
+                    sealed.append(info)
+                    expected = rows[-1].seq + 1
+                    if progress is not None:
+                        progress(len(rows))
+            if expected != upto + 1:
+                raise ArchiveError(f"thread {tenant}/{thread}: PostgreSQL holds seqs {after + 1}..{expected - 1} of "
+                                   f"{after + 1}..{upto}; a gap is never archived. Run `agent-journal verify`")
+            if prev != head_hash:
                 raise ArchiveCorrupt(f"thread {tenant}/{thread}: the chain of its rows ends in a hash other than "
                                      f"threads.last_hash at seq {upto}; run `agent-journal verify`")
-            # 2. the state at the head, for the snapshot that stays
-            base_row = conn.execute(statements.SNAPSHOT_AT_OR_BELOW, (tenant, thread, upto)).fetchone()
-        base = decode_state(base_row[1]) if base_row else empty(tenant, thread)
-        if base.last_seq < after:
-            raise ArchiveError(f"thread {tenant}/{thread}: no snapshot at its archived head {after}; "
-                               "rebuild its snapshots before archiving more of it")
-        state = None
-        if base.last_seq != upto:
-            tail = [self._resolved(r.event(tenant, thread)) for r in rows if r.seq > base.last_seq]
-            state = fold(tail, base, self.registry)
-        # 3. upload: segments first, the manifest that names them last
-        manifest, segments = fmt.build(tenant, thread, rows, previous, self.per_segment)
+        # The manifest last: until it exists nothing names the segments.
+        manifest = fmt.extend(tenant, thread, previous, sealed, first_hash, head_hash)
         mkey = fmt.manifest_key(tenant, thread, upto)
-        for info, data in segments:
-            self.store.put_object(info.key, data)
         self.store.put_object(mkey, manifest.to_bytes())
         # 4. read back through the readers' path, and the whole chain again from genesis
-        new_ref = fmt.ArchiveRef(mkey, upto, head_hash)
-        back = self.reader.manifest(tenant, thread, new_ref)
-        if fmt.check_chain(tenant, thread, self.reader.rows(back), GENESIS, self.key) != head_hash:
-            raise ArchiveCorrupt(f"the archive of {tenant}/{thread} read back does not end at its head hash")
+        self.reader.verify(self.reader.manifest(tenant, thread, fmt.ArchiveRef(mkey, upto, head_hash)), self.key)
         self._step("uploaded", tenant, thread)
         # 5. switch: stub, head snapshot, delete — one transaction under the thread's row lock
         conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
@@ -270,15 +279,14 @@ class Archiver:
             conn.execute(UPSERT_STUB_SQL, {**p, "key": mkey, "last_seq": upto, "last_hash": head_hash,
                                            "count": manifest.event_count, "segments": len(manifest.segments),
                                            "bytes": manifest.stored_bytes, "codec": fmt.CODEC_VERSION})
-            if state is not None:
+            if base.last_seq != upto:
                 conn.execute(statements.INSERT_SNAPSHOT, (tenant, thread, upto, encode_state(state), head_hash))
             conn.execute(DELETE_ROWS_SQL, {**p, "upto": upto})
             conn.execute(DELETE_OLDER_SNAPSHOTS_SQL, {**p, "upto": upto})
         self._step("switched", tenant, thread)
         log.info("thread_archived", tenant=tenant, thread=thread, from_seq=after + 1, to_seq=upto,
-                 segments=len(segments), manifest=mkey)
-        return Archived(tenant, thread, after + 1, upto, upto - after, len(segments),
-                        sum(i.size for i, _ in segments), mkey)
+                 segments=len(sealed), manifest=mkey)
+        return Archived(tenant, thread, after + 1, upto, upto - after, len(sealed), sum(i.size for i in sealed), mkey)
 
     def _resolved(self, event: Event) -> Event:
         if event.blob is None:
@@ -292,7 +300,7 @@ class Archiver:
 
 def archive(settings: Settings, idle: timedelta, statuses: Sequence[str] = DEFAULT_STATUSES,
             tenants: Sequence[str] = (), *, hook: Hook | None = None,
-            progress: Callable[[Archived], None] | None = None) -> ArchiveReport:
+            progress: Callable[[int], None] | None = None) -> ArchiveReport:
     """Archive every candidate thread (see the module docstring); what moved, and what failed and why."""
     todo = candidates(settings, idle, statuses, tenants)
     return Archiver(settings, hook=hook).run(todo, progress)

@@ -241,7 +241,7 @@ def _cmd_archive(args: argparse.Namespace) -> int:
 
     from journal.keys import validate_id
     from journal.timespec import parse_span
-    from projections.archive import Archived, Archiver, candidates, check_statuses
+    from projections.archive import Archiver, candidates, check_statuses
 
     idle = parse_span(args.idle)
     statuses = check_statuses(tuple(s.strip() for s in args.status.split(",")))
@@ -258,8 +258,8 @@ def _cmd_archive(args: argparse.Namespace) -> int:
                   TimeElapsedColumn(), console=notes, transient=True, disable=not notes.is_terminal) as bar:
         task = bar.add_task(f"archiving {len(todo)} thread(s)", total=total)
 
-        def advance(done: Archived) -> None:
-            bar.advance(task, done.events)
+        def advance(events: int) -> None:
+            bar.advance(task, events)
 
         report = archiver.run(todo, advance)
     summary = report.to_dict()

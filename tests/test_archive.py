@@ -459,3 +459,26 @@ def test_a_tenant_reader_sees_its_own_archive_stubs_only(migrated: Settings) -> 
         forced = conn.execute("SELECT relrowsecurity, relforcerowsecurity FROM pg_class "
                               "WHERE oid = 'journal.archives'::regclass").fetchone()
     assert forced == (True, True)
+
+
+@pytest.mark.parametrize(("damage", "says"), [
+    ("DELETE FROM journal.events WHERE tenant_id = %s AND thread_id = 'run-1' AND seq = 5", "seq 5 is missing"),
+    ("UPDATE journal.events SET hash = sha256(hash) WHERE tenant_id = %s AND thread_id = 'run-1' AND seq = 3",
+     "seq 3 of"),
+])
+def test_a_gap_or_a_broken_chain_is_never_archived(migrated: Settings, damage: str, says: str) -> None:
+    """A thread whose rows lack a seq or fail the chain stays in PostgreSQL, with the reason; others still move."""
+    tenant = f"arc-{uuid.uuid4().hex[:8]}"
+    with JournalClient.from_settings(migrated) as c:
+        write_thread(c, tenant, "run-1", 20, big=False)
+        write_thread(c, tenant, "run-2", 20, big=False)
+    project(migrated, tenant)
+    with psycopg.connect(migrated.database_url or "") as conn:
+        conn.execute(damage, (tenant,))
+    left = pg_counts(migrated, tenant, "run-1")["events"]
+    report = Archiver(migrated, per_segment=4).run(candidates(migrated, NOW, tenants=[tenant]))
+    outcome = {t.thread: t.error for t in report.threads}
+    assert outcome["run-2"] is None and outcome["run-1"] is not None and says in outcome["run-1"], outcome
+    assert pg_counts(migrated, tenant, "run-1") == {**pg_counts(migrated, tenant, "run-1"), "events": left,
+                                                    "archives": 0}
+    assert pg_counts(migrated, tenant, "run-2")["events"] == 0
