@@ -219,12 +219,22 @@ def extend(tenant: str, thread: str, previous: Manifest | None, new: Sequence[Se
 class ArchiveReader:
     """Reads archived history through object storage: a manifest, then only the segments a range needs."""
 
+    #: Manifests kept per reader: a manifest key names immutable content (a re-run writes the same bytes),
+    #: so a cached one is never stale, and a replay of an archived thread saves a GET.
+    CACHED_MANIFESTS = 256
+
     def __init__(self, store: ObjectStore) -> None:
         self.store = store
+        self._manifests: dict[str, Manifest] = {}
 
     def manifest(self, tenant: str, thread: str, ref: ArchiveRef) -> Manifest:
         """The manifest the stub names, checked against the stub and the thread."""
-        m = Manifest.from_bytes(self.store.get_object(ref.manifest_key), ref.manifest_key)
+        m = self._manifests.get(ref.manifest_key)
+        if m is None:
+            m = Manifest.from_bytes(self.store.get_object(ref.manifest_key), ref.manifest_key)
+            if len(self._manifests) >= self.CACHED_MANIFESTS:
+                self._manifests.pop(next(iter(self._manifests)))
+            self._manifests[ref.manifest_key] = m
         if (m.tenant, m.thread) != (tenant, thread) or m.last_seq != ref.last_seq or m.last_hash != ref.last_hash:
             raise ArchiveCorrupt(f"archive manifest {ref.manifest_key} does not match PostgreSQL's record of "
                                  f"{tenant}/{thread} (seq {ref.last_seq}); restore the bucket or the stub")

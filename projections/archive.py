@@ -64,7 +64,7 @@ STATUSES = ("active", "paused", "completed", "failed", "abandoned")
 _t, _a, _e, _s = tables.threads, tables.archives, tables.events, tables.snapshots
 
 _archived_seq = sa.func.coalesce(_a.c.last_seq, sa.literal_column("0"))
-#: Finished, quiet, fully chained threads with rows the archive does not hold yet, with their row counts.
+#: Finished, quiet, fully chained threads with rows the archive does not hold yet: their head and the archive's.
 CANDIDATES_SQL = tables.compiled(
     sa.select(_t.c.tenant_id, _t.c.thread_id, _t.c.last_seq, _archived_seq)
     .select_from(_t.outerjoin(_a, (_a.c.tenant_id == _t.c.tenant_id) & (_a.c.thread_id == _t.c.thread_id)))
@@ -267,8 +267,9 @@ class Archiver:
         manifest = fmt.extend(tenant, thread, previous, sealed, first_hash, head_hash)
         mkey = fmt.manifest_key(tenant, thread, upto)
         self.store.put_object(mkey, manifest.to_bytes())
-        # 4. read back through the readers' path, and the whole chain again from genesis
-        self.reader.verify(self.reader.manifest(tenant, thread, fmt.ArchiveRef(mkey, upto, head_hash)), self.key)
+        # 4. read back through the readers' path (a reader of its own: nothing cached), the whole chain from genesis
+        back = fmt.ArchiveReader(self.store)
+        back.verify(back.manifest(tenant, thread, fmt.ArchiveRef(mkey, upto, head_hash)), self.key)
         self._step("uploaded", tenant, thread)
         # 5. switch: stub, head snapshot, delete — one transaction under the thread's row lock
         conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED

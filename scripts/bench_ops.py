@@ -146,14 +146,19 @@ def archive_section(settings: Settings, args: argparse.Namespace) -> list[Row]:
     """
     runs: list[dict[str, float]] = []
     n, threads = args.archive_events, args.archive_threads
+    events = threads * (n + 1)
+    # Every run's tenants are written before anything is archived: once rows are deleted, new rows fill the
+    # freed space and the relation stops growing, so a size delta would no longer measure the rows.
+    written = []
     for run in range(args.runs):
         cold, warm = f"arc{run}-{uuid.uuid4().hex[:6]}", f"pg{run}-{uuid.uuid4().hex[:6]}"
         before = _events_bytes(settings)
         _write(settings, cold, threads, n)
         pg_bytes = _events_bytes(settings) - before
         _write(settings, warm, threads, n)
-        events = threads * (n + 1)
-        body, snaps_before = _tenant_bytes(settings, cold)
+        written.append((cold, warm, pg_bytes, *_tenant_bytes(settings, cold)))
+        console.print(f"archive run {run + 1}/{args.runs}: wrote and projected 2 × {events:,} events")
+    for run, (cold, warm, pg_bytes, body, snaps_before) in enumerate(written):
         report = Archiver(settings).run(candidates(settings, timedelta(0), tenants=[cold]))
         if report.failed or report.events != events:
             console.print(f"[red]run {run}: archived {report.events} of {events} events; failed: {report.failed}")
