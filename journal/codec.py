@@ -7,6 +7,12 @@ refuses what it does not know. Decoding never imports anything: msgpack with
 
 ``canonical_bytes`` is what the hash chain hashes: deterministic for equal events, since
 maps are key-sorted by ``normalize`` and msgpack packs ints and floats one way only.
+
+Plain data is JSON's (None, bool, int, float, str, lists, str-keyed maps) plus ``bytes``, which
+msgpack carries as its bin type (a ``bytearray``/``memoryview`` is stored as ``bytes``). JSON has no
+bytes: where a payload is rendered as JSON (the JSONB ``payload`` column, the CLI, the console)
+a bytes value appears as ``{"$bytes": <length>}`` (:func:`json_default`); the hashed body keeps
+the bytes themselves, and it is what every reader decodes.
 """
 
 from __future__ import annotations
@@ -72,6 +78,8 @@ def _fast(value: Any, depth: int, budget: list[int]) -> Any:
         budget[0] += len(value) + 1
     elif value is None or kind is bool:
         budget[0] += 1
+    elif kind is bytes:
+        budget[0] += len(value) + 1
     elif kind is int:
         if not _INT_MIN <= value <= _INT_MAX:
             raise _Slow
@@ -147,6 +155,12 @@ def _normalize(value: Any, path: str, depth: int, on_path: set[int], budget: lis
         _spend(budget, len(value) + 1)  # checked first: a huge string is refused without scanning it
         _check_text(value, path)
         return value
+    if kind is bytes:
+        _spend(budget, len(value) + 1)
+        return value
+    if isinstance(value, bytearray | memoryview):
+        # msgpack's bin type, read back as bytes: stored as the immutable form so the state can hold it.
+        return _normalize(bytes(value), path, depth, on_path, budget)
     if kind is int:
         if not _INT_MIN <= value <= _INT_MAX:
             raise UnserializableValue(path, "integer does not fit in 64 bits")
@@ -217,6 +231,28 @@ def _describe(value: Any) -> str:
     except Exception:
         return f"<{type(value).__name__}>"
     return text if len(text) <= 64 else text[:64] + "…"
+
+
+#: The key of the JSON stand-in for a bytes value (see :func:`json_default`).
+BYTES_KEY = "$bytes"
+
+
+def json_default(value: Any) -> Any:
+    """``default`` for ``orjson.dumps``/``json.dumps``: a bytes value as ``{"$bytes": length}``.
+
+    Only its length, not base64: the JSON copy is for queries and people, the hashed body holds the
+    bytes (typically serialized objects, opaque to SQL), and a base64 copy would store them twice over.
+    """
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {BYTES_KEY: len(value)}
+    raise TypeError(f"type {type(value).__name__} is not JSON serializable")
+
+
+def show_default(value: Any) -> Any:
+    """``default`` for JSON shown to people (CLI, console): bytes as :func:`json_default`, anything else as ``str``."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return json_default(value)
+    return str(value)
 
 
 def pack(value: Any) -> bytes:
@@ -329,7 +365,7 @@ def _is_canonical(value: Any, depth: int) -> bool:
     kind = type(value)
     if kind is str:
         return "\x00" not in value and (value.isascii() or _utf8_ok(value))
-    if value is None or kind is bool:
+    if value is None or kind is bool or kind is bytes:
         return True
     if kind is int:
         return bool(_INT_MIN <= value <= _INT_MAX)

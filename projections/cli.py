@@ -12,6 +12,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from journal import codec
 from journal.cli import load_settings, non_negative_int, port_number, positive_int
 from journal.errors import ConfigError, JournalError, NothingToDo
 from journal.s3_tenants import S3Credentials, SeaweedAdmin
@@ -154,7 +155,7 @@ def _print_rows(args: argparse.Namespace, title: str, rows: list[Any], columns: 
     import json
 
     if args.format == "json":
-        print(json.dumps([r.to_dict() for r in rows], indent=2, default=str, ensure_ascii=False))
+        print(json.dumps([r.to_dict() for r in rows], indent=2, default=codec.show_default, ensure_ascii=False))
         return
     table = Table(title=f"{title} ({len(rows)})")
     for col in columns:
@@ -171,7 +172,7 @@ def _cell(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, dict | list):
-        text = json.dumps(value, default=str, ensure_ascii=False)
+        text = json.dumps(value, default=codec.show_default, ensure_ascii=False)
         return text if len(text) <= 400 else text[:400] + "…"
     return str(value)
 

@@ -113,7 +113,7 @@ def _columns(e: Event, body: bytes, stream_id: str) -> tuple[Any, ...]:
     return (
         e.tenant, e.thread, e.seq, e.type, e.node, tool, agent if isinstance(agent, str) else None,
         orjson.dumps(e.actor).decode(), e.ts_ms,
-        None if e.blob else orjson.dumps(e.payload).decode(),
+        None if e.blob else orjson.dumps(e.payload, default=codec.json_default).decode(),
         e.blob.sha256 if e.blob else None, e.blob.size if e.blob else None, e.idempotency_key, e.version,
         body, stream_id,
     )

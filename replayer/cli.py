@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from journal import codec
 from journal.chain import key_bytes
 from journal.cli import check_url, load_settings, non_negative_int
 from journal.errors import AccessDenied, ConfigError, NotFound
@@ -38,7 +39,7 @@ def _out() -> Console:
 
 
 def _json(data: Any) -> None:
-    print(json.dumps(data, indent=2, default=str, ensure_ascii=False))
+    print(json.dumps(data, indent=2, default=codec.show_default, ensure_ascii=False))
 
 
 def reader_url(args: argparse.Namespace, settings: Settings) -> str | None:
@@ -94,7 +95,7 @@ def state_table(state: ThreadState, title: str | None = None) -> Table:
         ("last message", f"{last.role}: {_clip(thaw(last.content))}" if last else "-"),
         ("tool calls", len(state.tool_calls)),
         ("pending calls", ", ".join(pending) if pending else "none"),
-        ("memory", _clip(json.dumps(thaw(state.memory), default=str), 160)),
+        ("memory", _clip(json.dumps(thaw(state.memory), default=codec.show_default), 160)),
     ]
     for name in ("pause_reason", "resumed_by", "summary", "error"):
         value = getattr(state, name)
@@ -107,7 +108,7 @@ def state_table(state: ThreadState, title: str | None = None) -> Table:
 
 
 def _clip(value: Any, width: int = 100) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)
+    text = value if isinstance(value, str) else json.dumps(value, default=codec.show_default, ensure_ascii=False)
     return text if len(text) <= width else text[: width - 1] + "…"
 
 

@@ -9,16 +9,26 @@ Event types (custom, so the journal stores them verbatim and the fold keeps them
 
 - ``x.langgraph.checkpoint``: one ``put``. The checkpoint without its values, its metadata, its
   parent id, and the values of the channels in ``new_versions`` only: a channel that did not change
-  keeps pointing at the value stored by an earlier checkpoint (by ``(ns, channel, version)``).
+  keeps pointing at the value stored by an earlier checkpoint (by ``(ns, channel, version)``). A
+  list channel whose new value extends the previous stored version of that channel (the
+  ``messages`` list) is stored as a delta: ``{"version", "base": previous version, "n": its length,
+  "tail": the new items}``, rebuilt on read; anything else (or every ``MAX_DELTA_DEPTH``-th
+  version, so a read decodes a bounded chain) is stored whole.
 - ``x.langgraph.writes``: one ``put_writes`` (a task's writes against one checkpoint).
 - ``x.langgraph.deleted``: ``delete_thread``'s tombstone. The journal is append-only, so deletion
   is a fact in the log: a reader forgets everything before it, and every checkpoint or write event
   carries the ``epoch`` (tombstones its writer had seen), so one that raced the delete (written
-  after the tombstone by a writer that had not seen it) is ignored too.
+  after the tombstone by a writer that had not seen it) is ignored too; and a put or write whose
+  parent checkpoint a tombstone removed is written as stale (``epoch`` -1): a graph still running
+  when its thread was deleted cannot bring it back.
+- ``x.langgraph.pruned``: a retention record (``prune``, ``expire``): the checkpoints it names, and
+  their pending writes, are gone for the saver from then on. Nothing is deleted from the log.
+- ``x.langgraph.thread`` in the tenant's journal thread ``_lg.threads``: the first put of a thread
+  registers it there, so ``list(None)`` can find every LangGraph thread of the tenant.
 
-Payloads are plain data (the journal's codec takes no bytes): each value the serializer encodes is
-stored as ``{"t": type, "s": text}`` when the serializer produced JSON (``t == "json"``) and as
-``{"t": type, "b64": base64}`` otherwise (msgpack, raw bytes, pickle).
+Values are the serializer's bytes, stored as bytes (the journal's payloads carry msgpack bin):
+``{"t": type, "b": bytes}``, or ``{"t": "json", "s": text}`` when the serializer produced JSON
+(format 1 events, which base64'd them as ``{"t", "b64"}``, are still read).
 
 Reads fold the thread's events into an in-process index, kept per thread (LRU) and brought up to
 date on each call by reading only the events after the last seq it folded, so a ``get_tuple`` costs
@@ -35,9 +45,11 @@ import base64
 import binascii
 import hashlib
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, cast
 
 from langchain_core.runnables import RunnableConfig
@@ -64,10 +76,36 @@ from journal.keys import validate_id
 CHECKPOINT = "x.langgraph.checkpoint"
 WRITES = "x.langgraph.writes"
 DELETED = "x.langgraph.deleted"
-TYPES = (CHECKPOINT, WRITES, DELETED)
+PRUNED = "x.langgraph.pruned"
+THREAD = "x.langgraph.thread"
+TYPES = (CHECKPOINT, WRITES, DELETED, PRUNED)
+
+#: The tenant's journal thread where each LangGraph thread is registered once (for ``list(None)``).
+#: Ids starting with "_" are the journal's; "_lg." + 64 hex digits are hashed thread ids, so no
+#: LangGraph thread maps onto this one.
+REGISTRY = "_lg.threads"
 
 #: Version of the payloads below; a reader refuses others rather than misread them.
-FORMAT = 1
+FORMAT = 2
+#: Formats this reader folds (1: values base64'd in ``b64``, no deltas, no retention records).
+READABLE = (1, 2)
+
+#: Epoch written by a put/put_writes whose parent checkpoint a tombstone removed: never current.
+STALE_EPOCH = -1
+
+#: A delta chain longer than this is cut by storing the value whole, so a read decodes at most
+#: this many tails after one whole value.
+MAX_DELTA_DEPTH = 64
+
+#: LangGraph's ``durability`` (``graph.invoke(..., durability=...)``) → the journal's level for the
+#: saver's appends. "sync" waits for the checkpoint before the next step: it should survive a
+#: crash, so the AOF is on disk ("fsync"). "async" writes while the next step runs: Redis having it
+#: ("memory") is the promise. "exit" writes only when the run ends: one write, made durable ("fsync").
+#: ``durability=`` given to the saver overrides this for every append.
+DURABILITY_LEVELS: dict[str, str] = {"sync": "fsync", "async": "memory", "exit": "fsync"}
+#: Where LangGraph puts a run's durability mode in the config it hands the saver (private to LangGraph,
+#: ``langgraph._internal._constants.CONFIG_KEY_DURABILITY``; its public alias is deprecated).
+CONFIG_KEY_DURABILITY = "__pregel_durability"
 
 #: Journal thread ids that are not a LangGraph thread id verbatim start with this (ids starting
 #: with "_" are reserved by the journal, e.g. "_tenant", so no verbatim id can start with it).
@@ -104,28 +142,31 @@ def journal_thread(thread_id: object) -> str:
     return HASHED_PREFIX + hashlib.sha256(thread_id.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def encode_value(typed: tuple[str, bytes]) -> dict[str, str]:
-    """A serializer's ``(type, bytes)`` as plain data: JSON kept as text, anything else base64."""
+def encode_value(typed: tuple[str, bytes]) -> dict[str, Any]:
+    """A serializer's ``(type, bytes)`` as a payload: JSON kept as text, anything else as bytes."""
     type_, data = typed
     if type_ == "json":
         try:
             return {"t": type_, "s": data.decode("utf-8")}
         except UnicodeDecodeError:
             pass
-    return {"t": type_, "b64": base64.b64encode(data).decode("ascii")}
+    return {"t": type_, "b": bytes(data)}
 
 
-def check_value(stored: Any) -> dict[str, str]:
+def check_value(stored: Any) -> dict[str, Any]:
     """``stored`` if it has :func:`encode_value`'s shape (checked when folded; decoded only when asked for)."""
     if (isinstance(stored, dict) and isinstance(stored.get("t"), str)
-            and (isinstance(stored.get("s"), str) or isinstance(stored.get("b64"), str))):
-        return cast(dict[str, str], stored)
-    raise CheckpointCorrupt(f"a stored value must be {{'t': str, 's' or 'b64': str}}, got {stored!r:.80}")
+            and (isinstance(stored.get("b"), bytes) or isinstance(stored.get("s"), str)
+                 or isinstance(stored.get("b64"), str))):
+        return cast(dict[str, Any], stored)
+    raise CheckpointCorrupt(f"a stored value must be {{'t': str, 'b': bytes or 's': str}}, got {stored!r:.80}")
 
 
 def decode_value(stored: Any) -> tuple[str, bytes]:
-    """The serializer's ``(type, bytes)`` back from :func:`encode_value`'s form."""
+    """The serializer's ``(type, bytes)`` back from :func:`encode_value`'s form (or format 1's base64)."""
     check_value(stored)
+    if isinstance(stored.get("b"), bytes):
+        return stored["t"], stored["b"]
     if isinstance(stored.get("s"), str):
         return stored["t"], stored["s"].encode("utf-8")
     try:
@@ -140,15 +181,18 @@ def _configurable(config: RunnableConfig | None) -> dict[str, Any]:
 
 # -- the fold: a thread's events → what the saver answers ------------------------------------------
 
-_Write = tuple[str, str, dict[str, str], str, int]
+_Write = tuple[str, str, dict[str, Any], str, int]
+#: (base version, base value, the serialized new items)
+_Delta = tuple[Any, list[Any], tuple[str, bytes]]
 
 
 @dataclass
 class _Stored:
-    checkpoint: dict[str, str]
-    metadata: dict[str, str]
+    checkpoint: dict[str, Any]
+    metadata: dict[str, Any]
     parent: str | None
     thread_id: str
+    ts_ms: int = 0
 
 
 @dataclass
@@ -159,10 +203,17 @@ class ThreadIndex:
     epoch: int = 0
     #: ns -> checkpoint id -> stored checkpoint (ids are uuid6: their order is creation order)
     checkpoints: dict[str, dict[str, _Stored]] = field(default_factory=dict)
-    #: (ns, channel, version) -> stored value, or None for a channel stored as empty
-    blobs: dict[tuple[str, str, Any], dict[str, str] | None] = field(default_factory=dict)
+    #: (ns, channel, version) -> stored value, a delta (``base``, ``n``, ``tail``), or None (stored as empty)
+    blobs: dict[tuple[str, str, Any], dict[str, Any] | None] = field(default_factory=dict)
     #: (ns, checkpoint id) -> (task id, idx) -> (task id, channel, stored value, task path, idx)
     writes: dict[tuple[str, str], dict[tuple[str, int], _Write]] = field(default_factory=dict)
+    #: (ns, channel) -> the version stored last: the base a put tries to extend
+    last: dict[tuple[str, str], Any] = field(default_factory=dict)
+    #: checkpoint ids a tombstone removed: a put or write against one of them is a late write
+    dead: set[str] = field(default_factory=set)
+    #: (ns, channel) -> (version, its list value decoded from what was stored): a put compares the new
+    #: value with this (decoded, so an item changed in place since is seen as changed) without decoding again
+    decoded: dict[tuple[str, str], tuple[Any, list[Any]]] = field(default_factory=dict)
 
     def apply(self, events: Sequence[Event]) -> None:
         """Fold ``events`` (seq order, after ``self.seq``); ``seq`` advances only past an event folded whole."""
@@ -178,31 +229,52 @@ class ThreadIndex:
 
     def _apply(self, ev: Event) -> None:
         p = ev.payload
-        if not isinstance(p, dict) or p.get("v") != FORMAT:
+        if not isinstance(p, dict) or p.get("v") not in READABLE:
             found = p.get("v") if isinstance(p, dict) else p
-            raise CheckpointCorrupt(f"seq {ev.seq} ({ev.type}): payload format {found!r:.40} is not {FORMAT}")
+            raise CheckpointCorrupt(f"seq {ev.seq} ({ev.type}): payload format {found!r:.40} is not one of {READABLE}")
         if ev.type == DELETED:
+            for space in self.checkpoints.values():
+                self.dead.update(space)
             self.checkpoints.clear()
             self.blobs.clear()
             self.writes.clear()
+            self.last.clear()
+            self.decoded.clear()
             self.epoch += 1
         elif p.get("epoch") != self.epoch:
             pass  # written by one who had not seen a delete that came before it: deleted too
         elif ev.type == CHECKPOINT:
-            self._put(p)
-        else:
+            self._put(p, ev.ts_ms)
+        elif ev.type == WRITES:
             self._put_writes(p)
+        else:
+            self._prune(p)
 
-    def _put(self, p: dict[str, Any]) -> None:
+    def _put(self, p: dict[str, Any], ts_ms: int) -> None:
         # Everything read and checked first, then stored: a malformed event changes nothing.
         ns, cid, parent, thread_id = str(p["ns"]), str(p["id"]), p["parent"], str(p["thread_id"])
-        blobs = [((ns, str(channel), blob["version"]), blob.get("value")) for channel, blob in p["blobs"].items()]
-        for _, value in blobs:
-            if value is not None:
-                check_value(value)
+        blobs: list[tuple[tuple[str, str, Any], dict[str, Any] | None]] = []
+        for channel, blob in p["blobs"].items():
+            key = (ns, str(channel), blob["version"])
+            if "base" in blob:
+                base = self.blobs.get((ns, str(channel), blob["base"]), None)
+                if base is None and not any(k == (ns, str(channel), blob["base"]) for k, _ in blobs):
+                    raise CheckpointCorrupt(f"channel {channel!r} version {blob['version']!r} is stored as a delta "
+                                            f"of version {blob['base']!r}, which this thread does not hold")
+                if type(blob["n"]) is not int or blob["n"] < 0:
+                    raise CheckpointCorrupt(f"channel {channel!r}: a delta's 'n' must be a length, got {blob['n']!r}")
+                check_value(blob["tail"])
+                blobs.append((key, {"base": blob["base"], "n": blob["n"], "tail": blob["tail"]}))
+            else:
+                value = blob.get("value")
+                if value is not None:
+                    check_value(value)
+                blobs.append((key, value))
         stored = _Stored(check_value(p["checkpoint"]), check_value(p["metadata"]),
-                         None if parent is None else str(parent), thread_id)
-        self.blobs.update(blobs)
+                         None if parent is None else str(parent), thread_id, ts_ms)
+        for key, value in blobs:
+            self.blobs[key] = value
+            self.last[key[:2]] = key[2]
         self.checkpoints.setdefault(ns, {})[cid] = stored
 
     def _put_writes(self, p: dict[str, Any]) -> None:
@@ -219,10 +291,49 @@ class ThreadIndex:
                 continue
             stored[key] = (task_id, channel, value, task_path, idx)
 
+    def _prune(self, p: dict[str, Any]) -> None:
+        drop = [(str(ns), str(cid)) for ns, cid in p["drop"]]
+        for ns, cid in drop:
+            # The channel values stay: a later checkpoint's delta may be built on them.
+            self.checkpoints.get(ns, {}).pop(cid, None)
+            self.writes.pop((ns, cid), None)
+        for ns in [ns for ns, space in self.checkpoints.items() if not space]:
+            del self.checkpoints[ns]
+
     # -- queries -------------------------------------------------------------------------------
 
     def latest_id(self, ns: str) -> str | None:
         return max(self.checkpoints.get(ns, {}), default=None)
+
+    def value(self, serde: SerializerProtocol, ns: str, channel: str, version: Any) -> tuple[bool, Any]:
+        """``(True, value)`` of a channel's stored version, rebuilt from its delta chain; ``(False, None)`` if empty."""
+        tails: list[dict[str, Any]] = []
+        stored = self.blobs.get((ns, channel, version))
+        while stored is not None and "base" in stored:
+            tails.append(stored)
+            stored = self.blobs.get((ns, channel, stored["base"]))
+        if stored is None:
+            if tails:
+                raise CheckpointCorrupt(f"channel {channel!r} version {version!r}: its delta chain has no whole value")
+            return False, None
+        value = serde.loads_typed(decode_value(stored))
+        for delta in reversed(tails):
+            if not isinstance(value, list) or len(value) != delta["n"]:
+                size = len(value) if isinstance(value, list) else "?"
+                raise CheckpointCorrupt(f"channel {channel!r}: a delta extends a list of {delta['n']} items, "
+                                        f"its base is {type(value).__name__} of {size}")
+            tail = serde.loads_typed(decode_value(delta["tail"]))
+            value = value + list(tail)
+        return True, value
+
+    def depth(self, ns: str, channel: str, version: Any) -> int:
+        """How many deltas lie between this version and the whole value it is built on."""
+        n = 0
+        stored = self.blobs.get((ns, channel, version))
+        while stored is not None and "base" in stored:
+            n += 1
+            stored = self.blobs.get((ns, channel, stored["base"]))
+        return n
 
     def tuple(self, serde: SerializerProtocol, ns: str, checkpoint_id: str) -> CheckpointTuple | None:
         stored = self.checkpoints.get(ns, {}).get(checkpoint_id)
@@ -235,12 +346,11 @@ class ThreadIndex:
         checkpoint: Checkpoint = serde.loads_typed(decode_value(stored.checkpoint))
         values: dict[str, Any] = {}
         for channel, version in checkpoint["channel_versions"].items():
-            blob = self.blobs.get((ns, channel, version))
-            if blob is not None:
-                values[channel] = serde.loads_typed(decode_value(blob))
-        writes = self.writes.get((ns, checkpoint_id), {})
-        ordered = sorted(writes.values(), key=lambda w: writes_sort_key(w[3], w[0], w[4]))
-        pending: list[PendingWrite] = [(t, c, serde.loads_typed(decode_value(v))) for t, c, v, _, _ in ordered]
+            found, value = self.value(serde, ns, channel, version)
+            if found:
+                values[channel] = value
+        pending: list[PendingWrite] = [(t, c, serde.loads_typed(decode_value(v)))
+                                       for t, c, v, _, _ in self.ordered_writes(ns, checkpoint_id)]
 
         def conf(cid: str) -> RunnableConfig:
             return {"configurable": {"thread_id": stored.thread_id, "checkpoint_ns": ns, "checkpoint_id": cid}}
@@ -252,6 +362,10 @@ class ThreadIndex:
             parent_config=conf(stored.parent) if stored.parent else None,
             pending_writes=pending,
         )
+
+    def ordered_writes(self, ns: str, checkpoint_id: str) -> list[_Write]:
+        writes = self.writes.get((ns, checkpoint_id), {})
+        return sorted(writes.values(), key=lambda w: writes_sort_key(w[3], w[0], w[4]))
 
     def select(self, serde: SerializerProtocol, ns: str | None, checkpoint_id: str | None,
                filter: dict[str, Any] | None, before: str | None, limit: int | None) -> list[CheckpointTuple]:
@@ -270,32 +384,73 @@ class ThreadIndex:
                 out.append(self._tuple(serde, space, cid, stored, metadata))
         return out
 
+    # -- what a put stores -----------------------------------------------------------------------
 
-# -- what put / put_writes append ------------------------------------------------------------------
+    def encode_blobs(self, serde: SerializerProtocol, ns: str, values: dict[str, Any],
+                     new_versions: ChannelVersions) -> dict[str, dict[str, Any]]:
+        """The ``blobs`` of a checkpoint event: each changed channel whole, or as the delta of its last version."""
+        blobs: dict[str, dict[str, Any]] = {}
+        for channel, version in new_versions.items():
+            if channel not in values:
+                blobs[channel] = {"version": version, "value": None}
+                continue
+            value = values[channel]
+            delta = self._delta(serde, ns, channel, value) if type(value) is list and value else None
+            if delta is not None:
+                base_version, base, typed_tail = delta
+                blobs[channel] = {"version": version, "base": base_version, "n": len(base),
+                                  "tail": encode_value(typed_tail)}
+                self.decoded[(ns, channel)] = (version, base + list(serde.loads_typed(typed_tail)))
+                continue
+            typed = serde.dumps_typed(value)
+            blobs[channel] = {"version": version, "value": encode_value(typed)}
+            if type(value) is list:
+                self.decoded[(ns, channel)] = (version, serde.loads_typed(typed))
+        return blobs
 
-def _checkpoint_draft(serde: SerializerProtocol, jthread: str, epoch: int, config: RunnableConfig,
+    def _delta(self, serde: SerializerProtocol, ns: str, channel: str,
+               value: list[Any]) -> _Delta | None:
+        """``(base version, base value, serialized tail)`` if ``value`` extends the channel's last stored version."""
+        base_version = self.last.get((ns, channel))
+        if base_version is None or self.depth(ns, channel, base_version) >= MAX_DELTA_DEPTH:
+            return None
+        known = self.decoded.get((ns, channel))
+        if known is not None and known[0] == base_version:
+            base = known[1]
+        else:
+            found, base = self.value(serde, ns, channel, base_version)
+            if not found or type(base) is not list:
+                return None
+            self.decoded[(ns, channel)] = (base_version, base)
+        # Compared with values decoded from what was stored, so the tail is exactly what is new.
+        if not base or len(base) > len(value) or any(a != b for a, b in zip(base, value, strict=False)):
+            return None
+        return base_version, base, serde.dumps_typed(value[len(base):])
+
+
+# -- what put / put_writes / prune / copy_thread append --------------------------------------------
+
+def _checkpoint_draft(serde: SerializerProtocol, index: ThreadIndex, jthread: str, config: RunnableConfig,
                       checkpoint: Checkpoint, metadata: CheckpointMetadata,
                       new_versions: ChannelVersions) -> tuple[Draft, RunnableConfig]:
     conf = _configurable(config)
     ns: str = conf.get("checkpoint_ns", "") or ""
     thread_id = str(conf["thread_id"])
+    parent = conf.get("checkpoint_id")
     c: dict[str, Any] = dict(checkpoint)
     values: dict[str, Any] = c.pop("channel_values", None) or {}
-    blobs = {
-        channel: {"version": version,
-                  "value": encode_value(serde.dumps_typed(values[channel])) if channel in values else None}
-        for channel, version in new_versions.items()
-    }
     full_metadata = get_checkpoint_metadata(config, metadata)
+    late = parent is not None and parent in index.dead
     payload = {
-        "v": FORMAT, "epoch": epoch, "thread_id": thread_id, "ns": ns, "id": checkpoint["id"],
-        "parent": conf.get("checkpoint_id"),
+        "v": FORMAT, "epoch": STALE_EPOCH if late else index.epoch, "thread_id": thread_id, "ns": ns,
+        "id": checkpoint["id"], "parent": parent,
         # Plain copies for people reading the journal (audit timeline, replay); the saver reads the
         # serialized forms only.
         "step": full_metadata.get("step"), "source": full_metadata.get("source"),
         "checkpoint": encode_value(serde.dumps_typed(c)),
         "metadata": encode_value(serde.dumps_typed(full_metadata)),
-        "blobs": blobs,
+        # A late put stores its values whole: its deltas would name versions of a deleted past.
+        "blobs": (ThreadIndex() if late else index).encode_blobs(serde, ns, values, new_versions),
     }
     draft = Draft(thread=jthread, type=CHECKPOINT, payload=payload, node=_node(full_metadata))
     return draft, {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint["id"]}}
@@ -306,14 +461,15 @@ def _node(metadata: CheckpointMetadata) -> str | None:
     return f"langgraph:{source}" if isinstance(source, str) else None
 
 
-def _writes_draft(serde: SerializerProtocol, jthread: str, epoch: int, config: RunnableConfig,
+def _writes_draft(serde: SerializerProtocol, jthread: str, index: ThreadIndex, config: RunnableConfig,
                   writes: Sequence[tuple[str, Any]], task_id: str, task_path: str) -> Draft:
     conf = _configurable(config)
     checkpoint_id = conf.get("checkpoint_id")
     if not checkpoint_id:
         raise CheckpointConfigError("put_writes needs config['configurable']['checkpoint_id']")
     payload = {
-        "v": FORMAT, "epoch": epoch, "thread_id": str(conf["thread_id"]), "ns": conf.get("checkpoint_ns", "") or "",
+        "v": FORMAT, "epoch": STALE_EPOCH if checkpoint_id in index.dead else index.epoch,
+        "thread_id": str(conf["thread_id"]), "ns": conf.get("checkpoint_ns", "") or "",
         "checkpoint_id": checkpoint_id, "task_id": task_id, "task_path": task_path,
         "writes": [[WRITES_IDX_MAP.get(channel, idx), channel, encode_value(serde.dumps_typed(value))]
                    for idx, (channel, value) in enumerate(writes)],
@@ -331,6 +487,117 @@ def _deleted_draft(jthread: str, thread_id: str) -> Draft:
     return Draft(thread=jthread, type=DELETED, payload={"v": FORMAT, "thread_id": thread_id})
 
 
+def _registration(jthread: str, thread_id: str) -> Draft:
+    return Draft(thread=REGISTRY, type=THREAD, payload={"v": FORMAT, "thread_id": thread_id, "thread": jthread})
+
+
+def _registered(events: Sequence[Event], known: dict[str, str]) -> None:
+    """Fold registry events into ``known`` (journal thread → LangGraph thread id), first registration first."""
+    for ev in events:
+        p = ev.payload
+        if ev.type == THREAD and isinstance(p, dict) and isinstance(p.get("thread"), str):
+            known.setdefault(p["thread"], str(p.get("thread_id")))
+
+
+def _prune_draft(index: ThreadIndex, jthread: str, thread_id: str, keep_last: int, older_than_ms: int | None,
+                 now_ms: int, reason: str) -> Draft | None:
+    """The retention record dropping what ``keep_last``/``older_than_ms`` let go, or None if nothing goes.
+
+    Kept whatever the rule says: the newest ``keep_last`` checkpoints of each namespace, and every
+    checkpoint where a run stopped with work pending (pending writes and no child checkpoint: an
+    ``interrupt`` waiting for its human, a task that failed or a run that was killed), since a
+    resume starts from it and its writes.
+    """
+    children = {(ns, s.parent) for ns, space in index.checkpoints.items() for s in space.values() if s.parent}
+    drop: list[list[str]] = []
+    for ns, space in index.checkpoints.items():
+        for i, cid in enumerate(sorted(space, reverse=True)):
+            if i < keep_last:
+                continue
+            if older_than_ms is not None and space[cid].ts_ms > now_ms - older_than_ms:
+                continue
+            if index.writes.get((ns, cid)) and (ns, cid) not in children:
+                continue
+            drop.append([ns, cid])
+    if not drop:
+        return None
+    return Draft(thread=jthread, type=PRUNED, payload={
+        "v": FORMAT, "epoch": index.epoch, "thread_id": thread_id, "reason": reason, "drop": drop})
+
+
+def _copy_drafts(serde: SerializerProtocol, source: ThreadIndex, target: ThreadIndex, jthread: str,
+                 thread_id: str) -> list[Draft]:
+    """Every checkpoint of ``source`` (oldest first per namespace) and its writes, as events of ``jthread``.
+
+    Each checkpoint carries the channel versions it needs that the copy has not written yet: a
+    delta as stored when its base was copied before it, else the value whole (a pruned checkpoint's
+    delta base is not copied, so no copied delta points at it).
+    """
+    drafts: list[Draft] = []
+    for ns in sorted(source.checkpoints):
+        written: set[tuple[str, Any]] = set()
+        for cid in sorted(source.checkpoints[ns]):
+            stored = source.checkpoints[ns][cid]
+            checkpoint = serde.loads_typed(decode_value(stored.checkpoint))
+            metadata = serde.loads_typed(decode_value(stored.metadata))
+            blobs: dict[str, dict[str, Any]] = {}
+            for channel, version in checkpoint["channel_versions"].items():
+                key = (ns, channel, version)
+                if (channel, version) in written or key not in source.blobs:
+                    continue
+                blob = source.blobs[key]
+                if blob is not None and "base" in blob and (channel, blob["base"]) in written:
+                    blobs[channel] = {"version": version, **blob}
+                elif blob is not None and "base" in blob:
+                    _, value = source.value(serde, ns, channel, version)
+                    blobs[channel] = {"version": version, "value": encode_value(serde.dumps_typed(value))}
+                else:
+                    blobs[channel] = {"version": version, "value": blob}
+                written.add((channel, version))
+            drafts.append(Draft(thread=jthread, type=CHECKPOINT, node=_node(metadata), payload={
+                "v": FORMAT, "epoch": target.epoch, "thread_id": thread_id, "ns": ns, "id": cid,
+                "parent": stored.parent, "step": metadata.get("step"), "source": metadata.get("source"),
+                "checkpoint": stored.checkpoint, "metadata": stored.metadata, "blobs": blobs}))
+            by_task: dict[tuple[str, str], list[list[Any]]] = {}
+            for task_id, channel, value, task_path, idx in source.ordered_writes(ns, cid):
+                by_task.setdefault((task_id, task_path), []).append([idx, channel, value])
+            for (task_id, task_path), writes in by_task.items():
+                drafts.append(Draft(thread=jthread, type=WRITES, node=_task_node(task_path), payload={
+                    "v": FORMAT, "epoch": target.epoch, "thread_id": thread_id, "ns": ns, "checkpoint_id": cid,
+                    "task_id": task_id, "task_path": task_path, "writes": writes}))
+    return drafts
+
+
+def _run_ids(serde: SerializerProtocol, index: ThreadIndex, run_ids: set[str]) -> list[list[str]]:
+    """``[ns, checkpoint id]`` of every checkpoint whose metadata names one of ``run_ids``."""
+    return [[ns, cid] for ns, space in index.checkpoints.items() for cid, stored in space.items()
+            if str(serde.loads_typed(decode_value(stored.metadata)).get("run_id")) in run_ids]
+
+
+def _durability(saver_level: str | None, config: RunnableConfig | None) -> str | None:
+    """The journal level of an append: the saver's, else the one LangGraph's ``durability`` mode maps to."""
+    if saver_level is not None:
+        return saver_level
+    mode = _configurable(config).get(CONFIG_KEY_DURABILITY)
+    return DURABILITY_LEVELS.get(mode) if isinstance(mode, str) else None
+
+
+def _ttl_ms(ttl: timedelta | float | None) -> int | None:
+    if ttl is None:
+        return None
+    seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else float(ttl)
+    if not seconds > 0:
+        raise CheckpointConfigError(f"a TTL must be positive (a timedelta or seconds), got {ttl!r}")
+    return int(seconds * 1000)
+
+
+def _check_prune(strategy: str, keep_last: int) -> None:
+    if strategy not in ("keep_latest", "delete"):
+        raise CheckpointConfigError(f"prune strategy must be 'keep_latest' or 'delete', got {strategy!r}")
+    if type(keep_last) is not int or keep_last < 1:
+        raise CheckpointConfigError(f"keep_last must be an int >= 1 (the newest kept per namespace), got {keep_last!r}")
+
+
 class _Where:
     """The tenant, journal thread and namespace a config names."""
 
@@ -345,7 +612,6 @@ class _Where:
         self.jthread = journal_thread(conf["thread_id"])
         self.ns: str | None = conf.get("checkpoint_ns")
         self.checkpoint_id = get_checkpoint_id(cast(RunnableConfig, config))
-
 
     def route(self, config: RunnableConfig) -> RunnableConfig:
         if self.named_tenant is None:
@@ -365,6 +631,8 @@ class _Cache:
     def __init__(self, size: int) -> None:
         self.size = size
         self.entries: OrderedDict[tuple[str, str], ThreadIndex] = OrderedDict()
+        #: tenant -> (registry seq folded, journal thread -> LangGraph thread id)
+        self.registry: dict[str, tuple[int, dict[str, str]]] = {}
 
     def peek(self, key: tuple[str, str]) -> ThreadIndex | None:
         """The index if this process has one (without reading), else None."""
@@ -378,20 +646,37 @@ class _Cache:
         return index
 
 
+def _global_select(serde: SerializerProtocol, indexes: Sequence[ThreadIndex], filter: dict[str, Any] | None,
+                   before: str | None, limit: int | None) -> list[CheckpointTuple]:
+    out: list[CheckpointTuple] = []
+    for index in indexes:
+        out.extend(index.select(serde, None, None, filter, before, None if limit is None else limit - len(out)))
+        if limit is not None and len(out) >= limit:
+            break
+    return out
+
+
 # -- the savers ------------------------------------------------------------------------------------
 
 class JournalSaver(BaseCheckpointSaver[int]):
-    """LangGraph checkpointer on a ``JournalClient``; the async methods run the sync ones in a worker thread."""
+    """LangGraph checkpointer on a ``JournalClient``; the async methods run the sync ones in a worker thread.
+
+    ``durability``: the journal level of every append (default: the one LangGraph's ``durability``
+    mode of the run maps to, :data:`DURABILITY_LEVELS`, else the client's). ``ttl``: how old a
+    checkpoint may get before :meth:`expire` records it as pruned (a ``timedelta`` or seconds).
+    """
 
     def __init__(self, client: JournalClient, *, tenant: str, serde: SerializerProtocol | None = None,
-                 durability: str | None = None, cache_threads: int = 256) -> None:
+                 durability: str | None = None, cache_threads: int = 256,
+                 ttl: timedelta | float | None = None) -> None:
         super().__init__(serde=serde)
         self.client = client
         self.tenant = validate_id(tenant, "tenant")
         self.durability = durability
+        self.ttl_ms = _ttl_ms(ttl)
         self._cache = _Cache(cache_threads)
         # LangGraph calls put_writes from several worker threads at once; the index is not thread-safe.
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     def _index(self, tenant: str, jthread: str) -> ThreadIndex:
         """The thread's index, with every event written since it was last read folded in."""
@@ -400,34 +685,56 @@ class JournalSaver(BaseCheckpointSaver[int]):
             index.apply(self.client.read(tenant, jthread, after_seq=index.seq))
             return index
 
+    def _threads(self, tenant: str) -> dict[str, str]:
+        """Every LangGraph thread registered in the tenant (journal thread → thread id), in registration order."""
+        with self._lock:
+            seq, known = self._cache.registry.get(tenant, (0, {}))
+            events = self.client.read(tenant, REGISTRY, after_seq=seq)
+            _registered(events, known)
+            self._cache.registry[tenant] = (events[-1].seq if events else seq, known)
+            return dict(known)
+
+    def _append(self, tenant: str, drafts: list[Draft], config: RunnableConfig | None = None) -> None:
+        if drafts:
+            self.client.append_many(tenant, drafts, durability=_durability(self.durability, config))
+
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         where = _Where(config, self.tenant)
-        index = self._index(where.tenant, where.jthread)
         ns = where.ns or ""
         with self._lock:
+            index = self._index(where.tenant, where.jthread)
             cid = where.checkpoint_id or index.latest_id(ns)
             return where.route_tuple(index.tuple(self.serde, ns, cid) if cid else None)
 
     def list(self, config: RunnableConfig | None, *, filter: dict[str, Any] | None = None,
              before: RunnableConfig | None = None, limit: int | None = None) -> Iterator[CheckpointTuple]:
+        before_id = get_checkpoint_id(before) if before else None
         if config is None:
-            # The journal keeps no per-tenant list of LangGraph threads; listing all of them would scan the tenant.
-            raise CheckpointConfigError("list needs a config with a thread_id (listing every thread is not supported)")
+            # Every thread of the saver's tenant, in the order they were first written.
+            with self._lock:
+                indexes = [self._index(self.tenant, jthread) for jthread in self._threads(self.tenant)]
+                found = _global_select(self.serde, indexes, filter, before_id, limit)
+            yield from found
+            return
         where = _Where(config, self.tenant)
-        index = self._index(where.tenant, where.jthread)
         with self._lock:
-            found = index.select(self.serde, where.ns, where.checkpoint_id, filter,
-                                 get_checkpoint_id(before) if before else None, limit)
+            index = self._index(where.tenant, where.jthread)
+            found = index.select(self.serde, where.ns, where.checkpoint_id, filter, before_id, limit)
         for tup in found:
             yield cast(CheckpointTuple, where.route_tuple(tup))
 
     def put(self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,
             new_versions: ChannelVersions) -> RunnableConfig:
         where = _Where(config, self.tenant)
-        # Reading first learns of any delete since this process last looked (the epoch to write under).
-        epoch = self._index(where.tenant, where.jthread).epoch
-        draft, out = _checkpoint_draft(self.serde, where.jthread, epoch, config, checkpoint, metadata, new_versions)
-        self.client.append_many(where.tenant, [draft], durability=self.durability)
+        with self._lock:
+            # Reading first learns of any delete since this process last looked (the epoch to write under).
+            index = self._index(where.tenant, where.jthread)
+            new = index.seq == 0
+            draft, out = _checkpoint_draft(self.serde, index, where.jthread, config, checkpoint, metadata,
+                                           new_versions)
+        self._append(where.tenant, [draft], config)
+        if new:  # the thread's first event: register it for list(None) (a duplicate is harmless)
+            self._append(where.tenant, [_registration(where.jthread, where.thread_id)])
         return where.route(out)
 
     def put_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
@@ -435,18 +742,77 @@ class JournalSaver(BaseCheckpointSaver[int]):
         where = _Where(config, self.tenant)
         with self._lock:
             known = self._cache.peek((where.tenant, where.jthread))
-        # The writes belong to a checkpoint this process put or read, so its index knows the epoch without
-        # reading again; a writer that has not seen a later delete writes under the old one, and is ignored as
-        # it should be. Only an index this process lacks (never read, or dropped from the cache) is read.
-        epoch = known.epoch if known is not None else self._index(where.tenant, where.jthread).epoch
-        self.client.append_many(where.tenant, [_writes_draft(self.serde, where.jthread, epoch, config, writes,
-                                                             task_id, task_path)], durability=self.durability)
+            # The writes belong to a checkpoint this process put or read, so its index knows the epoch without
+            # reading again; a writer that has not seen a later delete writes under the old one, and is ignored as
+            # it should be. Only an index this process lacks (never read, or dropped from the cache) is read.
+            index = known if known is not None else self._index(where.tenant, where.jthread)
+            draft = _writes_draft(self.serde, where.jthread, index, config, writes, task_id, task_path)
+        self._append(where.tenant, [draft], config)
 
     def delete_thread(self, thread_id: str, *, tenant: str | None = None) -> None:
         """Append the tombstone: the thread reads as empty from then on, whatever is written against its past."""
         jthread = journal_thread(thread_id)
-        self.client.append_many(tenant or self.tenant, [_deleted_draft(jthread, str(thread_id))],
-                                durability=self.durability)
+        self._append(tenant or self.tenant, [_deleted_draft(jthread, str(thread_id))])
+
+    def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest", keep_last: int = 1,
+              older_than: timedelta | float | None = None, tenant: str | None = None) -> None:
+        """Record that each thread keeps only its newest ``keep_last`` checkpoints per namespace.
+
+        ``strategy="delete"`` is :meth:`delete_thread`. ``older_than`` spares checkpoints younger than
+        that. A checkpoint where a run stopped with work pending (an ``interrupt`` awaiting its
+        human, a failed task) is always kept with its writes, so it resumes. The journal keeps every
+        event: this appends an ``x.langgraph.pruned`` record that the saver's reads honour.
+        """
+        _check_prune(strategy, keep_last)
+        tenant = tenant or self.tenant
+        for thread_id in thread_ids:
+            if strategy == "delete":
+                self.delete_thread(thread_id, tenant=tenant)
+                continue
+            jthread = journal_thread(thread_id)
+            with self._lock:
+                index = self._index(tenant, jthread)
+                draft = _prune_draft(index, jthread, str(thread_id), keep_last, _ttl_ms(older_than),
+                                     _now_ms(), "keep_latest")
+            self._append(tenant, [draft] if draft else [])
+
+    def expire(self, thread_ids: Sequence[str] | None = None, *, tenant: str | None = None) -> None:
+        """Prune what the saver's ``ttl`` let expire: checkpoints older than it, except each namespace's newest
+        and those a pending interrupt or pending writes need (every thread of the tenant if ``thread_ids`` is None)."""
+        if self.ttl_ms is None:
+            raise CheckpointConfigError("expire needs the saver's ttl (JournalSaver(..., ttl=timedelta(days=30)))")
+        tenant = tenant or self.tenant
+        threads = self._threads(tenant) if thread_ids is None else {journal_thread(t): str(t) for t in thread_ids}
+        for jthread, thread_id in threads.items():
+            with self._lock:
+                draft = _prune_draft(self._index(tenant, jthread), jthread, thread_id, 1, self.ttl_ms, _now_ms(), "ttl")
+            self._append(tenant, [draft] if draft else [])
+
+    def delete_for_runs(self, run_ids: Sequence[str]) -> None:
+        """Record as pruned every checkpoint (and its writes) of the saver's tenant whose metadata names a run."""
+        wanted = {str(r) for r in run_ids}
+        if not wanted:
+            return
+        for jthread, thread_id in self._threads(self.tenant).items():
+            with self._lock:
+                index = self._index(self.tenant, jthread)
+                drop = _run_ids(self.serde, index, wanted)
+                draft = Draft(thread=jthread, type=PRUNED, payload={
+                    "v": FORMAT, "epoch": index.epoch, "thread_id": thread_id, "reason": "runs", "drop": drop})
+            self._append(self.tenant, [draft] if drop else [])
+
+    def copy_thread(self, source_thread_id: str, target_thread_id: str, *, tenant: str | None = None) -> None:
+        """Append every checkpoint of the source (and its pending writes) to the target thread, parents and ids kept."""
+        tenant = tenant or self.tenant
+        source_j, target_j = journal_thread(source_thread_id), journal_thread(target_thread_id)
+        with self._lock:
+            source = self._index(tenant, source_j)
+            target = self._index(tenant, target_j)
+            drafts = _copy_drafts(self.serde, source, target, target_j, str(target_thread_id))
+            new = target.seq == 0
+        self._append(tenant, drafts)
+        if drafts and new:
+            self._append(tenant, [_registration(target_j, str(target_thread_id))])
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         return await asyncio.to_thread(self.get_tuple, config)
@@ -468,9 +834,23 @@ class JournalSaver(BaseCheckpointSaver[int]):
     async def adelete_thread(self, thread_id: str, *, tenant: str | None = None) -> None:
         await asyncio.to_thread(self.delete_thread, thread_id, tenant=tenant)
 
+    async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest", keep_last: int = 1,
+                     older_than: timedelta | float | None = None, tenant: str | None = None) -> None:
+        await asyncio.to_thread(lambda: self.prune(thread_ids, strategy=strategy, keep_last=keep_last,
+                                                   older_than=older_than, tenant=tenant))
+
+    async def aexpire(self, thread_ids: Sequence[str] | None = None, *, tenant: str | None = None) -> None:
+        await asyncio.to_thread(lambda: self.expire(thread_ids, tenant=tenant))
+
+    async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
+        await asyncio.to_thread(self.delete_for_runs, run_ids)
+
+    async def acopy_thread(self, source_thread_id: str, target_thread_id: str, *, tenant: str | None = None) -> None:
+        await asyncio.to_thread(lambda: self.copy_thread(source_thread_id, target_thread_id, tenant=tenant))
+
 
 class AsyncJournalSaver(BaseCheckpointSaver[int]):
-    """LangGraph checkpointer on an ``AsyncJournalClient``.
+    """LangGraph checkpointer on an ``AsyncJournalClient`` (``durability`` and ``ttl`` as :class:`JournalSaver`'s).
 
     The sync methods (for ``graph.invoke`` / ``get_state`` from another thread) run the async ones
     on the event loop the saver was first used on, as LangGraph's own async savers do; called on
@@ -478,11 +858,13 @@ class AsyncJournalSaver(BaseCheckpointSaver[int]):
     """
 
     def __init__(self, client: AsyncJournalClient, *, tenant: str, serde: SerializerProtocol | None = None,
-                 durability: str | None = None, cache_threads: int = 256) -> None:
+                 durability: str | None = None, cache_threads: int = 256,
+                 ttl: timedelta | float | None = None) -> None:
         super().__init__(serde=serde)
         self.client = client
         self.tenant = validate_id(tenant, "tenant")
         self.durability = durability
+        self.ttl_ms = _ttl_ms(ttl)
         self._cache = _Cache(cache_threads)
         self._lock: asyncio.Lock | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -499,6 +881,18 @@ class AsyncJournalSaver(BaseCheckpointSaver[int]):
             index.apply(await self.client.read(tenant, jthread, after_seq=index.seq))
             return index
 
+    async def _threads(self, tenant: str) -> dict[str, str]:
+        async with self._bind():
+            seq, known = self._cache.registry.get(tenant, (0, {}))
+            events = await self.client.read(tenant, REGISTRY, after_seq=seq)
+            _registered(events, known)
+            self._cache.registry[tenant] = (events[-1].seq if events else seq, known)
+            return dict(known)
+
+    async def _append(self, tenant: str, drafts: list[Draft], config: RunnableConfig | None = None) -> None:
+        if drafts:
+            await self.client.append_many(tenant, drafts, durability=_durability(self.durability, config))
+
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         where = _Where(config, self.tenant)
         index = await self._index(where.tenant, where.jthread)
@@ -508,34 +902,90 @@ class AsyncJournalSaver(BaseCheckpointSaver[int]):
 
     async def alist(self, config: RunnableConfig | None, *, filter: dict[str, Any] | None = None,
                     before: RunnableConfig | None = None, limit: int | None = None) -> AsyncIterator[CheckpointTuple]:
+        before_id = get_checkpoint_id(before) if before else None
         if config is None:
-            raise CheckpointConfigError("list needs a config with a thread_id (listing every thread is not supported)")
+            indexes = [await self._index(self.tenant, j) for j in await self._threads(self.tenant)]
+            for tup in _global_select(self.serde, indexes, filter, before_id, limit):
+                yield tup
+            return
         where = _Where(config, self.tenant)
         index = await self._index(where.tenant, where.jthread)
-        for tup in index.select(self.serde, where.ns, where.checkpoint_id, filter,
-                                get_checkpoint_id(before) if before else None, limit):
+        for tup in index.select(self.serde, where.ns, where.checkpoint_id, filter, before_id, limit):
             yield cast(CheckpointTuple, where.route_tuple(tup))
 
     async def aput(self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,
                    new_versions: ChannelVersions) -> RunnableConfig:
         where = _Where(config, self.tenant)
-        epoch = (await self._index(where.tenant, where.jthread)).epoch
-        draft, out = _checkpoint_draft(self.serde, where.jthread, epoch, config, checkpoint, metadata, new_versions)
-        await self.client.append_many(where.tenant, [draft], durability=self.durability)
+        index = await self._index(where.tenant, where.jthread)
+        new = index.seq == 0
+        draft, out = _checkpoint_draft(self.serde, index, where.jthread, config, checkpoint, metadata, new_versions)
+        await self._append(where.tenant, [draft], config)
+        if new:
+            await self._append(where.tenant, [_registration(where.jthread, where.thread_id)])
         return where.route(out)
 
     async def aput_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
                           task_path: str = "") -> None:
         where = _Where(config, self.tenant)
         known = self._cache.peek((where.tenant, where.jthread))  # see JournalSaver.put_writes
-        epoch = known.epoch if known is not None else (await self._index(where.tenant, where.jthread)).epoch
-        await self.client.append_many(where.tenant, [_writes_draft(self.serde, where.jthread, epoch, config, writes,
-                                                                   task_id, task_path)], durability=self.durability)
+        index = known if known is not None else await self._index(where.tenant, where.jthread)
+        await self._append(where.tenant, [_writes_draft(self.serde, where.jthread, index, config, writes,
+                                                        task_id, task_path)], config)
 
     async def adelete_thread(self, thread_id: str, *, tenant: str | None = None) -> None:
         """Append the tombstone: the thread reads as empty from then on, whatever is written against its past."""
-        draft = _deleted_draft(journal_thread(thread_id), str(thread_id))
-        await self.client.append_many(tenant or self.tenant, [draft], durability=self.durability)
+        await self._append(tenant or self.tenant, [_deleted_draft(journal_thread(thread_id), str(thread_id))])
+
+    async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest", keep_last: int = 1,
+                     older_than: timedelta | float | None = None, tenant: str | None = None) -> None:
+        """See :meth:`JournalSaver.prune`."""
+        _check_prune(strategy, keep_last)
+        tenant = tenant or self.tenant
+        for thread_id in thread_ids:
+            if strategy == "delete":
+                await self.adelete_thread(thread_id, tenant=tenant)
+                continue
+            jthread = journal_thread(thread_id)
+            index = await self._index(tenant, jthread)
+            draft = _prune_draft(index, jthread, str(thread_id), keep_last, _ttl_ms(older_than), _now_ms(),
+                                 "keep_latest")
+            await self._append(tenant, [draft] if draft else [])
+
+    async def aexpire(self, thread_ids: Sequence[str] | None = None, *, tenant: str | None = None) -> None:
+        """See :meth:`JournalSaver.expire`."""
+        if self.ttl_ms is None:
+            raise CheckpointConfigError("aexpire needs the saver's ttl "
+                                        "(AsyncJournalSaver(..., ttl=timedelta(days=30)))")
+        tenant = tenant or self.tenant
+        threads = await self._threads(tenant) if thread_ids is None else {journal_thread(t): str(t) for t in thread_ids}
+        for jthread, thread_id in threads.items():
+            index = await self._index(tenant, jthread)
+            draft = _prune_draft(index, jthread, thread_id, 1, self.ttl_ms, _now_ms(), "ttl")
+            await self._append(tenant, [draft] if draft else [])
+
+    async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
+        """See :meth:`JournalSaver.delete_for_runs`."""
+        wanted = {str(r) for r in run_ids}
+        if not wanted:
+            return
+        for jthread, thread_id in (await self._threads(self.tenant)).items():
+            index = await self._index(self.tenant, jthread)
+            drop = _run_ids(self.serde, index, wanted)
+            if drop:
+                await self._append(self.tenant, [Draft(thread=jthread, type=PRUNED, payload={
+                    "v": FORMAT, "epoch": index.epoch, "thread_id": thread_id, "reason": "runs", "drop": drop})])
+
+    async def acopy_thread(self, source_thread_id: str, target_thread_id: str, *, tenant: str | None = None) -> None:
+        """See :meth:`JournalSaver.copy_thread`."""
+        tenant = tenant or self.tenant
+        source_j, target_j = journal_thread(source_thread_id), journal_thread(target_thread_id)
+        source = await self._index(tenant, source_j)
+        target = await self._index(tenant, target_j)
+        new = target.seq == 0
+        drafts = _copy_drafts(self.serde, source, target, target_j, str(target_thread_id))
+        await self._append(tenant, drafts)
+        if drafts and new:
+            await self._append(tenant, [_registration(target_j, str(target_thread_id))])
 
     # -- sync entry points, run on the saver's loop -------------------------------------------------
 
@@ -575,10 +1025,32 @@ class AsyncJournalSaver(BaseCheckpointSaver[int]):
     def delete_thread(self, thread_id: str, *, tenant: str | None = None) -> None:
         self._sync(self.adelete_thread(thread_id, tenant=tenant))
 
+    def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest", keep_last: int = 1,
+              older_than: timedelta | float | None = None, tenant: str | None = None) -> None:
+        self._sync(self.aprune(thread_ids, strategy=strategy, keep_last=keep_last, older_than=older_than,
+                               tenant=tenant))
+
+    def expire(self, thread_ids: Sequence[str] | None = None, *, tenant: str | None = None) -> None:
+        self._sync(self.aexpire(thread_ids, tenant=tenant))
+
+    def delete_for_runs(self, run_ids: Sequence[str]) -> None:
+        self._sync(self.adelete_for_runs(run_ids))
+
+    def copy_thread(self, source_thread_id: str, target_thread_id: str, *, tenant: str | None = None) -> None:
+        self._sync(self.acopy_thread(source_thread_id, target_thread_id, tenant=tenant))
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
 
 __all__ = [
     "CHECKPOINT",
     "DELETED",
+    "DURABILITY_LEVELS",
+    "PRUNED",
+    "REGISTRY",
+    "THREAD",
     "WRITES",
     "AsyncJournalSaver",
     "CheckpointConfigError",

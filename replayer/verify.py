@@ -50,6 +50,7 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
+from journal import codec
 from journal.chain import GENESIS, link
 from journal.events import Event
 
@@ -243,9 +244,12 @@ def payload_matches(stored_json_payload: Any, event_payload: Any) -> bool:
     such as ``1e20`` comes back as the int ``100000000000000000000``; numbers are compared as
     floats when either side is one, so ``1e23`` also matches its integer rendering), and
     stricter where ``==`` would hide a tampering: ``true`` is not ``1``, and map keys and list
-    lengths must agree exactly.
+    lengths must agree exactly. A bytes value's JSONB copy is ``{"$bytes": length}``
+    (``codec.json_default``): its length must agree; its content is covered by the hash of the body.
     """
     a, b = stored_json_payload, event_payload
+    if isinstance(b, bytes):
+        return isinstance(a, Mapping) and a.keys() == {codec.BYTES_KEY} and payload_matches(a[codec.BYTES_KEY], len(b))
     if isinstance(a, bool) or isinstance(b, bool):
         return type(a) is bool and type(b) is bool and a == b
     if isinstance(a, int | float | Decimal) and isinstance(b, int | float | Decimal):

@@ -32,6 +32,7 @@ from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Re
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from journal import codec
 from journal.errors import (
     AccessDenied,
     BlobError,
@@ -82,7 +83,7 @@ ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Scope], Await
 
 def pretty(value: Any) -> str:
     """A payload or state as indented JSON text (escaped by the template, never interpreted)."""
-    return json.dumps(thaw(value), indent=2, sort_keys=True, ensure_ascii=False, default=str)
+    return json.dumps(thaw(value), indent=2, sort_keys=True, ensure_ascii=False, default=codec.show_default)
 
 
 def _clip(text: str, width: int) -> str:
@@ -320,7 +321,8 @@ class Console:
     def state_json(self, request: Request) -> Response:
         """The same state as JSON (``agent-journal replay --format json``), whole however large."""
         _, _, st, _, _ = self._replay(request)
-        return Response(json.dumps(st.to_dict(), ensure_ascii=False, default=str), media_type="application/json")
+        return Response(json.dumps(st.to_dict(), ensure_ascii=False, default=codec.show_default),
+                        media_type="application/json")
 
     def diff(self, request: Request) -> Response:
         s, tenant = self.scoped(request)
