@@ -78,6 +78,39 @@ def _detail(e: Event) -> str:
     return _short(p) if p else ""
 
 
+# LangGraph's checkpoints (replayer.langgraph writes them; named here so the audit imports no LangGraph).
+_LG_CHECKPOINT, _LG_WRITES, _LG_DELETED, _LG_PRUNED = (
+    "x.langgraph.checkpoint", "x.langgraph.writes", "x.langgraph.deleted", "x.langgraph.pruned")
+
+
+def _langgraph_detail(e: Event, previous: dict[str, str]) -> str | None:
+    """A LangGraph event in words; a checkpoint whose parent is not the namespace's previous one is a fork.
+
+    ``previous`` (namespace -> last checkpoint id seen, in seq order) is updated as events pass.
+    """
+    p = e.payload if isinstance(e.payload, dict) else {}
+    if e.type == _LG_DELETED:
+        previous.clear()
+        return "thread deleted (tombstone)"
+    if e.type == _LG_PRUNED:
+        drop = p.get("drop")
+        return f"pruned {len(drop) if isinstance(drop, list) else '?'} checkpoints ({p.get('reason')})"
+    if e.type == _LG_WRITES:
+        writes = p.get("writes")
+        channels = sorted({str(w[1]) for w in writes if isinstance(w, list) and len(w) == 3}) if isinstance(
+            writes, list) else []
+        return f"writes {', '.join(channels) or '-'} on checkpoint {str(p.get('checkpoint_id'))[-12:]}"
+    if e.type != _LG_CHECKPOINT or e.blob is not None:
+        return None
+    ns, cid, parent = str(p.get("ns") or ""), str(p.get("id")), p.get("parent")
+    text = f"checkpoint {cid[-12:]} step {p.get('step')} {p.get('source')}" + (f" ns {ns}" if ns else "")
+    last = previous.get(ns)
+    if parent is not None and last is not None and parent != last:
+        text = f"FORK from {str(parent)[-12:]} (not the previous {last[-12:]}): {text}"
+    previous[ns] = cid
+    return text
+
+
 def _tool(e: Event) -> str | None:
     if e.type in (ev.TOOL_CALL, ev.TOOL_RESULT) and isinstance(e.payload, dict):
         t = e.payload.get("tool")
@@ -95,12 +128,29 @@ def timeline(r: Replayer, tenant: str, thread: str, after: int = 0, upto: int | 
     # An offloaded tool event names its tool inside the payload in S3: fetch those (few) to fill the column.
     offloaded = [e for e in events if e.blob is not None and e.type in (ev.TOOL_CALL, ev.TOOL_RESULT)]
     tools = {e.seq: _tool(e) for e in r.resolve_blobs(offloaded)}
+    checkpoints: dict[str, str] = {}
+    if after and any(e.type == _LG_CHECKPOINT for e in events):
+        _langgraph_before(r, tenant, thread, after, checkpoints)
     for e in events:
         pos = lifecycle.step(pos, e.type, e.payload, e.node)  # the fold's status rules, without folding
         agent = e.actor.get("agent_id") if isinstance(e.actor, dict) else None
+        detail = _langgraph_detail(e, checkpoints) if e.type.startswith("x.langgraph.") else None
         out.append(Step(e.seq, e.at, e.type, e.node, tools.get(e.seq) or _tool(e),
-                        agent if isinstance(agent, str) else None, pos.status, _detail(e)))
+                        agent if isinstance(agent, str) else None, pos.status, detail or _detail(e)))
     return out
+
+
+def _langgraph_before(r: Replayer, tenant: str, thread: str, seq: int, checkpoints: dict[str, str]) -> None:
+    """Seed a page's fork detection with the checkpoints (and deletes) up to ``seq``."""
+    pg = r._pg()
+    with pg.scope(tenant):
+        earlier = pg.events_of_types(tenant, thread, seq, [_LG_CHECKPOINT, _LG_DELETED])
+        stored = pg.head(tenant, thread)
+    if seq > stored:
+        earlier += [e for e in r.history(tenant, thread, stored, seq, resolve_blobs=False)
+                    if e.type in (_LG_CHECKPOINT, _LG_DELETED)]
+    for e in earlier:
+        _langgraph_detail(e, checkpoints)
 
 
 def _position_at(r: Replayer, tenant: str, thread: str, seq: int) -> lifecycle.Position:
