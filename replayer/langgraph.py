@@ -44,6 +44,7 @@ import asyncio
 import base64
 import binascii
 import hashlib
+import secrets
 import threading
 import time
 from collections import OrderedDict
@@ -175,6 +176,19 @@ def decode_value(stored: Any) -> tuple[str, bytes]:
         raise CheckpointCorrupt(f"a stored {stored['t']!r} value is not base64: {e}") from e
 
 
+def next_version(current: str | int | None) -> str:
+    """The channel version after ``current``: its counter + 1, zero-padded (versions compare as strings), and a
+    random suffix, so a fork (``update_state`` on an old checkpoint) never reuses a version its other branch
+    stored: values are stored by ``(ns, channel, version)``, and an int counter would repeat across branches."""
+    if current is None:
+        n = 0
+    elif isinstance(current, int):
+        n = current
+    else:
+        n = int(current.split(".")[0])
+    return f"{n + 1:016}.{secrets.token_hex(4)}"
+
+
 def _configurable(config: RunnableConfig | None) -> dict[str, Any]:
     return (config or {}).get("configurable") or {}
 
@@ -242,7 +256,10 @@ class ThreadIndex:
             self.decoded.clear()
             self.epoch += 1
         elif p.get("epoch") != self.epoch:
-            pass  # written by one who had not seen a delete that came before it: deleted too
+            # Written by one who had not seen a delete that came before it: deleted too, and so is
+            # whatever is later put on top of it.
+            if ev.type == CHECKPOINT and isinstance(p.get("id"), str):
+                self.dead.add(p["id"])
         elif ev.type == CHECKPOINT:
             self._put(p, ev.ts_ms)
         elif ev.type == WRITES:
@@ -658,7 +675,7 @@ def _global_select(serde: SerializerProtocol, indexes: Sequence[ThreadIndex], fi
 
 # -- the savers ------------------------------------------------------------------------------------
 
-class JournalSaver(BaseCheckpointSaver[int]):
+class JournalSaver(BaseCheckpointSaver[str]):
     """LangGraph checkpointer on a ``JournalClient``; the async methods run the sync ones in a worker thread.
 
     ``durability``: the journal level of every append (default: the one LangGraph's ``durability``
@@ -677,6 +694,9 @@ class JournalSaver(BaseCheckpointSaver[int]):
         self._cache = _Cache(cache_threads)
         # LangGraph calls put_writes from several worker threads at once; the index is not thread-safe.
         self._lock = threading.RLock()
+
+    def get_next_version(self, current: str | None, channel: None) -> str:
+        return next_version(current)
 
     def _index(self, tenant: str, jthread: str) -> ThreadIndex:
         """The thread's index, with every event written since it was last read folded in."""
@@ -849,7 +869,7 @@ class JournalSaver(BaseCheckpointSaver[int]):
         await asyncio.to_thread(lambda: self.copy_thread(source_thread_id, target_thread_id, tenant=tenant))
 
 
-class AsyncJournalSaver(BaseCheckpointSaver[int]):
+class AsyncJournalSaver(BaseCheckpointSaver[str]):
     """LangGraph checkpointer on an ``AsyncJournalClient`` (``durability`` and ``ttl`` as :class:`JournalSaver`'s).
 
     The sync methods (for ``graph.invoke`` / ``get_state`` from another thread) run the async ones
@@ -874,6 +894,9 @@ class AsyncJournalSaver(BaseCheckpointSaver[int]):
         if self._lock is None or self.loop is not loop:
             self.loop, self._lock = loop, asyncio.Lock()
         return self._lock
+
+    def get_next_version(self, current: str | None, channel: None) -> str:
+        return next_version(current)
 
     async def _index(self, tenant: str, jthread: str) -> ThreadIndex:
         async with self._bind():

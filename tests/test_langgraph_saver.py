@@ -148,7 +148,7 @@ def test_thread_ids_that_are_not_journal_ids_are_hashed_and_kept(client: Journal
 
 
 def test_payloads_are_plain_data_and_only_changed_channels_are_stored(client: JournalClient, tenant: str) -> None:
-    """Serializer bytes are stored as bytes (msgpack bin, not base64); a put stores only the channels in new_versions."""
+    """Serializer bytes are stored as bytes (msgpack bin, not base64); a put stores only the changed channels."""
     saver = JournalSaver(client, tenant=tenant)
     first = saver.put(_config("plain"), _checkpoint(big="x" * 1000, small=b"\x00\xff"),
                       {"source": "loop", "step": 0}, {"big": 1, "small": 1})

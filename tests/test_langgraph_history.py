@@ -1,0 +1,357 @@
+"""The LangGraph savers beyond conformance, on the real stack: what is stored, what is kept, what is final.
+
+Storage grows with what changed (a message list is stored as deltas, rebuilt exactly); prune and
+TTL never take what a pending interrupt needs; ``delete_thread`` stays final against puts racing
+it; time travel and forks give what LangGraph's own ``InMemorySaver`` gives, and show in the
+audit timeline; bytes are stored as bytes and their JSONB copy is ``{"$bytes": n}``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from datetime import timedelta
+from typing import Annotated, Any, TypedDict
+
+import pytest
+
+pytest.importorskip("langgraph.checkpoint.conformance")
+
+from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, RemoveMessage
+from langgraph.checkpoint.base import BaseCheckpointSaver, empty_checkpoint
+from langgraph.checkpoint.base.id import uuid6
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.message import add_messages
+from langgraph.types import Command, interrupt
+
+from journal import codec
+from journal.client import JournalClient
+from journal.settings import Settings
+from projections.worker import Projector, WorkerOptions
+from replayer.audit import timeline
+from replayer.langgraph import (
+    CHECKPOINT,
+    DELETED,
+    MAX_DELTA_DEPTH,
+    PRUNED,
+    CheckpointConfigError,
+    JournalSaver,
+    _durability,
+)
+from replayer.replay import Replayer
+
+
+class _Chat(TypedDict):
+    messages: Annotated[list[AnyMessage], add_messages]
+
+
+def _chat(saver: BaseCheckpointSaver[Any], *, approve: bool = False) -> Any:
+    """A deterministic agent: the model answers each human message; optionally a human approves each answer."""
+    def model(state: _Chat) -> dict[str, Any]:
+        n = len(state["messages"])
+        return {"messages": [AIMessage(content=f"answer {n}: " + "lorem ipsum " * 20, id=f"ai-{n}")]}
+
+    def review(state: _Chat) -> dict[str, Any]:
+        verdict = interrupt({"approve": state["messages"][-1].id})
+        return {"messages": [HumanMessage(content=f"review: {verdict}", id=f"rv-{len(state['messages'])}")]}
+
+    g = StateGraph(_Chat)
+    g.add_node("model", model)
+    g.add_edge(START, "model")
+    if approve:
+        g.add_node("review", review)
+        g.add_edge("model", "review")
+        g.add_edge("review", END)
+    else:
+        g.add_edge("model", END)
+    return g.compile(checkpointer=saver)
+
+
+def _ask(i: int) -> dict[str, Any]:
+    return {"messages": [HumanMessage(content=f"question {i}", id=f"q-{i}")]}
+
+
+def _config(thread: str, **extra: Any) -> Any:
+    return {"configurable": {"thread_id": thread, **extra}}
+
+
+def _stored_blob(client: JournalClient, tenant: str, thread: str, channel: str) -> list[dict[str, Any]]:
+    return [e.payload["blobs"][channel] for e in client.read(tenant, thread)
+            if e.type == CHECKPOINT and channel in e.payload["blobs"]]
+
+
+# -- storage grows with what changed -----------------------------------------------------------------
+
+def test_a_growing_message_list_is_stored_as_deltas_and_read_back_exactly(client: JournalClient,
+                                                                          tenant: str) -> None:
+    """Each checkpoint stores only the new messages; every checkpoint reads back as InMemorySaver's does."""
+    saver, memory = JournalSaver(client, tenant=tenant), InMemorySaver()
+    graph, reference = _chat(saver), _chat(memory)
+    for i in range(40):
+        graph.invoke(_ask(i), _config("grow"))
+        reference.invoke(_ask(i), _config("grow"))
+    blobs = _stored_blob(client, tenant, "grow", "messages")
+    assert len(blobs) == 80
+    deltas = [b for b in blobs if "base" in b]
+    # Whole values: the first, then one every MAX_DELTA_DEPTH versions, so a read decodes a bounded chain.
+    assert len(blobs) - len(deltas) == 1 + (len(blobs) - 1) // (MAX_DELTA_DEPTH + 1)
+    sizes = [len(codec.pack(b)) for b in deltas]
+    assert max(sizes[-20:]) <= max(sizes[:20]) + 16, sizes  # the last deltas are as small as the first ones
+    # A fresh saver (no cache) rebuilds every checkpoint from the log.
+    ours = [s.values for s in _chat(JournalSaver(client, tenant=tenant)).get_state_history(_config("grow"))]
+    theirs = [s.values for s in reference.get_state_history(_config("grow"))]
+    assert ours == theirs and len(ours[0]["messages"]) == 80
+
+
+def test_a_value_that_does_not_extend_the_last_one_is_stored_whole(client: JournalClient, tenant: str) -> None:
+    """A removed or rewritten message (or a list that shrinks) is not a prefix extension: stored whole, read right."""
+    saver = JournalSaver(client, tenant=tenant)
+    graph, reference = _chat(saver), _chat(InMemorySaver())
+    for g in (graph, reference):
+        for i in range(3):
+            g.invoke(_ask(i), _config("edit"))
+        g.update_state(_config("edit"), {"messages": [RemoveMessage(id="q-1")]})
+        # Same id as an earlier message: add_messages replaces it in place.
+        g.update_state(_config("edit"), {"messages": [HumanMessage(content="question 0, edited", id="q-0")]})
+        g.invoke(_ask(9), _config("edit"))
+    kinds = ["delta" if "base" in b else "whole" for b in _stored_blob(client, tenant, "edit", "messages")]
+    assert kinds == ["whole"] + ["delta"] * 5 + ["whole", "whole", "delta", "delta"], kinds
+    assert graph.get_state(_config("edit")).values == reference.get_state(_config("edit")).values
+    fresh = _chat(JournalSaver(client, tenant=tenant))
+    assert [s.values for s in fresh.get_state_history(_config("edit"))] == \
+        [s.values for s in reference.get_state_history(_config("edit"))]
+
+
+def test_a_message_changed_in_place_after_it_was_stored_is_not_lost(client: JournalClient, tenant: str) -> None:
+    """The delta check compares with what was stored, not with the live objects a node may have mutated."""
+    saver = JournalSaver(client, tenant=tenant)
+    first = HumanMessage(content="original", id="m-1")
+    cp = empty_checkpoint()
+    cp["id"] = str(uuid6(clock_seq=-1))
+    cp["channel_values"] = {"messages": [first]}
+    cp["channel_versions"] = {"messages": 1}
+    stored = saver.put(_config("inplace", checkpoint_ns=""), cp, {"source": "loop", "step": 0}, {"messages": 1})
+    first.content = "mutated"  # the same object, changed after it was checkpointed
+    nxt = empty_checkpoint()
+    nxt["id"] = str(uuid6(clock_seq=-1))
+    nxt["channel_values"] = {"messages": [first, AIMessage(content="reply", id="m-2")]}
+    nxt["channel_versions"] = {"messages": 2}
+    saver.put(stored, nxt, {"source": "loop", "step": 1}, {"messages": 2})
+    assert "base" not in _stored_blob(client, tenant, "inplace", "messages")[-1]
+    tup = JournalSaver(client, tenant=tenant).get_tuple(_config("inplace", checkpoint_ns=""))
+    assert tup is not None and [m.content for m in tup.checkpoint["channel_values"]["messages"]] == ["mutated", "reply"]
+
+
+# -- retention -----------------------------------------------------------------------------------------
+
+def test_prune_and_ttl_keep_a_pending_interrupt_resumable(client: JournalClient, settings: Settings,
+                                                          tenant: str) -> None:
+    """An interrupt on a branch that is no longer the newest survives prune(keep_last=1) and the TTL, and resumes."""
+    saver = JournalSaver(client, tenant=tenant, ttl=timedelta(milliseconds=1))
+    graph = _chat(saver, approve=True)
+    thread = _config("hitl")
+    graph.invoke(_ask(0), thread)
+    graph.invoke(Command(resume="ok"), thread)
+    graph.invoke(_ask(1), thread)  # stops at the review interrupt
+    waiting = graph.get_state(thread)
+    assert waiting.next == ("review",) and waiting.interrupts
+    # Someone forks from an older checkpoint: the newest checkpoint is now on another branch.
+    older = [s for s in graph.get_state_history(thread) if s.next == ("model",)][-1]
+    graph.update_state(older.config, {"messages": [HumanMessage(content="side note", id="side")]}, as_node="model")
+    assert graph.get_state(thread).config != waiting.config
+    before = len(list(saver.list(thread)))
+    saver.prune(["hitl"], keep_last=1)
+    time.sleep(0.01)
+    saver.expire()  # every registered thread of the tenant, under the saver's TTL
+    kept = [t.config["configurable"]["checkpoint_id"] for t in JournalSaver(client, tenant=tenant).list(thread)]
+    assert waiting.config["configurable"]["checkpoint_id"] in kept and len(kept) == 2 < before, (kept, before)
+    assert [e.type for e in client.read(tenant, "hitl")].count(PRUNED) == 1  # expire found nothing more to drop
+    # The human answers in another process: the interrupt resumes from the kept checkpoint and its writes.
+    with JournalClient.from_settings(settings) as other:
+        resumed = _chat(JournalSaver(other, tenant=tenant), approve=True)
+        out = resumed.invoke(Command(resume="approved"), waiting.config)
+    assert out["messages"][-1].content == "review: approved"
+    assert [m.id for m in out["messages"]] == ["q-0", "ai-1", "rv-2", "q-1", "ai-4", "rv-5"]
+
+
+def test_prune_refuses_a_bad_strategy_and_expire_needs_a_ttl(client: JournalClient, tenant: str) -> None:
+    saver = JournalSaver(client, tenant=tenant)
+    with pytest.raises(CheckpointConfigError, match="strategy"):
+        saver.prune(["x"], strategy="keep_oldest")
+    with pytest.raises(CheckpointConfigError, match="keep_last"):
+        saver.prune(["x"], keep_last=0)
+    with pytest.raises(CheckpointConfigError, match="ttl"):
+        saver.expire()
+    with pytest.raises(CheckpointConfigError, match="positive"):
+        JournalSaver(client, tenant=tenant, ttl=0)
+
+
+def test_list_none_covers_every_thread_of_the_tenant_and_copy_thread_rebuilds_deltas(client: JournalClient,
+                                                                                    tenant: str) -> None:
+    """list(None) spans the tenant's threads; a copy after a prune is whole (no delta points at a pruned base)."""
+    saver = JournalSaver(client, tenant=tenant)
+    graph = _chat(saver)
+    for i in range(4):
+        graph.invoke(_ask(i), _config("a"))
+    graph.invoke(_ask(0), _config("b"))
+    assert {t.config["configurable"]["thread_id"] for t in saver.list(None)} == {"a", "b"}
+    # Three checkpoints per invoke (input, start, model): 4 on "a", 1 on "b".
+    assert len(list(saver.list(None))) == 3 * 5 and len(list(saver.list(None, limit=3))) == 3
+    saver.prune(["a"], keep_last=1)
+    saver.copy_thread("a", "c")
+    fresh = JournalSaver(client, tenant=tenant)
+    assert fresh.get_tuple(_config("c")).checkpoint["channel_values"] == \
+        fresh.get_tuple(_config("a")).checkpoint["channel_values"]
+    assert {t.config["configurable"]["thread_id"] for t in fresh.list(None)} == {"a", "b", "c"}
+
+
+# -- delete_thread is final --------------------------------------------------------------------------
+
+def _looping(saver: BaseCheckpointSaver[Any], steps: int) -> Any:
+    """One invoke, ``steps`` supersteps: the model node loops on itself (a long agent run)."""
+    def model(state: _Chat) -> dict[str, Any]:
+        n = len(state["messages"])
+        return {"messages": [AIMessage(content=f"thinking {n}", id=f"ai-{n}")]}
+
+    g = StateGraph(_Chat)
+    g.add_node("model", model)
+    g.add_edge(START, "model")
+    g.add_conditional_edges("model", lambda s: "model" if len(s["messages"]) < steps else END, ["model", END])
+    return g.compile(checkpointer=saver)
+
+
+def test_delete_thread_racing_a_running_graph_leaves_nothing(client: JournalClient, settings: Settings,
+                                                              tenant: str) -> None:
+    """A run putting checkpoints while another thread deletes: once both end, the thread is empty, every time.
+
+    The run's puts and writes after the tombstone (whether they read it or not) are late: none brings the
+    thread back. A new run started after the delete is a new thread, as in LangGraph's own savers.
+    """
+    raced = 0
+    for attempt in range(12):
+        thread_id = f"race-{attempt}"
+        config = {**_config(thread_id), "recursion_limit": 200}
+        started = threading.Event()
+        errors: list[BaseException] = []
+
+        def run(config: Any, started: threading.Event, errors: list[BaseException]) -> None:
+            try:
+                graph = _looping(JournalSaver(client, tenant=tenant), 60)
+                started.set()
+                graph.invoke(_ask(0), config)
+            except BaseException as e:
+                errors.append(e)
+            finally:
+                started.set()
+
+        runner = threading.Thread(target=run, args=(config, started, errors))
+        runner.start()
+        started.wait(10)
+        time.sleep(0.01 + 0.01 * attempt)  # the delete lands at a different step each time
+        with JournalClient.from_settings(settings) as other:
+            JournalSaver(other, tenant=tenant).delete_thread(thread_id)
+        runner.join(60)
+        assert not errors, errors
+        types = [e.type for e in client.read(tenant, thread_id)]  # a valid journal id: used verbatim
+        after = types[types.index(DELETED) + 1:]
+        fresh = JournalSaver(client, tenant=tenant)
+        assert fresh.get_tuple(config) is None, (attempt, len(after))
+        assert list(fresh.list(config)) == []
+        assert list(fresh.list(None)) == [] or all(
+            t.config["configurable"]["thread_id"] != thread_id for t in fresh.list(None))
+        raced += bool(after)
+    # Most deletes land mid-run (the run wrote after the tombstone): the race was real, not a delete after the end.
+    assert raced >= 8, raced
+
+
+# -- time travel and forks -------------------------------------------------------------------------------
+
+def _history(graph: Any, thread: Any) -> list[tuple[Any, ...]]:
+    """The state history without ids and times: values, next, source, step, and the parent's position."""
+    states = list(graph.get_state_history(thread))
+    position = {s.config["configurable"]["checkpoint_id"]: i for i, s in enumerate(states)}
+    return [(s.values, s.next, s.metadata.get("source"), s.metadata.get("step"),
+             position.get(s.parent_config["configurable"]["checkpoint_id"]) if s.parent_config else None,
+             [(t.name, t.interrupts) for t in s.tasks]) for s in states]
+
+
+def _travel(graph: Any) -> None:
+    thread = _config("travel")
+    for i in range(3):
+        graph.invoke(_ask(i), thread)
+    states = list(graph.get_state_history(thread))
+    # update_state on an old checkpoint forks; invoking from it continues the fork.
+    fork = graph.update_state(states[4].config, {"messages": [HumanMessage(content="edited", id="edit")]})
+    graph.invoke(_ask(7), fork)
+    # Replay from a checkpoint that still had work to do: re-runs from there, on a new branch.
+    replay_from = [s for s in states if s.next == ("model",)][-1]
+    graph.invoke(None, replay_from.config)
+
+
+def test_time_travel_and_forks_give_what_in_memory_saver_gives_and_show_in_the_timeline(
+        migrated: Settings, tenant: str) -> None:
+    with JournalClient.from_settings(migrated) as client:
+        ours, theirs = _chat(JournalSaver(client, tenant=tenant)), _chat(InMemorySaver())
+        _travel(ours)
+        _travel(theirs)
+        assert _history(ours, _config("travel")) == _history(theirs, _config("travel"))
+        fresh = _chat(JournalSaver(client, tenant=tenant))
+        assert _history(fresh, _config("travel")) == _history(theirs, _config("travel"))
+        p = Projector(migrated, WorkerOptions())
+        try:
+            p.drain(tenants=[tenant])
+        finally:
+            p.close()
+    with Replayer.from_settings(migrated) as r:
+        steps = timeline(r, tenant, "travel")
+        forks = [s for s in steps if s.type == CHECKPOINT and s.detail.startswith("FORK")]
+        assert len(forks) == 2, [s.detail for s in steps if s.type == CHECKPOINT]
+        # A page starting after the first fork still shows the second one.
+        page = timeline(r, tenant, "travel", after=forks[0].seq)
+        assert [s.detail for s in page if s.detail.startswith("FORK")] == [forks[1].detail]
+
+
+# -- bytes in the journal --------------------------------------------------------------------------------
+
+def test_bytes_are_stored_as_bytes_and_their_jsonb_copy_is_their_length(migrated: Settings, tenant: str) -> None:
+    """Serializer output is msgpack bin in the hashed body; the JSONB copy shows {"$bytes": n}; verify passes."""
+    with JournalClient.from_settings(migrated) as client:
+        graph = _chat(JournalSaver(client, tenant=tenant))
+        graph.invoke(_ask(0), _config("bin"))
+        ev = next(e for e in client.read(tenant, "bin") if e.type == CHECKPOINT)
+        data = ev.payload["metadata"]["b"]
+        assert isinstance(data, bytes)
+        p = Projector(migrated, WorkerOptions())
+        try:
+            p.drain(tenants=[tenant])
+        finally:
+            p.close()
+    with Replayer.from_settings(migrated) as r:
+        rows, _ = r.stored_chain(tenant, "bin")
+        first = next(row for row in rows if row.event.seq == ev.seq)
+        assert first.json_payload["metadata"]["b"] == {"$bytes": len(data)}
+        assert first.event.payload["metadata"]["b"] == data
+        [verdict] = r.verify(tenant, "bin")
+        assert verdict.ok, verdict
+        assert "x.langgraph.checkpoint" in {s.type for s in timeline(r, tenant, "bin")}
+
+
+# -- durability ------------------------------------------------------------------------------------------
+
+def test_langgraph_durability_modes_map_onto_the_journal_levels(client: JournalClient, tenant: str) -> None:
+    """sync and exit appends wait for the AOF (fsync), async ones for Redis; the saver's own level overrides."""
+    seen: list[str | None] = []
+
+    class Spy(JournalSaver):
+        def _append(self, tenant: str, drafts: Any, config: Any = None) -> None:
+            seen.append(_durability(self.durability, config))
+            super()._append(tenant, drafts, config)
+
+    graph = _chat(Spy(client, tenant=tenant))
+    for mode, level in (("sync", "fsync"), ("async", "memory"), ("exit", "fsync")):
+        seen.clear()
+        graph.invoke(_ask(0), _config(f"d-{mode}-{uuid.uuid4().hex[:6]}"), durability=mode)
+        assert set(seen) - {None} == {level}, (mode, seen)  # None: the thread's registration (client default)
+    assert _durability("projected", {"configurable": {"__pregel_durability": "sync"}}) == "projected"
