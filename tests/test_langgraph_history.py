@@ -229,22 +229,22 @@ def test_delete_thread_racing_a_running_graph_leaves_nothing(client: JournalClie
     The run's puts and writes after the tombstone (whether they read it or not) are late: none brings the
     thread back. A new run started after the delete is a new thread, as in LangGraph's own savers.
     """
+    def run(config: Any, started: threading.Event, errors: list[BaseException]) -> None:
+        try:
+            graph = _looping(JournalSaver(client, tenant=tenant), 60)
+            started.set()
+            graph.invoke(_ask(0), config)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            started.set()
+
     raced = 0
     for attempt in range(12):
         thread_id = f"race-{attempt}"
         config = {**_config(thread_id), "recursion_limit": 200}
         started = threading.Event()
         errors: list[BaseException] = []
-
-        def run(config: Any, started: threading.Event, errors: list[BaseException]) -> None:
-            try:
-                graph = _looping(JournalSaver(client, tenant=tenant), 60)
-                started.set()
-                graph.invoke(_ask(0), config)
-            except BaseException as e:
-                errors.append(e)
-            finally:
-                started.set()
 
         runner = threading.Thread(target=run, args=(config, started, errors))
         runner.start()
