@@ -196,6 +196,10 @@ def _configurable(config: RunnableConfig | None) -> dict[str, Any]:
 # -- the fold: a thread's events → what the saver answers ------------------------------------------
 
 _Write = tuple[str, str, dict[str, Any], str, int]
+#: (ns, channel, version): where a channel's value is stored
+_Key = tuple[str, str, Any]
+#: One list call's rebuilt list values, by key
+_Memo = dict[_Key, list[Any]]
 #: (base version, base value, the serialized new items)
 _Delta = tuple[Any, list[Any], tuple[str, bytes]]
 
@@ -322,25 +326,46 @@ class ThreadIndex:
     def latest_id(self, ns: str) -> str | None:
         return max(self.checkpoints.get(ns, {}), default=None)
 
-    def value(self, serde: SerializerProtocol, ns: str, channel: str, version: Any) -> tuple[bool, Any]:
-        """``(True, value)`` of a channel's stored version, rebuilt from its delta chain; ``(False, None)`` if empty."""
-        tails: list[dict[str, Any]] = []
-        stored = self.blobs.get((ns, channel, version))
+    def value(self, serde: SerializerProtocol, ns: str, channel: str, version: Any,
+              memo: _Memo | None = None) -> tuple[bool, Any]:
+        """``(True, value)`` of a channel's stored version, rebuilt from its delta chain; ``(False, None)`` if empty.
+
+        ``memo`` (one ``list`` call's) holds the list versions already rebuilt, so a chain shared by
+        many checkpoints is decoded once: each version costs its tail, not its whole length.
+        """
+        tails: list[tuple[_Key, dict[str, Any]]] = []
+        key = (ns, channel, version)
+        stored = self.blobs.get(key)
+        value: Any = None
         while stored is not None and "base" in stored:
-            tails.append(stored)
-            stored = self.blobs.get((ns, channel, stored["base"]))
-        if stored is None:
-            if tails:
-                raise CheckpointCorrupt(f"channel {channel!r} version {version!r}: its delta chain has no whole value")
-            return False, None
-        value = serde.loads_typed(decode_value(stored))
-        for delta in reversed(tails):
+            if memo is not None and key in memo:
+                value = memo[key]
+                break
+            tails.append((key, stored))
+            key = (ns, channel, stored["base"])
+            stored = self.blobs.get(key)
+        else:
+            if stored is None:
+                if tails:
+                    raise CheckpointCorrupt(f"channel {channel!r} version {version!r}: "
+                                            "its delta chain has no whole value")
+                return False, None
+            if memo is not None and key in memo:
+                value = memo[key]
+            else:
+                value = serde.loads_typed(decode_value(stored))
+                if memo is not None and type(value) is list:
+                    memo[key] = value
+        for key, delta in reversed(tails):
             if not isinstance(value, list) or len(value) != delta["n"]:
                 size = len(value) if isinstance(value, list) else "?"
                 raise CheckpointCorrupt(f"channel {channel!r}: a delta extends a list of {delta['n']} items, "
                                         f"its base is {type(value).__name__} of {size}")
-            tail = serde.loads_typed(decode_value(delta["tail"]))
-            value = value + list(tail)
+            value = value + list(serde.loads_typed(decode_value(delta["tail"])))
+            if memo is not None:
+                memo[key] = value
+        if memo is not None and type(value) is list:
+            value = list(value)  # each tuple gets its own list (the items are shared within one call)
         return True, value
 
     def depth(self, ns: str, channel: str, version: Any) -> int:
@@ -359,11 +384,12 @@ class ThreadIndex:
         return self._tuple(serde, ns, checkpoint_id, stored, serde.loads_typed(decode_value(stored.metadata)))
 
     def _tuple(self, serde: SerializerProtocol, ns: str, checkpoint_id: str, stored: _Stored,
-               metadata: CheckpointMetadata) -> CheckpointTuple:
+               metadata: CheckpointMetadata,
+               memo: _Memo | None = None) -> CheckpointTuple:
         checkpoint: Checkpoint = serde.loads_typed(decode_value(stored.checkpoint))
         values: dict[str, Any] = {}
         for channel, version in checkpoint["channel_versions"].items():
-            found, value = self.value(serde, ns, channel, version)
+            found, value = self.value(serde, ns, channel, version, memo)
             if found:
                 values[channel] = value
         pending: list[PendingWrite] = [(t, c, serde.loads_typed(decode_value(v)))
@@ -388,6 +414,7 @@ class ThreadIndex:
                filter: dict[str, Any] | None, before: str | None, limit: int | None) -> list[CheckpointTuple]:
         """``list``'s answer for this thread: newest first within a namespace."""
         out: list[CheckpointTuple] = []
+        memo: _Memo = {}
         for space in sorted(self.checkpoints) if ns is None else [ns]:
             for cid in sorted(self.checkpoints.get(space, {}), reverse=True):
                 if limit is not None and len(out) >= limit:
@@ -398,7 +425,7 @@ class ThreadIndex:
                 metadata: CheckpointMetadata = serde.loads_typed(decode_value(stored.metadata))
                 if filter and not all(metadata.get(k) == v for k, v in filter.items()):
                     continue
-                out.append(self._tuple(serde, space, cid, stored, metadata))
+                out.append(self._tuple(serde, space, cid, stored, metadata, memo))
         return out
 
     # -- what a put stores -----------------------------------------------------------------------
