@@ -44,7 +44,7 @@ import asyncio
 import base64
 import binascii
 import hashlib
-import secrets
+import random
 import threading
 import time
 from collections import OrderedDict
@@ -70,7 +70,7 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 
 from journal.aio import AsyncJournalClient
 from journal.client import JournalClient
-from journal.errors import InvalidIdentifier, JournalError
+from journal.errors import ConflictError, InvalidIdentifier, JournalError
 from journal.events import Draft, Event
 from journal.keys import validate_id
 
@@ -93,6 +93,10 @@ READABLE = (1, 2)
 
 #: Epoch written by a put/put_writes whose parent checkpoint a tombstone removed: never current.
 STALE_EPOCH = -1
+
+#: A put whose expected head keeps moving (writes racing it) reads and retries this many times, then
+#: raises the ConflictError.
+PUT_ATTEMPTS = 16
 
 #: A delta chain longer than this is cut by storing the value whole, so a read decodes at most
 #: this many tails after one whole value.
@@ -186,7 +190,7 @@ def next_version(current: str | int | None) -> str:
         n = current
     else:
         n = int(current.split(".")[0])
-    return f"{n + 1:016}.{secrets.token_hex(4)}"
+    return f"{n + 1:016}.{random.getrandbits(32):08x}"  # not a secret: only unlike its sibling's
 
 
 def _configurable(config: RunnableConfig | None) -> dict[str, Any]:
@@ -496,7 +500,10 @@ def _checkpoint_draft(serde: SerializerProtocol, index: ThreadIndex, jthread: st
         # A late put stores its values whole: its deltas would name versions of a deleted past.
         "blobs": (ThreadIndex() if late else index).encode_blobs(serde, ns, values, new_versions),
     }
-    draft = Draft(thread=jthread, type=CHECKPOINT, payload=payload, node=_node(full_metadata))
+    # Appended only if the thread's head is still the one the index folded: a put never lands on top of
+    # something it has not seen (a tombstone, another writer's checkpoint); on a conflict it reads and retries.
+    draft = Draft(thread=jthread, type=CHECKPOINT, payload=payload, node=_node(full_metadata),
+                  expected_seq=index.seq)
     return draft, {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint["id"]}}
 
 
@@ -529,6 +536,27 @@ def _task_node(task_path: str) -> str | None:
 
 def _deleted_draft(jthread: str, thread_id: str) -> Draft:
     return Draft(thread=jthread, type=DELETED, payload={"v": FORMAT, "thread_id": thread_id})
+
+
+def _fold_own(index: ThreadIndex, events: Sequence[Event]) -> None:
+    """Fold the events this saver just appended, when they directly follow what the index holds.
+
+    The next read then finds nothing new (one HGET, no stream walk); events after a gap (another
+    writer's in between) are left for that read, which folds everything in order.
+    """
+    for ev in events:
+        if ev.seq != index.seq + 1:
+            return
+        index.apply([ev])
+
+
+def _unregistered(index: ThreadIndex) -> bool:
+    """Whether a put is the thread's first checkpoint, so it registers the thread for ``list(None)``.
+
+    Not "the thread's first event": a task's writes may land before the checkpoint they follow.
+    Two first puts racing both register, which is harmless (the registry is read as a set).
+    """
+    return not index.checkpoints and index.epoch == 0 and not index.dead
 
 
 def _registration(jthread: str, thread_id: str) -> Draft:
@@ -741,9 +769,10 @@ class JournalSaver(BaseCheckpointSaver[str]):
             self._cache.registry[tenant] = (events[-1].seq if events else seq, known)
             return dict(known)
 
-    def _append(self, tenant: str, drafts: list[Draft], config: RunnableConfig | None = None) -> None:
-        if drafts:
-            self.client.append_many(tenant, drafts, durability=_durability(self.durability, config))
+    def _append(self, tenant: str, drafts: list[Draft], config: RunnableConfig | None = None) -> list[Event]:
+        if not drafts:
+            return []
+        return self.client.append_many(tenant, drafts, durability=_durability(self.durability, config))
 
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         where = _Where(config, self.tenant)
@@ -773,14 +802,25 @@ class JournalSaver(BaseCheckpointSaver[str]):
     def put(self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,
             new_versions: ChannelVersions) -> RunnableConfig:
         where = _Where(config, self.tenant)
+        key = (where.tenant, where.jthread)
+        for attempt in range(PUT_ATTEMPTS):
+            with self._lock:
+                # The cached index is used as is: the append's expected_seq proves it current, or conflicts.
+                index = self._cache.get(key) if attempt == 0 and self._cache.peek(key) is not None \
+                    else self._index(*key)
+                draft, out = _checkpoint_draft(self.serde, index, where.jthread, config, checkpoint, metadata,
+                                               new_versions)
+                first = _unregistered(index)
+            try:
+                written = self._append(where.tenant, [draft], config)
+                break
+            except ConflictError:
+                # Someone appended in between (this run's own parallel writes, a delete): read it, decide again.
+                if attempt == PUT_ATTEMPTS - 1:
+                    raise
         with self._lock:
-            # Reading first learns of any delete since this process last looked (the epoch to write under).
-            index = self._index(where.tenant, where.jthread)
-            new = index.seq == 0
-            draft, out = _checkpoint_draft(self.serde, index, where.jthread, config, checkpoint, metadata,
-                                           new_versions)
-        self._append(where.tenant, [draft], config)
-        if new:  # the thread's first event: register it for list(None) (a duplicate is harmless)
+            _fold_own(index, written)
+        if first:
             self._append(where.tenant, [_registration(where.jthread, where.thread_id)])
         return where.route(out)
 
@@ -794,7 +834,9 @@ class JournalSaver(BaseCheckpointSaver[str]):
             # it should be. Only an index this process lacks (never read, or dropped from the cache) is read.
             index = known if known is not None else self._index(where.tenant, where.jthread)
             draft = _writes_draft(self.serde, where.jthread, index, config, writes, task_id, task_path)
-        self._append(where.tenant, [draft], config)
+        written = self._append(where.tenant, [draft], config)
+        with self._lock:
+            _fold_own(index, written)
 
     def delete_thread(self, thread_id: str, *, tenant: str | None = None) -> None:
         """Append the tombstone: the thread reads as empty from then on, whatever is written against its past."""
@@ -856,7 +898,7 @@ class JournalSaver(BaseCheckpointSaver[str]):
             source = self._index(tenant, source_j)
             target = self._index(tenant, target_j)
             drafts = _copy_drafts(self.serde, source, target, target_j, str(target_thread_id))
-            new = target.seq == 0
+            new = _unregistered(target)
         self._append(tenant, drafts)
         if drafts and new:
             self._append(tenant, [_registration(target_j, str(target_thread_id))])
@@ -939,9 +981,10 @@ class AsyncJournalSaver(BaseCheckpointSaver[str]):
             self._cache.registry[tenant] = (events[-1].seq if events else seq, known)
             return dict(known)
 
-    async def _append(self, tenant: str, drafts: list[Draft], config: RunnableConfig | None = None) -> None:
-        if drafts:
-            await self.client.append_many(tenant, drafts, durability=_durability(self.durability, config))
+    async def _append(self, tenant: str, drafts: list[Draft], config: RunnableConfig | None = None) -> list[Event]:
+        if not drafts:
+            return []
+        return await self.client.append_many(tenant, drafts, durability=_durability(self.durability, config))
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         where = _Where(config, self.tenant)
@@ -966,11 +1009,21 @@ class AsyncJournalSaver(BaseCheckpointSaver[str]):
     async def aput(self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,
                    new_versions: ChannelVersions) -> RunnableConfig:
         where = _Where(config, self.tenant)
-        index = await self._index(where.tenant, where.jthread)
-        new = index.seq == 0
-        draft, out = _checkpoint_draft(self.serde, index, where.jthread, config, checkpoint, metadata, new_versions)
-        await self._append(where.tenant, [draft], config)
-        if new:
+        key = (where.tenant, where.jthread)
+        for attempt in range(PUT_ATTEMPTS):  # see JournalSaver.put
+            known = self._cache.peek(key)
+            index = known if known is not None and attempt == 0 else await self._index(*key)
+            draft, out = _checkpoint_draft(self.serde, index, where.jthread, config, checkpoint, metadata,
+                                           new_versions)
+            first = _unregistered(index)
+            try:
+                written = await self._append(where.tenant, [draft], config)
+                break
+            except ConflictError:
+                if attempt == PUT_ATTEMPTS - 1:
+                    raise
+        _fold_own(index, written)
+        if first:
             await self._append(where.tenant, [_registration(where.jthread, where.thread_id)])
         return where.route(out)
 
@@ -979,8 +1032,8 @@ class AsyncJournalSaver(BaseCheckpointSaver[str]):
         where = _Where(config, self.tenant)
         known = self._cache.peek((where.tenant, where.jthread))  # see JournalSaver.put_writes
         index = known if known is not None else await self._index(where.tenant, where.jthread)
-        await self._append(where.tenant, [_writes_draft(self.serde, where.jthread, index, config, writes,
-                                                        task_id, task_path)], config)
+        draft = _writes_draft(self.serde, where.jthread, index, config, writes, task_id, task_path)
+        _fold_own(index, await self._append(where.tenant, [draft], config))
 
     async def adelete_thread(self, thread_id: str, *, tenant: str | None = None) -> None:
         """Append the tombstone: the thread reads as empty from then on, whatever is written against its past."""
@@ -1031,7 +1084,7 @@ class AsyncJournalSaver(BaseCheckpointSaver[str]):
         source_j, target_j = journal_thread(source_thread_id), journal_thread(target_thread_id)
         source = await self._index(tenant, source_j)
         target = await self._index(tenant, target_j)
-        new = target.seq == 0
+        new = _unregistered(target)
         drafts = _copy_drafts(self.serde, source, target, target_j, str(target_thread_id))
         await self._append(tenant, drafts)
         if drafts and new:

@@ -1,20 +1,29 @@
 #!/usr/bin/env python
-"""Benchmark the LangGraph checkpointer on the journal: a graph whose ``messages`` channel grows each step.
+"""Benchmark the LangGraph checkpointers side by side: JournalSaver vs LangGraph's PostgresSaver, one run.
 
-One thread runs ``--steps`` supersteps (each appends one ~200-byte message and bumps a counter),
-checkpointed by ``JournalSaver`` and, for comparison, LangGraph's ``InMemorySaver``. Reported:
+Both savers checkpoint the same small graph on the same servers (the embedded Valkey + PostgreSQL
+started here, or ``--database-url``/``--redis-url`` … via the usual settings): one ``invoke`` of
+``--steps`` supersteps, each a conversation agent step: one AI message with a tool call, its tool
+result (``add_messages``) and a working-memory update. Reported, for each saver:
 
-* ms per superstep (whole ``invoke``, divided by the steps) for both savers;
-* journal bytes per checkpoint event (the payload as JSON): the first, the last and the total, which
-  shows what a growing channel costs: each checkpoint stores the whole new value of every channel
-  that changed (no deltas), so the total grows with the square of the steps;
-* ``get_tuple`` of the latest checkpoint, warm (the saver's cached index: one read of nothing new)
-  and cold (a new saver folding the whole thread), the MEDIAN of ``--runs``.
+* per-superstep checkpoint overhead: (ms per superstep with the saver − without a checkpointer),
+  for LangGraph's ``durability="sync"`` (the put is waited for: JournalSaver appends with
+  ``fsync``, PostgresSaver commits) and ``"async"`` (JournalSaver: ``memory``);
+* ``put`` p50 at step 1 and at the last step (the median of the 10 puts around each, sync run);
+* bytes stored per step in PostgreSQL at the last step: PostgresSaver's rows (``checkpoints``,
+  ``checkpoint_blobs``, ``checkpoint_writes``); the journal's ``journal.events`` rows of the
+  thread after the projector drained it (body + JSONB copy), and separately the projector's
+  ``journal.snapshots`` of the thread (``pg_column_size`` of each row, TOAST-compressed as stored;
+  indexes not counted, nor the Redis tail, trimmed once projected);
+* ``get_tuple`` of the latest checkpoint and of the one at the middle step; ``list()`` of the whole
+  thread. JournalSaver warm (its in-process index, the steady state of a running service) and
+  cold (a new saver folding the thread from PostgreSQL). Medians of ``--runs``.
 
-    python scripts/bench_langgraph.py                 # starts its own embedded stack in a temp dir
-    python scripts/bench_langgraph.py --steps 500 --runs 7
+    python scripts/bench_langgraph.py                       # 500 steps, embedded stack in a temp dir
+    python scripts/bench_langgraph.py --steps 500 --runs 7 --json out.json
 
-The script never asserts: it reports and exits 0.
+The machine may be shared: compare the ratios of one run, and several runs' medians. The script
+never asserts: it reports and exits 0.
 """
 
 from __future__ import annotations
@@ -26,14 +35,17 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Annotated, Any, TypedDict
 
+import psycopg
+from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, ToolMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
-from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, StateGraph
+from langgraph.graph.message import add_messages
 from rich.console import Console
 from rich.table import Table
 
@@ -41,47 +53,125 @@ from journal import logs
 from journal.client import JournalClient
 from journal.embedded import EmbeddedStack
 from projections import db
-from replayer.langgraph import CHECKPOINT, JournalSaver, decode_value
+from projections.worker import Projector, WorkerOptions
+from replayer.langgraph import JournalSaver
+
+try:
+    from langgraph.checkpoint.postgres import PostgresSaver
+except ImportError:  # pragma: no cover - the dev extra installs it
+    PostgresSaver = None
 
 
 class State(TypedDict):
-    messages: list[str]
+    messages: Annotated[list[AnyMessage], add_messages]
+    memory: dict[str, Any]
     n: int
 
 
-def graph(saver: BaseCheckpointSaver[Any], steps: int) -> Any:
-    def step(state: State) -> dict[str, Any]:
-        # A new list each step, as add_messages does: the channel's value grows by one message.
-        return {"messages": [*state["messages"], f"message {state['n']}: " + "x" * 180], "n": state["n"] + 1}
+def graph(saver: BaseCheckpointSaver[Any] | None, steps: int) -> Any:
+    def agent(state: State) -> dict[str, Any]:
+        n = state["n"]
+        call = {"id": f"call-{n}", "name": "search_orders", "args": {"order": n}}
+        return {
+            "messages": [AIMessage(content=f"Step {n}: let me check the order history before deciding.",
+                                   id=f"ai-{n}", tool_calls=[call]),
+                         ToolMessage(content=f"order {n}: shipped, 2 items, " + "details " * 12,
+                                     tool_call_id=f"call-{n}", id=f"tool-{n}")],
+            "memory": {**state["memory"], f"k{n % 16}": {"step": n, "note": "customer prefers email"}},
+            "n": n + 1,
+        }
 
     g = StateGraph(State)
-    g.add_node("step", step)
-    g.add_edge(START, "step")
-    g.add_conditional_edges("step", lambda s: "step" if s["n"] < steps else END, ["step", END])
+    g.add_node("agent", agent)
+    g.add_edge(START, "agent")
+    g.add_conditional_edges("agent", lambda s: "agent" if s["n"] < steps else END, ["agent", END])
     return g.compile(checkpointer=saver)
 
 
-def run(saver: BaseCheckpointSaver[Any], thread: str, steps: int) -> float:
+def first_input() -> dict[str, Any]:
+    return {"messages": [HumanMessage(content="Where is my order?", id="q-0")], "memory": {}, "n": 0}
+
+
+def invoke_ms(saver: BaseCheckpointSaver[Any] | None, thread: str, steps: int, durability: str) -> float:
+    config: RunnableConfig = {"configurable": {"thread_id": thread}, "recursion_limit": steps * 2 + 10}
+    g = graph(saver, steps)
     t0 = time.perf_counter()
-    graph(saver, steps).invoke({"messages": [], "n": 0},
-                               {"configurable": {"thread_id": thread}, "recursion_limit": steps * 2 + 10})
+    if saver is None:  # durability means nothing without a checkpointer (and "sync" fails there in LangGraph 1.2)
+        g.invoke(first_input(), config)
+    else:
+        g.invoke(first_input(), config, durability=durability)  # type: ignore[arg-type]
     return (time.perf_counter() - t0) * 1000 / steps
 
 
+@contextmanager
+def timed_puts(saver: BaseCheckpointSaver[Any]) -> Iterator[list[float]]:
+    """Time every ``put`` the graph makes (ms, in order) by wrapping the instance's method."""
+    times: list[float] = []
+    inner = saver.put
+
+    def put(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            times.append((time.perf_counter() - t0) * 1000)
+
+    saver.put = put  # type: ignore[method-assign]
+    try:
+        yield times
+    finally:
+        del saver.put
+
+
 def median_ms(fn: Callable[[], Any], runs: int) -> float:
-    fn()
-    times = []
+    fn()  # warm-up: connections, caches
+    samples = []
     for _ in range(runs):
         t0 = time.perf_counter()
         fn()
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
+        samples.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(samples)
+
+
+def row_bytes(conn: Any, table: str, where: str, params: tuple[Any, ...]) -> int:
+    row = conn.execute(f"SELECT coalesce(sum(pg_column_size(t.*)), 0) FROM {table} t WHERE {where}", params).fetchone()
+    return int(row[0])
+
+
+def measure(saver: BaseCheckpointSaver[Any], fresh: Callable[[], BaseCheckpointSaver[Any]] | None, steps: int,
+            runs: int, baseline: dict[str, float]) -> dict[str, Any]:
+    """The figures of one saver (``fresh`` makes a new one for the cold reads, if that means something)."""
+    out: dict[str, Any] = {}
+    thread = f"t-{uuid.uuid4().hex[:10]}"
+    with timed_puts(saver) as puts:
+        out["ms_per_step_sync"] = invoke_ms(saver, thread, steps, "sync")
+    out["overhead_ms_per_step_sync"] = out["ms_per_step_sync"] - baseline["sync"]
+    out["puts"] = len(puts)
+    out["put_p50_ms_first"] = statistics.median(puts[:10])
+    out["put_p50_ms_last"] = statistics.median(puts[-10:])
+    out["ms_per_step_async"] = invoke_ms(saver, f"{thread}-a", steps, "async")
+    out["overhead_ms_per_step_async"] = out["ms_per_step_async"] - baseline["async"]
+    config: RunnableConfig = {"configurable": {"thread_id": thread}}
+    history = list(saver.list(config))
+    out["checkpoints"] = len(history)
+    # The checkpoint written after the middle step (list is newest first; step numbers are the loop's).
+    middle = next(t for t in history if t.metadata.get("step") == steps // 2)
+    at_middle: RunnableConfig = {"configurable": {**middle.config["configurable"]}}
+    out["get_tuple_latest_ms"] = median_ms(lambda: saver.get_tuple(config), runs)
+    out["get_tuple_middle_ms"] = median_ms(lambda: saver.get_tuple(at_middle), runs)
+    out["list_all_ms"] = median_ms(lambda: list(saver.list(config)), runs)
+    if fresh is not None:
+        out["cold_get_tuple_latest_ms"] = median_ms(lambda: fresh().get_tuple(config), runs)
+        out["cold_list_all_ms"] = median_ms(lambda: list(fresh().list(config)), runs)
+    out["thread"] = thread
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--steps", type=int, default=500)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = ap.parse_args()
     logs.configure()
     console = Console()
@@ -90,35 +180,92 @@ def main() -> None:
     try:
         settings = stack.up(("redis", "postgres", "s3"))
         db.migrate(settings)
-        tenant, thread = f"bench-{uuid.uuid4().hex[:8]}", "lg-bench"
+        results: dict[str, Any] = {"steps": args.steps, "runs": args.runs}
+        with console.status("no checkpointer (baseline) …"):
+            none = statistics.median(invoke_ms(None, "x", args.steps, "") for _ in range(3))
+            baseline = {"sync": none, "async": none}
+        results["baseline_ms_per_step"] = baseline
+        tenant = f"bench-{uuid.uuid4().hex[:8]}"
         with JournalClient.from_settings(settings) as client:
-            journal_ms = run(JournalSaver(client, tenant=tenant), thread, args.steps)
-            memory_ms = run(InMemorySaver(), thread, args.steps)
-            checkpoints = [e.payload for e in client.read(tenant, thread) if e.type == CHECKPOINT]
-            sizes = [len(json.dumps(p)) for p in checkpoints]
-            last = checkpoints[-1]
-            stored = [b["value"] for b in last["blobs"].values() if b["value"]] + [last["checkpoint"], last["metadata"]]
-            raw = sum(len(decode_value(v)[1]) for v in stored)
-            events = client.head(tenant, thread)
-            config: RunnableConfig = {"configurable": {"thread_id": thread}}
-            warm_saver = JournalSaver(client, tenant=tenant)
-            warm = median_ms(lambda: warm_saver.get_tuple(config), args.runs)
-            cold = median_ms(lambda: JournalSaver(client, tenant=tenant).get_tuple(config), args.runs)
-        table = Table(title=f"LangGraph on the journal: {args.steps} supersteps, one growing channel")
-        table.add_column("measure")
-        table.add_column("value", justify="right")
-        table.add_row("ms / superstep, JournalSaver", f"{journal_ms:.2f}")
-        table.add_row("ms / superstep, InMemorySaver", f"{memory_ms:.2f}")
-        table.add_row("journal events (checkpoints + writes)", f"{events} ({len(sizes)} checkpoints)")
-        table.add_row("bytes, first / last checkpoint event", f"{sizes[0]:,} / {sizes[-1]:,}")
-        table.add_row("serializer bytes in the last one (stored as base64)", f"{raw:,}")
-        table.add_row("bytes, all checkpoint events", f"{sum(sizes):,}")
-        table.add_row(f"get_tuple latest, warm (median of {args.runs}) ms", f"{warm:.2f}")
-        table.add_row(f"get_tuple latest, cold: fold {events} events (median) ms", f"{cold:.2f}")
-        console.print(table)
+            with console.status("JournalSaver …"):
+                journal = measure(JournalSaver(client, tenant=tenant),
+                                  lambda: JournalSaver(client, tenant=tenant), args.steps, args.runs, baseline)
+            with console.status("projecting the journal into PostgreSQL …"):
+                p = Projector(settings, WorkerOptions())
+                try:
+                    p.drain(tenants=[tenant])
+                finally:
+                    p.close()
+                # Cold reads again, now from PostgreSQL (the Redis tail trimmed as a long-lived thread would be).
+                from journal import keys
+                client.redis.xtrim(keys.stream(tenant), maxlen=0, approximate=False)
+                config: RunnableConfig = {"configurable": {"thread_id": journal["thread"]}}
+                journal["cold_pg_get_tuple_latest_ms"] = median_ms(
+                    lambda: JournalSaver(client, tenant=tenant).get_tuple(config), args.runs)
+                journal["cold_pg_list_all_ms"] = median_ms(
+                    lambda: list(JournalSaver(client, tenant=tenant).list(config)), args.runs)
+        with psycopg.connect(str(settings.database_url), autocommit=True) as conn:
+            where = "tenant_id = %s AND thread_id = %s"
+            journal["pg_event_bytes"] = row_bytes(conn, "journal.events", where, (tenant, journal["thread"]))
+            journal["pg_snapshot_bytes"] = row_bytes(conn, "journal.snapshots", where, (tenant, journal["thread"]))
+        journal["event_bytes_per_step"] = journal["pg_event_bytes"] / args.steps
+        journal["bytes_per_step_with_snapshots"] = (
+            journal["pg_event_bytes"] + journal["pg_snapshot_bytes"]) / args.steps
+        results["journal"] = journal
+        if PostgresSaver is None:
+            results["postgres"] = "langgraph-checkpoint-postgres is not installed (pip install -e '.[dev]')"
+        else:
+            with PostgresSaver.from_conn_string(str(settings.database_url)) as pg_saver:
+                pg_saver.setup()
+                with console.status("PostgresSaver …"):
+                    pgr = measure(pg_saver, None, args.steps, args.runs, baseline)
+                with psycopg.connect(str(settings.database_url), autocommit=True) as conn:
+                    pgr["pg_bytes"] = sum(row_bytes(conn, t, "thread_id = %s", (pgr["thread"],))
+                                          for t in ("checkpoints", "checkpoint_blobs", "checkpoint_writes"))
+                pgr["bytes_per_step"] = pgr["pg_bytes"] / args.steps
+            results["postgres"] = pgr
+        report(console, results)
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2))
     finally:
         stack.down()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def report(console: Console, r: dict[str, Any]) -> None:
+    j, p = r["journal"], r["postgres"]
+    have_pg = isinstance(p, dict)
+    table = Table(title=f"LangGraph checkpointers, {r['steps']} supersteps of a conversation agent "
+                        f"(medians of {r['runs']}; no checkpointer: {r['baseline_ms_per_step']['sync']:.2f} ms/step)")
+    for col in ("measure", "JournalSaver", "PostgresSaver", "PostgresSaver / Journal"):
+        table.add_column(col, justify="left" if col == "measure" else "right")
+
+    def row(name: str, ours: float, theirs: float | None, unit: str = "ms") -> None:
+        fmt = (lambda v: f"{v:,.0f} B") if unit == "B" else (lambda v: f"{v:.2f} ms")
+        ratio = f"{theirs / ours:.1f}×" if theirs is not None and ours > 0 else "–"
+        table.add_row(name, fmt(ours), fmt(theirs) if theirs is not None else "–", ratio)
+
+    def their(key: str) -> float | None:
+        return p[key] if have_pg else None
+
+    row("checkpoint overhead / superstep (sync)", j["overhead_ms_per_step_sync"], their("overhead_ms_per_step_sync"))
+    row("checkpoint overhead / superstep (async)", j["overhead_ms_per_step_async"],
+        their("overhead_ms_per_step_async"))
+    row("put p50, steps 1-10", j["put_p50_ms_first"], their("put_p50_ms_first"))
+    row(f"put p50, last 10 steps (to {r['steps']})", j["put_p50_ms_last"], their("put_p50_ms_last"))
+    row("bytes / step in PostgreSQL (events | checkpoint rows)", j["event_bytes_per_step"], their("bytes_per_step"),
+        "B")
+    row("bytes / step incl. the projector's snapshots", j["bytes_per_step_with_snapshots"], their("bytes_per_step"),
+        "B")
+    row("get_tuple latest (warm)", j["get_tuple_latest_ms"], their("get_tuple_latest_ms"))
+    row(f"get_tuple at step {r['steps'] // 2} (warm)", j["get_tuple_middle_ms"], their("get_tuple_middle_ms"))
+    row(f"list() of {j['checkpoints']} (warm)", j["list_all_ms"], their("list_all_ms"))
+    row("get_tuple latest, cold (new saver, PostgreSQL)", j["cold_pg_get_tuple_latest_ms"],
+        their("get_tuple_latest_ms"))
+    row(f"list() of {j['checkpoints']}, cold (new saver, PostgreSQL)", j["cold_pg_list_all_ms"], their("list_all_ms"))
+    console.print(table)
+    if not have_pg:
+        console.print(str(p))
 
 
 if __name__ == "__main__":

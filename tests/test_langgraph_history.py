@@ -345,9 +345,9 @@ def test_langgraph_durability_modes_map_onto_the_journal_levels(client: JournalC
     seen: list[str | None] = []
 
     class Spy(JournalSaver):
-        def _append(self, tenant: str, drafts: Any, config: Any = None) -> None:
+        def _append(self, tenant: str, drafts: Any, config: Any = None) -> Any:
             seen.append(_durability(self.durability, config))
-            super()._append(tenant, drafts, config)
+            return super()._append(tenant, drafts, config)
 
     graph = _chat(Spy(client, tenant=tenant))
     for mode, level in (("sync", "fsync"), ("async", "memory"), ("exit", "fsync")):
