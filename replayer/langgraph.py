@@ -759,6 +759,18 @@ class JournalSaver(BaseCheckpointSaver[str]):
         self._cache = _Cache(cache_threads)
         # LangGraph calls put_writes from several worker threads at once; the index is not thread-safe.
         self._lock = threading.RLock()
+        #: (tenant, journal thread) -> the lock this process's appends to that thread take, so its own writes
+        #: never race its puts (which append with expected_seq: a race costs a read and a retry)
+        self._writers: dict[tuple[str, str], threading.Lock] = {}
+
+    def _writer(self, key: tuple[str, str]) -> threading.Lock:
+        with self._lock:
+            lock = self._writers.get(key)
+            if lock is None:
+                if len(self._writers) >= 4 * self._cache.size:
+                    self._writers = {k: v for k, v in self._writers.items() if v.locked()}
+                lock = self._writers[key] = threading.Lock()
+            return lock
 
     def get_next_version(self, current: str | None, channel: None) -> str:
         return next_version(current)
@@ -813,23 +825,24 @@ class JournalSaver(BaseCheckpointSaver[str]):
             new_versions: ChannelVersions) -> RunnableConfig:
         where = _Where(config, self.tenant)
         key = (where.tenant, where.jthread)
-        for attempt in range(PUT_ATTEMPTS):
+        with self._writer(key):
+            for attempt in range(PUT_ATTEMPTS):
+                with self._lock:
+                    # The cached index is used as is: the append's expected_seq proves it current, or conflicts.
+                    index = self._cache.get(key) if attempt == 0 and self._cache.peek(key) is not None \
+                        else self._index(*key)
+                    draft, out = _checkpoint_draft(self.serde, index, where.jthread, config, checkpoint, metadata,
+                                                   new_versions)
+                    first = _unregistered(index)
+                try:
+                    written = self._append(where.tenant, [draft], config)
+                    break
+                except ConflictError:
+                    # Another process appended in between (a delete, another writer): read it, decide again.
+                    if attempt == PUT_ATTEMPTS - 1:
+                        raise
             with self._lock:
-                # The cached index is used as is: the append's expected_seq proves it current, or conflicts.
-                index = self._cache.get(key) if attempt == 0 and self._cache.peek(key) is not None \
-                    else self._index(*key)
-                draft, out = _checkpoint_draft(self.serde, index, where.jthread, config, checkpoint, metadata,
-                                               new_versions)
-                first = _unregistered(index)
-            try:
-                written = self._append(where.tenant, [draft], config)
-                break
-            except ConflictError:
-                # Someone appended in between (this run's own parallel writes, a delete): read it, decide again.
-                if attempt == PUT_ATTEMPTS - 1:
-                    raise
-        with self._lock:
-            _fold_own(index, written)
+                _fold_own(index, written)
         if first:
             self._append(where.tenant, [_registration(where.jthread, where.thread_id)])
         return where.route(out)
@@ -837,16 +850,17 @@ class JournalSaver(BaseCheckpointSaver[str]):
     def put_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
                    task_path: str = "") -> None:
         where = _Where(config, self.tenant)
-        with self._lock:
-            known = self._cache.peek((where.tenant, where.jthread))
-            # The writes belong to a checkpoint this process put or read, so its index knows the epoch without
-            # reading again; a writer that has not seen a later delete writes under the old one, and is ignored as
-            # it should be. Only an index this process lacks (never read, or dropped from the cache) is read.
-            index = known if known is not None else self._index(where.tenant, where.jthread)
-            draft = _writes_draft(self.serde, where.jthread, index, config, writes, task_id, task_path)
-        written = self._append(where.tenant, [draft], config)
-        with self._lock:
-            _fold_own(index, written)
+        with self._writer((where.tenant, where.jthread)):
+            with self._lock:
+                known = self._cache.peek((where.tenant, where.jthread))
+                # The writes belong to a checkpoint this process put or read, so its index knows the epoch without
+                # reading again; a writer that has not seen a later delete writes under the old one, and is ignored
+                # as it should be. Only an index this process lacks (never read, or dropped from the cache) is read.
+                index = known if known is not None else self._index(where.tenant, where.jthread)
+                draft = _writes_draft(self.serde, where.jthread, index, config, writes, task_id, task_path)
+            written = self._append(where.tenant, [draft], config)
+            with self._lock:
+                _fold_own(index, written)
 
     def delete_thread(self, thread_id: str, *, tenant: str | None = None) -> None:
         """Append the tombstone: the thread reads as empty from then on, whatever is written against its past."""
@@ -966,13 +980,25 @@ class AsyncJournalSaver(BaseCheckpointSaver[str]):
         self.ttl_ms = _ttl_ms(ttl)
         self._cache = _Cache(cache_threads)
         self._lock: asyncio.Lock | None = None
+        self._writers: dict[tuple[str, str], asyncio.Lock] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
 
     def _bind(self) -> asyncio.Lock:
         loop = asyncio.get_running_loop()
         if self._lock is None or self.loop is not loop:
             self.loop, self._lock = loop, asyncio.Lock()
+            self._writers = {}
         return self._lock
+
+    def _writer(self, key: tuple[str, str]) -> asyncio.Lock:
+        """See JournalSaver._writer (one per thread, on the saver's loop)."""
+        self._bind()
+        lock = self._writers.get(key)
+        if lock is None:
+            if len(self._writers) >= 4 * self._cache.size:
+                self._writers = {k: v for k, v in self._writers.items() if v.locked()}
+            lock = self._writers[key] = asyncio.Lock()
+        return lock
 
     def get_next_version(self, current: str | None, channel: None) -> str:
         return next_version(current)
@@ -1020,19 +1046,20 @@ class AsyncJournalSaver(BaseCheckpointSaver[str]):
                    new_versions: ChannelVersions) -> RunnableConfig:
         where = _Where(config, self.tenant)
         key = (where.tenant, where.jthread)
-        for attempt in range(PUT_ATTEMPTS):  # see JournalSaver.put
-            known = self._cache.peek(key)
-            index = known if known is not None and attempt == 0 else await self._index(*key)
-            draft, out = _checkpoint_draft(self.serde, index, where.jthread, config, checkpoint, metadata,
-                                           new_versions)
-            first = _unregistered(index)
-            try:
-                written = await self._append(where.tenant, [draft], config)
-                break
-            except ConflictError:
-                if attempt == PUT_ATTEMPTS - 1:
-                    raise
-        _fold_own(index, written)
+        async with self._writer(key):
+            for attempt in range(PUT_ATTEMPTS):  # see JournalSaver.put
+                known = self._cache.peek(key)
+                index = known if known is not None and attempt == 0 else await self._index(*key)
+                draft, out = _checkpoint_draft(self.serde, index, where.jthread, config, checkpoint, metadata,
+                                               new_versions)
+                first = _unregistered(index)
+                try:
+                    written = await self._append(where.tenant, [draft], config)
+                    break
+                except ConflictError:
+                    if attempt == PUT_ATTEMPTS - 1:
+                        raise
+            _fold_own(index, written)
         if first:
             await self._append(where.tenant, [_registration(where.jthread, where.thread_id)])
         return where.route(out)
@@ -1040,10 +1067,11 @@ class AsyncJournalSaver(BaseCheckpointSaver[str]):
     async def aput_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
                           task_path: str = "") -> None:
         where = _Where(config, self.tenant)
-        known = self._cache.peek((where.tenant, where.jthread))  # see JournalSaver.put_writes
-        index = known if known is not None else await self._index(where.tenant, where.jthread)
-        draft = _writes_draft(self.serde, where.jthread, index, config, writes, task_id, task_path)
-        _fold_own(index, await self._append(where.tenant, [draft], config))
+        async with self._writer((where.tenant, where.jthread)):
+            known = self._cache.peek((where.tenant, where.jthread))  # see JournalSaver.put_writes
+            index = known if known is not None else await self._index(where.tenant, where.jthread)
+            draft = _writes_draft(self.serde, where.jthread, index, config, writes, task_id, task_path)
+            _fold_own(index, await self._append(where.tenant, [draft], config))
 
     async def adelete_thread(self, thread_id: str, *, tenant: str | None = None) -> None:
         """Append the tombstone: the thread reads as empty from then on, whatever is written against its past."""

@@ -231,7 +231,7 @@ def test_delete_thread_racing_a_running_graph_leaves_nothing(client: JournalClie
     """
     def run(config: Any, started: threading.Event, errors: list[BaseException]) -> None:
         try:
-            graph = _looping(JournalSaver(client, tenant=tenant), 60)
+            graph = _looping(JournalSaver(client, tenant=tenant), 150)
             started.set()
             graph.invoke(_ask(0), config)
         except BaseException as exc:
@@ -242,14 +242,14 @@ def test_delete_thread_racing_a_running_graph_leaves_nothing(client: JournalClie
     raced = 0
     for attempt in range(12):
         thread_id = f"race-{attempt}"
-        config = {**_config(thread_id), "recursion_limit": 200}
+        config = {**_config(thread_id), "recursion_limit": 400}
         started = threading.Event()
         errors: list[BaseException] = []
 
         runner = threading.Thread(target=run, args=(config, started, errors))
         runner.start()
         started.wait(10)
-        time.sleep(0.01 + 0.01 * attempt)  # the delete lands at a different step each time
+        time.sleep(0.003 + 0.004 * attempt)  # the delete lands at a different step each time
         with JournalClient.from_settings(settings) as other:
             JournalSaver(other, tenant=tenant).delete_thread(thread_id)
         runner.join(60)
