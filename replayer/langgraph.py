@@ -12,8 +12,10 @@ Event types (custom, so the journal stores them verbatim and the fold keeps them
   keeps pointing at the value stored by an earlier checkpoint (by ``(ns, channel, version)``). A
   list channel whose new value extends the previous stored version of that channel (the
   ``messages`` list) is stored as a delta: ``{"version", "base": previous version, "n": its length,
-  "tail": the new items}``, rebuilt on read; anything else (or every ``MAX_DELTA_DEPTH``-th
-  version, so a read decodes a bounded chain) is stored whole.
+  "tail": the new items}``; a dict channel of which at most half the keys changed as
+  ``{"version", "base", "set": the changed keys' values, "del": the removed keys}``; rebuilt on
+  read. Anything else (or every ``MAX_DELTA_DEPTH + 1``-th version, so a read decodes a bounded
+  chain) is stored whole.
 - ``x.langgraph.writes``: one ``put_writes`` (a task's writes against one checkpoint).
 - ``x.langgraph.deleted``: ``delete_thread``'s tombstone. The journal is append-only, so deletion
   is a fact in the log: a reader forgets everything before it, and every checkpoint or write event
@@ -203,9 +205,11 @@ _Write = tuple[str, str, dict[str, Any], str, int]
 #: (ns, channel, version): where a channel's value is stored
 _Key = tuple[str, str, Any]
 #: One list call's rebuilt list values, by key
-_Memo = dict[_Key, list[Any]]
-#: (base version, base value, the serialized new items)
-_Delta = tuple[Any, list[Any], tuple[str, bytes]]
+_Memo = dict[_Key, Any]
+#: (the blob's delta fields, the new value as decoded from them)
+_Delta = tuple[dict[str, Any], Any]
+#: Channel value types stored as deltas of their previous version
+_DELTA_TYPES = (list, dict)
 
 
 @dataclass
@@ -286,10 +290,16 @@ class ThreadIndex:
                 if base is None and not any(k == (ns, str(channel), blob["base"]) for k, _ in blobs):
                     raise CheckpointCorrupt(f"channel {channel!r} version {blob['version']!r} is stored as a delta "
                                             f"of version {blob['base']!r}, which this thread does not hold")
-                if type(blob["n"]) is not int or blob["n"] < 0:
-                    raise CheckpointCorrupt(f"channel {channel!r}: a delta's 'n' must be a length, got {blob['n']!r}")
-                check_value(blob["tail"])
-                blobs.append((key, {"base": blob["base"], "n": blob["n"], "tail": blob["tail"]}))
+                if "tail" in blob:
+                    if type(blob["n"]) is not int or blob["n"] < 0:
+                        raise CheckpointCorrupt(f"channel {channel!r}: a delta's 'n' must be a length, "
+                                                f"got {blob['n']!r}")
+                    check_value(blob["tail"])
+                    blobs.append((key, {"base": blob["base"], "n": blob["n"], "tail": blob["tail"]}))
+                else:
+                    check_value(blob["set"])
+                    check_value(blob["del"])
+                    blobs.append((key, {"base": blob["base"], "set": blob["set"], "del": blob["del"]}))
             else:
                 value = blob.get("value")
                 if value is not None:
@@ -358,18 +368,14 @@ class ThreadIndex:
                 value = memo[key]
             else:
                 value = serde.loads_typed(decode_value(stored))
-                if memo is not None and type(value) is list:
+                if memo is not None and type(value) in _DELTA_TYPES:
                     memo[key] = value
         for key, delta in reversed(tails):
-            if not isinstance(value, list) or len(value) != delta["n"]:
-                size = len(value) if isinstance(value, list) else "?"
-                raise CheckpointCorrupt(f"channel {channel!r}: a delta extends a list of {delta['n']} items, "
-                                        f"its base is {type(value).__name__} of {size}")
-            value = value + list(serde.loads_typed(decode_value(delta["tail"])))
+            value = _patch(serde, channel, value, delta)
             if memo is not None:
                 memo[key] = value
-        if memo is not None and type(value) is list:
-            value = list(value)  # each tuple gets its own list (the items are shared within one call)
+        if memo is not None and type(value) in _DELTA_TYPES:
+            value = type(value)(value)  # each tuple gets its own list or dict (items shared within one call)
         return True, value
 
     def depth(self, ns: str, channel: str, version: Any) -> int:
@@ -443,22 +449,25 @@ class ThreadIndex:
                 blobs[channel] = {"version": version, "value": None}
                 continue
             value = values[channel]
-            delta = self._delta(serde, ns, channel, value) if type(value) is list and value else None
+            delta = self._delta(serde, ns, channel, value) if type(value) in _DELTA_TYPES and value else None
             if delta is not None:
-                base_version, base, typed_tail = delta
-                blobs[channel] = {"version": version, "base": base_version, "n": len(base),
-                                  "tail": encode_value(typed_tail)}
-                self.decoded[(ns, channel)] = (version, base + list(serde.loads_typed(typed_tail)))
+                fields, decoded = delta
+                blobs[channel] = {"version": version, **fields}
+                self.decoded[(ns, channel)] = (version, decoded)
                 continue
             typed = serde.dumps_typed(value)
             blobs[channel] = {"version": version, "value": encode_value(typed)}
-            if type(value) is list:
+            if type(value) in _DELTA_TYPES:
                 self.decoded[(ns, channel)] = (version, serde.loads_typed(typed))
         return blobs
 
-    def _delta(self, serde: SerializerProtocol, ns: str, channel: str,
-               value: list[Any]) -> _Delta | None:
-        """``(base version, base value, serialized tail)`` if ``value`` extends the channel's last stored version."""
+    def _delta(self, serde: SerializerProtocol, ns: str, channel: str, value: Any) -> _Delta | None:
+        """The delta fields of ``value`` against the channel's last stored version, if it is one worth storing.
+
+        A list that extends the stored one: its new items. A dict of which at most half the keys
+        changed: the changed keys' values and the removed keys. Compared with the stored version as
+        decoded from what was stored, so the delta holds exactly what differs.
+        """
         base_version = self.last.get((ns, channel))
         if base_version is None or self.depth(ns, channel, base_version) >= MAX_DELTA_DEPTH:
             return None
@@ -467,13 +476,41 @@ class ThreadIndex:
             base = known[1]
         else:
             found, base = self.value(serde, ns, channel, base_version)
-            if not found or type(base) is not list:
+            if not found or type(base) not in _DELTA_TYPES:
                 return None
             self.decoded[(ns, channel)] = (base_version, base)
-        # Compared with values decoded from what was stored, so the tail is exactly what is new.
-        if not base or len(base) > len(value) or not all(map(_same, base, value)):
+        if type(base) is not type(value) or not base:
             return None
-        return base_version, base, serde.dumps_typed(value[len(base):])
+        if type(value) is list:
+            if len(base) > len(value) or not all(map(_same, base, value)):
+                return None
+            typed_tail = serde.dumps_typed(value[len(base):])
+            return ({"base": base_version, "n": len(base), "tail": encode_value(typed_tail)},
+                    base + list(serde.loads_typed(typed_tail)))
+        new = cast(dict[Any, Any], value)
+        changed = {k: v for k, v in new.items() if k not in base or not _same(base[k], v)}
+        removed = [k for k in base if k not in new]
+        if 2 * (len(changed) + len(removed)) > len(new):
+            return None
+        typed_set, typed_del = serde.dumps_typed(changed), serde.dumps_typed(removed)
+        fields = {"base": base_version, "set": encode_value(typed_set), "del": encode_value(typed_del)}
+        return fields, _patch(serde, channel, base, fields)
+
+
+def _patch(serde: SerializerProtocol, channel: str, value: Any, delta: dict[str, Any]) -> Any:
+    """``value`` (a list or dict) with ``delta`` applied: a new object, ``value`` is left as it was."""
+    if "tail" in delta:
+        if not isinstance(value, list) or len(value) != delta["n"]:
+            size = len(value) if isinstance(value, list) else "?"
+            raise CheckpointCorrupt(f"channel {channel!r}: a delta extends a list of {delta['n']} items, "
+                                    f"its base is {type(value).__name__} of {size}")
+        return value + list(serde.loads_typed(decode_value(delta["tail"])))
+    if not isinstance(value, dict):
+        raise CheckpointCorrupt(f"channel {channel!r}: a delta updates a dict, its base is {type(value).__name__}")
+    out = {**value, **serde.loads_typed(decode_value(delta["set"]))}
+    for k in serde.loads_typed(decode_value(delta["del"])):
+        out.pop(k, None)
+    return out
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -144,6 +144,34 @@ def test_a_message_changed_in_place_after_it_was_stored_is_not_lost(client: Jour
     assert tup is not None and [m.content for m in tup.checkpoint["channel_values"]["messages"]] == ["mutated", "reply"]
 
 
+def test_a_dict_channel_stores_the_keys_that_changed(client: JournalClient, tenant: str) -> None:
+    """A working-memory dict: one key set or removed per step is stored as that key; reads rebuild it exactly."""
+    saver = JournalSaver(client, tenant=tenant)
+    config = _config("memory", checkpoint_ns="")
+    memory = {f"k{i}": {"note": "x" * 50, "i": i} for i in range(10)}
+    expected = []
+    version: str | None = None
+    for step in range(8):
+        if step == 5:
+            memory = {k: v for k, v in memory.items() if k != "k3"}  # a key removed
+        elif step == 7:
+            memory = {f"new{i}": i for i in range(10)}  # everything changed: stored whole
+        else:
+            memory = {**memory, f"k{step}": {"note": f"step {step}", "i": -step}}
+        version = saver.get_next_version(version, None)
+        cp = empty_checkpoint()
+        cp["id"] = str(uuid6(clock_seq=-1))
+        cp["channel_values"] = {"memory": memory}
+        cp["channel_versions"] = {"memory": version}
+        config = saver.put(config, cp, {"source": "loop", "step": step}, {"memory": version})
+        expected.append(dict(memory))
+    kinds = ["set" if "set" in b else "whole" for b in _stored_blob(client, tenant, "memory", "memory")]
+    assert kinds == ["whole"] + ["set"] * 6 + ["whole"], kinds
+    fresh = JournalSaver(client, tenant=tenant)
+    got = [t.checkpoint["channel_values"]["memory"] for t in fresh.list(_config("memory", checkpoint_ns=""))]
+    assert got == expected[::-1]
+
+
 # -- retention -----------------------------------------------------------------------------------------
 
 def test_prune_and_ttl_keep_a_pending_interrupt_resumable(client: JournalClient, settings: Settings,
