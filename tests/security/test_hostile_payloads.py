@@ -387,14 +387,14 @@ def test_big_event_alone_does_upload_its_blob(client: JournalClient, s3: Any, se
 
 # -- generated ----------------------------------------------------------------------------------------
 
-_plain_leaf = (st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1)
+_plain_leaf = (st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.binary(max_size=8)
                | st.floats(allow_nan=False, allow_infinity=False) | st.text(st.characters(blacklist_categories=("Cs",),
                                                                                          blacklist_characters="\x00"),
                                                                        max_size=8))
 _plain = st.recursive(_plain_leaf, lambda c: st.lists(c, max_size=3)
                       | st.dictionaries(st.text("abcxyz", min_size=1, max_size=4), c, max_size=3), max_leaves=8)
 _hostile_leaf = st.one_of(
-    st.sampled_from([math.nan, math.inf, -math.inf, b"", bytearray(b"x"), Decimal("1"), 1j, Custom(),
+    st.sampled_from([math.nan, math.inf, -math.inf, Decimal("1"), 1j, Custom(),
                      dt.datetime(2020, 1, 1), frozenset(), len]),
     st.integers(min_value=2**64),
     st.integers(max_value=-(2**63) - 1),
