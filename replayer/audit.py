@@ -8,6 +8,7 @@ reads are read-only.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -142,14 +143,7 @@ def timeline(r: Replayer, tenant: str, thread: str, after: int = 0, upto: int | 
 
 def _langgraph_before(r: Replayer, tenant: str, thread: str, seq: int, checkpoints: dict[str, str]) -> None:
     """Seed a page's fork detection with the checkpoints (and deletes) up to ``seq``."""
-    pg = r._pg()
-    with pg.scope(tenant):
-        earlier = pg.events_of_types(tenant, thread, seq, [_LG_CHECKPOINT, _LG_DELETED])
-        stored = pg.head(tenant, thread)
-    if seq > stored:
-        earlier += [e for e in r.history(tenant, thread, stored, seq, resolve_blobs=False)
-                    if e.type in (_LG_CHECKPOINT, _LG_DELETED)]
-    for e in earlier:
+    for e in _events_up_to(r, tenant, thread, seq, (_LG_CHECKPOINT, _LG_DELETED)):
         _langgraph_detail(e, checkpoints)
 
 
@@ -159,22 +153,29 @@ def _position_at(r: Replayer, tenant: str, thread: str, seq: int) -> lifecycle.P
     A page deep into a long conversation would otherwise decode a snapshot holding every message
     (0.6-1.1 s per page at 100,000 events, bench_console.py) just to seed its status column.
     """
+    pos = lifecycle.Position()
+    for e in _events_up_to(r, tenant, thread, seq, lifecycle.MOVES):
+        pos = lifecycle.step(pos, e.type, e.payload, e.node)
+    return pos
+
+
+def _events_up_to(r: Replayer, tenant: str, thread: str, seq: int, types: Iterable[str]) -> list[Event]:
+    """The thread's events of ``types`` with seq <= ``seq``, in seq order, from every tier (archive, PostgreSQL,
+    the Redis tail), without reading the others."""
+    wanted = set(types)
     pg = r._pg()
     with pg.scope(tenant):
-        moves = pg.events_of_types(tenant, thread, seq, sorted(lifecycle.MOVES))
+        found = pg.events_of_types(tenant, thread, seq, sorted(wanted))
         stored = pg.head(tenant, thread)
         archived = r.archive.head(tenant, thread) if r.archive is not None else 0
         if archived and r.archive is not None:
             # Rows at or below the archive's head are in S3 only (projections.archive).
-            moves = [e for e in r.archive.events(tenant, thread, 0, min(seq, archived))
-                     if e.type in lifecycle.MOVES] + moves
+            found = [e for e in r.archive.events(tenant, thread, 0, min(seq, archived))
+                     if e.type in wanted] + found
             stored = max(stored, archived)
     if seq > stored:  # the rest is still only in the Redis tail
-        moves += [e for e in r.history(tenant, thread, stored, seq, resolve_blobs=False) if e.type in lifecycle.MOVES]
-    pos = lifecycle.Position()
-    for e in moves:
-        pos = lifecycle.step(pos, e.type, e.payload, e.node)
-    return pos
+        found += [e for e in r.history(tenant, thread, stored, seq, resolve_blobs=False) if e.type in wanted]
+    return found
 
 
 # -- tool usage across threads ---------------------------------------------------------------------
