@@ -30,10 +30,12 @@ PAUSE = "pause"
 RESUME = "resume"
 COMPLETE = "complete"
 FAIL = "fail"
+#: Written by ``agent-journal maintain`` (``projections.retention``) for a thread idle past its tenant's limit.
+ABANDON = "abandon"
 
 BUILTIN_TYPES = frozenset(
     {MESSAGE, TOOL_CALL, TOOL_RESULT, NODE_ENTER, NODE_EXIT, MEMORY_SET, MEMORY_DELETE, PAUSE, RESUME,
-     COMPLETE, FAIL}
+     COMPLETE, FAIL, ABANDON}
 )
 
 

@@ -9,8 +9,11 @@ event of a batch from the row's stored position, without folding the thread.
 
 Rules:
 
-* ``pause`` → paused, ``resume`` → active, ``complete`` → completed, ``fail`` → failed, whatever
-  the status was (the fold records the oddities, e.g. a resume while active, as anomalies).
+* ``pause`` → paused, ``resume`` → active, ``complete`` → completed, ``fail`` → failed, ``abandon``
+  → abandoned, whatever the status was (the fold records the oddities, e.g. a resume while active,
+  as anomalies).
+* Any other event on an abandoned thread makes it active again: the agent came back (``abandon`` is
+  written by ``agent-journal maintain`` for threads idle too long, not by the agent).
 * ``node_enter`` pushes its node on the stack of open nodes; ``node_exit`` removes the innermost
   entry of its node (an exit of a node never entered changes nothing). The thread's node is the
   top of the stack, or none.
@@ -25,9 +28,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from journal import events as ev
-from journal.state import ACTIVE, COMPLETED, FAILED, PAUSED
+from journal.state import ABANDONED, ACTIVE, COMPLETED, FAILED, PAUSED
 
-STATUS_AFTER: Mapping[str, str] = {ev.PAUSE: PAUSED, ev.RESUME: ACTIVE, ev.COMPLETE: COMPLETED, ev.FAIL: FAILED}
+STATUS_AFTER: Mapping[str, str] = {ev.PAUSE: PAUSED, ev.RESUME: ACTIVE, ev.COMPLETE: COMPLETED, ev.FAIL: FAILED,
+                                   ev.ABANDON: ABANDONED}
 #: The types that can move a thread; any other leaves its position unchanged.
 MOVES = frozenset({*STATUS_AFTER, ev.NODE_ENTER, ev.NODE_EXIT})
 
@@ -55,6 +59,8 @@ def node_named(payload: Any, event_node: str | None) -> str | None:
 
 def step(pos: Position, type_: str, payload: Any, event_node: str | None) -> Position:
     """The position after an event of ``type_`` (``payload`` as stored; ``None`` if offloaded and not fetched)."""
+    if pos.status == ABANDONED and type_ != ev.ABANDON:
+        pos = Position(ACTIVE, pos.branches)
     if type_ not in MOVES:
         return pos
     status = STATUS_AFTER.get(type_)

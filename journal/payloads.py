@@ -172,6 +172,10 @@ SPECS: dict[str, PayloadSpec] = {s.type: s for s in (
                 "status `failed`, `error` = error",
                 {"error": {"kind": "timeout"}},
                 ()),
+    PayloadSpec(ev.ABANDON, (), ("idle_days", "reason"),
+                "status `abandoned` (written by `agent-journal maintain`; any later event makes it `active`)",
+                {"idle_days": 7, "reason": "idle 7 days or more"},
+                ()),
 )}
 if set(SPECS) != ev.BUILTIN_TYPES:  # a new built-in type must be documented and checked here
     raise RuntimeError(f"payload specs out of date: {sorted(ev.BUILTIN_TYPES ^ set(SPECS))}")

@@ -45,6 +45,8 @@ from journal.events import Event
 from journal.keys import validate_type
 from journal.state import (
     _EMPTY,
+    ABANDONED,
+    ACTIVE,
     COMPLETED,
     ENTER,
     EXIT,
@@ -177,7 +179,7 @@ def apply(state: ThreadState, event: Event, registry: Registry | None = None) ->
         except Exception as e:  # a built-in rule must never stop projection; the oddity is recorded instead
             notes.append(f"could not apply ({type(e).__name__}: {e})")
             new = state
-        if event.type in lifecycle.MOVES:
+        if event.type in lifecycle.MOVES or state.status == ABANDONED:
             # Status and node follow journal.lifecycle, the rules the threads row and the audit timeline use too.
             pos = lifecycle.step(lifecycle.Position(state.status, state.pending_branches), event.type, payload,
                                  event.node)
@@ -185,6 +187,8 @@ def apply(state: ThreadState, event: Event, registry: Registry | None = None) ->
     else:
         fn = None if registry is None else registry.get(event.type)
         new = _opaque(state, event, notes) if fn is None else _custom(fn, state, event)
+        if new.status == ABANDONED:  # the agent came back: journal.lifecycle's rule, for custom types too
+            new = replace(new, status=ACTIVE)
     anomalies = new.anomalies
     if notes:
         anomalies += tuple(Anomaly(event.seq, event.type, n) for n in notes)
@@ -427,6 +431,11 @@ def _fail(s: ThreadState, e: Event, p: Mapping[str, Any], notes: list[str]) -> T
     return replace(s, error=_plain(p.get("error"), "error", notes))
 
 
+def _abandon(s: ThreadState, e: Event, p: Mapping[str, Any], notes: list[str]) -> ThreadState:
+    # Nothing to keep beyond the status: the payload (idle days, reason) stays in the event itself.
+    return s
+
+
 _BUILTIN: dict[str, _Handler] = {
     ev.MESSAGE: _message,
     ev.TOOL_CALL: _tool_call,
@@ -439,6 +448,7 @@ _BUILTIN: dict[str, _Handler] = {
     ev.RESUME: _resume,
     ev.COMPLETE: _complete,
     ev.FAIL: _fail,
+    ev.ABANDON: _abandon,
 }
 if set(_BUILTIN) != ev.BUILTIN_TYPES:  # a new built-in type must get its rule here, not fall into opaque
     raise RuntimeError(f"reducer rules out of date: {sorted(ev.BUILTIN_TYPES ^ set(_BUILTIN))}")

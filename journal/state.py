@@ -18,8 +18,8 @@ from journal.errors import CodecError, JournalError
 #: Version of the ``to_dict`` layout; a snapshot with another version is refused.
 STATE_FORMAT = 1
 
-ACTIVE, PAUSED, COMPLETED, FAILED = "active", "paused", "completed", "failed"
-STATUSES = (ACTIVE, PAUSED, COMPLETED, FAILED)
+ACTIVE, PAUSED, COMPLETED, FAILED, ABANDONED = "active", "paused", "completed", "failed", "abandoned"
+STATUSES = (ACTIVE, PAUSED, COMPLETED, FAILED, ABANDONED)
 ENTER, EXIT = "enter", "exit"
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})

@@ -76,11 +76,10 @@ FROM pg_temp.journal_batch
 CHAIN_HASHES = ("UPDATE journal.events e SET prev_hash = u.p, hash = u.h FROM unnest(%b::text[], %b::text[], "
                 "%b::bigint[], %b::bytea[], %b::bytea[]) u(a, b, s, p, h) "
                 "WHERE e.tenant_id = u.a AND e.thread_id = u.b AND e.seq = u.s")
-#: The threads' new heads, status, node, branches and counts (one unnest() batch; an abandoned thread
-#: that receives events is active again).
+#: The threads' new heads, status, node, branches and counts (one unnest() batch; the status comes from
+#: ``journal.lifecycle``, which also makes an abandoned thread that receives events active again).
 ADVANCE_THREADS = (
-    "UPDATE journal.threads t SET last_seq = u.s, last_hash = u.h, max_seq = u.m, status = "
-    "CASE WHEN t.status = 'abandoned' THEN 'active' ELSE u.st END, node = u.n, "
+    "UPDATE journal.threads t SET last_seq = u.s, last_hash = u.h, max_seq = u.m, status = u.st, node = u.n, "
     "branches = COALESCE(u.br::jsonb, t.branches), event_count = t.event_count + u.c, updated_at = now() "
     "FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::bytea[], %b::bigint[], %b::text[], %b::text[], "
     "%b::text[], %b::bigint[]) u(a, b, s, h, m, st, n, br, c) WHERE t.tenant_id = u.a AND t.thread_id = u.b")

@@ -169,7 +169,34 @@ archives = Table(
     Column("archived_at", TS, nullable=False, server_default=text("now()")),
 )
 
-TENANT_TABLES = ("events", "threads", "snapshots", "dead_letters", "conflicts", "offsets", "archives")
+#: The shadow ("green") copy of ``threads`` a rebuild builds while the live one serves
+#: (``projections.rebuild``); a row's ``last_seq`` is also how far the rebuild got in that thread, so a
+#: rebuild killed at any point resumes there. A tenant's rows go when its rebuild is swapped in.
+rebuild_threads = Table(
+    "rebuild_threads", metadata,
+    Column("tenant_id", Text, primary_key=True),
+    Column("thread_id", Text, primary_key=True),
+    Column("status", Text, nullable=False),
+    Column("last_seq", BigInteger, nullable=False),
+    Column("last_hash", LargeBinary),
+    Column("max_seq", BigInteger, nullable=False),
+    Column("node", Text),
+    Column("event_count", BigInteger, nullable=False),
+    Column("branches", JSONB, nullable=False),
+)
+
+#: The shadow copy of ``snapshots``, written with the ``rebuild_threads`` row in one transaction.
+rebuild_snapshots = Table(
+    "rebuild_snapshots", metadata,
+    Column("tenant_id", Text, primary_key=True),
+    Column("thread_id", Text, primary_key=True),
+    Column("seq", BigInteger, primary_key=True),
+    Column("state", LargeBinary, nullable=False),
+    Column("hash", LargeBinary, nullable=False),
+)
+
+TENANT_TABLES = ("events", "threads", "snapshots", "dead_letters", "conflicts", "offsets", "archives",
+                 "rebuild_threads", "rebuild_snapshots")
 
 
 #: ``events``' hash partitions: the migrations create them, but SQLAlchemy declares only the

@@ -154,8 +154,12 @@ def _position_at(r: Replayer, tenant: str, thread: str, seq: int) -> lifecycle.P
     (0.6-1.1 s per page at 100,000 events, bench_console.py) just to seed its status column.
     """
     pos = lifecycle.Position()
-    for e in _events_up_to(r, tenant, thread, seq, lifecycle.MOVES):
+    moves = _events_up_to(r, tenant, thread, seq, lifecycle.MOVES)
+    for e in moves:
         pos = lifecycle.step(pos, e.type, e.payload, e.node)
+    if pos.status == state.ABANDONED and moves and moves[-1].seq < seq:
+        # Events that move nothing were not read; one after the ``abandon`` made the thread active again.
+        pos = lifecycle.Position(state.ACTIVE, pos.branches)
     return pos
 
 
