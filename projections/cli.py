@@ -278,6 +278,49 @@ def _cmd_archive(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
+# -- rebuild ---------------------------------------------------------------------------------------
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a number above 0")
+    return value
+
+
+def _cmd_rebuild(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from projections.rebuild import Progress as Step
+    from projections.rebuild import RebuildOptions, rebuild
+
+    options = RebuildOptions(tenants=tuple(args.tenant or ()), dry_run=args.dry_run, throttle=args.throttle,
+                             chunk=args.chunk, restart=args.restart)
+    settings = load_settings(args, need=("postgres",))
+    if args.metrics_port:
+        _serve_metrics(args.metrics_port)
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[rate]:>9,.0f} ev/s"), TimeRemainingColumn(), console=notes,
+                   transient=False)
+    task = bar.add_task("dry run" if args.dry_run else "rebuild", total=None, rate=0.0)
+
+    def show(step: Step) -> None:
+        bar.update(task, completed=step.done, total=step.total, rate=step.rate,
+                   description=f"{'dry run' if args.dry_run else 'rebuild'} [{step.tenant}]")
+
+    with bar:
+        reports = rebuild(settings, options, on_progress=show)
+    title = ("rows a rebuild would change (dry run; nothing written)" if args.dry_run
+             else "rebuilt: rows changed by the swap")
+    _print_rows(args, title, reports, ("tenant", "events", "threads", "threads_changed", "snapshots_added",
+                                       "snapshots_removed", "swapped", "seconds"))
+    return 0
+
+
 # -- tenant ----------------------------------------------------------------------------------------
 
 
@@ -518,6 +561,20 @@ def register(sub: Any) -> None:
     p.add_argument("--dry-run", action="store_true", help="list what would move; change nothing")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.set_defaults(func=_cmd_archive)
+
+
+    p = sub.add_parser("rebuild", help="rebuild threads rows and snapshots from the events, live (blue/green, "
+                                       "swapped per tenant; resumes after a kill)")
+    p.add_argument("--tenant", action="append", help="only this tenant (repeatable; default every tenant)")
+    p.add_argument("--dry-run", action="store_true", help="fold and compare only: report per tenant what would change")
+    p.add_argument("--throttle", type=positive_float, default=None, metavar="EV/S",
+                   help="fold at most this many events per second, over all tenants")
+    p.add_argument("--chunk", type=positive_int, default=2000, help="events per transaction and turn (default 2000)")
+    p.add_argument("--restart", action="store_true",
+                   help="discard what a killed rebuild left instead of resuming it (e.g. the reducer changed again)")
+    p.add_argument("--metrics-port", type=port_number, default=None, help="serve Prometheus metrics on 127.0.0.1:PORT")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.set_defaults(func=_cmd_rebuild)
 
     p = sub.add_parser("purge-tenant", help="delete every trace of a tenant in Redis, PostgreSQL and S3 (re-runnable)")
     p.add_argument("tenant")

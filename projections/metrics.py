@@ -20,6 +20,9 @@ CLAIMED = Counter("journal_entries_claimed_total", "Pending entries taken over f
 TAIL_REPAIRS = Counter("journal_tail_repairs_total", "Times Redis was found behind PostgreSQL and heads raised")
 BATCH_SECONDS = Histogram("journal_batch_seconds", "Time to write and commit one batch",
                           buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+REBUILD_EVENTS = Counter("journal_rebuild_events_total", "Events folded by `agent-journal rebuild`", ["tenant"])
+REBUILD_REMAINING = Gauge("journal_rebuild_remaining_events", "Events the running rebuild has still to fold")
+REBUILD_SWAPS = Counter("journal_rebuild_swaps_total", "Tenants whose rebuilt rows were swapped in")
 LAG_EVENTS = Gauge("journal_lag_events", "Entries appended but not yet acknowledged by the projector", ["tenant"])
 LAG_SECONDS = Gauge("journal_lag_seconds", "Age of the oldest entry not yet projected", ["tenant"])
 

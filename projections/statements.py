@@ -143,3 +143,81 @@ ALTER_READER = sql.SQL("ALTER ROLE {} LOGIN NOCREATEDB NOCREATEROLE PASSWORD {}"
 GRANT_ROLE = sql.SQL("GRANT {} TO {}")
 #: ``.format(Identifier(role))``.
 DROP_ROLE = sql.SQL("DROP ROLE {}")
+
+# -- rebuild (projections.rebuild): shadow tables, then a swap per tenant under the threads' row locks ----
+
+#: A tenant's threads (after a thread id, in key order) whose shadow row is missing or behind the events:
+#: a stored seq above it that is chained or above its max_seq. The tenant is given twice so the
+#: ``events`` partition is chosen at plan time; the EXISTS is one index range scan above the shadow's head.
+REBUILD_PENDING = (
+    "SELECT t.thread_id, r.last_seq FROM journal.threads t LEFT JOIN journal.rebuild_threads r "
+    "ON r.tenant_id = t.tenant_id AND r.thread_id = t.thread_id "
+    "WHERE t.tenant_id = %(tenant)s AND t.thread_id > %(after)s AND (r.thread_id IS NULL OR EXISTS ("
+    "SELECT 1 FROM journal.events e WHERE e.tenant_id = %(tenant)s AND e.thread_id = t.thread_id "
+    "AND e.seq > r.last_seq AND (e.seq > r.max_seq OR e.hash IS NOT NULL))) "
+    "ORDER BY t.thread_id LIMIT %(limit)s")
+#: As :data:`REBUILD_PENDING`, among the threads the swap holds locked (``%(locked)s``, a text[]).
+REBUILD_PENDING_LOCKED = REBUILD_PENDING.replace(
+    "t.thread_id > %(after)s", "t.thread_id > %(after)s AND t.thread_id = ANY(%(locked)s)")
+#: A thread's stored events above a seq, with their chain hash (NULL while an earlier seq is in flight).
+REBUILD_EVENTS = ("SELECT seq, ts_ms, body, hash FROM journal.events WHERE tenant_id = %s AND thread_id = %s "
+                  "AND seq > %s ORDER BY seq LIMIT %s")
+#: Events stored above the chained head (waiting for an earlier seq): how many, and the highest.
+REBUILD_ABOVE_HEAD = ("SELECT count(*), max(seq) FROM journal.events WHERE tenant_id = %s AND thread_id = %s "
+                      "AND seq > %s")
+#: Where the rebuild of a thread got to (a rebuild killed before its swap resumes here).
+SHADOW_THREAD = ("SELECT status, last_seq, last_hash, branches FROM journal.rebuild_threads "
+                 "WHERE tenant_id = %s AND thread_id = %s")
+#: The newest shadow snapshot at or below a seq.
+SHADOW_SNAPSHOT_AT_OR_BELOW = ("SELECT seq, state FROM journal.rebuild_snapshots WHERE tenant_id = %s "
+                               "AND thread_id = %s AND seq <= %s ORDER BY seq DESC LIMIT 1")
+#: A thread's shadow row, written with its shadow snapshots in one transaction.
+UPSERT_SHADOW_THREAD = (
+    "INSERT INTO journal.rebuild_threads (tenant_id, thread_id, status, last_seq, last_hash, max_seq, node, "
+    "event_count, branches) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb) "
+    "ON CONFLICT (tenant_id, thread_id) DO UPDATE SET status = EXCLUDED.status, last_seq = EXCLUDED.last_seq, "
+    "last_hash = EXCLUDED.last_hash, max_seq = EXCLUDED.max_seq, node = EXCLUDED.node, "
+    "event_count = EXCLUDED.event_count, branches = EXCLUDED.branches")
+#: A shadow snapshot (a resumed chunk may write one again: the fold is deterministic).
+INSERT_SHADOW_SNAPSHOT = ("INSERT INTO journal.rebuild_snapshots (tenant_id, thread_id, seq, state, hash) "
+                          "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING")
+#: Per tenant: events of its threads (max_seq) and how many of them its shadow rows cover, for progress.
+REBUILD_TOTALS = ("SELECT t.tenant_id, COALESCE(sum(t.max_seq), 0), COALESCE(sum(LEAST(r.last_seq, t.max_seq)), 0) "
+                  "FROM journal.threads t LEFT JOIN journal.rebuild_threads r ON r.tenant_id = t.tenant_id "
+                  "AND r.thread_id = t.thread_id WHERE t.tenant_id = ANY(%s) GROUP BY t.tenant_id")
+#: Every tenant with threads.
+REBUILD_TENANTS = "SELECT DISTINCT tenant_id FROM journal.threads ORDER BY tenant_id"
+#: The swap's lock: every threads row of the tenant, in key order as the projector's batches take them
+#: (``LOCK_THREADS``), so the two never deadlock. A batch of the tenant waits for the swap, or the swap for it.
+SWAP_LOCK = "SELECT thread_id FROM journal.threads WHERE tenant_id = %s ORDER BY thread_id FOR UPDATE"
+#: The live rows the shadow disagrees with take the shadow's values (``updated_at``, the last activity, and
+#: the fences stay). Its row count is the number of rows changed.
+SWAP_THREADS = (
+    "UPDATE journal.threads t SET status = r.status, last_seq = r.last_seq, last_hash = r.last_hash, "
+    "max_seq = r.max_seq, node = r.node, event_count = r.event_count, branches = r.branches "
+    "FROM journal.rebuild_threads r WHERE t.tenant_id = %(tenant)s AND r.tenant_id = t.tenant_id "
+    "AND r.thread_id = t.thread_id AND t.thread_id = ANY(%(locked)s) AND (t.status, t.last_seq, t.last_hash, "
+    "t.max_seq, t.node, t.event_count, t.branches) IS DISTINCT FROM (r.status, r.last_seq, r.last_hash, "
+    "r.max_seq, r.node, r.event_count, r.branches)")
+#: Live snapshots of the locked threads that the shadow does not hold identically.
+SWAP_DROP_SNAPSHOTS = (
+    "DELETE FROM journal.snapshots s WHERE s.tenant_id = %(tenant)s AND s.thread_id = ANY(%(locked)s) "
+    "AND NOT EXISTS (SELECT 1 FROM journal.rebuild_snapshots r WHERE r.tenant_id = s.tenant_id "
+    "AND r.thread_id = s.thread_id AND r.seq = s.seq AND r.state = s.state AND r.hash = s.hash)")
+#: Shadow snapshots the live table lacks (after :data:`SWAP_DROP_SNAPSHOTS`).
+SWAP_ADD_SNAPSHOTS = (
+    "INSERT INTO journal.snapshots (tenant_id, thread_id, seq, state, hash) SELECT tenant_id, thread_id, seq, "
+    "state, hash FROM journal.rebuild_snapshots WHERE tenant_id = %(tenant)s AND thread_id = ANY(%(locked)s) "
+    "ON CONFLICT DO NOTHING")
+#: The live row of a thread, for the dry run's comparison.
+LIVE_THREAD = ("SELECT status, last_seq, last_hash, max_seq, node, event_count, branches FROM journal.threads "
+               "WHERE tenant_id = %s AND thread_id = %s")
+#: The live snapshots of a thread, for the dry run's comparison.
+LIVE_SNAPSHOTS = "SELECT seq, state, hash FROM journal.snapshots WHERE tenant_id = %s AND thread_id = %s"
+#: A tenant's shadow, once swapped in (or at ``--restart``).
+CLEAR_SHADOW_THREADS = "DELETE FROM journal.rebuild_threads WHERE tenant_id = %s"
+#: As :data:`CLEAR_SHADOW_THREADS`, for the shadow snapshots.
+CLEAR_SHADOW_SNAPSHOTS = "DELETE FROM journal.rebuild_snapshots WHERE tenant_id = %s"
+#: A tenant's threads after a thread id, in key order (the dry run reads every one).
+REBUILD_ALL_THREADS = ("SELECT thread_id, NULL::bigint FROM journal.threads WHERE tenant_id = %(tenant)s "
+                       "AND thread_id > %(after)s ORDER BY thread_id LIMIT %(limit)s")
