@@ -201,6 +201,14 @@ def _cmd_threads(args: argparse.Namespace) -> int:
 def _cmd_dead_letters(args: argparse.Namespace) -> int:
     from projections import inspect
 
+    if args.retry is not None:
+        from projections.retry import retry_dead_letter
+
+        if args.tenant is None:
+            raise ConfigError("--retry needs the tenant: agent-journal dead-letters TENANT --retry STREAM_ID")
+        outcome = retry_dead_letter(load_settings(args, need=("postgres",)), args.tenant, args.retry)
+        _print_rows(args, "dead letter retried", [outcome], ("tenant", "stream_id", "projected", "attempts", "reason"))
+        return 0 if outcome.projected else 1
     rows = inspect.dead_letters(load_settings(args, need=("postgres",)), args.tenant, limit=args.limit)
     _print_rows(args, "dead letters", rows, ("tenant", "thread", "seq", "reason", "attempts", "last_seen"))
     return 0
@@ -545,6 +553,10 @@ def register(sub: Any) -> None:
         p.add_argument("--limit", type=positive_int, default=1000)
         p.add_argument("--format", choices=("table", "json"), default="table")
         p.set_defaults(func=func)
+        if name == "dead-letters":
+            p.add_argument("--retry", metavar="STREAM_ID", default=None,
+                           help="project this dead letter again (after a fix): removed if it projects, else one "
+                                "more attempt with the new reason (exit status 1)")
 
     p = sub.add_parser("maintain", help="evict idle threads from Redis (they come back from PostgreSQL when used)")
     p.add_argument("--idle", default="7d", help="evict threads quiet this long (default 7d)")

@@ -127,6 +127,12 @@ class _Thread:
     state: ThreadState | None = None
 
 
+def snapshot_blobs(settings: Settings) -> SnapshotBlobs:
+    """Offloaded payloads for a fold outside the projector, read as the projector's snapshots read them."""
+    return SnapshotBlobs(BlobStore(s3_client(settings, read_timeout=5, attempts=1), settings.s3_bucket)
+                         if settings.s3_url else None)
+
+
 class Rebuilder:
     """One rebuild run over PostgreSQL (``run``); a connection of its own, as ``journal_writer``."""
 
@@ -137,8 +143,7 @@ class Rebuilder:
         self.options = options or RebuildOptions()
         self.every = settings.snapshot_every
         self.registry = registry if registry is not None else load_registry(settings.reducers)
-        self.resolve = resolve if resolve is not None else SnapshotBlobs(
-            BlobStore(s3_client(settings, read_timeout=5, attempts=1), settings.s3_bucket) if settings.s3_url else None)
+        self.resolve = resolve if resolve is not None else snapshot_blobs(settings)
         self.on_progress = on_progress
         self.conn: psycopg.Connection | None = None
 

@@ -19,7 +19,7 @@ from journal.events import Draft
 from journal.reducer import apply
 from journal.settings import Settings
 from journal.state import empty, encode_state
-from projections.rebuild import RebuildOptions, Rebuilder, rebuild
+from projections.rebuild import Rebuilder, RebuildOptions, rebuild
 from projections.worker import Projector, WorkerOptions
 
 MSG = {"role": "user", "content": "hi"}
@@ -206,7 +206,7 @@ def test_dry_run_reports_and_changes_nothing(migrated: Settings, admin_pg: Any, 
 
 def test_dead_letter_retry(migrated: Settings, admin_pg: Any, client: JournalClient, tenant: str) -> None:
     """`dead-letters --retry`: an entry that now projects leaves dead_letters; one still refused counts an attempt."""
-    from projections.inspect import retry_dead_letter
+    from projections.retry import retry_dead_letter
 
     client.append(tenant, "th", "message", MSG)
     bad = client.redis.xadd(keys.stream(tenant), {"t": "th", "s": 2, "ts": 1, "b": b"\x00garbage"}).decode()
@@ -216,8 +216,8 @@ def test_dead_letter_retry(migrated: Settings, admin_pg: Any, client: JournalCli
     outcome = retry_dead_letter(migrated, tenant, bad)
     assert not outcome.projected and outcome.attempts == 2 and "undecodable" in outcome.reason
     # A dead letter whose entry is fine now (here: written to dead_letters by hand, as after a fixed bug).
-    good = client.append(tenant, "th2", "message", MSG)
-    fields = dict(client.redis.xrange(keys.stream(tenant), good.stream_id, good.stream_id)[0][1])
+    client.append(tenant, "th2", "message", MSG)
+    fields = dict(client.redis.xrange(keys.stream(tenant))[-1][1])
     import msgpack
 
     admin_pg.execute("INSERT INTO journal.dead_letters (tenant_id, stream_id, thread_id, seq, reason, entry) "
