@@ -50,6 +50,9 @@ class Settings:
     #: Comma-separated modules whose ``REDUCERS`` (custom type -> reducer) every process folds with
     #: (``journal.reducer.load_registry``); empty = no custom reducers.
     reducers: str = ""
+    #: Per-tenant retention (abandon, archive, delete after idle spans), a TOML file applied by
+    #: ``agent-journal maintain`` (``projections.retention``); unset: abandon after 7 days, nothing more.
+    retention_file: Path | None = None
 
     def __post_init__(self) -> None:
         if self.durability not in DURABILITY_LEVELS:

@@ -224,17 +224,30 @@ def _cmd_conflicts(args: argparse.Namespace) -> int:
 
 
 def _cmd_maintain(args: argparse.Namespace) -> int:
+    import json
     import time
 
     from journal.timespec import parse_span
     from projections.idle import evict_idle
+    from projections.retention import Retention, apply_retention
 
     idle = parse_span(args.idle)
     settings = load_settings(args, need=("redis", "postgres"))
+    retention = Retention.load(settings.retention_file)  # a bad policy file fails before anything is done
+    tenants = tuple(args.tenant or ())
     while True:
-        done = evict_idle(settings, idle, tuple(args.tenant or ()))
-        _print_rows(args, f"threads idle {args.idle} or more, evicted from Redis", done,
-                    ("tenant", "threads", "entries_trimmed"))
+        # Retention first: a thread abandoned now is active in Redis until projected, so not evicted in this pass.
+        kept = [] if args.no_retention else apply_retention(settings, tenants, retention)
+        done = evict_idle(settings, idle, tenants)
+        if args.format == "json":
+            print(json.dumps({"retention": [r.to_dict() for r in kept], "evicted": [d.to_dict() for d in done]},
+                             indent=2))
+        else:
+            if not args.no_retention:
+                _print_rows(args, "retention (JOURNAL_RETENTION_FILE)", kept,
+                            ("tenant", "abandoned", "skipped", "archive_due", "deleted"))
+            _print_rows(args, f"threads idle {args.idle} or more, evicted from Redis", done,
+                        ("tenant", "threads", "entries_trimmed"))
         if not args.loop:
             return 0
         time.sleep(args.loop)
@@ -558,7 +571,9 @@ def register(sub: Any) -> None:
                            help="project this dead letter again (after a fix): removed if it projects, else one "
                                 "more attempt with the new reason (exit status 1)")
 
-    p = sub.add_parser("maintain", help="evict idle threads from Redis (they come back from PostgreSQL when used)")
+    p = sub.add_parser("maintain", help="apply the retention policy (abandon, archive, delete idle threads), then "
+                                        "evict idle threads from Redis (they come back from PostgreSQL when used)")
+    p.add_argument("--no-retention", action="store_true", help="only evict; skip the retention policy")
     p.add_argument("--idle", default="7d", help="evict threads quiet this long (default 7d)")
     p.add_argument("--tenant", action="append", help="only this tenant (repeatable)")
     p.add_argument("--loop", type=positive_int, default=None, metavar="SECONDS", help="run again every SECONDS")
