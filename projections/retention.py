@@ -41,6 +41,7 @@ from typing import Any
 import redis
 import sqlalchemy as sa
 import structlog
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from journal import keys
 from journal.client import JournalClient
@@ -130,7 +131,7 @@ class RetentionReport:
 
     tenant: str
     abandoned: int = 0
-    #: Threads an agent appended to meanwhile (or that are fenced): left alone.
+    #: Threads appended to since PostgreSQL's head (by the agent, or an abandon not yet projected) or fenced.
     skipped: int = 0
     #: Threads due for the archive, left in PostgreSQL (``projections.archive`` is not on this branch).
     archive_due: int = 0
@@ -141,23 +142,23 @@ class RetentionReport:
 
 
 _idle = _t.c.updated_at <= sa.func.now() - sa.bindparam("idle", type_=sa.Interval)
+_in_statuses = _t.c.status == sa.any_(sa.bindparam("statuses", type_=ARRAY(sa.Text)))
 _of_tenant = _t.c.tenant_id == sa.bindparam("tenant")
 #: Threads past the abandon limit: not terminal, every stored event chained, not fenced.
 ABANDON_DUE_SQL = tables.compiled(
     sa.select(_t.c.thread_id, _t.c.last_seq)
-    .where(_of_tenant, _idle, _t.c.status.in_(LIVE), _t.c.last_seq == _t.c.max_seq, sa.not_(_t.c.fenced),
-           _t.c.last_seq > 0)
+    .where(_of_tenant, _idle, _in_statuses, _t.c.last_seq == _t.c.max_seq, sa.not_(_t.c.fenced))
     .order_by(_t.c.thread_id))
 #: Terminal threads idle past a limit (archive, delete).
 TERMINAL_DUE_SQL = tables.compiled(
-    sa.select(_t.c.thread_id).where(_of_tenant, _idle, _t.c.status.in_(TERMINAL), sa.not_(_t.c.fenced))
+    sa.select(_t.c.thread_id).where(_of_tenant, _idle, _in_statuses, sa.not_(_t.c.fenced))
     .order_by(_t.c.thread_id))
 #: Every tenant with threads.
 TENANTS_SQL = tables.compiled(sa.select(_t.c.tenant_id).distinct().order_by(_t.c.tenant_id))
 #: Lock a thread's row and check, under the lock, that it is still terminal and idle (a delete's guard).
 LOCK_DELETABLE_SQL = tables.compiled(
     sa.select(_t.c.thread_id).where(_of_tenant, _t.c.thread_id == sa.bindparam("thread"), _idle,
-                                    _t.c.status.in_(TERMINAL)).with_for_update())
+                                    _in_statuses).with_for_update())
 #: A thread's rows, table by table (children before the ``threads`` row).
 DELETE_THREAD_SQL = [
     tables.compiled(sa.delete(t).where(t.c.tenant_id == sa.bindparam("tenant"),
@@ -184,7 +185,7 @@ def apply_retention(settings: Settings, tenants: Sequence[str] = (), retention: 
             if policy.abandon_after is not None:
                 _abandon(settings, client, tenant, policy.abandon_after, report)
             if policy.archive_after is not None:
-                report.archive_due = len(_due(settings, TERMINAL_DUE_SQL, tenant, policy.archive_after))
+                report.archive_due = len(_due(settings, TERMINAL_DUE_SQL, tenant, policy.archive_after, TERMINAL))
                 if report.archive_due:
                     log.warning("archive_not_available", tenant=tenant, threads=report.archive_due,
                                 note="projections.archive is not on this branch; the threads stay in PostgreSQL")
@@ -194,9 +195,9 @@ def apply_retention(settings: Settings, tenants: Sequence[str] = (), retention: 
     return out
 
 
-def _due(settings: Settings, statement: str, tenant: str, idle: timedelta) -> list[Any]:
+def _due(settings: Settings, statement: str, tenant: str, idle: timedelta, statuses: tuple[str, ...]) -> list[Any]:
     with db.connect(settings) as conn:
-        rows = conn.execute(statement, {"tenant": tenant, "idle": idle}).fetchall()
+        rows = conn.execute(statement, {"tenant": tenant, "idle": idle, "statuses": list(statuses)}).fetchall()
         conn.rollback()
     return rows
 
@@ -205,7 +206,12 @@ def _abandon(settings: Settings, client: JournalClient, tenant: str, idle: timed
              report: RetentionReport) -> None:
     days = idle.total_seconds() / 86400
     payload = {"idle_days": round(days, 3), "reason": f"no activity for {_span(idle)} or more (retention policy)"}
-    for thread, seq in _due(settings, ABANDON_DUE_SQL, tenant, idle):
+    for thread, seq in _due(settings, ABANDON_DUE_SQL, tenant, idle, LIVE):
+        if client.head(tenant, thread) > seq:
+            # Appended since PostgreSQL's head: by the agent, or this abandon written by an earlier pass and
+            # not yet projected (the idempotency key would return it without writing; it is not counted again).
+            report.skipped += 1
+            continue
         try:
             client.append(tenant, thread, ABANDON, payload, expected_seq=int(seq), idempotency_key=f"abandon:{seq}",
                           actor={"agent_id": "agent-journal-maintain"})
@@ -227,7 +233,7 @@ def _span(idle: timedelta) -> str:
 
 
 def _delete(settings: Settings, tenant: str, idle: timedelta) -> int:
-    due = [r[0] for r in _due(settings, TERMINAL_DUE_SQL, tenant, idle)]
+    due = [r[0] for r in _due(settings, TERMINAL_DUE_SQL, tenant, idle, TERMINAL)]
     if not due:
         return 0
     assert settings.redis_url
@@ -240,7 +246,8 @@ def _delete(settings: Settings, tenant: str, idle: timedelta) -> int:
                 # then starts from PostgreSQL, which no longer has it, at seq 1; never above a hole.
                 if r.hexists(keys.heads(tenant), thread):
                     continue
-                if conn.execute(LOCK_DELETABLE_SQL, {"tenant": tenant, "thread": thread, "idle": idle}).fetchone():
+                if conn.execute(LOCK_DELETABLE_SQL, {"tenant": tenant, "thread": thread, "idle": idle,
+                                                          "statuses": list(TERMINAL)}).fetchone():
                     for statement in DELETE_THREAD_SQL:
                         conn.execute(statement, {"tenant": tenant, "thread": thread})
                     deleted += 1
