@@ -14,6 +14,14 @@ Sections (``--only``, comma-separated; each is a function returning rows):
   ratio, both for a full fold from seq 1 and for a replay at a mid-history seq (which, in PostgreSQL,
   starts from a snapshot; archived, from the segments: the archiver keeps only the head snapshot).
 
+* ``rebuild``: ``--events`` events (default 1,000,000) of one big tenant over ``--threads`` threads,
+  loaded with ``append_many`` and drained by a projector (not timed); then ``agent-journal rebuild
+  --tenant big`` runs ``--runs`` times, each as its own process and each a full refold, while the
+  projector (a thread of this process) keeps running and a steady writer appends to a few other
+  tenants with ``durability="projected"`` (append call to the ``projected`` marker): the rebuild's
+  events/s (median) and the other tenants' lag p50/p99/max during the rebuilds, beside the same
+  writer's lag just before them (the baseline).
+
 Every figure is the median over ``--runs`` runs (each run archives a fresh set of threads; replay
 latencies are themselves medians of ``--reps`` timed calls). The replay comparison is side by side:
 each run writes the same threads to two tenants, archives one, and times the archived thread and its
@@ -25,10 +33,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -195,8 +206,161 @@ def archive_section(settings: Settings, args: argparse.Namespace) -> list[Row]:
     ]
 
 
+#: The other tenants' projection lag p99 the rebuild must keep them under.
+LAG_TARGET_S = 1.0
+
+
+# -- rebuild ---------------------------------------------------------------------------------------
+
+
+def _env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOURNAL_")}
+    env |= {"JOURNAL_REDIS_URL": settings.redis_url or "", "JOURNAL_DATABASE_URL": settings.database_url or ""}
+    return env
+
+
+def _cli(*argv: str) -> list[str]:
+    return [sys.executable, "-m", "journal.cli", *argv]
+
+
+def _stored(settings: Settings, tenant: str) -> int:
+    with db.connect(settings, role=None, autocommit=True) as conn:
+        row = conn.execute("SELECT COALESCE(sum(last_seq), 0) FROM journal.threads WHERE tenant_id = %s",
+                           (tenant,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+class LagWriter:
+    """Appends to a few tenants with durability='projected' and records each call's latency (seconds)."""
+
+    def __init__(self, settings: Settings, tenants: list[str], interval: float) -> None:
+        self.settings = settings
+        self.tenants = tenants
+        self.interval = interval
+        self.samples: list[float] = []
+        self.mark = 0
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(t,), daemon=True) for t in tenants]
+
+    def start(self) -> None:
+        for t in self._threads:
+            t.start()
+
+    def _run(self, tenant: str) -> None:
+        with JournalClient.from_settings(self.settings) as c:
+            i = 0
+            while not self._stop.is_set():
+                t0 = time.perf_counter()
+                c.append(tenant, f"th{i % 4}", "message", {"role": "user", "content": f"ping {i}"},
+                         durability="projected")
+                self.samples.append(time.perf_counter() - t0)
+                i += 1
+                self._stop.wait(self.interval)
+
+    def take(self) -> list[float]:
+        """The samples since the last take."""
+        out, self.mark = self.samples[self.mark:], len(self.samples)
+        return out
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(30)
+
+
+def _pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def _lag_rows(section: str, label: str, xs: list[float]) -> list[Row]:
+    p99 = _pct(xs, 0.99)
+    return [_row(*r) for r in [
+        (section, f"other tenants' lag p50, {label}", f"{_pct(xs, 0.5) * 1000:,.0f} ms", f"{len(xs)} appends"),
+        (section, f"other tenants' lag p99, {label}", f"{p99 * 1000:,.0f} ms",
+         f"target < {LAG_TARGET_S * 1000:.0f} ms: {'met' if p99 < LAG_TARGET_S else 'MISSED'}"),
+        (section, f"other tenants' lag max, {label}", f"{max(xs, default=float('nan')) * 1000:,.0f} ms", ""),
+    ]]
+
+
+def _row(section: str, measure: str, value: str, detail: str) -> Row:
+    return {"section": section, "measure": measure, "value": value, "detail": detail}
+
+
+# -- sections --------------------------------------------------------------------------------------
+
+
+def rebuild_section(settings: Settings, args: argparse.Namespace) -> list[Row]:
+    """Rebuild events/s over ``--events`` events, and the other tenants' projection lag meanwhile."""
+    env = _env(settings)
+    big = f"big-{os.getpid()}"
+    threads = max(1, args.threads)
+    # The projector runs in this process (the rebuild in its own): it needs no S3 for these payloads.
+    projector = Projector(settings, WorkerOptions())
+    running = threading.Thread(target=projector.run, daemon=True)
+    running.start()
+    writer: LagWriter | None = None
+    try:
+        t0 = time.perf_counter()
+        with JournalClient.from_settings(settings) as c:
+            batch: list[Draft] = []
+            for i in range(args.events):
+                batch.append(Draft(f"th{i % threads}", "message", {"role": "user", "content": f"step {i}"}))
+                if len(batch) == 1000:
+                    c.append_many(big, batch)
+                    batch = []
+            if batch:
+                c.append_many(big, batch)
+        loaded = time.perf_counter() - t0
+        while _stored(settings, big) < args.events:
+            time.sleep(1)
+        drained = time.perf_counter() - t0 - loaded
+        console.print(f"rebuild: loaded {args.events:,} events in {loaded:.0f}s, projected in {drained:.0f}s more",
+                      highlight=False)
+        others = [f"other-{os.getpid()}-{i}" for i in range(args.lag_tenants)]
+        writer = LagWriter(settings, others, args.lag_interval)
+        writer.start()
+        time.sleep(args.baseline_seconds)
+        baseline = writer.take()
+        argv = ["rebuild", "--tenant", big, "--format", "json"]
+        if args.throttle:
+            argv += ["--throttle", str(args.throttle)]
+        rates: list[float] = []
+        walls: list[float] = []
+        during: list[float] = []
+        for run in range(args.runs):  # every run folds everything again: a finished rebuild leaves no shadow
+            t1 = time.perf_counter()
+            done = subprocess.run(_cli(*argv), env=env, capture_output=True, text=True, check=False)
+            walls.append(time.perf_counter() - t1)
+            during += writer.take()
+            if done.returncode != 0:
+                return [_row("rebuild", "rebuild failed", f"exit {done.returncode}", done.stderr.strip()[-200:])]
+            (report,) = json.loads(done.stdout)
+            rates.append(report["events"] / walls[-1])
+            console.print(f"rebuild run {run + 1}: {rates[-1]:,.0f} events/s ({walls[-1]:.1f}s)", highlight=False)
+    finally:
+        if writer is not None:
+            writer.stop()
+        projector.stop()
+        running.join(30)
+    rate = statistics.median(rates)
+    return [_row(*r) for r in [
+        ("rebuild", "events rebuilt", f"{report['events']:,}", f"{threads} threads of one tenant, snapshot every "
+                                                               f"{settings.snapshot_every}"),
+        ("rebuild", "rebuild events/s", f"{rate:,.0f}",
+         f"median of {len(rates)} ({', '.join(f'{r:,.0f}' for r in rates)}), process start to swap, throttle "
+         f"{args.throttle or 'off'}, projector running"),
+        ("rebuild", "rows changed by the swap",
+         f"{report['threads_changed']} threads, {report['snapshots_added']} snapshots", "expected 0"),
+    ]] + _lag_rows("rebuild", "no rebuild (baseline)", baseline) + _lag_rows(
+        "rebuild", f"during the rebuild{'s' if len(rates) > 1 else ''}", during)
+
+
 SECTIONS: dict[str, Callable[[Settings, argparse.Namespace], list[Row]]] = {
     "archive": archive_section,
+    "rebuild": rebuild_section,
 }
 
 
@@ -208,6 +372,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=5, help="timed calls per latency figure within a run")
     ap.add_argument("--archive-threads", type=int, default=20)
     ap.add_argument("--archive-events", type=int, default=2500, help="events per archived thread")
+    ap.add_argument("--events", type=int, default=1_000_000, help="events of the big tenant (rebuild)")
+    ap.add_argument("--threads", type=int, default=1000, help="threads of the big tenant (rebuild)")
+    ap.add_argument("--throttle", type=float, default=None, help="rebuild --throttle EV/S (default off)")
+    ap.add_argument("--lag-tenants", type=int, default=3, help="other tenants the steady writer appends to (rebuild)")
+    ap.add_argument("--lag-interval", type=float, default=0.05, help="seconds between a lag writer's appends")
+    ap.add_argument("--baseline-seconds", type=float, default=10.0, help="lag measured before the rebuild")
     ap.add_argument("--keep", action="store_true", help="keep the temporary data folder")
     args = ap.parse_args(argv)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
