@@ -228,3 +228,37 @@ def test_dead_letter_retry(migrated: Settings, admin_pg: Any, client: JournalCli
                             (tenant,)).fetchone() == (0,)
     assert admin_pg.execute("SELECT last_seq FROM journal.threads WHERE tenant_id = %s AND thread_id = 'th2'",
                             (tenant,)).fetchone() == (1,)
+
+
+def test_reducer_dead_letter_retry_after_the_fix(migrated: Settings, admin_pg: Any, client: JournalClient,
+                                                 tenant: str, tmp_path: Any, monkeypatch: Any) -> None:
+    """A snapshot fold dead-lettered by a raising custom reducer is retried once fixed: snapshots written, letter gone."""
+    from projections.retry import retry_dead_letter
+
+    module = f"rb_reducers_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{module}.py").write_text(
+        "BROKEN = True\n\n"
+        "def refund(state, event):\n"
+        "    if BROKEN:\n"
+        "        raise ValueError('refund reducer bug')\n"
+        "    return state\n\n"
+        "REDUCERS = {'x.acme.refund': refund}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    settings = migrated.with_(reducers=module, snapshot_every=2)
+    client.append(tenant, "th", "message", MSG)
+    client.append(tenant, "th", "x.acme.refund", {"amount": 3})
+    client.append(tenant, "th", "message", MSG)
+    client.append(tenant, "th", "message", MSG)
+    _drain(settings, [tenant])
+    (sid,) = [r[0] for r in admin_pg.execute("SELECT stream_id FROM journal.dead_letters WHERE tenant_id = %s",
+                                             (tenant,))]
+    assert sid == "reducer:th:2"
+    assert admin_pg.execute("SELECT count(*) FROM journal.snapshots WHERE tenant_id = %s", (tenant,)).fetchone() == (0,)
+    still = retry_dead_letter(settings, tenant, sid)
+    assert not still.projected and "refund reducer bug" in (still.reason or "")
+    sys.modules[module].BROKEN = False  # type: ignore[attr-defined]
+    assert retry_dead_letter(settings, tenant, sid).projected
+    assert [r[0] for r in admin_pg.execute("SELECT seq FROM journal.snapshots WHERE tenant_id = %s ORDER BY seq",
+                                           (tenant,))] == [2, 4]
+    assert admin_pg.execute("SELECT count(*) FROM journal.dead_letters WHERE tenant_id = %s",
+                            (tenant,)).fetchone() == (0,)
