@@ -125,8 +125,9 @@ def test_readme_examples_append_and_fold_cleanly(client: JournalClient, tenant: 
     events = client.read(tenant, "th")
     assert [e.type for e in events] == list(rows)
     state = fold(events)
-    # The table ends with complete then fail: only the "after the thread was completed" note is expected.
-    assert [a.message for a in state.anomalies] == ["event after the thread was completed"]
+    # The table ends with complete, fail, abandon: only the notes of events after a terminal status are expected.
+    assert [a.message for a in state.anomalies] == ["event after the thread was completed",
+                                                   "event after the thread was failed"]
 
 
 # -- the check and the fold agree ----------------------------------------------------------------

@@ -232,7 +232,7 @@ def test_dead_letter_retry(migrated: Settings, admin_pg: Any, client: JournalCli
 
 def test_reducer_dead_letter_retry_after_the_fix(migrated: Settings, admin_pg: Any, client: JournalClient,
                                                  tenant: str, tmp_path: Any, monkeypatch: Any) -> None:
-    """A snapshot fold dead-lettered by a raising custom reducer is retried once fixed: snapshots written, letter gone."""
+    """A snapshot fold dead-lettered by a raising custom reducer, retried once fixed: snapshots written, letter gone."""
     from projections.retry import retry_dead_letter
 
     module = f"rb_reducers_{uuid.uuid4().hex[:8]}"
