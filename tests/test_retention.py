@@ -65,11 +65,13 @@ def test_idle_thread_is_abandoned_by_an_event_replay_shows(migrated: Settings, a
         assert all(v.ok for v in r.verify(tenant))
     # The agent comes back: the thread is active again, in the row and in the fold.
     client.append(tenant, "old", "message", MSG)
+    client.append(tenant, "old", "message", MSG)
     project(migrated, tenant)
     assert status(admin_pg, tenant, "old") == "active"
     with Replayer.from_settings(migrated) as r:
         assert r.replay(tenant, "old").status == "active"
-        assert [s.status for s in timeline(r, tenant, "old", after=4)] == ["active"]
+        assert [s.status for s in timeline(r, tenant, "old", after=4)] == ["active", "active"]
+        assert [s.status for s in timeline(r, tenant, "old", after=5)] == ["active"]  # seeded past the abandon
 
 
 def test_agent_appending_meanwhile_wins(migrated: Settings, admin_pg: Any, client: JournalClient,
