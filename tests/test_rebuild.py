@@ -262,3 +262,18 @@ def test_reducer_dead_letter_retry_after_the_fix(migrated: Settings, admin_pg: A
                                            (tenant,))] == [2, 4]
     assert admin_pg.execute("SELECT count(*) FROM journal.dead_letters WHERE tenant_id = %s",
                             (tenant,)).fetchone() == (0,)
+
+
+def test_tenants_take_turns(migrated: Settings, client: JournalClient) -> None:
+    """Round-robin: a small tenant is rebuilt and swapped while a big one is still being folded."""
+    big, small = f"rb-big-{uuid.uuid4().hex[:8]}", f"rb-small-{uuid.uuid4().hex[:8]}"
+    _load(client, big, 3, 300)
+    _load(client, small, 1, 50)
+    _drain(migrated, [big, small])
+    turns: list[tuple[str, int]] = []
+    reports = rebuild(migrated, RebuildOptions(tenants=(big, small), chunk=100),
+                      on_progress=lambda p: turns.append((p.tenant, p.done)))
+    assert [t for t, _ in turns[:2]] == [big, small]
+    last_small = max(i for i, (t, _) in enumerate(turns) if t == small)
+    assert last_small < len(turns) - 5  # the small tenant was done (swapped) long before the big one
+    assert turns[-1][1] == 950 and all(r.swapped for r in reports)
