@@ -45,7 +45,7 @@ from journal.errors import (
 )
 from journal.keys import validate_id
 from journal.settings import Settings
-from journal.state import thaw
+from journal.state import STATUSES, thaw
 from journal.timespec import parse_since, parse_span, parse_time
 from replayer.audit import export_bundle, state_diff, timeline, tool_usage
 from replayer.console.auth import COOKIE, OPERATOR, Session, Sessions, SignInFailed
@@ -62,7 +62,6 @@ INLINE_CHARS = 2000
 PAYLOAD_CHARS = 1_000_000
 THREAD_LIMIT = 500
 FAILED_SIGN_IN_DELAY = 0.5
-STATUSES = ("active", "paused", "completed", "failed")
 
 #: No script, no frames, no plugins, no foreign origins: the pages are plain HTML and one stylesheet.
 CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; "
