@@ -204,8 +204,10 @@ def test_dry_run_reports_and_changes_nothing(migrated: Settings, admin_pg: Any, 
     assert _dump(admin_pg, tenant) == before
 
 
-def test_dead_letter_retry(migrated: Settings, admin_pg: Any, client: JournalClient, tenant: str) -> None:
+def test_dead_letter_retry(migrated: Settings, admin_pg: Any, client: JournalClient, tenant: str,
+                           capsys: Any, monkeypatch: Any) -> None:
     """`dead-letters --retry`: an entry that now projects leaves dead_letters; one still refused counts an attempt."""
+    from journal.cli import main
     from projections.retry import retry_dead_letter
 
     client.append(tenant, "th", "message", MSG)
@@ -215,6 +217,13 @@ def test_dead_letter_retry(migrated: Settings, admin_pg: Any, client: JournalCli
     # A poison entry still bad: it stays, with one more attempt.
     outcome = retry_dead_letter(migrated, tenant, bad)
     assert not outcome.projected and outcome.attempts == 2 and "undecodable" in outcome.reason
+    for name, value in _cli_env(migrated).items():
+        monkeypatch.setenv(name, value)
+    capsys.readouterr()
+    assert main(["dead-letters", tenant, "--retry", bad, "--format", "json"]) == 1  # still refused: exit 1
+    (row,) = orjson.loads(capsys.readouterr().out)
+    assert (row["stream_id"], row["projected"], row["attempts"]) == (bad, False, 3)
+    assert main(["dead-letters", tenant, "--retry", "1-1"]) == 2  # no such dead letter: NotFound, exit 2
     # A dead letter whose entry is fine now (here: written to dead_letters by hand, as after a fixed bug).
     client.append(tenant, "th2", "message", MSG)
     fields = dict(client.redis.xrange(keys.stream(tenant))[-1][1])
