@@ -205,7 +205,8 @@ def _due(settings: Settings, statement: str, tenant: str, idle: timedelta, statu
 def _abandon(settings: Settings, client: JournalClient, tenant: str, idle: timedelta,
              report: RetentionReport) -> None:
     days = idle.total_seconds() / 86400
-    payload = {"idle_days": int(days) if days == int(days) else round(days, 3), "reason": f"no activity for {_span(idle)} or more (retention policy)"}
+    payload = {"idle_days": int(days) if days == int(days) else round(days, 3),
+               "reason": f"no activity for {_span(idle)} or more (retention policy)"}
     for thread, seq in _due(settings, ABANDON_DUE_SQL, tenant, idle, LIVE):
         if client.head(tenant, thread) > seq:
             # Appended since PostgreSQL's head: by the agent, or this abandon written by an earlier pass and
