@@ -146,6 +146,9 @@ class Rebuilder:
         self.resolve = resolve if resolve is not None else snapshot_blobs(settings)
         self.on_progress = on_progress
         self.conn: psycopg.Connection | None = None
+        o = self.options
+        #: Under a throttle, turns of at most a quarter second's worth of events: a steady rate, not bursts.
+        self.chunk = min(o.chunk, max(1, int(o.throttle / 4))) if o.throttle else o.chunk
 
     # -- the run -------------------------------------------------------------------------------------
 
@@ -220,7 +223,7 @@ class Rebuilder:
     def _pass(self, conn: psycopg.Connection, tenant: str, listing: str, params: dict[str, Any],
               *, commit: bool = True) -> Iterator[int]:
         """Fold every listed thread up to its events; commit (and yield) every ``chunk`` events."""
-        budget = self.options.chunk
+        budget = self.chunk
         pending = 0
         after = ""
         while True:
@@ -368,19 +371,19 @@ class Rebuilder:
                 snaps: dict[int, tuple[bytes, bytes]] = {}
                 while True:
                     rows = conn.execute(statements.REBUILD_EVENTS,
-                                        (report.tenant, thread, th.last_seq, self.options.chunk)).fetchall()
+                                        (report.tenant, thread, th.last_seq, self.chunk)).fetchall()
                     new, n = self.fold(th, rows)
                     snaps.update((s[2], (s[3], s[4])) for s in new)
                     pending += n
                     report.events += n
-                    if n < len(rows) or len(rows) < self.options.chunk:
+                    if n < len(rows) or len(rows) < self.chunk:
                         break
-                    if pending >= self.options.chunk:
+                    if pending >= self.chunk:
                         yield pending
                         pending = 0
                 self._compare(conn, th, snaps, report)
                 conn.rollback()
-                if pending >= self.options.chunk:
+                if pending >= self.chunk:
                     yield pending
                     pending = 0
         if pending:
