@@ -44,7 +44,7 @@ import structlog
 
 from journal import codec, lifecycle
 from journal.blobs import BlobStore, s3_client
-from journal.errors import ConfigError, JournalError
+from journal.errors import ConfigError, JournalError, StoreUnavailable
 from journal.keys import validate_id
 from journal.reducer import ReducerError, Registry, apply, load_registry
 from journal.settings import Settings
@@ -158,6 +158,9 @@ class Rebuilder:
             self.conn = conn
             try:
                 return self._run(conn)
+            except psycopg.OperationalError as e:
+                raise StoreUnavailable(f"PostgreSQL failed during the rebuild: {e}. What was folded and committed is "
+                                       "kept: run the rebuild again to resume.") from e
             finally:
                 self.conn = None
 
