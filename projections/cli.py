@@ -245,7 +245,7 @@ def _cmd_maintain(args: argparse.Namespace) -> int:
         else:
             if not args.no_retention:
                 _print_rows(args, "retention (JOURNAL_RETENTION_FILE)", kept,
-                            ("tenant", "abandoned", "skipped", "archive_due", "deleted"))
+                            ("tenant", "abandoned", "skipped", "archive_due", "archived", "archive_failed", "deleted"))
             _print_rows(args, f"threads idle {args.idle} or more, evicted from Redis", done,
                         ("tenant", "threads", "entries_trimmed"))
         if not args.loop:

@@ -20,11 +20,14 @@ none, every tenant gets the default (abandon after 7 days, nothing archived or d
   replay shows it, and an agent that appended meanwhile wins (the conflict is counted, nothing is
   written). Its idempotency key (``abandon:{seq}``) makes a re-run after a crash write nothing new.
   Any later event of the agent makes the thread active again (``journal.lifecycle``).
-* **Archive** needs ``projections.archive``, which is not on this branch: the step reports the threads
-  that are due and leaves them in PostgreSQL.
+* **Archive** runs the archiver (``projections.archive``, as ``agent-journal archive``) over the
+  terminal threads idle past ``archive_after``; without object storage (``JOURNAL_S3_URL``) it only
+  counts them (``archive_due``).
 * **Delete** removes a terminal thread (completed, failed, abandoned) idle past ``delete_after``
   from every PostgreSQL table, once ``maintain`` has evicted it from Redis (its head is gone, so a
-  new append starts a new history at seq 1). Its blobs stay in S3 (they are shared by content).
+  new append starts a new history at seq 1). Its blobs stay in S3 (they are shared by content), and so
+  do the segments of an archived thread (its stub in ``journal.archives`` goes): removing those
+  objects is left to the bucket's lifecycle rules or ``purge-tenant``.
 
 Every step is idempotent and safe to run from cron while agents append and projectors run.
 """
@@ -51,6 +54,7 @@ from journal.redis_store import connect, translate
 from journal.settings import Settings
 from journal.timespec import parse_span
 from projections import db, tables
+from projections.archive import Archiver, candidates
 
 log = structlog.get_logger("projections.retention")
 
@@ -133,8 +137,10 @@ class RetentionReport:
     abandoned: int = 0
     #: Threads appended to since PostgreSQL's head (by the agent, or an abandon not yet projected) or fenced.
     skipped: int = 0
-    #: Threads due for the archive, left in PostgreSQL (``projections.archive`` is not on this branch).
+    #: Threads due for the archive; ``archived`` of them moved to S3 (none without ``JOURNAL_S3_URL``).
     archive_due: int = 0
+    archived: int = 0
+    archive_failed: int = 0
     deleted: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -164,7 +170,7 @@ DELETE_THREAD_SQL = [
     tables.compiled(sa.delete(t).where(t.c.tenant_id == sa.bindparam("tenant"),
                                        t.c.thread_id == sa.bindparam("thread")))
     for t in (tables.events, tables.snapshots, tables.dead_letters, tables.conflicts, tables.rebuild_snapshots,
-              tables.rebuild_threads, tables.threads)
+              tables.rebuild_threads, tables.archives, tables.threads)
 ]
 
 
@@ -185,10 +191,7 @@ def apply_retention(settings: Settings, tenants: Sequence[str] = (), retention: 
             if policy.abandon_after is not None:
                 _abandon(settings, client, tenant, policy.abandon_after, report)
             if policy.archive_after is not None:
-                report.archive_due = len(_due(settings, TERMINAL_DUE_SQL, tenant, policy.archive_after, TERMINAL))
-                if report.archive_due:
-                    log.warning("archive_not_available", tenant=tenant, threads=report.archive_due,
-                                note="projections.archive is not on this branch; the threads stay in PostgreSQL")
+                _archive(settings, tenant, policy.archive_after, report)
             if policy.delete_after is not None:
                 report.deleted = _delete(settings, tenant, policy.delete_after)
             out.append(report)
@@ -223,6 +226,21 @@ def _abandon(settings: Settings, client: JournalClient, tenant: str, idle: timed
         report.abandoned += 1
     if report.abandoned:
         log.info("threads_abandoned", tenant=tenant, threads=report.abandoned)
+
+
+def _archive(settings: Settings, tenant: str, idle: timedelta, report: RetentionReport) -> None:
+    todo = candidates(settings, idle, TERMINAL, (tenant,))
+    report.archive_due = len(todo)
+    if not todo:
+        return
+    if not settings.s3_url:
+        log.warning("archive_skipped_no_object_storage", tenant=tenant, threads=len(todo))
+        return
+    done = Archiver(settings).run(todo)
+    report.archive_failed = len(done.failed)
+    report.archived = len(done.threads) - report.archive_failed
+    for t in done.failed:
+        log.error("archive_failed", tenant=tenant, thread=t.thread, error=t.error)
 
 
 def _span(idle: timedelta) -> str:

@@ -146,13 +146,15 @@ DROP_ROLE = sql.SQL("DROP ROLE {}")
 
 # -- rebuild (projections.rebuild): shadow tables, then a swap per tenant under the threads' row locks ----
 
-#: A tenant's threads (after a thread id, in key order) whose shadow row is missing or behind the events:
+#: A tenant's threads (after a thread id, in key order; archived ones, whose history is in S3, are left as they
+#: are) whose shadow row is missing or behind the events:
 #: a stored seq above it that is chained or above its max_seq. The tenant is given twice so the
 #: ``events`` partition is chosen at plan time; the EXISTS is one index range scan above the shadow's head.
 REBUILD_PENDING = (
     "SELECT t.thread_id, r.last_seq FROM journal.threads t LEFT JOIN journal.rebuild_threads r "
     "ON r.tenant_id = t.tenant_id AND r.thread_id = t.thread_id "
-    "WHERE t.tenant_id = %(tenant)s AND t.thread_id > %(after)s AND (r.thread_id IS NULL OR EXISTS ("
+    "WHERE t.tenant_id = %(tenant)s AND t.thread_id > %(after)s AND NOT EXISTS (SELECT 1 FROM journal.archives a "
+    "WHERE a.tenant_id = %(tenant)s AND a.thread_id = t.thread_id) AND (r.thread_id IS NULL OR EXISTS ("
     "SELECT 1 FROM journal.events e WHERE e.tenant_id = %(tenant)s AND e.thread_id = t.thread_id "
     "AND e.seq > r.last_seq AND (e.seq > r.max_seq OR e.hash IS NOT NULL))) "
     "ORDER BY t.thread_id LIMIT %(limit)s")
@@ -199,9 +201,12 @@ SWAP_THREADS = (
     "AND r.thread_id = t.thread_id AND t.thread_id = ANY(%(locked)s) AND (t.status, t.last_seq, t.last_hash, "
     "t.max_seq, t.node, t.event_count, t.branches) IS DISTINCT FROM (r.status, r.last_seq, r.last_hash, "
     "r.max_seq, r.node, r.event_count, r.branches)")
-#: Live snapshots of the locked threads that the shadow does not hold identically.
+#: Live snapshots of the locked threads the rebuild folded (not archived ones) that the shadow does not hold
+#: identically.
 SWAP_DROP_SNAPSHOTS = (
     "DELETE FROM journal.snapshots s WHERE s.tenant_id = %(tenant)s AND s.thread_id = ANY(%(locked)s) "
+    "AND EXISTS (SELECT 1 FROM journal.rebuild_threads t WHERE t.tenant_id = s.tenant_id "
+    "AND t.thread_id = s.thread_id) "
     "AND NOT EXISTS (SELECT 1 FROM journal.rebuild_snapshots r WHERE r.tenant_id = s.tenant_id "
     "AND r.thread_id = s.thread_id AND r.seq = s.seq AND r.state = s.state AND r.hash = s.hash)")
 #: Shadow snapshots the live table lacks (after :data:`SWAP_DROP_SNAPSHOTS`).
@@ -219,5 +224,7 @@ CLEAR_SHADOW_THREADS = "DELETE FROM journal.rebuild_threads WHERE tenant_id = %s
 #: As :data:`CLEAR_SHADOW_THREADS`, for the shadow snapshots.
 CLEAR_SHADOW_SNAPSHOTS = "DELETE FROM journal.rebuild_snapshots WHERE tenant_id = %s"
 #: A tenant's threads after a thread id, in key order (the dry run reads every one).
-REBUILD_ALL_THREADS = ("SELECT thread_id, NULL::bigint FROM journal.threads WHERE tenant_id = %(tenant)s "
-                       "AND thread_id > %(after)s ORDER BY thread_id LIMIT %(limit)s")
+REBUILD_ALL_THREADS = ("SELECT t.thread_id, NULL::bigint FROM journal.threads t WHERE t.tenant_id = %(tenant)s "
+                       "AND t.thread_id > %(after)s AND NOT EXISTS (SELECT 1 FROM journal.archives a "
+                       "WHERE a.tenant_id = %(tenant)s AND a.thread_id = t.thread_id) "
+                       "ORDER BY t.thread_id LIMIT %(limit)s")

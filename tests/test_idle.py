@@ -108,6 +108,7 @@ def test_maintain_command_evicts_and_reports(migrated: Settings, capsys: pytest.
     capsys.readouterr()
     assert main(["maintain", "--idle", "0s", "--tenant", tenant, "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out) == {
-        "retention": [{"tenant": tenant, "abandoned": 0, "skipped": 0, "archive_due": 0, "deleted": 0}],
+        "retention": [{"tenant": tenant, "abandoned": 0, "skipped": 0, "archive_due": 0, "archived": 0,
+                       "archive_failed": 0, "deleted": 0}],
         "evicted": [{"tenant": tenant, "threads": 1, "entries_trimmed": 1}]}
     assert main(["maintain", "--idle", "a week"]) == 2

@@ -286,3 +286,26 @@ def test_tenants_take_turns(migrated: Settings, client: JournalClient) -> None:
     last_small = max(i for i, (t, _) in enumerate(turns) if t == small)
     assert last_small < len(turns) - 5  # the small tenant was done (swapped) long before the big one
     assert turns[-1][1] == 950 and all(r.swapped for r in reports)
+
+
+def test_rebuild_leaves_archived_threads_alone(migrated: Settings, admin_pg: Any, client: JournalClient,
+                                               tenant: str) -> None:
+    """An archived thread (history in S3) keeps its row and head snapshot; the others are rebuilt and swapped."""
+    from datetime import timedelta
+
+    from projections.archive import Archiver, candidates
+
+    _load(client, tenant, 2, 230)
+    client.append(tenant, "th0", "complete", {"summary": "done"})
+    _drain(migrated, [tenant])
+    report = Archiver(migrated).run(candidates(migrated, timedelta(0), tenants=[tenant]))
+    assert not report.failed and [t.thread for t in report.threads] == ["th0"]
+    archived = [admin_pg.execute(f"SELECT * FROM journal.{t} WHERE tenant_id = %s AND thread_id = 'th0'",
+                                 (tenant,)).fetchall() for t in ("threads", "snapshots")]
+    admin_pg.execute("UPDATE journal.threads SET node = 'bogus' WHERE tenant_id = %s AND thread_id = 'th1'", (tenant,))
+    (rebuilt,) = rebuild(migrated, RebuildOptions(tenants=(tenant,)))
+    assert (rebuilt.threads_changed, rebuilt.swapped) == (1, True)
+    assert [admin_pg.execute(f"SELECT * FROM journal.{t} WHERE tenant_id = %s AND thread_id = 'th0'",
+                             (tenant,)).fetchall() for t in ("threads", "snapshots")] == archived
+    (dry,) = rebuild(migrated, RebuildOptions(tenants=(tenant,), dry_run=True))
+    assert (dry.threads, dry.threads_changed, dry.snapshots_added, dry.snapshots_removed) == (1, 0, 0, 0)

@@ -160,3 +160,23 @@ def test_abandon_payload_is_checked(client: JournalClient, tenant: str) -> None:
     """An `abandon` event's payload must be a map, like every built-in type's."""
     with pytest.raises(InvalidEvent):
         client.append(tenant, "th", "abandon", "bored")
+
+
+def test_archive_after_moves_terminal_threads_to_s3(migrated: Settings, admin_pg: Any, client: JournalClient,
+                                                    tenant: str) -> None:
+    """archive_after runs the archiver over terminal threads idle that long; the thread still reads the same."""
+    client.append(tenant, "done", "message", MSG)
+    client.append(tenant, "done", "complete", {"summary": "ok"})
+    client.append(tenant, "live", "message", MSG)
+    project(migrated, tenant)
+    for th in ("done", "live"):
+        age(admin_pg, tenant, th, 40)
+    before = [(e.seq, e.type) for e in client.read(tenant, "done")]
+    retention = Retention(Policy(abandon_after=None, archive_after=timedelta(days=30)))
+    (report,) = apply_retention(migrated, [tenant], retention)
+    assert (report.archive_due, report.archived, report.archive_failed) == (1, 1, 0)
+    assert admin_pg.execute("SELECT thread_id FROM journal.archives WHERE tenant_id = %s",
+                            (tenant,)).fetchall() == [("done",)]
+    assert [(e.seq, e.type) for e in client.read(tenant, "done")] == before
+    (again,) = apply_retention(migrated, [tenant], retention)
+    assert (again.archive_due, again.archived) == (0, 0)
