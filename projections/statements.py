@@ -186,7 +186,9 @@ INSERT_SHADOW_SNAPSHOT = ("INSERT INTO journal.rebuild_snapshots (tenant_id, thr
 #: Per tenant: events of its threads (max_seq) and how many of them its shadow rows cover, for progress.
 REBUILD_TOTALS = ("SELECT t.tenant_id, COALESCE(sum(t.max_seq), 0), COALESCE(sum(LEAST(r.last_seq, t.max_seq)), 0) "
                   "FROM journal.threads t LEFT JOIN journal.rebuild_threads r ON r.tenant_id = t.tenant_id "
-                  "AND r.thread_id = t.thread_id WHERE t.tenant_id = ANY(%s) GROUP BY t.tenant_id")
+                  "AND r.thread_id = t.thread_id WHERE t.tenant_id = ANY(%s) AND NOT EXISTS (SELECT 1 FROM "
+                  "journal.archives a WHERE a.tenant_id = t.tenant_id AND a.thread_id = t.thread_id) "
+                  "GROUP BY t.tenant_id")
 #: Every tenant with threads.
 REBUILD_TENANTS = "SELECT DISTINCT tenant_id FROM journal.threads ORDER BY tenant_id"
 #: The swap's lock: every threads row of the tenant, in key order as the projector's batches take them
