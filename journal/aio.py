@@ -16,10 +16,20 @@ import redis.asyncio
 import structlog
 
 from journal import ops
-from journal.errors import AccessDenied, ConfigError, JournalError
+from journal.errors import AccessDenied, ConfigError, JournalError, StoreUnavailable
 from journal.events import Draft, Event
 from journal.local_stack import resolve
-from journal.redis_store import append_script, connect_client_async, translate, warn_if_volatile
+from journal.redis_store import (
+    REDIRECTS,
+    append_script,
+    close_node_clients,
+    connect_client_async,
+    node_client_async,
+    redirect_of,
+    refresh_slots_async,
+    translate,
+    warn_if_volatile,
+)
 from journal.reducer import Reducer
 from journal.settings import Settings
 
@@ -60,23 +70,49 @@ async def _carry_out(request: ops.Request, r: redis.asyncio.Redis, script: Any) 
             for method, args in request.calls:
                 getattr(pipe, method)(*args)
             return await pipe.execute()
-        if request.fsync_ms is None:
-            return await script(keys=request.keys, args=request.args), None
-        for attempt in (1, 2):
-            # WAITAOF waits for the writes of its own connection: it must follow the script on the same one.
-            pipe = r.pipeline(transaction=False)
-            pipe.evalsha(script.sha, len(request.keys), *request.keys, *request.args)
-            pipe.execute_command("WAITAOF", 1, 0, request.fsync_ms)
-            done, waited = await pipe.execute(raise_on_error=False)
-            if isinstance(done, redis.exceptions.NoScriptError) and attempt == 1:
-                await r.script_load(script.script)
-                continue
-            if isinstance(done, Exception):
-                raise done
-            return done, translate(waited, "WAITAOF (durability='fsync')") if isinstance(waited, Exception) else waited
-        raise AssertionError("unreachable")
+        if not request.then:
+            return await script(keys=request.keys, args=request.args), []
+        return await _script_then_wait(request, r, script)
     except redis.RedisError as e:
         raise translate(e, request.what) from e
+
+
+async def _script_then_wait(request: ops.Script, r: redis.asyncio.Redis, script: Any) -> Any:
+    """The script and its WAIT/WAITAOF in one pipeline on the connection of the node holding the tenant's slot."""
+    at: tuple[str, int] | None = None
+    loaded = False
+    for _ in range(REDIRECTS):
+        node = node_client_async(r, request.keys[0], at)
+        pipe = node.pipeline(transaction=False)
+        if at:
+            pipe.execute_command("ASKING")
+        pipe.evalsha(script.sha, len(request.keys), *request.keys, *request.args)
+        for command in request.then:
+            pipe.execute_command(*command)
+        replies = (await pipe.execute(raise_on_error=False))[1 if at else 0:]
+        done, waited = replies[0], replies[1:]
+        at = None
+        if isinstance(done, redis.exceptions.NoScriptError) and not loaded:
+            await node.script_load(script.script)
+            loaded = True
+            continue
+        redirect = redirect_of(done)
+        if redirect is not None:
+            # The node ran nothing: follow it (slot moved, migrating, or keys mid-migration).
+            kind, host, port = redirect
+            if kind == "MOVED":
+                await refresh_slots_async(r)
+            elif kind == "ASK":
+                at = (host, port)
+            else:
+                await asyncio.sleep(0.05)
+            continue
+        if isinstance(done, Exception):
+            raise done
+        return done, [translate(w, f"{w_cmd[0]} (durability)") if isinstance(w, Exception) else w
+                      for w, w_cmd in zip(waited, request.then, strict=True)]
+    raise StoreUnavailable(f"{request.what}: the cluster kept redirecting the append ({REDIRECTS} times); nothing "
+                           "was written. Check `agent-journal status` (a resharding or failover in progress?).")
 
 
 class AsyncJournalClient:
@@ -126,6 +162,7 @@ class AsyncJournalClient:
                 log.warning("object_storage_unavailable", error=str(e))
 
     async def close(self) -> None:
+        await close_node_clients(self.redis)
         await self.redis.aclose()
         if self.env.durable is not None:
             await asyncio.to_thread(self.env.durable.close)

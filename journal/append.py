@@ -177,6 +177,40 @@ def all_projected(want: dict[str, int], committed: list[Any]) -> bool:
     return all(v is not None and int(v) >= seq for seq, v in zip(want.values(), committed, strict=True))
 
 
+def wait_commands(level: str, timeout_ms: int, aof: bool) -> tuple[tuple[Any, ...], ...]:
+    """What must follow the append script on its connection for ``level`` (``aof``: WAITAOF works here).
+
+    ``replicated`` asks ``WAITAOF 1 0`` (fsynced on the primary, where WAITAOF works) and ``WAIT 1``
+    (a replica holds it): it survives a restart of the primary and the loss of the primary. Not
+    ``WAITAOF 1 1`` (fsynced on a replica too): a replica reports its fsynced offset once a second,
+    so that costs ~1 s per append (measured: 1,003 ms mean on the embedded cluster, against
+    0.5 ms for WAITAOF 1 0 + WAIT 1), and a replica that has it in memory already survives the
+    primary's loss.
+    """
+    if level == "fsync":
+        return (("WAITAOF", 1, 0, timeout_ms),)
+    if level == "replicated":
+        return ((("WAITAOF", 1, 0, timeout_ms),) if aof else ()) + (("WAIT", 1, timeout_ms),)
+    return ()
+
+
+def check_replicated(waited: list[Any], timeout: float, events: list[Event]) -> None:
+    """Raise unless the WAIT that followed the append counts a replica (and WAITAOF a local fsync, if asked).
+
+    The events are written either way; the error says so.
+    """
+    if len(waited) == 2:  # WAITAOF 1 0 first, where the server has it
+        check_fsynced(waited[0], timeout, events)
+    reply = waited[-1] if waited else None
+    if isinstance(reply, JournalError):
+        raise DurabilityError(f"{_written(events)}, but no replica could be asked to confirm it: {reply}",
+                              tuple(events))
+    if int(reply or 0) < 1:
+        raise DurabilityError(f"{_written(events)} on the primary, but no replica acknowledged it within {timeout}s; "
+                              "they may be lost if the primary fails now. Check that the primary has a replica "
+                              "(`agent-journal status`) and its link is up.", tuple(events))
+
+
 def check_fsynced(waited: Any, timeout: float, events: list[Event]) -> None:
     """Raise unless the WAITAOF that followed the append confirms the AOF fsync (the events are written either way)."""
     if isinstance(waited, JournalError):

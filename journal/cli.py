@@ -38,7 +38,8 @@ STATUS_HOOKS = "agent_journal.status"
 
 #: The settings field and environment variable of each service's URL, and the schemes it accepts.
 _URLS = {
-    "redis": ("redis_url", "JOURNAL_REDIS_URL", ("redis", "rediss", "unix"), "redis://[user:password@]host:port/db"),
+    "redis": ("redis_url", "JOURNAL_REDIS_URL", ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster"),
+              "redis://[user:password@]host:port/db (or redis+cluster://[user:password@]host:port for a cluster)"),
     "postgres": ("database_url", "JOURNAL_DATABASE_URL", ("postgresql", "postgres"),
                  "postgresql://user:password@host:port/database"),
     "s3": ("s3_url", "JOURNAL_S3_URL", ("http", "https"), "http://host:port"),
@@ -178,14 +179,24 @@ def settings_from(args: argparse.Namespace, *, start: bool = False) -> Settings:
 
 def _cmd_up(args: argparse.Namespace) -> int:
     base = check_urls(Settings.from_env(data_dir=args.data_dir))
+    if args.cluster and base.redis_url:
+        raise ConfigError("--cluster starts an embedded Valkey Cluster, but JOURNAL_REDIS_URL is set; unset it "
+                          "to start one, or point it at your cluster (redis+cluster://host:port)")
     if not base.missing_urls:
         console.print("All of JOURNAL_REDIS_URL, JOURNAL_DATABASE_URL and JOURNAL_S3_URL are set; nothing to start.")
         return 0
-    with console.status(f"starting {', '.join(base.missing_urls)} in {base.data_dir} …"):
-        settings = resolve(base, start=True)
     from journal.embedded import EmbeddedStack  # the process manager: only for commands that start or stop
 
-    _print_services(EmbeddedStack(settings.data_dir))
+    stack = EmbeddedStack(Path(base.data_dir))
+    what = ", ".join(base.missing_urls) + (f" (Valkey Cluster: {args.cluster} primaries + replicas)"
+                                           if args.cluster else "")
+    with console.status(f"starting {what} in {base.data_dir} …"):
+        settings = local_stack.fill_from(base, stack.up(tuple(base.missing_urls), cluster=args.cluster))
+
+    _print_services(stack)
+    nodes = cluster_table(settings)
+    if nodes is not None:
+        console.print(nodes)
     console.print("\nUse them from another shell with:")
     print("\n".join(settings.env_lines()))
     return 0
@@ -283,6 +294,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
     checks = check_services(settings)
     tables: list[Table] = []
     if all(c.up for c in checks if c.service == "redis"):
+        nodes = cluster_table(settings)
+        if nodes is not None:
+            tables.append(nodes)
         for hook in entry_points(group=STATUS_HOOKS):
             table = hook.load()(settings)
             if table is not None:
@@ -302,6 +316,21 @@ def _cmd_status(args: argparse.Namespace) -> int:
         for t in tables:
             console.print(t)
     return 0 if ok else 1
+
+
+def cluster_table(settings: Settings) -> Table | None:
+    """Each node of a Valkey Cluster (role, slots, memory, replication lag); None for a single server."""
+    from journal.redis_store import cluster_report, is_cluster_url
+
+    if not is_cluster_url(settings.redis_url):
+        return None
+    table = Table(title="Valkey Cluster nodes")
+    for col in ("node", "role", "primary", "slots", "memory", "lag (bytes)", "link", "state"):
+        table.add_column(col)
+    for n in cluster_report(settings.redis_url or ""):
+        table.add_row(n.address, n.role, n.primary or "-", str(n.slots), n.memory, "-" if n.lag is None else
+                      str(n.lag), n.link, n.state)
+    return table
 
 
 def _cmd_env(args: argparse.Namespace) -> int:
@@ -328,8 +357,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-json", action="store_true", help="JSON log lines even on a terminal")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    sub.add_parser("up", help="start (or reuse) the embedded Valkey, PostgreSQL and S3 servers").set_defaults(
-        func=_cmd_up)
+    up = sub.add_parser("up", help="start (or reuse) the embedded Valkey, PostgreSQL and S3 servers")
+    up.add_argument("--cluster", type=positive_int, default=0, metavar="N",
+                    help="Valkey as a cluster of N primaries, each with a replica (ports P..P+2N-1 and +10000 "
+                         "for the cluster bus); the URL becomes redis+cluster://")
+    up.set_defaults(func=_cmd_up)
     sub.add_parser("down", help="stop the embedded servers (data is kept)").set_defaults(func=_cmd_down)
     status = sub.add_parser("status", help="each server (configured or embedded) and projector lag per tenant; "
                                            "exit 1 if any is down")

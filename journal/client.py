@@ -21,10 +21,19 @@ import redis.commands.core
 import structlog
 
 from journal import ops
-from journal.errors import AccessDenied, ConfigError, JournalError
+from journal.errors import AccessDenied, ConfigError, JournalError, StoreUnavailable
 from journal.events import Draft, Event
 from journal.local_stack import resolve
-from journal.redis_store import append_script, connect_client, translate, warn_if_volatile
+from journal.redis_store import (
+    REDIRECTS,
+    append_script,
+    connect_client,
+    node_client,
+    redirect_of,
+    refresh_slots,
+    translate,
+    warn_if_volatile,
+)
 from journal.reducer import Reducer
 from journal.settings import Settings
 
@@ -66,23 +75,49 @@ def _carry_out(request: ops.Request, r: redis.Redis, script: redis.commands.core
                 getattr(pipe, method)(*args)
             return pipe.execute()
         assert script is not None, "an append needs the client's registered script"
-        if request.fsync_ms is None:
-            return script(keys=request.keys, args=request.args), None
-        for attempt in (1, 2):
-            # WAITAOF waits for the writes of its own connection: it must follow the script on the same one.
-            pipe = r.pipeline(transaction=False)
-            pipe.evalsha(script.sha, len(request.keys), *request.keys, *request.args)
-            pipe.execute_command("WAITAOF", 1, 0, request.fsync_ms)
-            done, waited = pipe.execute(raise_on_error=False)
-            if isinstance(done, redis.exceptions.NoScriptError) and attempt == 1:
-                r.script_load(script.script)
-                continue
-            if isinstance(done, Exception):
-                raise done
-            return done, translate(waited, "WAITAOF (durability='fsync')") if isinstance(waited, Exception) else waited
-        raise AssertionError("unreachable")
+        if not request.then:
+            return script(keys=request.keys, args=request.args), []
+        return _script_then_wait(request, r, script)
     except redis.RedisError as e:
         raise translate(e, request.what) from e
+
+
+def _script_then_wait(request: ops.Script, r: redis.Redis, script: redis.commands.core.Script) -> Any:
+    """The script and its WAIT/WAITAOF in one pipeline on the connection of the node holding the tenant's slot."""
+    at: tuple[str, int] | None = None
+    loaded = False
+    for _ in range(REDIRECTS):
+        node = node_client(r, request.keys[0], at)
+        pipe = node.pipeline(transaction=False)
+        if at:
+            pipe.execute_command("ASKING")
+        pipe.evalsha(script.sha, len(request.keys), *request.keys, *request.args)
+        for command in request.then:
+            pipe.execute_command(*command)
+        replies = pipe.execute(raise_on_error=False)[1 if at else 0:]
+        done, waited = replies[0], replies[1:]
+        at = None
+        if isinstance(done, redis.exceptions.NoScriptError) and not loaded:
+            node.script_load(script.script)
+            loaded = True
+            continue
+        redirect = redirect_of(done)
+        if redirect is not None:
+            # The node ran nothing: follow it (slot moved, migrating, or keys mid-migration).
+            kind, host, port = redirect
+            if kind == "MOVED":
+                refresh_slots(r)
+            elif kind == "ASK":
+                at = (host, port)
+            else:
+                time.sleep(0.05)
+            continue
+        if isinstance(done, Exception):
+            raise done
+        return done, [translate(w, f"{w_cmd[0]} (durability)") if isinstance(w, Exception) else w
+                      for w, w_cmd in zip(waited, request.then, strict=True)]
+    raise StoreUnavailable(f"{request.what}: the cluster kept redirecting the append ({REDIRECTS} times); nothing "
+                           "was written. Check `agent-journal status` (a resharding or failover in progress?).")
 
 
 class JournalClient:

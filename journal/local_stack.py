@@ -57,7 +57,11 @@ def settings_of(data_dir: Path, state: dict[str, dict[str, int]]) -> Settings:
     if "redis" in state:
         password = secret(data_dir, "redis")
         auth = f":{password}@" if password else ""
-        urls["redis_url"] = f"redis://{auth}127.0.0.1:{state['redis']['port']}/0"
+        if state["redis"].get("cluster"):
+            # Any node serves as the entry point; the client learns the others from CLUSTER SLOTS.
+            urls["redis_url"] = f"redis+cluster://{auth}127.0.0.1:{state['redis']['port']}"
+        else:
+            urls["redis_url"] = f"redis://{auth}127.0.0.1:{state['redis']['port']}/0"
     if "postgres" in state:
         password = secret(data_dir, "postgres")
         auth = f"postgres:{password}" if password else "postgres"

@@ -74,16 +74,18 @@ class Pipe:
 
 @dataclass(frozen=True, slots=True)
 class Script:
-    """The append script; with ``fsync_ms``, followed by ``WAITAOF 1 0 fsync_ms`` on the same connection.
+    """The append script, followed by the commands ``then`` (``WAITAOF``, ``WAIT``) on the same connection.
 
-    The reply is ``(script reply, WAITAOF reply or the JournalError it raised, or None)``: the
-    append happened whatever WAITAOF answered, and the operation must say so.
+    ``WAIT``/``WAITAOF`` count the writes of their own connection, so they run right after the
+    script on the connection (and, on a cluster, the node) that ran it. The reply is
+    ``(script reply, [each command's reply or the JournalError it raised])``: the append happened
+    whatever they answered, and the operation must say so.
     """
 
     what: str
     keys: list[str]
     args: list[Any]
-    fsync_ms: int | None = None
+    then: tuple[tuple[Any, ...], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,14 +156,18 @@ def append_many(env: Env, tenant: str, drafts: Iterable[Draft | Mapping[str, Any
     p = protocol.prepare(env.settings, tenant, drafts)
     if level == "fsync":
         yield from _check_fsync(env)
+        if isinstance(env.fsync, JournalError):
+            raise DurabilityUnsupported(f"{env.fsync} Nothing was written.") from env.fsync
+    elif level == "replicated":
+        yield from _check_fsync(env)  # WAITAOF local + replica where the server can; WAIT alone where not
     if p.uploads:
         if env.blobs is None:
             raise ConfigError("this payload is over the blob threshold but no object storage is configured; "
                               "set JOURNAL_S3_URL (or run `agent-journal up`); nothing was written")
         yield Offload(tuple((env.blobs.put, (tenant, data)) for _, data in p.uploads))
     timeout = env.settings.durability_timeout
-    fsync_ms = max(1, int(timeout * 1000)) if level == "fsync" else None
-    reply, waited = yield Script(f"append to tenant {tenant}", p.keys, p.args, fsync_ms)
+    then = protocol.wait_commands(level, max(1, int(timeout * 1000)), env.fsync is True)
+    reply, waited = yield Script(f"append to tenant {tenant}", p.keys, p.args, then)
     evicted = protocol.restore_request(reply)
     if evicted is not None:
         # Threads `agent-journal maintain` dropped from Redis: their heads come back from PostgreSQL.
@@ -170,7 +176,7 @@ def append_many(env: Env, tenant: str, drafts: Iterable[Draft | Mapping[str, Any
                               "its head needs PostgreSQL: set JOURNAL_DATABASE_URL. Nothing was written.")
         heads = yield Offload(tuple((env.durable.max_seq, (tenant, t)) for t in evicted))
         protocol.with_floors(p, dict(zip(evicted, heads, strict=True)))
-        reply, waited = yield Script(f"append to tenant {tenant}", p.keys, p.args, fsync_ms)
+        reply, waited = yield Script(f"append to tenant {tenant}", p.keys, p.args, then)
     outcome = protocol.parse_reply(p, reply)
     if outcome.created_stream:
         # The registry lets projectors find a new tenant at once; it lives outside the tenant's
@@ -180,7 +186,9 @@ def append_many(env: Env, tenant: str, drafts: Iterable[Draft | Mapping[str, Any
         except JournalError as e:
             log.debug("tenant_register_skipped", tenant=tenant, error=str(e))
     if level == "fsync":
-        protocol.check_fsynced(waited, timeout, outcome.events)
+        protocol.check_fsynced(waited[0], timeout, outcome.events)
+    elif level == "replicated":
+        protocol.check_replicated(waited, timeout, outcome.events)
     elif level == "projected":
         yield from _await_projected(env, tenant, outcome.events)
     return outcome.events
@@ -196,8 +204,6 @@ def _check_fsync(env: Env) -> Op[None]:
             env.fsync = e
         except JournalError as e:
             raise type(e)(f"{e} Nothing was written.") from e
-    if isinstance(env.fsync, JournalError):
-        raise DurabilityUnsupported(f"{env.fsync} Nothing was written.") from env.fsync
 
 
 def _await_projected(env: Env, tenant: str, events: list[Event]) -> Op[None]:

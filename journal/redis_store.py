@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import re
 import warnings
+import weakref
+from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
+import redis.cluster
 import structlog
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
@@ -33,12 +37,47 @@ def script_source(name: str) -> str:
     return resources.files("journal").joinpath("lua", f"{name}.lua").read_text()
 
 
+#: URL schemes of a Valkey/Redis Cluster: the node named is only the entry point (``+cluster`` is ours,
+#: redis-py has no scheme for it, so it is stripped before redis-py parses the URL).
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+
+def is_cluster_url(url: str | None) -> bool:
+    return bool(url) and url.partition("://")[0] in CLUSTER_SCHEMES  # type: ignore[union-attr]
+
+
+def _plain_url(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    return f"{CLUSTER_SCHEMES[scheme]}://{rest}"
+
+
 def connect(url: str, **kwargs: Any) -> redis.Redis:
+    """A client for ``url``: one server, or (``redis+cluster://``) a cluster client following its slots.
+
+    ``RedisCluster`` answers the commands the journal sends (keys of one tenant share a slot) the
+    way ``Redis`` does, so callers hold either under the one type.
+    """
+    if is_cluster_url(url):
+        return cast(redis.Redis, redis.cluster.RedisCluster.from_url(_plain_url(url), socket_connect_timeout=3,
+                                                                     **_cluster_kwargs(kwargs)))
     return redis.Redis.from_url(url, socket_connect_timeout=3, health_check_interval=30, **kwargs)
 
 
 def connect_async(url: str, **kwargs: Any) -> redis.asyncio.Redis:
+    """The asyncio twin of :func:`connect`."""
+    if is_cluster_url(url):
+        return cast(redis.asyncio.Redis, redis.asyncio.cluster.RedisCluster.from_url(
+            _plain_url(url), socket_connect_timeout=3, **_cluster_kwargs(kwargs)))
     return redis.asyncio.Redis.from_url(url, socket_connect_timeout=3, health_check_interval=30, **kwargs)
+
+
+def _cluster_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    # A cluster may not select a database; the journal uses db 0 everywhere anyway.
+    return {k: v for k, v in kwargs.items() if k != "db"}
+
+
+def is_cluster(client: Any) -> bool:
+    return isinstance(client, redis.cluster.RedisCluster | redis.asyncio.cluster.RedisCluster)
 
 
 def connect_client(url: str) -> redis.Redis:
@@ -48,6 +87,10 @@ def connect_client(url: str) -> redis.Redis:
     whose reply was lost, that writes the event a second time under a new seq. The client's
     operations decide what is safe to retry (a wait reconnects; an append is retried by the
     caller, with its idempotency key).
+
+    On a cluster the same holds: no retry after a connection error or timeout (the cluster
+    client refreshes its slot map and raises). ``MOVED``, ``ASK`` and ``TRYAGAIN`` are still
+    followed, since a node answering them did not run the command.
     """
     return connect(url, retry=Retry(NoBackoff(), 0))
 
@@ -55,6 +98,84 @@ def connect_client(url: str) -> redis.Redis:
 def connect_client_async(url: str) -> redis.asyncio.Redis:
     """The asyncio twin of :func:`connect_client`."""
     return connect_async(url, retry=AsyncRetry(NoBackoff(), 0))
+
+
+#: Per asyncio cluster client: plain clients to single nodes, for a script and its WAIT on one connection.
+_NODE_CLIENTS: weakref.WeakKeyDictionary[Any, dict[str, redis.asyncio.Redis]] = weakref.WeakKeyDictionary()
+
+
+#: Redirections (MOVED, ASK, TRYAGAIN) an append with a WAIT follows before giving up; redis-py's own limit.
+REDIRECTS = 16
+
+#: A cluster node's answer instead of running a command: (kind, host, port). It ran nothing, so resending is safe.
+Redirect = tuple[str, str, int]
+
+
+def redirect_of(reply: Any) -> Redirect | None:
+    """``MOVED``/``ASK``/``TRYAGAIN`` (a cluster node did not run the command), from a pipeline's reply."""
+    if isinstance(reply, redis.exceptions.AskError | redis.exceptions.MovedError):
+        return ("ASK" if isinstance(reply, redis.exceptions.AskError) else "MOVED", reply.host, int(reply.port))
+    if isinstance(reply, redis.exceptions.TryAgainError):
+        return ("TRYAGAIN", "", 0)
+    if isinstance(reply, redis.exceptions.ResponseError):
+        # A plain (non-cluster) connection does not parse these into their own classes.
+        kind, _, rest = str(reply).partition(" ")
+        if kind in ("MOVED", "ASK"):
+            host, _, port = rest.partition(" ")[2].rpartition(":")
+            return (kind, host, int(port))
+        if kind == "TRYAGAIN":
+            return ("TRYAGAIN", "", 0)
+    return None
+
+
+def node_client(r: redis.Redis, key: str, at: tuple[str, int] | None = None) -> redis.Redis:
+    """``r`` itself, or on a cluster a client of the primary serving ``key`` (or of node ``at``; no retries).
+
+    ``WAIT``/``WAITAOF`` count the writes of their own connection, so they must follow the append on
+    the node and connection that ran it; a cluster client would send them anywhere.
+    """
+    if not isinstance(r, redis.cluster.RedisCluster):
+        return r
+    node = r.get_node(host=at[0], port=at[1]) if at else None
+    if node is None:
+        if at:
+            r.nodes_manager.initialize()
+            node = r.get_node(host=at[0], port=at[1])
+        node = node or r.get_node_from_key(key)
+    return r.get_redis_connection(node)
+
+
+def node_client_async(r: redis.asyncio.Redis, key: str, at: tuple[str, int] | None = None) -> redis.asyncio.Redis:
+    """The asyncio twin of :func:`node_client`: a plain client per node, made with the cluster's credentials."""
+    if not isinstance(r, redis.asyncio.cluster.RedisCluster):
+        return r
+    node = r.get_node_from_key(key)
+    host, port = at or (node.host, int(node.port))
+    name = f"{host}:{port}"
+    clients = _NODE_CLIENTS.setdefault(r, {})
+    if name not in clients:
+        kw = node.connection_kwargs
+        clients[name] = redis.asyncio.Redis(
+            host=host, port=port, username=kw.get("username"), password=kw.get("password"),
+            socket_connect_timeout=kw.get("socket_connect_timeout"), socket_timeout=kw.get("socket_timeout"),
+            ssl=kw.get("connection_class") is redis.asyncio.SSLConnection, retry=AsyncRetry(NoBackoff(), 0))
+    return clients[name]
+
+
+async def close_node_clients(r: redis.asyncio.Redis) -> None:
+    for client in _NODE_CLIENTS.pop(r, {}).values():
+        await client.aclose()
+
+
+def refresh_slots(r: Any) -> None:
+    """After a ``MOVED`` seen outside the cluster client (a pinned pipeline): reload its slot map."""
+    if isinstance(r, redis.cluster.RedisCluster):
+        r.nodes_manager.initialize()
+
+
+async def refresh_slots_async(r: Any) -> None:
+    if isinstance(r, redis.asyncio.cluster.RedisCluster):
+        await r.nodes_manager.initialize()
 
 
 def append_script(client: Any) -> Any:
@@ -98,3 +219,62 @@ def warn_if_volatile(info: dict[str, Any], url: str) -> bool:
     log.warning("redis_persistence_off", url=url)
     warnings.warn(message, PersistenceWarning, stacklevel=3)
     return True
+
+
+@dataclass(frozen=True, slots=True)
+class NodeReport:
+    """One node of a cluster as `agent-journal status` shows it."""
+
+    address: str
+    role: str
+    #: The primary a replica follows (host:port); None for a primary.
+    primary: str | None
+    slots: int
+    memory: str
+    #: Replication bytes a replica is behind its primary; None for a primary or when unknown.
+    lag: int | None
+    #: A replica's link to its primary (up/down), "-" for a primary.
+    link: str
+    #: "ok", or the flags that say it failed ("fail", "fail?", "unreachable").
+    state: str
+
+
+def cluster_report(url: str) -> list[NodeReport]:
+    """Every node of the cluster at ``url``: role, slots, memory, replication lag (one INFO per node)."""
+    cluster = cast(redis.cluster.RedisCluster, connect(url))
+    try:
+        nodes = cluster.cluster_nodes()
+        facts: dict[str, tuple[dict[str, Any], dict[str, Any]] | None] = {}
+        for address in nodes:
+            host, _, port = address.rpartition(":")
+            node = cluster.get_node(host=host, port=int(port))
+            try:
+                client = cluster.get_redis_connection(node) if node else None
+                facts[address] = (client.info("memory"), client.info("replication")) if client else None
+            except redis.RedisError:
+                facts[address] = None
+    except redis.RedisError as e:
+        raise translate(e, "CLUSTER NODES") from e
+    finally:
+        cluster.close()
+    by_id = {v["node_id"]: k for k, v in nodes.items()}
+    out = []
+    for address, n in sorted(nodes.items()):
+        flags = str(n.get("flags", ""))
+        primary = by_id.get(n.get("master_id", "-"))
+        got = facts.get(address)
+        memory, lag, link = "?", None, "-"
+        if got is not None:
+            mem, repl = got
+            memory = str(mem.get("used_memory_human", "?"))
+            if primary is not None:
+                link = str(repl.get("master_link_status", "?"))
+                ahead = facts.get(primary)
+                if ahead is not None:
+                    lag = max(0, int(ahead[1].get("master_repl_offset", 0)) - int(repl.get("slave_repl_offset", 0)))
+        ranges = cast(list[list[str]], n.get("slots") or [])  # [[first, last], …]; importing slots are not ranges
+        slots = sum(int(s[1]) - int(s[0]) + 1 for s in ranges if isinstance(s, list) and len(s) == 2)
+        bad = [f for f in ("fail", "fail?", "noaddr", "handshake") if f in flags.split(",")]
+        out.append(NodeReport(address, "primary" if "master" in flags else "replica", primary, slots, memory, lag,
+                              link, ",".join(bad) or ("ok" if n.get("connected") else "unreachable")))
+    return out

@@ -15,7 +15,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from journal.errors import ConfigError
 
-DURABILITY_LEVELS = ("memory", "fsync", "projected")
+DURABILITY_LEVELS = ("memory", "fsync", "replicated", "projected")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +36,7 @@ class Settings:
     #: How long Redis remembers an idempotency key (seconds).
     idempotency_ttl: int = 7 * 24 * 3600
     durability: str = "memory"
-    #: Seconds to wait for ``fsync`` / ``projected`` durability before raising.
+    #: Seconds to wait for ``fsync`` / ``replicated`` / ``projected`` durability before raising.
     durability_timeout: float = 5.0
     data_dir: Path = Path(".agent-journal")
     #: Fold a snapshot every this many events of a thread.
