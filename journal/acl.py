@@ -1,7 +1,7 @@
 """Tenant-scoped Redis credentials: one ACL user per tenant, confined to that tenant's keys.
 
     creds = create_tenant_user(admin, "acme")
-    client = JournalClient(redis.Redis.from_url(creds.redis_url(settings.redis_url)), settings=settings)
+    client = JournalClient(connect_client(creds.redis_url(settings.redis_url)), settings=settings)  # redis_store
 
 The user ``journal-<tenant>`` may run only what the append client needs (the Lua append,
 stream reads, head lookups, durability waits, the connection handshake) and only on keys
@@ -25,6 +25,7 @@ import re
 import secrets
 import warnings
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import redis
@@ -32,6 +33,7 @@ import structlog
 
 from journal import keys
 from journal.errors import AccessDenied, ConfigError, JournalError
+from journal.redis_store import CLUSTER_SCHEMES, is_cluster
 from journal.redis_store import translate as _translate
 from journal.settings import with_credentials
 
@@ -45,6 +47,9 @@ BASE_COMMANDS = (
     "evalsha", "eval", "script|load",
     "xrange", "xrevrange", "xread", "xlen", "hget", "hmget",
     "ping", "hello",
+    # durability='replicated' (WAIT names no key); on a cluster the client maps slots to nodes with
+    # CLUSTER SLOTS/SHARDS and reads the key positions of commands with COMMAND: topology, no data.
+    "wait", "cluster|slots", "cluster|shards", "command",
 )
 #: Commands journal/lua/append.lua calls inside the script, checked by the server against the same user.
 SCRIPT_COMMANDS = ("xadd", "hset", "set", "get", "exists", "time")
@@ -78,8 +83,9 @@ class TenantCredentials:
     def redis_url(self, base_url: str) -> str:
         """``base_url`` (host, port, db, options kept) with these credentials in place of any given."""
         scheme = urlsplit(base_url).scheme
-        if scheme not in ("redis", "rediss", "unix"):
-            raise ConfigError(f"not a Redis URL: {scheme!r}; expected redis://, rediss:// or unix://")
+        if scheme not in ("redis", "rediss", "unix", *CLUSTER_SCHEMES):
+            raise ConfigError(f"not a Redis URL: {scheme!r}; expected redis://, rediss://, unix:// or "
+                              "redis+cluster://")
         return with_credentials(base_url, self.username, self.password)
 
     def __repr__(self) -> str:  # never print the password into logs or test reports
@@ -121,7 +127,7 @@ def create_tenant_user(admin: redis.Redis, tenant: str, password: str | None = N
     password = password if password is not None else secrets.token_urlsafe(32)
     rules = acl_rules(tenant, password, BASE_COMMANDS + SCRIPT_COMMANDS)
     try:
-        admin.execute_command("ACL", "SETUSER", user, *rules)
+        _everywhere(admin, "ACL", "SETUSER", user, *rules)
         for command in OPTIONAL_COMMANDS:
             _grant_if_known(admin, user, command)
     except redis.RedisError as e:
@@ -148,10 +154,10 @@ def rotate_tenant_user(admin: redis.Redis, tenant: str, *, kill_connections: boo
     password = secrets.token_urlsafe(32)
     try:
         # clearselectors + the selector: users made before the registry selector existed get it too.
-        admin.execute_command("ACL", "SETUSER", user, "resetpass", f">{password}", "clearselectors",
+        _everywhere(admin, "ACL", "SETUSER", user, "resetpass", f">{password}", "clearselectors",
                               REGISTRY_SELECTOR)
         if kill_connections:
-            admin.execute_command("CLIENT", "KILL", "USER", user)
+            _everywhere(admin, "CLIENT", "KILL", "USER", user)
     except redis.RedisError as e:
         raise translate(e, f"rotating {user}") from e
     _persist(admin)
@@ -166,9 +172,9 @@ def revoke_tenant_user(admin: redis.Redis, tenant: str) -> bool:
         return False
     try:
         # Disable first so no new connection authenticates between the kill and the delete.
-        admin.execute_command("ACL", "SETUSER", user, "off", "resetpass")
-        admin.execute_command("CLIENT", "KILL", "USER", user)
-        deleted = int(admin.execute_command("ACL", "DELUSER", user))
+        _everywhere(admin, "ACL", "SETUSER", user, "off", "resetpass")
+        _everywhere(admin, "CLIENT", "KILL", "USER", user)
+        deleted = int(_everywhere(admin, "ACL", "DELUSER", user))
     except redis.RedisError as e:
         raise translate(e, f"revoking {user}") from e
     _persist(admin)
@@ -198,7 +204,7 @@ def protect_default_user(admin: redis.Redis, password: str) -> None:
     if not password or any(c.isspace() for c in password):
         raise ConfigError("the default user's password must be non-empty and hold no whitespace")
     try:
-        admin.execute_command("ACL", "SETUSER", "default", "resetpass", f">{password}")
+        _everywhere(admin, "ACL", "SETUSER", "default", "resetpass", f">{password}")
     except redis.RedisError as e:
         raise translate(e, "ACL SETUSER default") from e
     _persist(admin)
@@ -212,13 +218,25 @@ def tenant_user_exists(admin: redis.Redis, tenant: str) -> bool:
 def _grant_if_known(admin: redis.Redis, user: str, command: str) -> bool:
     """Allow ``command`` if this server has it (Redis 7.0 has neither WAITAOF nor CLIENT SETINFO)."""
     try:
-        admin.execute_command("ACL", "SETUSER", user, f"+{command}")
+        _everywhere(admin, "ACL", "SETUSER", user, f"+{command}")
     except redis.ResponseError as e:
         if "unknown command" in str(e).lower():
             log.debug("acl_command_unknown", user=user, command=command)
             return False
         raise
     return True
+
+
+def _everywhere(admin: redis.Redis, *args: Any) -> Any:
+    """``admin.execute_command(*args)``, on a cluster on every node: each keeps its own users (and ACL file).
+
+    A node added to the cluster later starts without the tenant users: run `agent-journal tenant
+    rotate` for each tenant, or copy the ACL file, before it takes slots.
+    """
+    if is_cluster(admin):
+        replies = admin.execute_command(*args, target_nodes="all")
+        return min(int(v) for v in replies.values()) if args[1] == "DELUSER" and isinstance(replies, dict) else replies
+    return admin.execute_command(*args)
 
 
 def _exists(admin: redis.Redis, user: str) -> bool:
@@ -231,7 +249,7 @@ def _exists(admin: redis.Redis, user: str) -> bool:
 def _persist(admin: redis.Redis) -> None:
     """Write users to the ACL file when the server has one; otherwise they live until restart."""
     try:
-        admin.execute_command("ACL", "SAVE")
+        _everywhere(admin, "ACL", "SAVE")
     except redis.ResponseError as e:
         log.debug("acl_not_persisted", reason=str(e))
     except redis.RedisError as e:

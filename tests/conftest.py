@@ -3,6 +3,9 @@
 Set ``JOURNAL_REDIS_URL`` / ``JOURNAL_DATABASE_URL`` / ``JOURNAL_S3_URL`` to run the suite
 against other servers (e.g. the machine's Redis 7.0 and PostgreSQL 15); whatever is not
 set is started from the PyPI wheels in a temporary folder and stopped at the end.
+
+``pytest --cluster`` (or ``JOURNAL_TEST_CLUSTER=1``) makes the embedded Redis a Valkey Cluster
+of 3 primaries and 3 replicas, so the suites run through ``redis+cluster://``.
 """
 
 from __future__ import annotations
@@ -30,6 +33,21 @@ hypothesis_settings.register_profile("explore", derandomize=False)
 hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 
+#: Primaries of the cluster `--cluster` starts.
+CLUSTER_PRIMARIES = 3
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--cluster", action="store_true", default=False,
+                     help="run against an embedded Valkey Cluster (3 primaries + 3 replicas) instead of one node; "
+                          "also JOURNAL_TEST_CLUSTER=1")
+
+
+def on_cluster(config: pytest.Config) -> bool:
+    """Whether this session runs the suites on the embedded Valkey Cluster."""
+    return bool(config.getoption("--cluster")) or os.environ.get("JOURNAL_TEST_CLUSTER") == "1"
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
     """The embedded servers for whatever the environment does not configure."""
@@ -39,17 +57,20 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
 
 
 @pytest.fixture(scope="session")
-def settings(stack: EmbeddedStack) -> Settings:
+def settings(stack: EmbeddedStack, pytestconfig: pytest.Config) -> Settings:
     base = Settings.from_env(data_dir=stack.data_dir)
-    embedded = stack.up(tuple(base.missing_urls)) if base.missing_urls else base
+    cluster = CLUSTER_PRIMARIES if on_cluster(pytestconfig) and not base.redis_url else 0
+    embedded = stack.up(tuple(base.missing_urls), cluster=cluster) if base.missing_urls else base
     return fill_from(base, embedded)
 
 
 @pytest.fixture(scope="session")
-def embedded_redis(settings: Settings, stack: EmbeddedStack) -> EmbeddedStack:
+def embedded_redis(settings: Settings, stack: EmbeddedStack, pytestconfig: pytest.Config) -> EmbeddedStack:
     """The stack, for tests that kill and restart the Redis server; skipped against an external Redis."""
     if os.environ.get("JOURNAL_REDIS_URL"):
         pytest.skip("kills the Redis server: runs only against the embedded Valkey")
+    if on_cluster(pytestconfig):
+        pytest.skip("kills the one Valkey node; on the cluster, tests/cluster/ kills primaries")
     return stack
 
 
@@ -69,16 +90,15 @@ class AsyncClientFacade:
     def __init__(self, settings: Settings) -> None:
         import asyncio
 
-        import redis
-
         from journal.aio import AsyncJournalClient
+        from journal.redis_store import connect
 
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
         self._client = self._call(AsyncJournalClient.from_settings(settings))
         self.settings = settings
-        self.redis = redis.Redis.from_url(settings.redis_url or "")
+        self.redis = connect(settings.redis_url or "")
 
     def _call(self, coro: Any) -> Any:
         import asyncio

@@ -11,11 +11,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis
 from conftest import make_client
 
 from journal import acl, keys
 from journal.errors import AccessDenied
+from journal.redis_store import connect
 from journal.settings import Settings
 from projections import db
 from projections.worker import Projector, WorkerOptions
@@ -27,7 +27,7 @@ MSG = {"role": "user", "content": "hi"}
 @pytest.fixture
 def tenant_settings(migrated: Settings, tenant: str) -> Iterator[Settings]:
     """Settings holding only ``tenant``'s own Redis user and PostgreSQL reader login."""
-    admin = redis.Redis.from_url(migrated.redis_url or "")
+    admin = connect(migrated.redis_url or "")
     creds = acl.create_tenant_user(admin, tenant)
     reader = db.create_tenant_reader(migrated, tenant)
     yield migrated.with_(redis_url=creds.redis_url(migrated.redis_url or ""),
@@ -50,7 +50,7 @@ def test_tenant_agent_appends_reads_waits_and_resumes(kind: str, migrated: Setti
         p = Projector(migrated, WorkerOptions())
         p.drain(tenants=[tenant])
         p.close()
-        admin = redis.Redis.from_url(migrated.redis_url or "")
+        admin = connect(migrated.redis_url or "")
         admin.xtrim(keys.stream(tenant), maxlen=0, approximate=False)  # everything now only in PostgreSQL
         admin.close()
         agent.append(tenant, "run-42", "message", {"role": "assistant", "content": "Refund issued."})
