@@ -244,15 +244,20 @@ def cluster_report(url: str) -> list[NodeReport]:
     cluster = cast(redis.cluster.RedisCluster, connect(url))
     try:
         nodes = cluster.cluster_nodes()
+        # Straight to each address: a replica that joined a moment ago may not be in the client's slot map yet.
+        kw = cluster.get_redis_connection(cluster.get_default_node()).connection_pool.connection_kwargs
         facts: dict[str, tuple[dict[str, Any], dict[str, Any]] | None] = {}
         for address in nodes:
             host, _, port = address.rpartition(":")
-            node = cluster.get_node(host=host, port=int(port))
+            client = redis.Redis(host=host, port=int(port), username=kw.get("username"), password=kw.get("password"),
+                                 ssl=kw.get("connection_class") is redis.SSLConnection, socket_timeout=3,
+                                 socket_connect_timeout=3)
             try:
-                client = cluster.get_redis_connection(node) if node else None
-                facts[address] = (client.info("memory"), client.info("replication")) if client else None
+                facts[address] = (client.info("memory"), client.info("replication"))
             except redis.RedisError:
                 facts[address] = None
+            finally:
+                client.close()
     except redis.RedisError as e:
         raise translate(e, "CLUSTER NODES") from e
     finally:
