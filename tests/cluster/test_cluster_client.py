@@ -100,7 +100,7 @@ def test_append_read_wait_resume_on_every_primary(kind: str, cluster_settings: S
                                        {"thread": "other", "type": "message", "payload": MSG}])
                 assert c.append(tenant, "run", "message", MSG, idempotency_key="k1").seq == 1
                 found: list[Any] = []
-                waiter = threading.Thread(target=lambda c=c, t=tenant: found.append(
+                waiter = threading.Thread(target=lambda c=c, t=tenant, f=found: f.append(
                     c.wait(t, "run", 2, types=("resume",), timeout=10)))
                 waiter.start()
                 c.append(tenant, "run", "resume", {"by": "human"})
