@@ -20,7 +20,7 @@ import structlog
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
-from projections.deferred import DeferredReplies
+from projections.nodes import deferred_replies
 
 log = structlog.get_logger("projections.acks")
 
@@ -36,9 +36,10 @@ class Call:
 
 
 class DeferredAcks:
-    def __init__(self, url: str, script: Script) -> None:
+    def __init__(self, url: str, script: Script, client: Any = None) -> None:
+        """``client``: the projector's Redis client; when it is a cluster client, calls go to each tenant's node."""
         self.script = script
-        self._wire = DeferredReplies(url)
+        self._wire = deferred_replies(url, client)
         self._sent: list[Call] = []
         self._loaded = False  # the script, on the current connection
         #: Calls the server refused (``flush``), since this object was made.

@@ -92,7 +92,8 @@ class Committer:
     @property
     def acks(self) -> DeferredAcks:
         if self._acks is None:
-            self._acks = DeferredAcks(self.links.settings.redis_url or "", self.links.script("acknowledge"))
+            self._acks = DeferredAcks(self.links.settings.redis_url or "", self.links.script("acknowledge"),
+                                      self.links.redis)
         return self._acks
 
     def reset(self) -> None:

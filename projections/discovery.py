@@ -24,6 +24,8 @@ import structlog
 
 from journal import keys
 from journal.errors import JournalError
+from journal.redis_store import is_cluster
+from projections.nodes import scan_streams
 
 log = structlog.get_logger("projections.discovery")
 
@@ -78,10 +80,13 @@ class Discovery:
         out: set[str] = set()
         steps = 0
         while self._cursor is not None and (until_done or steps < self.scan_steps):
-            cursor, batch = self.redis.scan(self._cursor, match=keys.stream_pattern(), count=self.scan_count,
-                                            _type="stream")
+            if is_cluster(self.redis):  # a cursor per primary: one whole pass over each (projections.nodes)
+                batch, self._cursor = scan_streams(self.redis, keys.stream_pattern(), self.scan_count), None
+            else:
+                cursor, batch = self.redis.scan(self._cursor, match=keys.stream_pattern(), count=self.scan_count,
+                                                _type="stream")
+                self._cursor = int(cursor) or None
             steps += 1
-            self._cursor = int(cursor) or None
             for k in batch:
                 # The pattern's '*' also matches other keys a tenant may create under its own tag
                 # ('agent:v1:{T}:x}:stream'): only the tenant's stream key itself counts.

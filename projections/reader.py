@@ -15,7 +15,8 @@ import redis
 import structlog
 
 from journal import keys
-from projections import redis_internals
+from journal.redis_store import is_cluster
+from projections import nodes, redis_internals
 from projections.deferred import DeferredReplies
 from projections.discovery import Discovery
 from projections.links import Links
@@ -67,7 +68,12 @@ def entry_count(reply: Any) -> int:
 
 
 def install_parser(client: redis.Redis) -> None:
-    """Parse XREADGROUP replies with ``stream_entries`` on ``client``, on a redis-py version known to allow it."""
+    """Parse XREADGROUP replies with ``stream_entries`` on ``client``, on a redis-py version known to allow it.
+
+    Not on a cluster client: it applies its own callbacks after the node's parser, not instead of it.
+    """
+    if is_cluster(client):
+        return
     if redis_internals.known():
         client.set_response_callback("XREADGROUP", stream_entries)
     else:
@@ -89,14 +95,14 @@ class Reader:
         self._stop = stop
         #: Whether ``install_parser`` put ``stream_entries`` on the client (else redis-py parses XREADGROUP).
         self._own_parser = redis_internals.known()
-        self._reads: DeferredReplies | None = None
+        self._reads: DeferredReplies | nodes.NodeReplies | None = None
         #: The chunks of tenants of a read sent ahead (``read_round``), in reply order.
         self._ahead: list[list[str]] = []
 
     @property
-    def reads(self) -> DeferredReplies:
+    def reads(self) -> DeferredReplies | nodes.NodeReplies:
         if self._reads is None:
-            self._reads = DeferredReplies(self.links.settings.redis_url or "")
+            self._reads = nodes.deferred_replies(self.links.settings.redis_url or "", self.links.redis)
         return self._reads
 
     @property
@@ -166,6 +172,8 @@ class Reader:
     def _chunks(self, tenants: list[str]) -> list[list[str]]:
         """``tenants`` in groups of ``streams_per_read``: one XREADGROUP each."""
         spr = self.streams_per_read
+        if is_cluster(self.links.redis):  # one XREADGROUP names streams of one slot only
+            return nodes.slot_chunks(self.links.redis, tenants, spr)
         return [tenants[i : i + spr] for i in range(0, len(tenants), spr)]
 
     def _send_reads(self, chunks: list[list[str]], n_tenants: int, *, block: bool) -> None:
@@ -186,7 +194,7 @@ class Reader:
         streams: dict[Any, Any] = {keys.stream(t): "0" for t in chunk}
         try:
             reply: Any = self.links.redis.xreadgroup(self.group, self.consumer, streams, count=self.batch_size)
-            return reply if self._own_parser else parsed_entries(reply)
+            return reply if self._own_parser and not is_cluster(self.links.redis) else parsed_entries(reply)
         except redis.ResponseError as e:
             if "NOGROUP" in str(e):
                 self.discovery.regroup(chunk)
