@@ -29,6 +29,7 @@ import structlog
 
 from journal import keys
 from journal.redis_store import REDIRECTS, is_cluster, redirect_of
+from projections import redis_internals
 from projections.deferred import DeferredReplies
 
 log = structlog.get_logger("projections.nodes")
@@ -78,6 +79,11 @@ class NodeReplies:
     @property
     def unread(self) -> int:
         return len(self._sent)
+
+    @property
+    def partial_reads(self) -> bool:
+        """Whether replies are parsed as they arrive (each node's connection decides as one server's would)."""
+        return redis_internals.known()
 
     def _wire(self, node_name: str) -> DeferredReplies:
         if node_name not in self._wires:
