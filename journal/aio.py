@@ -8,6 +8,7 @@ concurrently when an operation asks for several, so the event loop never blocks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -89,7 +90,14 @@ async def _script_then_wait(request: ops.Script, r: redis.asyncio.Redis, script:
         pipe.evalsha(script.sha, len(request.keys), *request.keys, *request.args)
         for command in request.then:
             pipe.execute_command(*command)
-        replies = (await pipe.execute(raise_on_error=False))[1 if at else 0:]
+        try:
+            replies = (await pipe.execute(raise_on_error=False))[1 if at else 0:]
+        except (redis.ConnectionError, redis.TimeoutError):
+            # Past the cluster client, which would have reloaded its slot map itself: a failover may
+            # have promoted a replica, and the caller's retry must find it.
+            with contextlib.suppress(redis.RedisError):
+                await refresh_slots_async(r)
+            raise
         done, waited = replies[0], replies[1:]
         at = None
         if isinstance(done, redis.exceptions.NoScriptError) and not loaded:

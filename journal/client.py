@@ -12,6 +12,7 @@ its tenant, and every key it touches carries that tenant's tag.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -94,7 +95,14 @@ def _script_then_wait(request: ops.Script, r: redis.Redis, script: redis.command
         pipe.evalsha(script.sha, len(request.keys), *request.keys, *request.args)
         for command in request.then:
             pipe.execute_command(*command)
-        replies = pipe.execute(raise_on_error=False)[1 if at else 0:]
+        try:
+            replies = pipe.execute(raise_on_error=False)[1 if at else 0:]
+        except (redis.ConnectionError, redis.TimeoutError):
+            # Past the cluster client, which would have reloaded its slot map itself: a failover may
+            # have promoted a replica, and the caller's retry must find it.
+            with contextlib.suppress(redis.RedisError):
+                refresh_slots(r)
+            raise
         done, waited = replies[0], replies[1:]
         at = None
         if isinstance(done, redis.exceptions.NoScriptError) and not loaded:

@@ -216,3 +216,52 @@ def _cli() -> Path:
     from journal.embedded import valkey_binary
 
     return valkey_binary("valkey-cli")
+
+
+def migrate_slot(url: str, slot: int, target: str, *, batch: int = 100) -> int:
+    """Move ``slot`` to the primary ``target`` (host:port) the way ``valkey-cli --cluster reshard`` does.
+
+    IMPORTING on the target, MIGRATING on the source, its keys moved ``batch`` at a time with
+    MIGRATE, then the slot assigned to the target on every primary. Clients are told ``ASK``
+    (keys already moved), ``TRYAGAIN`` (a command's keys split between the two) and finally
+    ``MOVED``. Returns the keys moved. For fault tests and the benchmark; an operator can use
+    ``valkey-cli --cluster reshard``.
+    """
+    import redis
+    import redis.cluster
+
+    from journal.redis_store import connect
+
+    cluster: Any = connect(url)
+    try:
+        source = cluster.nodes_manager.get_node_from_slot(slot)
+        if source.name == target:
+            return 0
+        kw = cluster.get_redis_connection(source).connection_pool.connection_kwargs
+        host, _, port = target.rpartition(":")
+
+        def plain(h: str, p: int) -> redis.Redis:
+            return redis.Redis(host=h, port=p, username=kw.get("username"), password=kw.get("password"),
+                               decode_responses=True)
+
+        src, dst = plain(source.host, int(source.port)), plain(host, int(port))
+        src_id, dst_id = src.execute_command("CLUSTER MYID"), dst.execute_command("CLUSTER MYID")
+        dst.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", src_id)
+        src.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", dst_id)
+        auth = (("AUTH2", kw["username"], kw["password"]) if kw.get("username") else
+                ("AUTH", kw["password"]) if kw.get("password") else ())
+        moved = 0
+        while True:
+            names = src.execute_command("CLUSTER GETKEYSINSLOT", slot, batch)
+            if not names:
+                break
+            src.execute_command("MIGRATE", host, int(port), "", 0, 10_000, *auth, "KEYS", *names)
+            moved += len(names)
+        # The target first: once the source hands over, clients must find the target owning the slot.
+        for node in [dst, src, *(plain(n.host, int(n.port)) for n in cluster.get_primaries()
+                                 if n.name not in (source.name, target))]:
+            node.execute_command("CLUSTER SETSLOT", slot, "NODE", dst_id)
+            node.close()
+        return moved
+    finally:
+        cluster.close()

@@ -58,8 +58,15 @@ def connect(url: str, **kwargs: Any) -> redis.Redis:
     way ``Redis`` does, so callers hold either under the one type.
     """
     if is_cluster_url(url):
-        return cast(redis.Redis, redis.cluster.RedisCluster.from_url(_plain_url(url), socket_connect_timeout=3,
-                                                                     **_cluster_kwargs(kwargs)))
+        try:
+            # RedisCluster asks its entry node for the slot map as it is made.
+            return cast(redis.Redis, redis.cluster.RedisCluster.from_url(_plain_url(url), socket_connect_timeout=3,
+                                                                         **_cluster_kwargs(kwargs)))
+        except redis.exceptions.RedisClusterException as e:
+            raise StoreUnavailable(f"no Valkey Cluster answers at {url.rpartition('@')[2]}: {e}. The URL's node is "
+                                   "only the entry point: name any node alive (`agent-journal status`).") from e
+        except redis.RedisError as e:
+            raise translate(e, "connecting to the cluster") from e
     return redis.Redis.from_url(url, socket_connect_timeout=3, health_check_interval=30, **kwargs)
 
 
