@@ -104,7 +104,7 @@ def latencies(settings: Settings, tenant: str, n: int) -> dict[str, list[float]]
             c.append(tenant, "warm", "message", MSG, durability=level)
         for block in range(0, n, BLOCK):
             for level, times in out.items():
-                for i in range(min(BLOCK, n - block)):
+                for _ in range(min(BLOCK, n - block)):
                     t0 = time.perf_counter()
                     c.append(tenant, f"lat-{level}", "message", MSG, durability=level)
                     times.append((time.perf_counter() - t0) * 1e6)
@@ -150,7 +150,6 @@ def main(argv: list[str] | None = None) -> int:
                         fig.setdefault("projection", []).append(
                             projection_rate(settings, tenants, args.events + args.procs))
                 for k, v in fig.items():
-                    figures[name].setdefault(f"{k}_runs", 0.0)
                     figures[name][f"_{k}_{run}"] = v[0]
                 console.print(f"run {run + 1}/{args.runs} {name}: " + ", ".join(
                     f"{k} {v[0]:,.0f}/s" for k, v in fig.items()))
@@ -176,8 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         console.print(lt)
         if args.json:
             result = {"args": {k: str(v) for k, v in vars(args).items()}, "cores": os.cpu_count(),
-                      "throughput": {n: {k: v for k, v in f.items() if not k.startswith("_") and not k.endswith(
-                          "_runs")} for n, f in figures.items()},
+                      "throughput": {n: {k: v for k, v in f.items() if not k.startswith("_")}
+                                     for n, f in figures.items()},
                       "runs": {n: {k: v for k, v in f.items() if k.startswith("_")} for n, f in figures.items()},
                       "latency_us": lat_fig}
             args.json.write_text(json.dumps(result, indent=2))
