@@ -16,6 +16,7 @@ The script never asserts: it reports and exits 0.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
@@ -28,9 +29,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import psutil
 from rich.console import Console
 from rich.table import Table
 
+from journal import logs
 from journal.client import JournalClient
 from journal.embedded import EmbeddedStack
 from journal.events import Draft
@@ -78,22 +81,22 @@ def append_rate(settings: Settings, tenants: list[str], events: int, batch: int,
 def _projector(settings: Settings, tenants: list[str], out: Any) -> None:
     p = Projector(settings, WorkerOptions(), consumer=f"bench-{uuid.uuid4().hex[:6]}")
     try:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         p.drain(timeout=600, tenants=tenants)
-        out.put(time.perf_counter() - start)
+        out.put((time.perf_counter() - start, time.process_time() - cpu))
     finally:
         p.close()
 
 
-def projection_rate(settings: Settings, tenants: list[str], events: int) -> float:
-    """Events/s one projector process takes to drain ``events`` of ``tenants`` into PostgreSQL."""
+def projection_rate(settings: Settings, tenants: list[str], events: int) -> tuple[float, float]:
+    """Events/s one projector process drains of ``events`` of ``tenants`` into PostgreSQL, and its CPU µs/event."""
     ctx = multiprocessing.get_context("fork")
     out: Any = ctx.Queue()
     proc = ctx.Process(target=_projector, args=(settings, tenants, out))
     proc.start()
-    wall = out.get(timeout=900)
+    wall, cpu = out.get(timeout=900)
     proc.join(60)
-    return events / wall
+    return events / wall, cpu / events * 1e6
 
 
 def latencies(settings: Settings, tenant: str, n: int) -> dict[str, list[float]]:
@@ -111,6 +114,30 @@ def latencies(settings: Settings, tenant: str, n: int) -> dict[str, list[float]]
     return out
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of ``pids`` and their children, live and exited (PostgreSQL's backends come and go)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            t = proc.cpu_times()
+            total += t.user + t.system + t.children_user + t.children_system
+            for child in proc.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    c = child.cpu_times()
+                    total += c.user + c.system
+        except psutil.Error:
+            continue
+    return total
+
+
+def server_pids(stack: EmbeddedStack, service: str) -> list[int]:
+    """The processes of ``service`` in ``stack`` (every node of a cluster)."""
+    if service == "redis" and stack.cluster_nodes():
+        return [n["pid"] for n in stack.cluster_nodes()]
+    return [s.pid for s in stack.status() if s.name == service and s.pid]
+
+
 def pct(values: list[float], q: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, int(q * len(s)))]
@@ -126,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--latency", type=int, default=2000, help="appends per durability level for p50/p99")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args(argv)
+    logs.configure("warning")
     console = Console()
     tmp = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
     single, cluster = EmbeddedStack(tmp / "single"), EmbeddedStack(tmp / "cluster")
@@ -138,23 +166,37 @@ def main(argv: list[str] | None = None) -> int:
             db.migrate(base)
             db.migrate(clustered)
         sides = {"one node": base, "3-primary cluster": clustered}
+        stacks = {"one node": single, "3-primary cluster": cluster}
         figures: dict[str, dict[str, float]] = {name: {} for name in sides}
         for run in range(args.runs):
             for name, settings in sides.items():
                 fig: dict[str, list[float]] = {}
+                valkey, postgres = server_pids(stacks[name], "redis"), server_pids(stacks[name], "postgres")
                 for batch, label in ((1, "append_single"), (args.batch, "append_batched")):
                     tenants = [f"b{run}-{label[7]}-{uuid.uuid4().hex[:8]}" for _ in range(args.tenants)]
+                    cpu = cpu_seconds(valkey)
                     fig.setdefault(label, []).append(append_rate(settings, tenants, args.events, batch, args.procs))
+                    # Server CPU per event (every node of a cluster, replicas included), in µs.
+                    fig.setdefault(f"{label}_valkey_cpu_us", []).append((cpu_seconds(valkey) - cpu) / args.events * 1e6)
                     if batch == 1:
                         # Projection: drain what the single appends wrote (plus each process's warm-up event).
-                        fig.setdefault("projection", []).append(
-                            projection_rate(settings, tenants, args.events + args.procs))
+                        cpu_v, cpu_pg = cpu_seconds(valkey), cpu_seconds(postgres)
+                        rate, projector_cpu = projection_rate(settings, tenants, args.events + args.procs)
+                        fig.setdefault("projection", []).append(rate)
+                        fig.setdefault("projection_projector_cpu_us", []).append(projector_cpu)
+                        fig.setdefault("projection_valkey_cpu_us", []).append(
+                            (cpu_seconds(valkey) - cpu_v) / args.events * 1e6)
+                        fig.setdefault("projection_postgres_cpu_us", []).append(
+                            (cpu_seconds(postgres) - cpu_pg) / args.events * 1e6)
                 for k, v in fig.items():
                     figures[name][f"_{k}_{run}"] = v[0]
                 console.print(f"run {run + 1}/{args.runs} {name}: " + ", ".join(
-                    f"{k} {v[0]:,.0f}/s" for k, v in fig.items()))
+                    f"{k} {v[0]:,.1f}" for k, v in fig.items()))
+        measured = ("append_single", "append_batched", "projection", "append_single_valkey_cpu_us",
+                    "append_batched_valkey_cpu_us", "projection_valkey_cpu_us", "projection_postgres_cpu_us",
+                    "projection_projector_cpu_us")
         for name in sides:
-            for k in ("append_single", "append_batched", "projection"):
+            for k in measured:
                 figures[name][k] = statistics.median(figures[name][f"_{k}_{r}"] for r in range(args.runs))
         lat = latencies(clustered, f"lat-{uuid.uuid4().hex[:8]}", args.latency)
         lat_fig = {f"{level}_{q}": pct(v, p) for level, v in lat.items() for q, p in (("p50", 0.5), ("p99", 0.99))}
@@ -166,6 +208,13 @@ def main(argv: list[str] | None = None) -> int:
                          ("projection", "projection (1 projector process)")):
             a, b = figures["one node"][k], figures["3-primary cluster"][k]
             table.add_row(label, f"{a:,.0f}", f"{b:,.0f}", f"{b / a:.2f}")
+        for k, label in (("append_single_valkey_cpu_us", "Valkey CPU µs/event, 1 per call"),
+                         ("append_batched_valkey_cpu_us", f"Valkey CPU µs/event, {args.batch} per call"),
+                         ("projection_valkey_cpu_us", "Valkey CPU µs/event, projection"),
+                         ("projection_postgres_cpu_us", "PostgreSQL CPU µs/event, projection"),
+                         ("projection_projector_cpu_us", "projector CPU µs/event")):
+            a, b = figures["one node"][k], figures["3-primary cluster"][k]
+            table.add_row(label, f"{a:,.1f}", f"{b:,.1f}", f"{b / a:.2f}" if a else "-")
         console.print(table)
         lt = Table(title=f"per append on the cluster, {args.latency} each, interleaved")
         for col in ("durability", "p50 µs", "p99 µs"):
