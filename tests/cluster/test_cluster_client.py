@@ -12,12 +12,12 @@ import pytest
 import redis
 import redis.cluster
 
-from journal import keys
+from journal import acl, keys
 from journal.aio import AsyncJournalClient
-from journal.cli import main
+from journal.cli import check_url, main
 from journal.client import JournalClient
 from journal.embedded import EmbeddedStack
-from journal.errors import DurabilityError
+from journal.errors import ConfigError, DurabilityError
 from journal.redis_store import cluster_report, connect, is_cluster_url
 from journal.settings import Settings
 
@@ -158,3 +158,18 @@ def test_the_cluster_client_does_not_resend_an_append(cluster_settings: Settings
     with JournalClient.from_settings(cluster_settings) as c:
         assert isinstance(c.redis, redis.cluster.RedisCluster)
         assert c.redis.retry._retries == 0
+
+
+def test_up_cluster_of_another_size_is_refused(cluster_stack: EmbeddedStack) -> None:
+    """`up --cluster 2` on a data directory holding a 3-primary cluster says so, and starts nothing."""
+    with pytest.raises(ConfigError, match="has 3 primaries, not 2"):
+        cluster_stack.up(("redis",), cluster=2)
+    assert len(cluster_stack.cluster_nodes()) == 6
+
+
+def test_tenant_credentials_keep_the_cluster_url(cluster_settings: Settings) -> None:
+    """A tenant's URL on a cluster stays a redis+cluster:// URL carrying the tenant's user."""
+    creds = acl.TenantCredentials("acme", acl.username("acme"), "pw")
+    url = creds.redis_url(cluster_settings.redis_url or "")
+    assert url.startswith("redis+cluster://journal-acme:pw@127.0.0.1:")
+    check_url(url, "redis", "JOURNAL_REDIS_URL")
