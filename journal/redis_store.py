@@ -25,6 +25,8 @@ from journal.errors import AccessDenied, DurabilityUnsupported, JournalError, St
 
 log = structlog.get_logger("journal.redis")
 
+#: What a server says to wrong credentials.
+_AUTH_FAILURE = re.compile(r"WRONGPASS|NOAUTH|invalid username-password|Authentication required")
 #: NOPERM, and an ACL refusal inside a Lua script (Valkey 8 / Redis >= 7.2 wording, then Redis 7.0's).
 _ACL_REFUSAL = re.compile(r"NOPERM|ACL failure in script|The user executing the script can't")
 
@@ -63,6 +65,10 @@ def connect(url: str, **kwargs: Any) -> redis.Redis:
             return cast(redis.Redis, redis.cluster.RedisCluster.from_url(_plain_url(url), socket_connect_timeout=3,
                                                                          **_cluster_kwargs(kwargs)))
         except redis.exceptions.RedisClusterException as e:
+            if _AUTH_FAILURE.search(str(e)):
+                raise AccessDenied(f"Redis authentication failed connecting to the cluster: {e}. Check the user and "
+                                   "password in JOURNAL_REDIS_URL; a tenant's are reissued by `agent-journal tenant "
+                                   "rotate TENANT`.") from e
             raise StoreUnavailable(f"no Valkey Cluster answers at {url.rpartition('@')[2]}: {e}. The URL's node is "
                                    "only the entry point: name any node alive (`agent-journal status`).") from e
         except redis.RedisError as e:

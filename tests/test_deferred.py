@@ -10,10 +10,18 @@ import redis
 from structlog.testing import capture_logs
 
 from journal import keys
+from journal.redis_store import is_cluster_url
 from journal.settings import Settings
 from projections import redis_internals
 from projections.deferred import DeferredReplies
 from projections.reader import install_parser, parsed_entries
+
+
+@pytest.fixture(autouse=True)
+def one_server(settings: Settings) -> None:
+    """DeferredReplies is one server's connection; on a cluster the projector uses NodeReplies (tests/cluster)."""
+    if is_cluster_url(settings.redis_url):
+        pytest.skip("one server's connection internals; the cluster's are exercised by tests/cluster")
 
 
 def test_replies_parsed_as_they_arrive_match_replies_read_whole(settings: Settings) -> None:

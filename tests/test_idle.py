@@ -12,6 +12,7 @@ from journal import keys
 from journal.client import JournalClient
 from journal.errors import ConfigError, ConflictError
 from journal.events import Draft
+from journal.redis_store import connect
 from journal.settings import Settings
 from projections.idle import evict_idle
 from projections.worker import Projector, WorkerOptions
@@ -34,7 +35,7 @@ def tenant_memory(r: redis.Redis, tenant: str) -> tuple[int, list[bytes]]:
 def test_idle_tenant_leaves_redis_and_its_threads_continue_from_postgres(migrated: Settings) -> None:
     """After eviction no head, mark or entry is left; the next appends continue each thread's seq and chain."""
     tenant = f"idle-{uuid.uuid4().hex[:8]}"
-    admin = redis.Redis.from_url(migrated.redis_url or "")
+    admin = connect(migrated.redis_url or "")
     with JournalClient.from_settings(migrated) as c:
         for _ in range(40):
             c.append_many(tenant, [Draft(f"th-{j}", "message", MSG) for j in range(25)])

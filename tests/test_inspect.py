@@ -7,11 +7,11 @@ import uuid
 from typing import Any
 
 import pytest
-import redis
 
 from journal import keys
 from journal.cli import main
 from journal.client import JournalClient
+from journal.redis_store import connect
 from journal.settings import Settings
 from projections.worker import Projector, WorkerOptions
 
@@ -46,7 +46,7 @@ def test_inspection_commands_show_threads_dead_letters_and_conflicts(operator_en
         c.append(tenant, "done", "complete", {"summary": "ok"})
         c.append(tenant, "open", "message", MSG)
         c.append(tenant, "forked", "message", {"role": "user", "content": "original"})
-        admin = redis.Redis.from_url(operator_env.redis_url or "")
+        admin = connect(operator_env.redis_url or "")
         admin.xadd(keys.stream(tenant), {"t": "open", "s": "not-a-number", "ts": "1", "b": b"junk"})
         project(operator_env, tenant)
         admin.hset(keys.heads(tenant), "forked", 0)  # Redis forgot the head: seq 1 is issued again

@@ -6,11 +6,11 @@ import uuid
 from typing import Any
 
 import pytest
-import redis
 
 from journal import acl, keys
 from journal.client import JournalClient
 from journal.events import Draft
+from journal.redis_store import connect
 from journal.settings import Settings
 from projections import db, tables
 from projections.purge import purge_tenant
@@ -32,7 +32,7 @@ def populate(settings: Settings, tenant: str) -> None:
 
 def fingerprint(settings: Settings, tenant: str) -> dict[str, Any]:
     """Every byte the tenant has in the three tiers."""
-    r = redis.Redis.from_url(settings.redis_url or "")
+    r = connect(settings.redis_url or "")
     pattern = keys.stream(tenant).removesuffix("stream") + "*"
     red = {k: r.dump(k) for k in sorted(r.scan_iter(match=pattern))}
     red["registry"] = r.sismember(keys.TENANT_REGISTRY, tenant)
@@ -55,7 +55,7 @@ def test_purge_removes_every_trace_and_spares_the_neighbour(migrated: Settings) 
     settings = migrated.with_(blob_threshold=2000, snapshot_every=5)
     tenant = f"acme{uuid.uuid4().hex[:6]}"
     neighbour = tenant + "2"
-    admin = redis.Redis.from_url(settings.redis_url or "")
+    admin = connect(settings.redis_url or "")
     for t in (tenant, neighbour):
         populate(settings, t)
         acl.create_tenant_user(admin, t)
