@@ -45,7 +45,8 @@ CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
 
 def is_cluster_url(url: str | None) -> bool:
-    return bool(url) and url.partition("://")[0] in CLUSTER_SCHEMES  # type: ignore[union-attr]
+    """Whether ``url`` names a cluster (``redis+cluster://``, ``rediss+cluster://``)."""
+    return url is not None and url.partition("://")[0] in CLUSTER_SCHEMES
 
 
 def _plain_url(url: str) -> str:
