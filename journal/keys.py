@@ -87,6 +87,11 @@ def evicted(tenant: str) -> str:
     return f"{_tag(tenant)}:evicted"
 
 
+def projected_feed(tenant: str) -> str:
+    """A short stream the projector adds to after each commit; ``durability='projected'`` waits block on it."""
+    return f"{_tag(tenant)}:projected:feed"
+
+
 def projected(tenant: str) -> str:
     """Hash thread -> last seq committed to PostgreSQL (written by the projector)."""
     return f"{_tag(tenant)}:projected"

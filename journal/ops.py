@@ -49,6 +49,8 @@ PAGE = 1000
 #: Longest single XREAD BLOCK of a wait: a long wait is a chain of these, continuing from the last
 #: entry seen, so no socket timeout cuts it and a restarted server is noticed within this time.
 BLOCK_CHUNK = 2.0
+#: Longest XREAD BLOCK on the ``projected`` feed before the markers are read again (``_await_projected``).
+PROJECTED_BLOCK = 0.25
 
 
 # -- requests ------------------------------------------------------------------------------------
@@ -207,18 +209,31 @@ def _check_fsync(env: Env) -> Op[None]:
 
 
 def _await_projected(env: Env, tenant: str, events: list[Event]) -> Op[None]:
+    """Until the ``projected`` markers cover ``events``: woken by the projector's feed, not by polling.
+
+    After each commit the projector adds an entry to the tenant's ``projected`` feed (a short stream,
+    ``acknowledge.lua``). The feed's last id is read in the same round trip as the markers, before
+    them: a commit after that read adds an entry above it, so the blocking XREAD that follows wakes
+    for it. Polling instead (sleeps of 2, 4, 8 … ms) added up to a sleep's length to every wait.
+    """
     want = protocol.projected_targets(events)
     timeout = env.settings.durability_timeout
     deadline = time.monotonic() + timeout
-    delay = 0.002
-    while True:
-        committed = yield Call("waiting for projection", "hmget", (keys.projected(tenant), list(want)))
-        if protocol.all_projected(want, committed):
-            return
-        if time.monotonic() > deadline:
+    feed = keys.projected_feed(tenant)
+    last, committed = yield Pipe("waiting for projection", (("xrevrange", (feed, "+", "-", 1)),
+                                                            ("hmget", (keys.projected(tenant), list(want)))))
+    position = last[0][0] if last else b"0-0"
+    while not protocol.all_projected(want, committed):
+        left = deadline - time.monotonic()
+        if left <= 0:
             raise protocol.not_projected(timeout, events)
-        yield Sleep(delay)
-        delay = min(delay * 2, 0.05)
+        # Bounded blocks: a feed entry lost (the key expired, Redis restarted) costs one block, not the wait.
+        reply = yield Call("waiting for projection", "xread", ({feed: position},),
+                           {"block": max(1, int(min(left, PROJECTED_BLOCK) * 1000)), "count": 1000})
+        for _, entries in reply or []:
+            for entry_id, _fields in entries:
+                position = entry_id
+        committed = yield Call("waiting for projection", "hmget", (keys.projected(tenant), list(want)))
 
 
 # -- reading -------------------------------------------------------------------------------------

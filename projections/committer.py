@@ -29,6 +29,7 @@ from projections.intake import Intake, storable_text
 from projections.links import Links
 from projections.maintenance import Maintenance
 from projections.snapshots import BlobSource
+from projections.snapshotter import SnapshotWriter
 from projections.store import BatchResult, Item, Poison, write_batch
 
 Entry = tuple[str, str, dict[bytes, Any]]
@@ -67,7 +68,7 @@ class _BatchOverlap:
 class Committer:
     def __init__(self, links: Links, maintenance: Maintenance, intake: Intake, *, group: str, key: bytes | None,
                  snapshot_every: int, resolve: BlobSource, max_attempts: int, log: Any,
-                 registry: Registry | None = None) -> None:
+                 registry: Registry | None = None, snapshots: SnapshotWriter | None = None) -> None:
         self.links = links
         self.maintenance = maintenance
         self.intake = intake
@@ -77,6 +78,8 @@ class Committer:
         self.resolve = resolve
         self.max_attempts = max_attempts
         self.registry = registry
+        #: Writes the snapshots a batch made due once it is acknowledged (else they are folded inside the batch).
+        self.snapshots = snapshots
         self.log = log
         self._acks: DeferredAcks | None = None
         self._attempts: dict[tuple[str, str], int] = defaultdict(int)
@@ -149,7 +152,8 @@ class Committer:
         t0 = time.perf_counter()
         try:
             result = write_batch(self.links.pg, items, poison, key=self.key, snapshot_every=self.snapshot_every,
-                                 resolve=self.resolve, overlap=overlap, registry=self.registry)
+                                 resolve=self.resolve, overlap=overlap, registry=self.registry,
+                                 defer_snapshots=self.snapshots is not None)
         except psycopg.OperationalError:
             raise
         except psycopg.Error as e:
@@ -229,7 +233,7 @@ class Committer:
             sids = by_tenant.get(tenant, [])
             position = result.positions.get(tenant)
             mark = ("", 0) if position is None else (result.previous_ms.get(tenant, 0), position[0])
-            calls.append(Call(tenant, [keys.projected(tenant), keys.stream(tenant)],
+            calls.append(Call(tenant, [keys.projected(tenant), keys.stream(tenant), keys.projected_feed(tenant)],
                               [self.group, keys.COMMITTED_MARK, *mark, len(sids), *sids, *heads.get(tenant, ())],
                               None if position is None else position[0]))
         stale = self.acks.send(calls)
@@ -242,6 +246,9 @@ class Committer:
             self._due_repairs.setdefault(call.tenant, call.committed_ms)
         if self.links.pg_idle():  # not inside the next batch
             self._repair()
+        if result.snapshot_jobs and self.snapshots is not None:
+            # After the acknowledgement is on its way: waiters need the events, not the snapshot.
+            self.snapshots.submit(result.snapshot_jobs)
         metrics.PROJECTED.inc(result.inserted)
         metrics.DUPLICATES.inc(result.duplicates)
         metrics.CONFLICTS.inc(len(result.conflicts))

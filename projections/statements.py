@@ -72,6 +72,18 @@ SELECT t, th, s, ty, n, tl, ag, ac::jsonb, ts, to_timestamp(ts / 1000.0), p::jso
 FROM pg_temp.journal_batch
 """
 
+#: A small batch's rows straight from unnest() arrays (:data:`COPY_TYPES` order), pipelined with the other
+#: writes and the COMMIT: the COPY costs two round trips of its own (CopyIn, then its completion), which for
+#: a handful of rows is most of the batch (``store.SMALL_BATCH``).
+INSERT_EVENTS_UNNEST = """
+INSERT INTO journal.events (tenant_id, thread_id, seq, type, node, tool, agent_id, actor, ts_ms, appended_at,
+    payload, blob_sha256, blob_size, idempotency_key, version, body, stream_id, prev_hash, hash)
+SELECT t, th, s, ty, n, tl, ag, ac::jsonb, ts, to_timestamp(ts / 1000.0), p::jsonb, bs, bz, ik, v, b, sid, ph, h
+FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[],
+    %b::bigint[], %b::text[], %b::text[], %b::bigint[], %b::text[], %b::smallint[], %b::bytea[], %b::text[],
+    %b::bytea[], %b::bytea[]) u(t, th, s, ty, n, tl, ag, ac, ts, p, bs, bz, ik, v, b, sid, ph, h)
+"""
+
 #: Chain hashes of events stored earlier without one, now that their gap is filled (one unnest() batch).
 CHAIN_HASHES = ("UPDATE journal.events e SET prev_hash = u.p, hash = u.h FROM unnest(%b::text[], %b::text[], "
                 "%b::bigint[], %b::bytea[], %b::bytea[]) u(a, b, s, p, h) "

@@ -25,6 +25,7 @@ import gc
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -53,6 +54,7 @@ from projections.intake import BODY_HEADROOM, Intake
 from projections.links import Links
 from projections.maintenance import Maintenance
 from projections.reader import Entry, Reader, install_parser
+from projections.snapshotter import SnapshotWriter
 
 #: Every tenant that has committed a stream position (known to PostgreSQL before any SCAN).
 OFFSET_TENANTS_SQL = tables.compiled(sa.select(tables.offsets.c.tenant_id))
@@ -118,6 +120,10 @@ def tune_gc() -> None:
     """
     gc.freeze()
     gc.set_threshold(100_000, 50, 1000)
+    # The snapshot writer's thread folds in Python; at the default 5 ms switch interval the batch loop
+    # waited up to that long for the GIL after each of a batch's round trips (p99 of a 3-event
+    # ``durability='projected'`` append: 11 ms with 5 ms, see the README).
+    sys.setswitchinterval(0.0005)
 
 
 class Projector:
@@ -144,13 +150,16 @@ class Projector:
         # Blobs are read only to fold snapshots, which can be skipped: fail fast rather than stall a batch.
         self.resolve = SnapshotBlobs(BlobStore(s3_client(settings, read_timeout=5, attempts=1), settings.s3_bucket)
                                      if settings.s3_url else None)
+        registry = load_registry(settings.reducers)
+        self.snapshots = SnapshotWriter(settings, every=settings.snapshot_every, resolve=self.resolve,
+                                        registry=registry)
         self.committer = Committer(
             self.links, self.maintenance,
             Intake(settings.max_payload_bytes + BODY_HEADROOM, settings.max_payload_bytes + BODY_HEADROOM),
             group=GROUP, key=key_bytes(settings.hash_key), snapshot_every=settings.snapshot_every,
             resolve=self.resolve, max_attempts=o.max_attempts, log=self.log,
             # The custom reducers snapshots fold with: the settings', as every replayer loads them.
-            registry=load_registry(settings.reducers))
+            registry=registry, snapshots=self.snapshots)
         self._last_maintenance = 0.0
         self._last_claim = -float("inf")
         #: Re-read this consumer's own pending entries (at start, and after a failed batch).
@@ -171,6 +180,7 @@ class Projector:
 
     def close(self) -> None:
         self.committer.close()
+        self.snapshots.close()
         self.reader.reset()
         self.links.close()
 
@@ -308,7 +318,7 @@ class Projector:
             self.refresh_tenants()
             self.run_once()
             left = self.backlog(tenants)
-            if left == 0:
+            if left == 0 and self.snapshots.wait_idle(max(0.0, deadline - time.monotonic())):
                 return
             if time.monotonic() > deadline:
                 raise StoreUnavailable(f"projector did not drain within {timeout}s ({left} entries left)")

@@ -65,6 +65,9 @@ from projections.worker import GROUP, Projector, WorkerOptions
 TARGET_EPS = 25_000.0
 TARGET_RATIO = 0.2
 TARGET_P99_MS = 500.0
+#: append_many with durability "projected", one conversation step (issue 14).
+TARGET_SMALL_P50_MS = 2.0
+TARGET_SMALL_P99_MS = 10.0
 
 TOOLS = ("search_orders", "issue_refund", "fetch_invoice", "send_email", "lookup_customer")
 WORDS = ("the", "order", "refund", "customer", "invoice", "shipping", "damaged", "policy", "approve", "amount",
@@ -565,6 +568,51 @@ class Bench:
         fig["w2_speedup"] = fig["w2_eps"] / fig["w1_eps"]
         return fig
 
+    # -- 5. small-batch latency ------------------------------------------------------------------------
+
+    def small(self) -> dict[str, Any]:
+        """``append_many`` of one conversation step (message + tool result + memory update) with durability
+        ``projected``, one call at a time, one worker running: the time until the call returns."""
+        a = self.args
+        tenant = f"{self.prefix}-small"
+        actor = {"agent_id": "support-bot-1", "model": "gpt-sim-1", "run_id": "small"}
+        rng = random.Random(7)
+        texts = TextPool(rng)
+
+        def step(n: int) -> list[dict[str, Any]]:
+            call_id = f"call_{n}"
+            return [
+                {"thread": "conv", "type": "message", "node": "planner", "actor": actor,
+                 "payload": {"role": "assistant", "content": texts.pick(rng), "tool_calls": [call_id]}},
+                {"thread": "conv", "type": "tool_result", "node": "tools", "actor": actor,
+                 "payload": {"call_id": call_id, "tool": "search_orders", "output": {"status": "ok", "n": n}}},
+                {"thread": "conv", "type": "memory_set", "node": "planner", "actor": actor,
+                 "payload": {"path": ["customer", "last_tool"], "value": {"summary": texts.pick(rng)[:150]}}},
+            ]
+
+        workers = Workers(1, self.settings, self.options)
+        workers.start()
+        out: dict[str, Any] = {}
+        try:
+            self.client.append_many(tenant, step(0))  # the worker discovers the tenant (not timed)
+            wait_drained(self.r, workers, [tenant], 3, timeout=a.timeout)
+            for n in range(1, 21):  # warm-up: connections, prepared statements
+                self.client.append_many(tenant, step(n), durability="projected")
+            times: list[float] = []
+            for n in range(a.small_steps):
+                t0 = time.perf_counter()
+                self.client.append_many(tenant, step(100 + n), durability="projected")
+                times.append(time.perf_counter() - t0)
+            times.sort()
+            out = {"steps": len(times), "p50_ms": pct(times, 50) * 1000, "p90_ms": pct(times, 90) * 1000,
+                   "p99_ms": pct(times, 99) * 1000, "max_ms": times[-1] * 1000 if times else float("nan")}
+        finally:
+            out["worker"] = workers.stop()
+            cleanup(self.r, self.admin, [tenant])
+        self.log(f"small: {out.get('steps', 0)} steps, append_many(projected) p50 {out.get('p50_ms', 0):.2f} ms, "
+                 f"p99 {out.get('p99_ms', 0):.2f} ms, max {out.get('max_ms', 0):.1f} ms")
+        return out
+
     # -- 4. end-to-end lag ---------------------------------------------------------------------------
 
     def lag(self) -> dict[str, Any]:
@@ -736,7 +784,7 @@ def split(stats: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def report(console: Console, runs: list[dict[str, Any]], med: dict[str, float], lag: dict[str, Any] | None,
-           title: str) -> None:
+           small: dict[str, Any] | None, title: str) -> None:
     t = Table(title=title)
     t.add_column("measurement")
     t.add_column("value", justify="right")
@@ -751,6 +799,13 @@ def report(console: Console, runs: list[dict[str, Any]], med: dict[str, float], 
         throughput_rows(t, runs, med, each)
     if lag:
         lag_rows(t, lag)
+    if small and "p50_ms" in small:
+        t.add_row("append_many(durability='projected'), 3-event step, p50", f"{small['p50_ms']:.2f} ms",
+                  f"≤ {TARGET_SMALL_P50_MS:.0f} ms", verdict(small["p50_ms"] <= TARGET_SMALL_P50_MS),
+                  f"{small['steps']} steps one at a time, 1 worker")
+        t.add_row("append_many(durability='projected'), 3-event step, p99", f"{small['p99_ms']:.2f} ms",
+                  f"≤ {TARGET_SMALL_P99_MS:.0f} ms", verdict(small["p99_ms"] <= TARGET_SMALL_P99_MS),
+                  f"p90 {small['p90_ms']:.2f} ms, max {small['max_ms']:.1f} ms")
     console.print(t)
 
 
@@ -818,6 +873,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--lag-rate", type=int, default=5_000, help="events/s appended during the lag measurement")
     ap.add_argument("--lag-seconds", type=float, default=20.0)
     ap.add_argument("--lag-batch", type=int, default=5, help="events per append_many call during the lag run")
+    ap.add_argument("--small-steps", type=int, default=500,
+                    help="conversation steps (3 events) appended with durability 'projected' one call at a time, "
+                         "timed (0: skip)")
     ap.add_argument("--skip-two-workers", action="store_true", help="quick iterations: one worker and COPY only")
     ap.add_argument("--batch-size", type=int, default=0, help="WorkerOptions.batch_size (default: the worker's)")
     ap.add_argument("--streams-per-read", type=int, default=0, help="WorkerOptions.streams_per_read")
@@ -860,9 +918,10 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append(bench.run(i))
             med = medians(runs) if runs else {}
             lag = None if args.skip_lag else bench.lag()
+            small = bench.small() if args.small_steps else None
             title = (f"projector benchmark: median of {args.runs} run(s), {args.events:,} events over "
                      f"{args.tenants:,} tenants × {args.threads_per_tenant} threads | {rv}, {pv}, {cpus} CPUs")
-            report(console, runs, med, lag, title)
+            report(console, runs, med, lag, small, title)
             console.print(f"total {time.perf_counter() - t_all:.0f}s; load average now {os.getloadavg()[0]:.2f}",
                           highlight=False)
             if args.json:
@@ -870,6 +929,7 @@ def main(argv: list[str] | None = None) -> int:
                     "redis": rv, "postgres": pv, "cpu_count": cpus, "embedded": list(started),
                     "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                     "worker_options": asdict(bench.options), "median": med, "runs": runs, "lag": lag,
+                    "small": small,
                 }, indent=2, default=str))
         finally:
             bench.close()

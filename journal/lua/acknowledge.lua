@@ -3,7 +3,8 @@
 -- (never lowering them). The mark is left as is when it is behind what PostgreSQL had committed
 -- before this batch: then Redis lost its tail (an older AOF/RDB restored, or a fresh server) and
 -- the caller must repair the heads first.
--- KEYS[1] projected hash; KEYS[2] stream.
+-- KEYS[1] projected hash; KEYS[2] stream; KEYS[3] the projected feed (a short stream that wakes
+-- the clients waiting for durability 'projected', journal/ops.py).
 -- ARGV[1] group; ARGV[2] mark field; ARGV[3] committed ms before the batch, or '' for no mark;
 -- ARGV[4] committed ms after it; ARGV[5] n, the number of stream ids; ARGV[6 .. 5+n] the ids;
 -- then thread, seq pairs for the projected markers.
@@ -21,10 +22,17 @@ local last = 5 + tonumber(ARGV[5])
 for i = 6, last, 1000 do  -- unpack is bounded by the Lua stack
   redis.call('XACK', KEYS[2], ARGV[1], unpack(ARGV, i, math.min(i + 999, last)))
 end
+local raised = false
 for i = last + 1, #ARGV, 2 do
   local seq = tonumber(ARGV[i + 1])
   if tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0') < seq then
     redis.call('HSET', KEYS[1], ARGV[i], seq)
+    raised = true
   end
+end
+if raised then
+  -- Only a wake-up: the waiters read the markers themselves. Short-lived, so an idle tenant keeps no feed.
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', '64', '*', 'p', '1')
+  redis.call('PEXPIRE', KEYS[3], 60000)
 end
 return stale
