@@ -90,9 +90,12 @@ def evict_idle(settings: Settings, idle: timedelta, tenants: Sequence[str] = ())
 
 
 def _trim_if_idle(r: redis.Redis, tenant: str) -> int:
-    """With no thread left in ``heads``, trim every entry the projector delivered and acknowledged."""
+    """With no thread left in ``heads``, trim every entry the projector delivered and acknowledged (and drop
+    the ``projected`` feed)."""
     if r.hlen(keys.heads(tenant)):
         return 0
+    # Only wakes clients waiting for durability 'projected' (none wait on a tenant with no thread in Redis).
+    r.delete(keys.projected_feed(tenant))
     stream = keys.stream(tenant)
     group = next((g for g in r.xinfo_groups(stream) if g["name"] in (GROUP, GROUP.encode())), None)
     if group is None or int(group["pending"]):
