@@ -46,13 +46,14 @@ class DeferredReplies:
         return self._unread + len(self._read)
 
     def send(self, commands: Sequence[Sequence[Any]]) -> None:
-        """Send ``commands`` in one write and return without waiting for their replies."""
-        if self.unread:
-            raise RuntimeError("read the replies of the commands sent before sending more")
+        """Send ``commands`` in one write and return without waiting for their replies.
+
+        Replies of commands sent before and still unread come first: ``replies()`` returns them all, in order.
+        """
         if commands:
             conn: Any = self.client.connection
             conn.send_packed_command(conn.pack_commands(commands))
-            self._unread = len(commands)
+            self._unread += len(commands)
 
     def replies(self) -> list[Any]:
         """The raw replies of the commands sent, in order; an error reply is returned as its exception.

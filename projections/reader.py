@@ -9,6 +9,8 @@ backlog the next round's read is sent ahead, so Valkey prepares it while Postgre
 from __future__ import annotations
 
 import threading
+from itertools import chain, groupby
+from operator import itemgetter
 from typing import Any
 
 import redis
@@ -98,6 +100,8 @@ class Reader:
         self._reads: DeferredReplies | nodes.NodeReplies | None = None
         #: The chunks of tenants of a read sent ahead (``read_round``), in reply order.
         self._ahead: list[list[str]] = []
+        #: Tenants whose stream filled its share of the last round (``backlog``).
+        self._full: list[str] = []
 
     @property
     def reads(self) -> DeferredReplies | nodes.NodeReplies:
@@ -124,15 +128,24 @@ class Reader:
 
         A round that fills several batches means a backlog: the next round's read is then sent
         before this one is written, and its reply taken at the next turn, so Valkey prepares it
-        while PostgreSQL works.
+        while PostgreSQL works. Only the streams that filled their share are read ahead
+        (``send_ahead``); the others are read when the round starts, so an entry of a quiet tenant
+        waits for at most the round in hand, not for a round read before it arrived. Within a
+        round, the tenants with the fewest entries come first (``light_first``): their entries
+        land in the round's first batch, not behind a burst of another tenant.
         """
+        tenants = sorted(self.discovery.tenants)
+        if not tenants:
+            self._stop.wait(self.block_ms / 1000)
+            return []
         if self.reads.unread:
-            chunks, replies = self._ahead, self.reads.replies()
+            chunks, self._ahead = self._ahead, []
+            ahead = {t for c in chunks for t in c}
+            rest = self._chunks([t for t in tenants if t not in ahead])
+            self._send_reads(rest, len(tenants), block=False)
+            chunks += rest
+            replies = self.reads.replies()
         else:
-            tenants = sorted(self.discovery.tenants)
-            if not tenants:
-                self._stop.wait(self.block_ms / 1000)
-                return []
             chunks = self._chunks(tenants)
             # One read can block until something arrives; many streams cannot share one blocking read.
             # Valkey writes replies once it has run every command received, so the first chunk goes alone.
@@ -146,7 +159,9 @@ class Reader:
                     chunks, self._ahead = chunks[:1], chunks[1:]
                 else:
                     replies += self.reads.replies()
+        share = self._share(len(tenants))
         entries: list[Entry] = []
+        self._full = []
         for chunk, reply in zip(chunks, replies, strict=True):
             if isinstance(reply, Exception):
                 if "NOGROUP" in str(reply):  # Redis restarted empty or a stream was deleted: recreate groups.
@@ -158,16 +173,33 @@ class Reader:
                     continue
                 raise reply
             entries += stream_entries(reply)
+        if entries:
+            entries = self.light_first(entries, share)
         if not entries and len(chunks) > 1:  # idle briefly, do not spin
             self._stop.wait(self.block_ms / 1000)
         return entries
 
+    def light_first(self, entries: list[Entry], share: int) -> list[Entry]:
+        """``entries`` (each stream's in a run, in id order) with the streams of fewest entries first;
+        notes the streams that filled their ``share`` (a backlog: ``send_ahead`` reads them next)."""
+        runs = [list(run) for _, run in groupby(entries, key=itemgetter(0))]
+        runs.sort(key=len)  # stable: a stream's entries keep their order, and equal streams theirs
+        self._full = [r[0][0] for r in runs if len(r) >= share]
+        return entries if len(runs) == 1 else list(chain.from_iterable(runs))
+
+    @property
+    def backlog(self) -> bool:
+        """Whether a stream of the last round filled its share: more is waiting there."""
+        return bool(self._full)
+
     def send_ahead(self) -> None:
-        """Send the next round's read now (a backlog), unless one is in flight or the worker is stopping."""
-        if not self.reads.unread and not self._stop.is_set():
-            tenants = sorted(self.discovery.tenants)
-            self._ahead = self._chunks(tenants)
-            self._send_reads(self._ahead, len(tenants), block=False)
+        """Send the next round's read of the streams with a backlog now, unless the worker is stopping.
+
+        The other streams are read when that round starts (``read_round``).
+        """
+        if not self.reads.unread and not self._stop.is_set() and self._full:
+            self._ahead = self._chunks(sorted(self._full))
+            self._send_reads(self._ahead, len(self.discovery.tenants), block=False)
 
     def _chunks(self, tenants: list[str]) -> list[list[str]]:
         """``tenants`` in groups of ``streams_per_read``: one XREADGROUP each."""
@@ -176,10 +208,14 @@ class Reader:
             return nodes.slot_chunks(self.links.redis, tenants, spr)
         return [tenants[i : i + spr] for i in range(0, len(tenants), spr)]
 
+    def _share(self, n_tenants: int) -> int:
+        """Entries read per stream in a round of ``n_tenants``: enough that a thread's backlog lands in one
+        transaction, bounded per round, and never more than a batch (one tenant's burst fills at most one)."""
+        return min(self.batch_size, max(10, self.read_ahead // n_tenants))
+
     def _send_reads(self, chunks: list[list[str]], n_tenants: int, *, block: bool) -> None:
         """Send one XREADGROUP per chunk of tenants, ``n_tenants`` in the round; replies via ``self.reads``."""
-        # Enough per stream that a thread's backlog lands in one transaction, bounded per round.
-        per_stream = max(10, self.read_ahead // n_tenants)
+        per_stream = self._share(n_tenants)
         wait = ("BLOCK", self.block_ms) if block else ()
         self.reads.send([("XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", per_stream, *wait, "STREAMS",
                           *map(keys.stream, chunk), *[">"] * len(chunk)) for chunk in chunks])

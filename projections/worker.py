@@ -260,15 +260,15 @@ class Projector:
     def read_and_project(self) -> int:
         """Read new entries of every known stream (or a round read ahead), then project them.
 
-        A round that fills several batches means a backlog: the next round's read is then sent
-        before this one is written, so Valkey prepares it while PostgreSQL works.
+        A stream that filled its share of the round has a backlog: its next read is then sent
+        before this round is written, so Valkey prepares it while PostgreSQL works.
         """
         entries = self.reader.read_round()
         if not entries:
             return 0
         size = self.options.batch_size
         batches = [entries[i : i + size] for i in range(0, len(entries), size)]
-        if len(batches) > 1:
+        if self.reader.backlog:
             self.reader.send_ahead()
         return self.committer.project_batches(batches, ahead=self.reader)
 
