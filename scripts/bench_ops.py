@@ -3,6 +3,7 @@
 
     python scripts/bench_ops.py                         # every section, its own embedded stack in a temp dir
     python scripts/bench_ops.py --only archive --runs 5 --json ops.json
+    python scripts/bench_ops.py --only burst --burst-events 200000
 
 Sections (``--only``, comma-separated; each is a function returning rows):
 
@@ -22,6 +23,13 @@ Sections (``--only``, comma-separated; each is a function returning rows):
   events/s (median) and the other tenants' lag p50/p99/max during the rebuilds, beside the same
   writer's lag just before them (the baseline).
 
+* ``burst``: a projector runs (``agent-journal project``, its own process) while a steady writer
+  appends to ``--lag-tenants`` other tenants with ``durability="projected"``, each call timed from its
+  start to its return (the append, then the wait for the ``projected`` marker). After a baseline, a
+  loader process appends ``--burst-events`` events (default 1,000,000) of one tenant as fast as it can
+  (``append_many`` of 1,000). Reported: the other tenants' lag p50/p99/max before and during the burst
+  (until the burst is projected), and the burst's drain events/s (one run, not ``--runs``).
+
 Every figure is the median over ``--runs`` runs (each run archives a fresh set of threads; replay
 latencies are themselves medians of ``--reps`` timed calls). The replay comparison is side by side:
 each run writes the same threads to two tenants, archives one, and times the archived thread and its
@@ -32,7 +40,9 @@ The script never asserts: it reports and exits 0.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import multiprocessing as mp
 import os
 import shutil
 import statistics
@@ -44,21 +54,24 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
+import redis
 from rich.console import Console
 from rich.table import Table
 
-from journal import logs
+from journal import keys, logs
 from journal.blobs import s3_client
 from journal.client import JournalClient
 from journal.embedded import EmbeddedStack
+from journal.errors import DurabilityError
 from journal.events import Draft
 from journal.settings import Settings
 from projections import db
 from projections.archive import Archiver, candidates
-from projections.worker import Projector, WorkerOptions
+from projections.worker import GROUP, Projector, WorkerOptions
 from replayer.replay import Replayer
 
 #: Wide when piped (rich's default is 80 columns), so the table stays one line per row in a log or README.
@@ -215,7 +228,8 @@ LAG_TARGET_S = 1.0
 
 def _env(settings: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("JOURNAL_")}
-    env |= {"JOURNAL_REDIS_URL": settings.redis_url or "", "JOURNAL_DATABASE_URL": settings.database_url or ""}
+    env |= {"JOURNAL_REDIS_URL": settings.redis_url or "", "JOURNAL_DATABASE_URL": settings.database_url or "",
+            "JOURNAL_S3_URL": settings.s3_url or ""}
     return env
 
 
@@ -251,8 +265,10 @@ class LagWriter:
             i = 0
             while not self._stop.is_set():
                 t0 = time.perf_counter()
-                c.append(tenant, f"th{i % 4}", "message", {"role": "user", "content": f"ping {i}"},
-                         durability="projected")
+                # Not projected within the client's timeout: the sample is that timeout.
+                with contextlib.suppress(DurabilityError):
+                    c.append(tenant, f"th{i % 4}", "message", {"role": "user", "content": f"ping {i}"},
+                             durability="projected")
                 self.samples.append(time.perf_counter() - t0)
                 i += 1
                 self._stop.wait(self.interval)
@@ -358,9 +374,95 @@ def rebuild_section(settings: Settings, args: argparse.Namespace) -> list[Row]:
         "rebuild", f"during the rebuild{'s' if len(rates) > 1 else ''}", during)
 
 
+# -- burst ---------------------------------------------------------------------------------------
+
+
+def _backlog(r: redis.Redis, tenant: str) -> int | None:
+    """Entries of ``tenant``'s stream not yet acknowledged by the projector (None before its group exists)."""
+    try:
+        groups = r.xinfo_groups(keys.stream(tenant))
+    except redis.ResponseError:
+        return None
+    for g in groups:
+        if g["name"] in (GROUP, GROUP.encode()):
+            return int(g.get("lag") or 0) + int(g.get("pending") or 0)
+    return None
+
+
+def _load_burst(settings: Settings, tenant: str, events: int, threads: int) -> None:
+    """The burst, from its own process (spawned): the lag writer's threads share no GIL with it."""
+    with JournalClient.from_settings(settings) as c:
+        batch: list[Draft] = []
+        for i in range(events):
+            batch.append(Draft(f"th{i % threads}", "message",
+                               {"role": "assistant", "content": f"step {i}: the order shipped; refund approved"}))
+            if len(batch) == 1000:
+                c.append_many(tenant, batch)
+                batch = []
+        if batch:
+            c.append_many(tenant, batch)
+
+
+def burst_section(settings: Settings, args: argparse.Namespace) -> list[Row]:
+    """One tenant's burst of ``--burst-events`` with a projector running: the other tenants' lag, and the drain."""
+    big = f"burst-{os.getpid()}"
+    others = [f"steady-{os.getpid()}-{i}" for i in range(args.burst_lag_tenants)]
+    plog = (settings.data_dir / "burst-projector.log").open("wb")
+    projector = subprocess.Popen(_cli("project", "--no-migrate"), env=_env(settings), stdout=plog,
+                                 stderr=subprocess.STDOUT)
+    writer = LagWriter(settings, others, args.lag_interval)
+    loader: BaseProcess | None = None
+    r = redis.Redis.from_url(settings.redis_url or "")
+    try:
+        writer.start()
+        time.sleep(3)  # the projector discovers the new tenants (it looks once a second): not measured
+        writer.take()
+        time.sleep(args.baseline_seconds)
+        baseline = writer.take()
+        t0 = time.perf_counter()
+        # spawn, not fork: a forked child would share this process's connections.
+        loader = mp.get_context("spawn").Process(
+            target=_load_burst, args=(settings, big, args.burst_events, args.burst_threads), daemon=True)
+        loader.start()
+        loader.join(args.timeout)
+        loaded = time.perf_counter() - t0
+        deadline = t0 + args.timeout
+        while (_backlog(r, big) or 0) > 0 or _stored(settings, big) < args.burst_events:
+            if time.perf_counter() > deadline or projector.poll() is not None:
+                return [{"section": "burst", "measure": "burst not projected",
+                         "value": f"{_stored(settings, big):,} of {args.burst_events:,}",
+                         "detail": f"within --timeout {args.timeout:.0f}s, or the projector exited"}]
+            time.sleep(0.2)
+        drained = time.perf_counter() - t0
+        during = writer.take()
+    finally:
+        writer.stop()
+        if loader is not None and loader.is_alive():
+            loader.terminate()  # our own child, by its handle
+        projector.terminate()
+        try:
+            projector.wait(60)
+        except subprocess.TimeoutExpired:
+            projector.kill()  # our own child, by its handle
+            projector.wait(10)
+        plog.close()
+        r.close()
+    console.print(f"burst: {args.burst_events:,} events appended in {loaded:.1f}s, all projected after "
+                  f"{drained:.1f}s", highlight=False)
+    return [
+        {"section": "burst", "measure": "burst events", "value": f"{args.burst_events:,}",
+         "detail": f"one tenant, {args.burst_threads} threads, appended in {loaded:.1f}s (append_many of 1,000)"},
+        {"section": "burst", "measure": "burst drain events/s", "value": f"{args.burst_events / drained:,.0f}",
+         "detail": f"{drained:.1f}s from the burst's first append to its last event projected, one projector"},
+        *_lag_rows("burst", "no burst (baseline)", baseline),
+        *_lag_rows("burst", "during the burst", during),
+    ]
+
+
 SECTIONS: dict[str, Callable[[Settings, argparse.Namespace], list[Row]]] = {
     "archive": archive_section,
     "rebuild": rebuild_section,
+    "burst": burst_section,
 }
 
 
@@ -378,6 +480,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lag-tenants", type=int, default=3, help="other tenants the steady writer appends to (rebuild)")
     ap.add_argument("--lag-interval", type=float, default=0.05, help="seconds between a lag writer's appends")
     ap.add_argument("--baseline-seconds", type=float, default=10.0, help="lag measured before the rebuild")
+    ap.add_argument("--burst-events", type=int, default=1_000_000, help="events of the burst's tenant (burst)")
+    ap.add_argument("--burst-threads", type=int, default=1000, help="threads of the burst's tenant (burst)")
+    ap.add_argument("--burst-lag-tenants", type=int, default=5, help="other tenants the steady writer appends to "
+                    "(burst)")
+    ap.add_argument("--timeout", type=float, default=1800.0, help="seconds before a burst is declared stuck")
     ap.add_argument("--keep", action="store_true", help="keep the temporary data folder")
     args = ap.parse_args(argv)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
