@@ -102,6 +102,8 @@ class Reader:
         self._ahead: list[list[str]] = []
         #: Tenants whose stream filled its share of the last round (``backlog``).
         self._full: list[str] = []
+        #: tenant -> where the next XAUTOCLAIM continues (a stream with more pending entries to look at).
+        self._claim_from: dict[str, str] = {}
 
     @property
     def reads(self) -> DeferredReplies | nodes.NodeReplies:
@@ -239,18 +241,36 @@ class Reader:
             return None
 
     def claimable(self) -> list[Entry]:
-        """Entries pending on dead consumers for longer than ``claim_idle_ms``, now this consumer's."""
+        """Entries pending on dead consumers for longer than ``claim_idle_ms``, now this consumer's.
+
+        Up to a round's share per stream, continuing where the last call stopped; ``claim_more`` says
+        whether a stream has more (a dead worker's read-ahead can leave a whole round pending: it is
+        taken at read speed, not a page per maintenance turn).
+        """
         tenants = sorted(self.discovery.tenants)
         if not tenants:
             return []
+        share = self._share(len(tenants))
         pipe = self.links.redis.pipeline(transaction=False)
         for t in tenants:
-            pipe.xautoclaim(keys.stream(t), self.group, self.consumer, self.claim_idle_ms, "0-0", count=1000)
+            pipe.xautoclaim(keys.stream(t), self.group, self.consumer, self.claim_idle_ms,
+                            self._claim_from.get(t, "0-0"), count=share)
         entries: list[Entry] = []
         for t, res in zip(tenants, pipe.execute(raise_on_error=False), strict=True):
             if isinstance(res, Exception):
+                self._claim_from.pop(t, None)
                 continue
+            cursor = res[0].decode() if isinstance(res[0], bytes) else str(res[0])
+            if cursor == "0-0":
+                self._claim_from.pop(t, None)
+            else:
+                self._claim_from[t] = cursor
             for sid, fields in res[1]:
                 if fields is not None:
                     entries.append((t, sid.decode(), fields))
         return entries
+
+    @property
+    def claim_more(self) -> bool:
+        """Whether the last ``claimable`` stopped before the end of a stream's pending entries."""
+        return bool(self._claim_from)

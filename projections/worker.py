@@ -160,7 +160,7 @@ class Projector:
             resolve=self.resolve, max_attempts=o.max_attempts, log=self.log,
             # The custom reducers snapshots fold with: the settings', as every replayer loads them.
             registry=registry, snapshots=self.snapshots)
-        self._last_maintenance = 0.0
+        self._last_maintenance = -float("inf")  # the first turn does maintenance (and claims)
         self._last_claim = -float("inf")
         #: Re-read this consumer's own pending entries (at start, and after a failed batch).
         self._recover = True
@@ -241,6 +241,10 @@ class Projector:
             self.trim()
             if self.settings.metrics_port:
                 self.maintenance.observe_lag()
+        elif self.reader.claim_more:
+            # A dead worker left more pending than one claim takes (its read-ahead round): go on at once.
+            # A page per maintenance turn drained a killed worker's round at ~870 events/s.
+            done += self.claim()
         if self._recover or self.committer.retry_own:
             self._recover = self.committer.retry_own = False  # before: a failure while recovering asks again
             self.committer.flush_acks()  # entries whose acknowledgement is in flight are not pending work
@@ -296,7 +300,8 @@ class Projector:
             return 0
         self.log.info("claimed_pending", entries=len(entries))
         metrics.CLAIMED.inc(len(entries))
-        return self.project(entries)
+        size = self.options.batch_size
+        return self.committer.project_batches([entries[i : i + size] for i in range(0, len(entries), size)])
 
     def project(self, entries: list[Entry]) -> int:
         """Decode, write in one transaction, then acknowledge. Returns entries handled."""

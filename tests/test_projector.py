@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 import threading
+import time
+import uuid
 from typing import Any
 
 import pytest
@@ -391,3 +393,48 @@ def test_unknown_redis_py_version_projects_on_the_plain_api(migrated: Settings, 
     p.drain(tenants=[tenant])
     p.close()
     assert_exactly_once(admin_pg, tenant, {"th": 10})
+
+
+def test_projected_append_returns_while_another_tenant_has_a_backlog(migrated: Settings, admin_pg: Any) -> None:
+    """A quiet tenant's ``projected`` append is committed in the first batch of a round, while another
+    tenant's 50,000-entry backlog is still draining: not behind it (its name sorts first on purpose)."""
+    uid = uuid.uuid4().hex[:8]
+    busy, quiet = f"a-busy-{uid}", f"z-quiet-{uid}"
+    with JournalClient.from_settings(migrated.with_(durability_timeout=30.0)) as c:
+        for i in range(0, 50_000, 1000):
+            c.append_many(busy, [{"thread": f"th{j % 50}", "type": "message", "payload": {**MSG, "i": j}}
+                                 for j in range(i, i + 1000)])
+        c.append(quiet, "th", "message", MSG)  # the tenant exists before the projector starts
+        p = projector(migrated)
+        p.refresh_tenants()
+        t = threading.Thread(target=p.run, daemon=True)
+        t.start()
+        try:
+            rec = c.append(quiet, "th", "message", {**MSG, "x": 1}, durability="projected")
+            stored = admin_pg.execute("SELECT count(*) FROM journal.events WHERE tenant_id = %s",
+                                      (busy,)).fetchone()[0]
+            assert rec.seq == 2
+            assert stored < 50_000, "the quiet tenant waited for the whole backlog of the busy one"
+        finally:
+            p.stop()
+            t.join(120)
+
+
+def test_a_dead_workers_round_is_claimed_at_read_speed(
+        migrated: Settings, admin_pg: Any, client: JournalClient, tenant: str) -> None:
+    """A worker killed with a whole round delivered (its read-ahead) leaves more pending entries than one
+    claim takes: the next worker goes on claiming turn after turn, not one page per maintenance pass."""
+    for i in range(0, 3000, 500):
+        client.append_many(tenant, [{"thread": f"th{j % 3}", "type": "message", "payload": {**MSG, "i": j}}
+                                    for j in range(i, i + 500)])
+    client.redis.xgroup_create(keys.stream(tenant), GROUP, id="0", mkstream=True)
+    client.redis.xreadgroup(GROUP, "killed-worker", {keys.stream(tenant): ">"}, count=3000)
+    time.sleep(0.2)  # idle past claim_idle_ms
+    # One maintenance pass in the whole test: each claim takes a share (500 entries) of the stream.
+    p = projector(migrated, batch_size=500, read_ahead=5000, claim_idle_ms=100, maintenance_every=3600.0)
+    p.refresh_tenants()
+    for _ in range(10):
+        p.run_once()
+    p.close()
+    assert client.redis.xpending(keys.stream(tenant), GROUP)["pending"] == 0
+    assert_exactly_once(admin_pg, tenant, {"th0": 1000, "th1": 1000, "th2": 1000})
