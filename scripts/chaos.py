@@ -3,6 +3,7 @@
 
     python scripts/chaos.py --minutes 10                  # the soak
     python scripts/chaos.py --minutes 2 --seed 7 --json chaos.json
+    python scripts/chaos.py --minutes 2 --seed 2 --final-outage 30   # end on a fault: catch-up speed
 
 Starts its own EmbeddedStack (Valkey, PostgreSQL, S3) in a temporary folder, migrates it, runs one
 projector worker as a subprocess (``python -m journal.cli project --no-migrate --claim-idle-ms 2000``,
@@ -14,6 +15,10 @@ idempotency key retried after a failure and replayed after a success. Meanwhile,
 * ``redis_kill``      SIGKILL Valkey, restart it 0.5-2 s later (same port, same AOF);
 * ``postgres_stop``   stop PostgreSQL for 5-20 s;
 * ``s3_stop``         stop the S3 server for 2-5 s.
+
+With ``--final-outage S`` the load ends with PostgreSQL stopped for S seconds and the projector
+SIGKILLed with its round delivered, so the final drain measures catch-up after a fault from a
+backlog of known size (reported with its events/s).
 
 At the end the servers are all up, the load stops, one in-process projector drains everything, and
 the script checks every acknowledged event against PostgreSQL (and the conflicts table, and the Redis
@@ -425,6 +430,9 @@ def table(r: dict[str, Any], title: str) -> Table:
     t.add_row("max lag observed", f"{r['max_lag_events']} entries, {r['max_lag_seconds']}s "
               f"({r['lag_samples']} samples)")
     t.add_row("backlog at end of load / drain time", f"{r['lag_at_end_of_load']} entries / {r['drain_seconds']:.1f}s")
+    t.add_row("final drain: backlog / events per second",
+              f"{r['backlog_at_drain_start']} entries / {r['drain_events_per_s'] or 0:,} ev/s"
+              + (f" (after a final {r['final_outage']:g}s PostgreSQL outage)" if r["final_outage"] else ""))
     errs = ", ".join(f"{k} {v}" for k, v in sorted(r["writer_errors"].items())) or "none"
     t.add_row("writer errors (not acknowledged)", errs)
     return t
@@ -438,6 +446,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--writers", type=int, default=6)
     ap.add_argument("--tenants", type=int, default=4)
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (server data and logs)")
+    ap.add_argument("--final-outage", type=float, default=0.0,
+                    help="end the load with a PostgreSQL outage of this many seconds and a projector SIGKILL, "
+                         "so the final drain measures catch-up after a fault (default 0: a calm end)")
     args = ap.parse_args(argv)
     seed = args.seed if args.seed is not None else random.randrange(1 << 31)
     logging.basicConfig(level=logging.ERROR)
@@ -466,21 +477,38 @@ def main(argv: list[str] | None = None) -> int:
                 acked = len(c.ledger.acked)
             now_lag = c.lag_series[-1][1] if c.lag_series else None
             console.log(f"{acked} acknowledged, faults {dict(c.faults)}, lag {now_lag} (max {c.max_lag_events})")
+        if args.final_outage:
+            # The load goes on through a PostgreSQL outage, and the projector dies at its end with its
+            # round delivered: the drain below is then a catch-up after a fault, at a known backlog.
+            console.log(f"final outage: PostgreSQL stopped for {args.final_outage:g}s under load")
+            stack.stop("postgres")
+            time.sleep(args.final_outage)
+            with c.proc_lock:
+                if c.proc is not None and c.proc.poll() is None:
+                    c.proc.send_signal(signal.SIGKILL)
+                    c.proc.wait(10)
+            stack.start("postgres")
         c.stop.set()
         for t in helpers + workers:
             t.join(120)
         stack.up()  # whatever a fault left down comes back
         c.stop_projector()
+        assert settings.redis_url
+        probe = redis_connect(settings.redis_url)
+        backlog = sum(x.undelivered + x.pending for x in measure_lag(probe, c.tenants))
+        probe.close()
         t0 = time.monotonic()
         finisher = Projector(settings, WorkerOptions(claim_idle_ms=100, maintenance_every=0.2))
         try:
-            finisher.drain(tenants=c.tenants, timeout=300)
+            finisher.drain(tenants=c.tenants, timeout=600)
         finally:
             finisher.close()
         drain_seconds = time.monotonic() - t0
         result = check(c)
         result.update(seed=seed, minutes=args.minutes, writers=args.writers, tenants=args.tenants,
-                      drain_seconds=round(drain_seconds, 1))
+                      final_outage=args.final_outage, backlog_at_drain_start=backlog,
+                      drain_seconds=round(drain_seconds, 1),
+                      drain_events_per_s=round(backlog / drain_seconds) if drain_seconds else None)
     finally:
         if c is not None:
             c.stop.set()
