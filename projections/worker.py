@@ -3,10 +3,14 @@
 One loop per process, in one thread, over rooms that each own one role:
 
 - ``discovery``: which tenant streams to read (registry, background SCAN, PostgreSQL);
-- ``reader``: new entries (XREADGROUP), this consumer's own pending ones, dead consumers' (XAUTOCLAIM),
-  and on a backlog the next round's read sent ahead (``projections.deferred``);
+- ``reader``: new entries (XREADGROUP), this consumer's own pending ones, dead consumers' (XAUTOCLAIM,
+  turn after turn while more are pending), and for streams with a backlog the next read sent ahead
+  (``projections.deferred``); a stream's share of a round is at most a batch, and the round's quietest
+  streams go first, so one tenant's burst does not hold the others' entries back;
 - ``committer``: intake checks, one transaction per batch (``store.write_batch``), then XACK and the
   per-thread ``projected`` marker (sent at once, replies read after the next batch);
+- ``snapshotter``: the snapshots a batch made due, folded on a thread of their own once the batch is
+  acknowledged (not inside the batch, where a long conversation's fold stalled every waiter);
 - ``maintenance``: every few seconds, trims streams below what is durably projected (XTRIM MINID,
   keeping a hot window) and checks whether Redis lost its tail (a stream behind the position
   PostgreSQL recorded): then it raises the Lua heads to what PostgreSQL holds, so no seq is ever
