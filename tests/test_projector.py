@@ -438,3 +438,45 @@ def test_a_dead_workers_round_is_claimed_at_read_speed(
     p.close()
     assert client.redis.xpending(keys.stream(tenant), GROUP)["pending"] == 0
     assert_exactly_once(admin_pg, tenant, {"th0": 1000, "th1": 1000, "th2": 1000})
+
+
+def test_a_round_serves_its_quietest_streams_first() -> None:
+    """Within a round, streams with fewer entries come first, each stream's entries in their order, and
+    the streams that filled their share are the ones read ahead."""
+    from projections.reader import Reader
+
+    reader = Reader.__new__(Reader)
+    entries = [("big", f"{i}-0", {}) for i in range(5)] + [("a", "1-0", {}), ("a", "2-0", {})] + [("b", "9-0", {})]
+    out = reader.light_first(entries, share=5)
+    assert [(t, sid) for t, sid, _ in out] == [("b", "9-0"), ("a", "1-0"), ("a", "2-0")] + [
+        ("big", f"{i}-0") for i in range(5)]
+    assert reader.backlog and reader._full == ["big"]
+
+
+def test_snapshot_jobs_of_one_thread_merge_while_they_wait() -> None:
+    """Jobs of one thread queued behind each other make one fold over their whole range."""
+    from projections.snapshotter import KEEP_CHAINED, merge
+
+    assert merge(("t", "th", 0, 120, ["e"] * 120), ("t", "th", 120, 250, ["f"] * 130)) == (  # type: ignore[arg-type]
+        "t", "th", 0, 250, ["e"] * 120 + ["f"] * 130)
+    # Not contiguous (another worker's batch in between), or too long to keep: the fold reads its events.
+    assert merge(("t", "th", 0, 120, []), ("t", "th", 130, 250, [])) == ("t", "th", 0, 250, [])
+    long = ["e"] * KEEP_CHAINED
+    assert merge(("t", "th", 0, 10, long), ("t", "th", 10, 20, ["f"])) == ("t", "th", 0, 20, [])  # type: ignore[arg-type]
+
+
+def test_projected_feed_is_short_lived(migrated: Settings, tenant: str) -> None:
+    """The feed that wakes ``projected`` waiters gets an entry per commit and expires on its own."""
+    p = projector(migrated, block_ms=20)
+    t = threading.Thread(target=p.run, daemon=True)
+    t.start()
+    try:
+        with JournalClient.from_settings(migrated) as c:
+            for i in range(3):
+                c.append(tenant, "th", "message", {**MSG, "i": i}, durability="projected")
+            feed = keys.projected_feed(tenant)
+            assert c.redis.xlen(feed) >= 1
+            assert 0 < c.redis.pttl(feed) <= 60_000
+    finally:
+        p.stop()
+        t.join(10)
