@@ -223,7 +223,8 @@ def _await_projected(env: Env, tenant: str, events: list[Event]) -> Op[None]:
     last, committed = yield Pipe("waiting for projection", (("xrevrange", (feed, "+", "-", 1)),
                                                             ("hmget", (keys.projected(tenant), list(want)))))
     position = last[0][0] if last else b"0-0"
-    while not protocol.all_projected(want, committed):
+    seen = {t: _marker(v) for t, v in zip(want, committed, strict=True)}
+    while not protocol.all_projected(want, [seen[t] for t in want]):
         left = deadline - time.monotonic()
         if left <= 0:
             raise protocol.not_projected(timeout, events)
@@ -231,9 +232,24 @@ def _await_projected(env: Env, tenant: str, events: list[Event]) -> Op[None]:
         reply = yield Call("waiting for projection", "xread", ({feed: position},),
                            {"block": max(1, int(min(left, PROJECTED_BLOCK) * 1000)), "count": 1000})
         for _, entries in reply or []:
-            for entry_id, _fields in entries:
+            for entry_id, fields in entries:
                 position = entry_id
-        committed = yield Call("waiting for projection", "hmget", (keys.projected(tenant), list(want)))
+                for thread, seq in fields.items():  # a small batch's markers (thread -> seq)
+                    name = thread.decode(errors="replace")
+                    if name in seen:
+                        seen[name] = max(seen[name], _marker(seq))
+        if not protocol.all_projected(want, [seen[t] for t in want]):
+            # Woken by a large batch (no markers in its entry) or by another thread's: read them.
+            committed = yield Call("waiting for projection", "hmget", (keys.projected(tenant), list(want)))
+            seen = {t: max(seen[t], _marker(v)) for t, v in zip(want, committed, strict=True)}
+
+
+def _marker(value: Any) -> int:
+    """A ``projected`` marker's seq; 0 for none, or for what is not one (the tenant's own user can write there)."""
+    try:
+        return int(value or 0)
+    except ValueError:
+        return 0
 
 
 # -- reading -------------------------------------------------------------------------------------

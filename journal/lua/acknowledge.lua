@@ -22,17 +22,22 @@ local last = 5 + tonumber(ARGV[5])
 for i = 6, last, 1000 do  -- unpack is bounded by the Lua stack
   redis.call('XACK', KEYS[2], ARGV[1], unpack(ARGV, i, math.min(i + 999, last)))
 end
-local raised = false
+local raised = {}
 for i = last + 1, #ARGV, 2 do
   local seq = tonumber(ARGV[i + 1])
   if tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0') < seq then
     redis.call('HSET', KEYS[1], ARGV[i], seq)
-    raised = true
+    raised[#raised + 1] = ARGV[i]
+    raised[#raised + 1] = ARGV[i + 1]
   end
 end
-if raised then
-  -- Only a wake-up: the waiters read the markers themselves. Short-lived, so an idle tenant keeps no feed.
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', '64', '*', 'p', '1')
+if #raised > 0 then
+  -- A small batch's markers ride along, so its waiters need not read them back; a large batch's entry
+  -- is only a wake-up (the waiters read the markers). Short-lived, so an idle tenant keeps no feed.
+  if #raised > 64 then
+    raised = {'', '0'}
+  end
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', '64', '*', unpack(raised))
   redis.call('PEXPIRE', KEYS[3], 60000)
 end
 return stale
