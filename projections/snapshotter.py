@@ -95,8 +95,9 @@ class SnapshotWriter:
                 self._cond.wait(left)
         return True
 
-    def close(self, timeout: float = 30.0) -> None:
-        """Write what is queued (up to ``timeout``), then stop the thread and close its connection."""
+    def close(self, timeout: float = 10.0) -> None:
+        """Write what is queued (up to ``timeout``: a stopping worker does not wait for derived data; a
+        snapshot left unwritten leaves its seqs to a replay from the one before), then stop the thread."""
         if not self.wait_idle(timeout):
             log.warning("snapshots_left_unwritten", threads=self.pending)
         with self._cond:
