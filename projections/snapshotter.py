@@ -114,7 +114,7 @@ class SnapshotWriter:
             self._cond.notify_all()
             while not self._jobs and not self._closing:
                 self._cond.wait()
-            if not self._jobs:
+            if self._closing:  # what is left after close()'s wait is given up
                 return None
             taken = []
             for k in list(self._jobs)[: self.per_transaction]:
