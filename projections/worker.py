@@ -320,14 +320,15 @@ class Projector:
     def repair_heads(self, tenant: str, committed_ms: int | None = None) -> int:
         return self.maintenance.repair_heads(tenant, committed_ms)
 
-    def drain(self, timeout: float = 30.0, tenants: Iterable[str] | None = None) -> None:
-        """Project until ``tenants`` (default: all known) have nothing new or pending (tests, the demo)."""
+    def drain(self, timeout: float = 30.0, tenants: Iterable[str] | None = None, *, snapshots: bool = True) -> None:
+        """Project until ``tenants`` (default: all known) have nothing new or pending (tests, the demo), and
+        (``snapshots``) until the snapshots it made due are written."""
         deadline = time.monotonic() + timeout
         while True:
             self.refresh_tenants()
             self.run_once()
             left = self.backlog(tenants)
-            if left == 0 and self.snapshots.wait_idle(max(0.0, deadline - time.monotonic())):
+            if left == 0 and (not snapshots or self.snapshots.wait_idle(max(0.0, deadline - time.monotonic()))):
                 return
             if time.monotonic() > deadline:
                 raise StoreUnavailable(f"projector did not drain within {timeout}s ({left} entries left)")
