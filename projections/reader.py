@@ -102,6 +102,8 @@ class Reader:
         self._ahead: list[list[str]] = []
         #: Tenants whose stream filled its share of the last round (``backlog``).
         self._full: list[str] = []
+        #: How many of the last round's entries, at its start, are of streams that did not fill their share.
+        self.quiet = 0
         #: tenant -> where the next XAUTOCLAIM continues (a stream with more pending entries to look at).
         self._claim_from: dict[str, str] = {}
 
@@ -164,6 +166,7 @@ class Reader:
         share = self._share(len(tenants))
         entries: list[Entry] = []
         self._full = []
+        self.quiet = 0
         for chunk, reply in zip(chunks, replies, strict=True):
             if isinstance(reply, Exception):
                 if "NOGROUP" in str(reply):  # Redis restarted empty or a stream was deleted: recreate groups.
@@ -187,6 +190,7 @@ class Reader:
         runs = [list(run) for _, run in groupby(entries, key=itemgetter(0))]
         runs.sort(key=len)  # stable: a stream's entries keep their order, and equal streams theirs
         self._full = [r[0][0] for r in runs if len(r) >= share]
+        self.quiet = sum(len(r) for r in runs if len(r) < share)
         return entries if len(runs) == 1 else list(chain.from_iterable(runs))
 
     @property

@@ -275,7 +275,10 @@ class Projector:
         if not entries:
             return 0
         size = self.options.batch_size
-        batches = [entries[i : i + size] for i in range(0, len(entries), size)]
+        # The quiet streams' entries (first in the round) commit in batches of their own: in a batch with
+        # another tenant's burst they waited for its 5,000 rows (other tenants' lag p50 ~0.5 s in a burst).
+        cut = self.reader.quiet if 0 < self.reader.quiet < len(entries) else 0
+        batches = [part[i : i + size] for part in (entries[:cut], entries[cut:]) for i in range(0, len(part), size)]
         if self.reader.backlog:
             self.reader.send_ahead()
         return self.committer.project_batches(batches, ahead=self.reader)

@@ -454,6 +454,7 @@ def test_a_round_serves_its_quietest_streams_first() -> None:
     assert [(t, sid) for t, sid, _ in out] == [("b", "9-0"), ("a", "1-0"), ("a", "2-0")] + [
         ("big", f"{i}-0") for i in range(5)]
     assert reader.backlog and reader._full == ["big"]
+    assert reader.quiet == 3  # the worker commits them in a batch of their own
 
 
 def test_snapshot_jobs_of_one_thread_merge_while_they_wait() -> None:
