@@ -216,8 +216,13 @@ class Reader:
 
     def _share(self, n_tenants: int) -> int:
         """Entries read per stream in a round of ``n_tenants``: enough that a thread's backlog lands in one
-        transaction, bounded per round, and never more than a batch (one tenant's burst fills at most one)."""
-        return min(self.batch_size, max(10, self.read_ahead // n_tenants))
+        transaction, bounded per round, and never more than a batch (one tenant's burst fills at most one).
+
+        While other streams have entries too (the last round had quiet ones), half a batch: a quiet
+        tenant's entry waits for the batch in hand, and a whole one of a burst put its p99 past 1 s.
+        """
+        cap = self.batch_size // 2 if self.quiet else self.batch_size
+        return max(1, min(cap, max(10, self.read_ahead // n_tenants)))
 
     def _send_reads(self, chunks: list[list[str]], n_tenants: int, *, block: bool) -> None:
         """Send one XREADGROUP per chunk of tenants, ``n_tenants`` in the round; replies via ``self.reads``."""
