@@ -1,8 +1,8 @@
 """The projector's reader: which entries to project next, from the tenant streams.
 
 Reads new entries of every tenant stream (XREADGROUP, ``streams_per_read`` streams per call), its
-own entries left pending by a failed batch, and entries of dead consumers (XAUTOCLAIM). On a
-backlog the next round's read is sent ahead, so Valkey prepares it while PostgreSQL works
+own entries left pending by a failed batch, and entries of dead consumers (XAUTOCLAIM). For the
+streams with a backlog the next read is sent ahead, so Valkey prepares it while PostgreSQL works
 (``DeferredReplies``); its replies are parsed in the committer's waits (``parse_ahead``).
 """
 
@@ -130,8 +130,8 @@ class Reader:
     def read_round(self) -> list[Entry]:
         """New entries of every known stream (one pipelined round trip), or a round read ahead.
 
-        A round that fills several batches means a backlog: the next round's read is then sent
-        before this one is written, and its reply taken at the next turn, so Valkey prepares it
+        A stream that fills its share of the round has a backlog: its next read is then sent
+        before this round is written, and its reply taken at the next turn, so Valkey prepares it
         while PostgreSQL works. Only the streams that filled their share are read ahead
         (``send_ahead``); the others are read when the round starts, so an entry of a quiet tenant
         waits for at most the round in hand, not for a round read before it arrived. Within a
