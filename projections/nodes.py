@@ -92,8 +92,7 @@ class NodeReplies:
         return self._wires[node_name]
 
     def send(self, commands: Sequence[Sequence[Any]]) -> None:
-        if self._sent:
-            raise RuntimeError("read the replies of the commands sent before sending more")
+        """Send ``commands`` (after any still unread: ``replies()`` returns them all, in the order sent)."""
         by_node: dict[str, list[Sequence[Any]]] = {}
         for command in commands:
             node = self.cluster.get_node_from_key(routing_key(command)).name
