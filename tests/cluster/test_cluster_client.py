@@ -173,3 +173,29 @@ def test_tenant_credentials_keep_the_cluster_url(cluster_settings: Settings) -> 
     url = creds.redis_url(cluster_settings.redis_url or "")
     assert url.startswith("redis+cluster://journal-acme:pw@127.0.0.1:")
     check_url(url, "redis", "JOURNAL_REDIS_URL")
+
+
+def test_streams_with_a_backlog_are_read_ahead_on_every_primary(cluster_settings: Settings, admin_pg: Any) -> None:
+    """A round whose streams fill their share sends their next read ahead on each primary's connection, and
+    the quiet streams are read behind it; every event is projected exactly once."""
+    from conftest import assert_exactly_once
+
+    from projections.worker import Projector, WorkerOptions
+
+    busy = tenants_on_every_primary(cluster_settings.redis_url or "")
+    quiet = tenants_on_every_primary(cluster_settings.redis_url or "")
+    with JournalClient.from_settings(cluster_settings) as c:
+        for t in busy:
+            c.append_many(t, [{"thread": "th", "type": "message", "payload": {"role": "user", "content": f"{i}"}}
+                              for i in range(120)])
+        for t in quiet:
+            c.append(t, "th", "message", {"role": "user", "content": "hi"})
+    p = Projector(cluster_settings, WorkerOptions(batch_size=40, read_ahead=200))
+    try:
+        p.drain(tenants=busy + quiet, timeout=60)
+    finally:
+        p.close()
+    for t in busy:
+        assert_exactly_once(admin_pg, t, {"th": 120})
+    for t in quiet:
+        assert_exactly_once(admin_pg, t, {"th": 1})
