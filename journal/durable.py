@@ -31,7 +31,7 @@ from journal.archive import ArchiveRef
 from journal.errors import AccessDenied, JournalError, StoreUnavailable
 from journal.events import Event
 from journal.keys import validate_id
-from journal.state import ThreadState, decode_state
+from journal.state import ChunkLoader, Snapshot, ThreadState, decode_snapshot
 
 APP_ROLE = "journal_app"
 
@@ -45,6 +45,9 @@ ARCHIVE_SQL = "SELECT manifest_key, last_seq, last_hash FROM journal.archives WH
 #: The newest snapshot at or below a seq.
 SNAPSHOT_SQL = ("SELECT state FROM journal.snapshots WHERE tenant_id = %s AND thread_id = %s AND seq <= %s "
                 "ORDER BY seq DESC LIMIT 1")
+#: Sealed snapshot chunks of a thread by name (``journal.state.decode_snapshot`` asks for those it lacks).
+CHUNKS_SQL = ("SELECT chunk_id, body FROM journal.snapshot_chunks WHERE tenant_id = %s AND thread_id = %s "
+              "AND chunk_id = ANY(%s)")
 #: The tenant a login is bound to (a tenant reader sees its own row of ``tenant_roles`` only).
 BOUND_TENANT_SQL = "SELECT tenant_id FROM journal.tenant_roles WHERE role_name = current_user"
 #: Name the tenant an administrative reader sees, for this transaction only (``is_local``).
@@ -66,6 +69,18 @@ def archive_ref(row: tuple[Any, ...] | None) -> ArchiveRef | None:
 
 def decode_rows(tenant: str, thread: str, rows: list[tuple[Any, ...]]) -> list[Event]:
     return [codec.decode_body(tenant, thread, s, ts, bytes(b)) for s, ts, b in rows]
+
+
+def chunk_loader(conn: psycopg.Connection, tenant: str, thread: str) -> ChunkLoader:
+    """Reads a thread's snapshot chunks on ``conn`` (in its open transaction, so under its tenant scope)."""
+    def load(ids: list[bytes]) -> dict[bytes, bytes]:
+        return {bytes(i): bytes(b) for i, b in conn.execute(CHUNKS_SQL, (tenant, thread, ids)).fetchall()}
+    return load
+
+
+def decode_snapshot_row(conn: psycopg.Connection, tenant: str, thread: str, data: bytes) -> Snapshot:
+    """A stored snapshot, its chunks read (when not cached) on the connection that read the row."""
+    return decode_snapshot(data, tenant, thread, chunk_loader(conn, tenant, thread))
 
 
 class DurableReader:
@@ -143,12 +158,19 @@ class DurableReader:
         with self._scoped(tenant) as conn:
             return _durable_top(conn, tenant, thread)
 
-    def latest(self, tenant: str, thread: str) -> tuple[int, ThreadState | None]:
-        """The highest durable seq of the thread and its newest snapshot, from one consistent view."""
+    def latest(self, tenant: str, thread: str) -> tuple[int, ThreadState | None, list[Event]]:
+        """The highest durable seq of the thread (``events`` or its S3 archive), its newest snapshot
+        and the stored events after it.
+
+        One transaction (one consistent view, one pooled connection): a resume needs nothing else
+        from PostgreSQL.
+        """
         with self._scoped(tenant) as conn:
             top = _durable_top(conn, tenant, thread)
             snap = conn.execute(SNAPSHOT_SQL, (tenant, thread, NO_LIMIT)).fetchone()
-        return top, decode_state(snap[0]) if snap else None
+            state = decode_snapshot_row(conn, tenant, thread, snap[0]).state if snap else None
+            rows = conn.execute(EVENTS_SQL, (tenant, thread, state.last_seq if state else 0, NO_LIMIT)).fetchall()
+        return top, state, decode_rows(tenant, thread, rows)
 
     def archived(self, tenant: str, thread: str) -> ArchiveRef | None:
         """Where the thread's archived history is, or None if it has none."""

@@ -296,10 +296,11 @@ def hot_tail(tenant: str, thread: str, after: int, top: int) -> Op[list[Event]]:
 
 
 def history(env: Env, tenant: str, thread: str, after: int, upto: int | None = None,
-            at_least: int = 0) -> Op[list[Event]]:
+            at_least: int = 0, stored: Iterable[Event] = ()) -> Op[list[Event]]:
     """Events ``after < seq <= upto`` (default: the head) from every tier, gapless, in seq order.
 
-    ``at_least`` is a head known from elsewhere (PostgreSQL's), for when Redis lost its heads.
+    ``at_least`` is a head known from elsewhere (PostgreSQL's), for when Redis lost its heads;
+    ``stored`` are events already read from PostgreSQL (they win over Redis, and are not read again).
     """
     keys.validate_id(thread, "thread")
     _check_seq(after, "after_seq")
@@ -316,11 +317,17 @@ def history(env: Env, tenant: str, thread: str, after: int, upto: int | None = N
         return []
     # Above the projected mark the events are in Redis only; below it, PostgreSQL has them.
     low = max(after, min(int(committed or 0), top))
-    merged = {e.seq: e for e in (yield from hot_tail(tenant, thread, low, top))}
+    known = {e.seq: e for e in stored if after < e.seq <= top}
+    covered = after
+    while covered + 1 in known:
+        covered += 1
+    # What PostgreSQL already gave need not be walked for in the stream.
+    merged = {e.seq: e for e in (yield from hot_tail(tenant, thread, max(low, covered), top))}
+    merged.update(known)
     missing = [s for s in range(after + 1, top + 1) if s not in merged]
     if missing and env.durable is not None:
-        stored = yield Offload(((env.durable.events, (tenant, thread, after, missing[-1])),))
-        merged.update((e.seq, e) for e in stored[0])
+        read = yield Offload(((env.durable.events, (tenant, thread, after, missing[-1])),))
+        merged.update((e.seq, e) for e in read[0])
         missing = [s for s in missing if s not in merged]
         if missing:
             # Asked after the rows: an archiver deletes rows and writes the stub in one transaction,
@@ -432,11 +439,12 @@ def wait(env: Env, tenant: str, thread: str, after_seq: int, types: Iterable[str
 
 def state(env: Env, tenant: str, thread: str) -> Op[ThreadState]:
     """The thread's latest state: newest snapshot in PostgreSQL + the events after it from every tier."""
-    durable_top, base = 0, None
+    durable_top, base, stored = 0, None, []
     if env.durable is not None:
-        durable_top, base = (yield Offload(((env.durable.latest, (tenant, thread)),)))[0]
+        # The snapshot and the events after it in one PostgreSQL transaction; Redis adds what is newer.
+        durable_top, base, stored = (yield Offload(((env.durable.latest, (tenant, thread)),)))[0]
     start = base if base is not None else empty(tenant, thread)
-    events = yield from history(env, tenant, thread, start.last_seq, at_least=durable_top)
+    events = yield from history(env, tenant, thread, start.last_seq, at_least=durable_top, stored=stored)
     return fold((yield from resolve(env, events)), start, env.registry)
 
 

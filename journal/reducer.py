@@ -61,6 +61,7 @@ from journal.state import (
     _set_key,
     empty,
     freeze,
+    put_key,
 )
 
 Reducer = Callable[["ThreadState", Event], "ThreadState"]
@@ -315,9 +316,9 @@ def _tool_result(s: ThreadState, e: Event, p: Mapping[str, Any], notes: list[str
 
 
 def _put_call(calls: Mapping[str, ToolCall], call: ToolCall) -> Mapping[str, ToolCall]:
-    d = dict(calls)  # insertion order = order of first appearance; an update keeps its place
-    d[call.call_id] = call
-    return MappingProxyType(d)
+    # Insertion order = order of first appearance; an update keeps its place. put_key shares the
+    # bulk of the map with the previous state: a copy per call made long threads fold slowly.
+    return put_key(calls, call.call_id, call)
 
 
 def _node_name(e: Event, p: Mapping[str, Any], notes: list[str]) -> str | None:

@@ -2,6 +2,9 @@
 
 A snapshot stores the state at seq ``m·K`` as framed msgpack (exact round trip) together
 with the chain hash at that seq, so a replay starting from it is tied to the verified chain.
+Snapshots are incremental (``journal.state.encode_snapshot``): the old items of the growing
+lists (messages, tool calls, …) are sealed once in ``snapshot_chunks`` and referenced by the
+later snapshots, so a snapshot's size, and the cost of reading it, stay flat as a thread grows.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from journal import durable
 from journal.errors import BlobError, JournalError
 from journal.events import Event
 from journal.reducer import ReducerError, Registry, apply
-from journal.state import decode_state, empty, encode_state
+from journal.state import empty, encode_snapshot
 from projections import statements
 
 log = structlog.get_logger("projections.snapshots")
@@ -49,7 +52,10 @@ def write_due(conn: psycopg.Connection, tenant: str, thread: str, old_seq: int, 
     if not targets:
         return 0
     row = conn.execute(statements.SNAPSHOT_AT_OR_BELOW, (tenant, thread, targets[0])).fetchone()
-    base_seq, state = (row[0], decode_state(row[1])) if row else (0, empty(tenant, thread))
+    # The previous snapshot's chunks: the new one reuses those its lists still begin with.
+    previous = durable.decode_snapshot_row(conn, tenant, thread, row[1]) if row else None
+    base_seq = row[0] if row else 0
+    state = previous.state if previous is not None else empty(tenant, thread)
     if (resolve is None or not resolve.available()) and conn.execute(
         statements.OFFLOADED_IN_RANGE, (tenant, thread, base_seq, new_seq)).fetchone() == (True,):
         # Skip before loading anything: a fold far behind its last snapshot is costly to redo at
@@ -81,7 +87,10 @@ def write_due(conn: psycopg.Connection, tenant: str, thread: str, old_seq: int, 
                 (tenant, f"reducer:{thread}:{ev.seq}", thread, ev.seq, f"reducer failed: {e}", None))
             return written
         if ev.seq in wanted and ev.seq in hashes:
-            conn.execute(
-                statements.INSERT_SNAPSHOT, (tenant, thread, ev.seq, encode_state(state), hashes[ev.seq]))
+            record, chunks, previous = encode_snapshot(state, previous)
+            for ch in chunks:
+                conn.execute(statements.INSERT_CHUNK, (tenant, thread, ch.id, ch.body))
+            conn.execute(statements.INSERT_SNAPSHOT, (tenant, thread, ev.seq, record, hashes[ev.seq]))
             written += 1
     return written
+

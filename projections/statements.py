@@ -134,6 +134,9 @@ HASHES_AT = "SELECT seq, hash FROM journal.events WHERE tenant_id = %s AND threa
 #: A snapshot; a second writer of the same seq changes nothing (the fold is deterministic).
 INSERT_SNAPSHOT = ("INSERT INTO journal.snapshots (tenant_id, thread_id, seq, state, hash) "
                    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING")
+#: A sealed snapshot chunk; named by the hash of its body, so a second write of it changes nothing.
+INSERT_CHUNK = ("INSERT INTO journal.snapshot_chunks (tenant_id, thread_id, chunk_id, body) "
+                "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING")
 
 # -- outside the Core tables: catalogs, Alembic, roles (projections.db, projections.cli) ------------
 

@@ -108,6 +108,17 @@ snapshots = Table(
     Column("created_at", TS, nullable=False, server_default=text("now()")),
 )
 
+#: The sealed chunks of snapshots' growing lists (``journal.state.encode_snapshot``): written once,
+#: named by the SHA-256 of ``body``, referenced by every later snapshot of the thread.
+snapshot_chunks = Table(
+    "snapshot_chunks", metadata,
+    Column("tenant_id", Text, primary_key=True),
+    Column("thread_id", Text, primary_key=True),
+    Column("chunk_id", LargeBinary, primary_key=True),
+    Column("body", LargeBinary, nullable=False),
+    Column("created_at", TS, nullable=False, server_default=text("now()")),
+)
+
 dead_letters = Table(
     "dead_letters", metadata,
     Column("tenant_id", Text, primary_key=True),
@@ -195,8 +206,8 @@ rebuild_snapshots = Table(
     Column("hash", LargeBinary, nullable=False),
 )
 
-TENANT_TABLES = ("events", "threads", "snapshots", "dead_letters", "conflicts", "offsets", "archives",
-                 "rebuild_threads", "rebuild_snapshots")
+TENANT_TABLES = ("events", "threads", "snapshots", "snapshot_chunks", "dead_letters", "conflicts", "offsets",
+                 "archives", "rebuild_threads", "rebuild_snapshots")
 
 
 #: ``events``' hash partitions: the migrations create them, but SQLAlchemy declares only the

@@ -34,7 +34,7 @@ from journal.client import drive
 from journal.errors import AccessDenied, CodecError, StoreUnavailable
 from journal.events import Event
 from journal.settings import Settings
-from journal.state import ThreadState, decode_state
+from journal.state import ThreadState
 from projections import db
 from replayer.verify import NOT_LOADED, StoredEvent
 
@@ -256,8 +256,10 @@ class PostgresSource:
 
     def snapshot(self, tenant: str, thread: str, at_or_below: int) -> ThreadState | None:
         """The newest snapshot at or below ``at_or_below``, decoded (None if there is none)."""
-        rows = self._rows(tenant, durable.SNAPSHOT_SQL, (tenant, thread, at_or_below))
-        return decode_state(rows[0][0]) if rows else None
+        with self.scope(tenant):
+            rows = self.conn.execute(durable.SNAPSHOT_SQL, (tenant, thread, at_or_below)).fetchall()
+            # Chunks the process has not decoded yet are read in the same scope (same view, same tenant).
+            return durable.decode_snapshot_row(self.conn, tenant, thread, rows[0][0]).state if rows else None
 
     def seq_at_time(self, tenant: str, thread: str, at: datetime) -> int:
         """The seq of the last stored event appended at or before ``at`` (0 if none)."""
