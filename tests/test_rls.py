@@ -55,6 +55,7 @@ CRAFTED = [
     "SELECT (SELECT max(tenant_id) FROM journal.events WHERE tenant_id = %(b)s)",
     "WITH all_rows AS (SELECT * FROM journal.snapshots UNION ALL SELECT * FROM journal.snapshots) "
     "SELECT tenant_id FROM all_rows",
+    "SELECT tenant_id FROM journal.snapshot_chunks UNION SELECT tenant_id FROM journal.snapshots",
     "SELECT tenant_id FROM journal.threads UNION SELECT tenant_id FROM journal.conflicts "
     "UNION SELECT tenant_id FROM journal.dead_letters",
     "SELECT tenant_id FROM journal.events WHERE current_setting('journal.tenant', true) IS NULL OR true",
@@ -76,7 +77,7 @@ def test_crafted_queries_see_only_own_tenant(reader: psycopg.Connection, two_ten
 def test_counts_of_other_tenant_are_zero(reader: psycopg.Connection, two_tenants: Any) -> None:
     """count(*) of B through every table is 0; of A through events is 5."""
     _a, b, _ = two_tenants
-    for table in ("events", "threads", "snapshots", "dead_letters", "conflicts"):
+    for table in ("events", "threads", "snapshots", "snapshot_chunks", "dead_letters", "conflicts"):
         assert rows(reader, f"SELECT count(*) FROM journal.{table} WHERE tenant_id = %s", b) == [(0,)]
     assert rows(reader, "SELECT count(*) FROM journal.events") == [(5,)]
 
