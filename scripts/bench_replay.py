@@ -1,10 +1,15 @@
 #!/usr/bin/env python
 """Benchmark replay: latest and mid-history state of 1,000 / 10,000 / 100,000-event threads,
-with snapshots (every 100 events) and without (fold from seq 1), plus LangGraph's
-``PostgresSaver.get_tuple`` for an older checkpoint of a 500-step thread for comparison.
+with snapshots (every 100 events; cache of decoded chunks warm and cold) and without (fold from
+seq 1); ``JournalClient.resume`` p50/p99 at 500 steps and at 10,000 events; snapshot bytes per
+event; PostgreSQL bytes per step against LangGraph's ``PostgresSaver`` on the same server.
 
     python scripts/bench_replay.py                          # starts its own embedded stack in a temp dir
-    python scripts/bench_replay.py --sizes 1000,10000 --workload conversation --runs 7
+    python scripts/bench_replay.py --sizes 1000,10000 --workload conversation --runs 7 --json replay.json
+
+"Cold cache" clears the process's cache of decoded snapshots and chunks
+(``journal.state.clear_chunk_cache``) before each timed run: the cost of the first read of a
+snapshot in a process, or just after a new one was written.
 
 Workloads (``--workload``):
 
@@ -23,6 +28,7 @@ row is skipped with a note. The script never asserts: it reports and exits 0.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import statistics
 import sys
@@ -45,6 +51,12 @@ from journal.settings import Settings
 from projections import db
 from projections.worker import Projector, WorkerOptions
 from replayer.replay import Replayer
+
+try:
+    from journal.state import clear_chunk_cache
+except ImportError:  # a tree before incremental snapshots: run this script against it for before/after figures
+    def clear_chunk_cache() -> None:
+        pass
 
 console = Console()
 BATCH = 500
@@ -145,17 +157,93 @@ def bench_langgraph(database_url: str, runs: int) -> tuple[float, float, int] | 
         return older_ms, latest_ms, int(row["n"])  # the saver's connection returns dict rows
 
 
+#: A conversation step: message → tool_call → tool_result → memory_set (4 events; the issue's
+#: "message + tool result + memory" with the call it answers).
+EVENTS_PER_STEP = 4
+#: The journal's PostgreSQL tables a thread writes to (sizes include indexes and TOAST).
+JOURNAL_TABLES = ("events", "threads", "snapshots", "snapshot_chunks")
+LANGGRAPH_TABLES = ("checkpoints", "checkpoint_blobs", "checkpoint_writes")
+
+
+def table_bytes(conn: Any, schema: str, names: tuple[str, ...]) -> int:
+    """Total size (heap, indexes, TOAST; every partition) of the tables that exist, in bytes."""
+    row = conn.execute(
+        "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace LEFT JOIN pg_inherits i ON i.inhrelid = c.oid "
+        "LEFT JOIN pg_class p ON p.oid = i.inhparent "
+        "WHERE n.nspname = %s AND c.relkind = 'r' AND coalesce(p.relname, c.relname) = ANY(%s)",
+        (schema, list(names))).fetchone()
+    return int(row[0] if not isinstance(row, dict) else next(iter(row.values())))  # the saver's rows are dicts
+
+
+def snapshot_bytes(conn: Any, tenant: str, thread: str) -> tuple[int, int, int]:
+    """(bytes of the thread's snapshot records, of its sealed chunks, number of snapshots)."""
+    snaps = conn.execute("SELECT coalesce(sum(octet_length(state)), 0), count(*) FROM journal.snapshots "
+                         "WHERE tenant_id = %s AND thread_id = %s", (tenant, thread)).fetchone()
+    chunks = (0,)
+    if conn.execute("SELECT to_regclass('journal.snapshot_chunks')").fetchone()[0] is not None:
+        chunks = conn.execute("SELECT coalesce(sum(octet_length(body)), 0) FROM journal.snapshot_chunks "
+                              "WHERE tenant_id = %s AND thread_id = %s", (tenant, thread)).fetchone()
+    return int(snaps[0]), int(chunks[0]), int(snaps[1])
+
+
+def event_bytes(conn: Any, tenant: str, thread: str) -> dict[str, int]:
+    """Column bytes of the thread's event rows: the hashed body, the JSONB payload copy, whole rows."""
+    row = conn.execute("SELECT coalesce(sum(octet_length(body)), 0), coalesce(sum(pg_column_size(payload)), 0), "
+                       "coalesce(sum(pg_column_size(e.*)), 0) FROM journal.events e "
+                       "WHERE tenant_id = %s AND thread_id = %s", (tenant, thread)).fetchone()
+    return {"body": int(row[0]), "payload_jsonb": int(row[1]), "rows": int(row[2])}
+
+
+def percentile_ms(fn: Callable[[], Any], runs: int, q: float = 0.5, before: Callable[[], Any] | None = None) -> float:
+    fn()
+    samples = []
+    for _ in range(runs):
+        if before is not None:
+            before()
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1000)
+    samples.sort()
+    return samples[min(len(samples) - 1, int(q * len(samples)))]
+
+
+def bench_langgraph_bytes(database_url: str) -> dict[str, float] | str:
+    """PostgresSaver on the same server: PostgreSQL bytes per step of a 500-step conversation, get_tuple."""
+    try:
+        from langgraph.checkpoint.postgres import PostgresSaver
+    except ImportError:
+        return "langgraph-checkpoint-postgres is not installed (pip install langgraph-checkpoint-postgres); skipped"
+    with PostgresSaver.from_conn_string(database_url) as saver:
+        saver.setup()
+        before = table_bytes(saver.conn, "public", LANGGRAPH_TABLES)
+    got = bench_langgraph(database_url, 7)
+    if isinstance(got, str):
+        return got
+    with PostgresSaver.from_conn_string(database_url) as saver:
+        after = table_bytes(saver.conn, "public", LANGGRAPH_TABLES)
+    older_ms, latest_ms, blob_bytes = got
+    return {"steps": LANGGRAPH_STEPS, "bytes": after - before, "bytes_per_step": (after - before) / LANGGRAPH_STEPS,
+            "channel_blob_bytes": blob_bytes, "get_tuple_older_ms": older_ms, "get_tuple_latest_ms": latest_ms}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="1000,10000,100000", help="thread lengths (comma-separated)")
     ap.add_argument("--workload", choices=("memory", "conversation"), default="memory")
     ap.add_argument("--runs", type=int, default=7, help="timed runs per figure (median reported)")
     ap.add_argument("--slow-runs", type=int, default=3, help="timed runs for folds from seq 1 over 50,000+ events")
+    ap.add_argument("--resume-runs", type=int, default=101, help="timed resumes per resume figure")
+    ap.add_argument("--resume-steps", type=int, default=500, help="steps of the short resume thread")
+    ap.add_argument("--resume-events", type=int, default=10_000, help="events of the long resume thread")
     ap.add_argument("--snapshot-every", type=int, default=100)
+    ap.add_argument("--json", metavar="FILE", help="also write every figure as JSON to FILE")
     ap.add_argument("--keep", action="store_true", help="keep the temporary data folder")
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     logs.configure("warning")  # the projector's info lines would interleave with the progress bars
+    out: dict[str, Any] = {"workload": args.workload, "snapshot_every": args.snapshot_every, "runs": args.runs,
+                           "replay": [], "resume": [], "bytes": {}}
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-replay-"))
     stack = EmbeddedStack(tmp)
@@ -165,44 +253,99 @@ def main(argv: list[str] | None = None) -> int:
             db.migrate(settings)
         assert settings.database_url
         tenant = f"bench-{uuid.uuid4().hex[:6]}"
-        table = Table(title=f"replay latency, median of {args.runs} runs (workload: {args.workload}; "
-                            f"snapshot every {args.snapshot_every})")
-        for col in ("thread", "target", "with snapshots", "without (fold from 1)", "speed-up"):
-            table.add_column(col, justify="left" if col in ("thread", "target") else "right")
-        flat: dict[int, float] = {}
+        admin = db.connect(settings, role=None, autocommit=True)
         with JournalClient.from_settings(settings) as client, Replayer.from_settings(settings) as r:
+            # -- PostgreSQL bytes per step (first, so nothing else grows the tables meanwhile) --------
+            steps = args.resume_steps
+            before = table_bytes(admin, "journal", JOURNAL_TABLES)
+            build(settings, client, tenant, "resume-short", steps * EVENTS_PER_STEP, "conversation")
+            total = table_bytes(admin, "journal", JOURNAL_TABLES) - before
+            snap, chunk, count = snapshot_bytes(admin, tenant, "resume-short")
+            out["bytes"] = {"steps": steps, "events": steps * EVENTS_PER_STEP, "bytes": total,
+                            "bytes_per_step": total / steps, "snapshot_records": snap, "snapshot_chunks": chunk,
+                            "snapshots": count, **{f"event_{k}": v for k, v in
+                                                   event_bytes(admin, tenant, "resume-short").items()}}
+
+            # -- replay table ----------------------------------------------------------------------
+            table = Table(title=f"replay latency, median of {args.runs} runs (workload: {args.workload}; "
+                                f"snapshot every {args.snapshot_every})")
+            for col in ("thread", "target", "with snapshots", "cold cache", "without (fold from 1)", "speed-up",
+                        "snapshot B/event"):
+                table.add_column(col, justify="left" if col in ("thread", "target") else "right")
+            flat: dict[int, float] = {}
             for n in sizes:
                 thread = f"t{n}"
                 secs = build(settings, client, tenant, thread, n, args.workload)
                 console.print(f"built {n:,}-event thread in {secs:.1f}s")
+                snap, chunk, count = snapshot_bytes(admin, tenant, thread)
+                per_event = (snap + chunk) / n
                 slow_runs = args.slow_runs if n >= 50_000 else args.runs
                 for label, at in (("latest", None), ("middle", n // 2 + 37)):
                     fast = median_ms(lambda at=at, th=thread: r.replay(tenant, th, at_seq=at), args.runs)
+                    cold = percentile_ms(lambda at=at, th=thread: r.replay(tenant, th, at_seq=at), args.runs,
+                                         before=clear_chunk_cache)
                     slow = median_ms(lambda at=at, th=thread: r.replay(tenant, th, at_seq=at, use_snapshots=False),
                                      slow_runs)
                     if label == "middle":
                         flat[n] = fast
                     target = f"{label} (seq {at if at else n:,})"
-                    table.add_row(f"agent-journal, {n:,} events", target, f"{fast:.2f} ms", f"{slow:.1f} ms",
-                                  f"{slow / fast:.0f}×")
-        lg = bench_langgraph(settings.database_url, args.runs)
+                    table.add_row(f"agent-journal, {n:,} events", target, f"{fast:.2f} ms", f"{cold:.1f} ms",
+                                  f"{slow:.1f} ms", f"{slow / fast:.0f}×", f"{per_event:.0f}")
+                    out["replay"].append({"events": n, "target": label, "seq": at or n, "ms": fast, "cold_ms": cold,
+                                          "fold_from_1_ms": slow, "snapshot_bytes": snap, "chunk_bytes": chunk,
+                                          "snapshots": count, "snapshot_bytes_per_event": per_event})
+            console.print(table)
+            if len(flat) >= 2:
+                lo = min(flat)
+                out["mid_history_ratio"] = {str(n): flat[n] / flat[lo] for n in sorted(flat)}
+                console.print("mid-history replay with snapshots: " + ", ".join(
+                    f"{flat[n]:.2f} ms at {n:,} events ({flat[n] / flat[lo]:.2f}× {lo:,})" for n in sorted(flat)))
+
+            # -- resume ----------------------------------------------------------------------------
+            long_thread = f"t{args.resume_events}"
+            if args.workload != "conversation" or args.resume_events not in sizes:
+                long_thread = "resume-long"
+                build(settings, client, tenant, long_thread, args.resume_events, "conversation")
+            rtable = Table(title=f"JournalClient.resume of the latest state (pooled PostgreSQL reads), "
+                                 f"{args.resume_runs} runs")
+            for col in ("thread", "p50", "p99", "p50 cold cache"):
+                rtable.add_column(col, justify="left" if col == "thread" else "right")
+            for label, th, n in ((f"{steps} steps", "resume-short", steps * EVENTS_PER_STEP),
+                                 (f"{args.resume_events:,} events", long_thread, args.resume_events)):
+                p50 = percentile_ms(lambda th=th: client.resume(tenant, th), args.resume_runs)
+                p99 = percentile_ms(lambda th=th: client.resume(tenant, th), args.resume_runs, 0.99)
+                cold = percentile_ms(lambda th=th: client.resume(tenant, th), max(5, args.resume_runs // 10),
+                                     before=clear_chunk_cache)
+                rtable.add_row(f"{label} ({n:,} events)", f"{p50:.2f} ms", f"{p99:.2f} ms", f"{cold:.1f} ms")
+                out["resume"].append({"thread": label, "events": n, "p50_ms": p50, "p99_ms": p99, "cold_p50_ms": cold})
+            console.print(rtable)
+        admin.close()
+
+        # -- bytes per step vs PostgresSaver -----------------------------------------------------------
+        lg = bench_langgraph_bytes(settings.database_url)
+        b = out["bytes"]
+        btable = Table(title=f"PostgreSQL bytes per step, {b['steps']}-step conversation (same server)")
+        for col in ("store", "bytes per step", "of which"):
+            btable.add_column(col, justify="left" if col != "bytes per step" else "right")
+        btable.add_row("agent-journal", f"{b['bytes_per_step']:,.0f}",
+                       f"event bodies {b['event_body'] / b['steps']:,.0f}, JSONB payloads "
+                       f"{b['event_payload_jsonb'] / b['steps']:,.0f}, snapshots "
+                       f"{(b['snapshot_records'] + b['snapshot_chunks']) / b['steps']:,.0f} (tables + indexes)")
         if isinstance(lg, str):
-            note = lg
+            console.print(btable)
+            console.print(f"note: {lg}")
+            out["langgraph"] = {"skipped": lg}
         else:
-            older_ms, latest_ms, size = lg
-            table.add_row(f"LangGraph PostgresSaver, {LANGGRAPH_STEPS} checkpoints",
-                          f"get_tuple older (step {LANGGRAPH_STEPS // 2})", f"{older_ms:.2f} ms", "-", "-")
-            table.add_row(f"LangGraph PostgresSaver, {LANGGRAPH_STEPS} checkpoints",
-                          f"get_tuple latest (step {LANGGRAPH_STEPS})", f"{latest_ms:.2f} ms", "-", "-")
-            note = (f"LangGraph stores a full copy of every changed channel per checkpoint ({size / 1e6:.1f} MB of "
-                    f"channel blobs for its {LANGGRAPH_STEPS}-step thread); agent-journal stores each event once "
-                    "plus a snapshot every K events.")
-        console.print(table)
-        if len(flat) >= 2:
-            lo, hi = min(flat), max(flat)
-            console.print(f"mid-history replay with snapshots: {flat[hi]:.2f} ms at {hi:,} events vs "
-                          f"{flat[lo]:.2f} ms at {lo:,} ({flat[hi] / flat[lo]:.2f}×).")
-        console.print(f"note: {note}")
+            out["langgraph"] = lg
+            btable.add_row("LangGraph PostgresSaver", f"{lg['bytes_per_step']:,.0f}",
+                           f"get_tuple latest {lg['get_tuple_latest_ms']:.2f} ms, older "
+                           f"{lg['get_tuple_older_ms']:.2f} ms")
+            console.print(btable)
+            out["bytes_ratio_vs_postgres_saver"] = lg["bytes_per_step"] / b["bytes_per_step"]
+            console.print(f"PostgresSaver stores {out['bytes_ratio_vs_postgres_saver']:.1f}× the bytes per step.")
+        if args.json:
+            Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+            console.print(f"figures written to {args.json}")
     finally:
         with console.status("stopping the embedded servers …"):
             stack.down()
