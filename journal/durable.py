@@ -18,7 +18,7 @@ Reads go through row-level security. The login of ``JOURNAL_DATABASE_URL`` is ei
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -45,6 +45,20 @@ ARCHIVE_SQL = "SELECT manifest_key, last_seq, last_hash FROM journal.archives WH
 #: The newest snapshot at or below a seq.
 SNAPSHOT_SQL = ("SELECT state FROM journal.snapshots WHERE tenant_id = %s AND thread_id = %s AND seq <= %s "
                 "ORDER BY seq DESC LIMIT 1")
+#: A resume's one statement per thread: a header row (seq NULL) with the durable head and the
+#: newest snapshot, then the stored events after that snapshot, in seq order.
+LATEST_SQL = (
+    "WITH snap AS (SELECT seq, state FROM journal.snapshots WHERE tenant_id = %(tenant)s AND thread_id = %(thread)s "
+    "ORDER BY seq DESC LIMIT 1), base AS (SELECT coalesce(max(seq), 0) AS seq FROM snap) "
+    # The durable head: the highest stored seq, or the archive's head if higher (rows archived to S3).
+    "SELECT NULL::bigint, greatest((SELECT max(seq) FROM journal.events WHERE tenant_id = %(tenant)s "
+    "AND thread_id = %(thread)s), (SELECT last_seq FROM journal.archives WHERE tenant_id = %(tenant)s "
+    "AND thread_id = %(thread)s)), (SELECT state FROM snap) "
+    # A lateral join on an aggregate, ordered by seq: written as ``seq > (SELECT …)``, or unordered, the
+    # bound was a filter over every event of the thread (EXPLAIN), not a bound of the primary key scan.
+    "UNION ALL SELECT e.seq, e.ts_ms, e.body FROM base CROSS JOIN LATERAL (SELECT seq, ts_ms, body "
+    "FROM journal.events WHERE tenant_id = %(tenant)s AND thread_id = %(thread)s AND seq > base.seq ORDER BY seq) e "
+    "ORDER BY 1 NULLS FIRST")
 #: Sealed snapshot chunks of a thread by name (``journal.state.decode_snapshot`` asks for those it lacks).
 CHUNKS_SQL = ("SELECT chunk_id, body FROM journal.snapshot_chunks WHERE tenant_id = %s AND thread_id = %s "
               "AND chunk_id = ANY(%s)")
@@ -65,6 +79,10 @@ NO_LIMIT = 2**63 - 1
 def archive_ref(row: tuple[Any, ...] | None) -> ArchiveRef | None:
     """The stub row of :data:`ARCHIVE_SQL` as an ``ArchiveRef`` (None: the thread was never archived)."""
     return None if row is None else ArchiveRef(str(row[0]), int(row[1]), bytes(row[2]))
+
+
+#: A thread's PostgreSQL part of a resume: durable head, newest snapshot, the stored events after it.
+Latest = tuple[int, ThreadState | None, list[Event]]
 
 
 def decode_rows(tenant: str, thread: str, rows: list[tuple[Any, ...]]) -> list[Event]:
@@ -133,7 +151,8 @@ class DurableReader:
                                        f"{tenant!r}; use that tenant's own credentials")
                 conn.read_only = True
                 conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-                with conn.transaction():
+                # Pipelined: BEGIN, the scope and the first query go out in one round trip, COMMIT in one more.
+                with conn.pipeline(), conn.transaction():
                     if self.bound_tenant is None:
                         conn.execute(SCOPE_SQL, (tenant,))
                     yield conn
@@ -158,19 +177,26 @@ class DurableReader:
         with self._scoped(tenant) as conn:
             return _durable_top(conn, tenant, thread)
 
-    def latest(self, tenant: str, thread: str) -> tuple[int, ThreadState | None, list[Event]]:
+    def latest(self, tenant: str, thread: str) -> Latest:
         """The highest durable seq of the thread (``events`` or its S3 archive), its newest snapshot
-        and the stored events after it.
+        and the stored events after it."""
+        return self.latest_many(tenant, (thread,))[thread]
 
-        One transaction (one consistent view, one pooled connection): a resume needs nothing else
-        from PostgreSQL.
+    def latest_many(self, tenant: str, threads: Iterable[str]) -> dict[str, Latest]:
+        """:meth:`latest` of several threads of a tenant, from one consistent view.
+
+        One pooled connection, one pipelined transaction, one statement per thread: a resume needs
+        nothing else from PostgreSQL (chunks only when this process has not decoded them yet).
         """
+        out: dict[str, Latest] = {}
         with self._scoped(tenant) as conn:
-            top = _durable_top(conn, tenant, thread)
-            snap = conn.execute(SNAPSHOT_SQL, (tenant, thread, NO_LIMIT)).fetchone()
-            state = decode_snapshot_row(conn, tenant, thread, snap[0]).state if snap else None
-            rows = conn.execute(EVENTS_SQL, (tenant, thread, state.last_seq if state else 0, NO_LIMIT)).fetchall()
-        return top, state, decode_rows(tenant, thread, rows)
+            cursors = [(t, conn.execute(LATEST_SQL, {"tenant": tenant, "thread": t})) for t in dict.fromkeys(threads)]
+            for thread, cur in cursors:
+                rows = cur.fetchall()
+                _, top, snap = rows[0]
+                state = decode_snapshot_row(conn, tenant, thread, snap).state if snap is not None else None
+                out[thread] = int(top or 0), state, decode_rows(tenant, thread, rows[1:])
+        return out
 
     def archived(self, tenant: str, thread: str) -> ArchiveRef | None:
         """Where the thread's archived history is, or None if it has none."""

@@ -437,10 +437,14 @@ def wait(env: Env, tenant: str, thread: str, after_seq: int, types: Iterable[str
             position = None
 
 
-def state(env: Env, tenant: str, thread: str) -> Op[ThreadState]:
-    """The thread's latest state: newest snapshot in PostgreSQL + the events after it from every tier."""
-    durable_top, base, stored = 0, None, []
-    if env.durable is not None:
+def state(env: Env, tenant: str, thread: str,
+          durable: tuple[int, ThreadState | None, list[Event]] | None = None) -> Op[ThreadState]:
+    """The thread's latest state: newest snapshot in PostgreSQL + the events after it from every tier.
+
+    ``durable`` is PostgreSQL's part (``DurableReader.latest``) when the caller read it already.
+    """
+    durable_top, base, stored = durable if durable is not None else (0, None, [])
+    if durable is None and env.durable is not None:
         # The snapshot and the events after it in one PostgreSQL transaction; Redis adds what is newer.
         durable_top, base, stored = (yield Offload(((env.durable.latest, (tenant, thread)),)))[0]
     start = base if base is not None else empty(tenant, thread)
@@ -450,11 +454,16 @@ def state(env: Env, tenant: str, thread: str) -> Op[ThreadState]:
 
 def resume(env: Env, tenant: str, thread: str) -> Op[Resumed]:
     keys.validate_id(tenant, "tenant")
-    current = yield from state(env, tenant, thread)
+    keys.validate_id(thread, "thread")
+    stored: dict[str, tuple[int, ThreadState | None, list[Event]]] = {}
+    if env.durable is not None:
+        # Both threads' PostgreSQL parts in one transaction (one round trip or two, not eight).
+        stored = (yield Offload(((env.durable.latest_many, (tenant, (thread, keys.TENANT_CONTEXT_THREAD))),)))[0]
+    current = yield from state(env, tenant, thread, stored.get(thread))
     if thread == keys.TENANT_CONTEXT_THREAD:
         context: ThreadState | None = current
     else:
-        context = yield from state(env, tenant, keys.TENANT_CONTEXT_THREAD)
+        context = yield from state(env, tenant, keys.TENANT_CONTEXT_THREAD, stored.get(keys.TENANT_CONTEXT_THREAD))
     return Resumed(current, current.last_seq, context if context is not None and context.last_seq else None)
 
 
