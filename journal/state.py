@@ -356,11 +356,11 @@ class LayeredMap(Mapping[str, Any]):
 
     __slots__ = ("_base", "_len", "_top")
 
-    def __init__(self, base: Mapping[str, Any], top: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, base: Mapping[str, Any], top: Mapping[str, Any] | None = None, size: int | None = None) -> None:
         # Neither dict is ever mutated after this: every map made by ``set`` gets fresh top layers.
         self._base = base
         self._top = top or {}
-        self._len = len(base) + sum(1 for k in self._top if k not in base)
+        self._len = size if size is not None else len(base) + sum(1 for k in self._top if k not in base)
 
     def __getitem__(self, key: str) -> Any:
         top = self._top
@@ -384,11 +384,12 @@ class LayeredMap(Mapping[str, Any]):
 
     def set(self, key: str, value: Any) -> LayeredMap:
         """A new map with ``key`` set to ``value`` (this one unchanged)."""
+        size = self._len if key in self else self._len + 1
         top = dict(self._top)
         top[key] = value
         if len(top) > max(256, isqrt(len(self._base))):
-            return LayeredMap({**self._base, **top})  # existing keys keep their place, new ones follow in order
-        return LayeredMap(self._base, top)
+            return LayeredMap({**self._base, **top}, None, size)  # existing keys keep their place, new ones follow
+        return LayeredMap(self._base, top, size)
 
 
 def put_key(m: Mapping[str, Any], key: str, value: Any) -> Mapping[str, Any]:
