@@ -335,6 +335,9 @@ SNAPSHOT_FORMAT = 2
 CHUNKED = ("messages", "tool_calls", "node_history", "opaque", "anomalies")
 #: Items per sealed chunk.
 CHUNK_ITEMS = 128
+#: Chunk names per index chunk: a snapshot lists index chunks (each naming this many chunks) and
+#: fewer than this many chunks besides, so its size stays bounded as the lists grow.
+INDEX_FANOUT = 64
 #: The newest items of a list stay inline: a recent tool call still gets its result, and sealing it
 #: first would make the next snapshot start a new chunk where this one ended.
 KEEP_INLINE = 16
@@ -423,20 +426,23 @@ _ITEM_FROM: dict[str, Callable[[Any], Any]] = {
 
 @dataclass(frozen=True, slots=True)
 class Chunk:
-    """A sealed run of one list's items: ``id`` is the SHA-256 of ``body``, the bytes stored."""
+    """A sealed run of one list's items (or, if ``index``, of chunk names): ``id`` names ``body``, the bytes stored."""
 
     id: bytes
     field: str
     items: tuple[Any, ...]
     body: bytes
+    index: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """A decoded snapshot: the state, and the sealed chunks it references (per list, in order)."""
+    """A decoded snapshot: the state, the sealed chunks it references (per list, in order) and the
+    index chunks that name the first of them."""
 
     state: ThreadState
     chunks: Mapping[str, tuple[Chunk, ...]] = field(default_factory=lambda: _EMPTY)
+    index: Mapping[str, tuple[bytes, ...]] = field(default_factory=lambda: _EMPTY)
 
 
 def seal(name: str, items: Sequence[Any]) -> Chunk:
@@ -444,6 +450,13 @@ def seal(name: str, items: Sequence[Any]) -> Chunk:
     body = codec.frame(codec.pack(codec.normalize(
         {"field": name, "items": [_ITEM_PLAIN[name](x) for x in items]}, f"state.{name}")))
     return Chunk(chunk_name(body), name, tuple(items), body)
+
+
+def seal_index(name: str, chunks: Sequence[Chunk]) -> Chunk:
+    """An index chunk naming ``chunks`` of the list ``name``, in order."""
+    ids = tuple(c.id for c in chunks)
+    body = codec.frame(codec.pack({"field": name, "index": list(ids)}))
+    return Chunk(chunk_name(body), name, ids, body, index=True)
 
 
 def chunk_name(body: bytes) -> bytes:
@@ -489,13 +502,29 @@ def encode_snapshot(state: ThreadState, previous: Snapshot | None = None) -> tup
         if kept:
             refs[name] = tuple(kept)
         inline[name] = items[pos:]
+    index: dict[str, tuple[bytes, ...]] = {}
+    leaves: dict[str, list[bytes]] = {}
+    before_index = previous.index if previous is not None else _EMPTY
+    for name, chunks in sorted(refs.items()):
+        groups = len(chunks) // INDEX_FANOUT
+        ids = []
+        for g in range(groups):
+            ix = seal_index(name, chunks[g * INDEX_FANOUT:(g + 1) * INDEX_FANOUT])
+            known = before_index.get(name, ())
+            if g >= len(known) or known[g] != ix.id:
+                new.append(ix)
+            ids.append(ix.id)
+        if ids:
+            index[name] = tuple(ids)
+        leaves[name] = [ch.id for ch in chunks[groups * INDEX_FANOUT:]]
     # Chunk names are raw bytes (msgpack bin), which normalize refuses in payloads: only the state goes through it.
     record = {"format": SNAPSHOT_FORMAT, "state": codec.normalize(state._plain(inline), "state"),
-              "chunks": {name: [ch.id for ch in chunks] for name, chunks in sorted(refs.items())}}
+              "index": {name: list(ids) for name, ids in index.items()}, "chunks": leaves}
     for ch in new:
         # Named by their content, so caching before the transaction commits cannot serve wrong items.
         _CACHE.add(state.tenant, state.thread, replace(ch, body=b""))
-    return codec.frame(codec.pack(record)), new, Snapshot(state, MappingProxyType(refs))
+    return (codec.frame(codec.pack(record)), new,
+            Snapshot(state, MappingProxyType(refs), MappingProxyType(index)))
 
 
 def decode_snapshot(data: bytes, tenant: str | None = None, thread: str | None = None,
@@ -516,23 +545,29 @@ def decode_snapshot(data: bytes, tenant: str | None = None, thread: str | None =
     if not isinstance(raw, Mapping) or raw.get("format") != SNAPSHOT_FORMAT:
         whole = Snapshot(ThreadState.from_dict(raw))
         return whole if tenant is None else _CACHE._put(key, whole, 1 + whole.state.event_count // 4)
-    rest, refs = raw.get("state"), raw.get("chunks")
-    if not isinstance(rest, Mapping) or not isinstance(refs, Mapping):
-        raise CodecError("snapshot record is malformed (state or chunks is not a map); rebuild the snapshot")
+    rest, refs, index = raw.get("state"), raw.get("chunks"), raw.get("index", {})
+    if not isinstance(rest, Mapping) or not isinstance(refs, Mapping) or not isinstance(index, Mapping):
+        raise CodecError("snapshot record is malformed (state, chunks or index is not a map); rebuild the snapshot")
     tenant = str(rest.get("tenant")) if tenant is None else tenant
     thread = str(rest.get("thread")) if thread is None else thread
     if (rest.get("tenant"), rest.get("thread")) != (tenant, thread):
         raise CodecError(f"snapshot record of {rest.get('tenant')}/{rest.get('thread')} read for {tenant}/{thread}; "
                          "rebuild the snapshot")
-    chunks = _chunks(tenant, thread, refs, load)
+    indexed = _chunks(tenant, thread, index, load, index=True)
+    full = {name: [i for ix in indexed.get(name, ()) for i in ix.items] + list(ids) for name, ids in refs.items()}
+    for name, ixs in indexed.items():
+        full.setdefault(name, [i for ix in ixs for i in ix.items])
+    chunks = _chunks(tenant, thread, full, load)
     prefixes = {name: _CACHE.prefix(tenant, thread, name, found) for name, found in chunks.items()}
     state = ThreadState._from_plain(rest, STATE_FORMAT, prefixes)
     inline = sum(len(v) for k, v in rest.items() if k in CHUNKED and isinstance(v, list))
-    return _CACHE._put(key, Snapshot(state, MappingProxyType(chunks)), 1 + inline)  # type: ignore[no-any-return]
+    snapshot = Snapshot(state, MappingProxyType(chunks),
+                        MappingProxyType({name: tuple(ix.id for ix in ixs) for name, ixs in indexed.items()}))
+    return _CACHE._put(key, snapshot, 1 + inline)  # type: ignore[no-any-return]
 
 
-def _chunks(tenant: str, thread: str, refs: Mapping[str, Any],
-            load: ChunkLoader | None) -> dict[str, tuple[Chunk, ...]]:
+def _chunks(tenant: str, thread: str, refs: Mapping[str, Any], load: ChunkLoader | None,
+            index: bool = False) -> dict[str, tuple[Chunk, ...]]:
     wanted: dict[str, list[bytes]] = {}
     for name, ids in refs.items():
         if name not in CHUNKED or not isinstance(ids, list) or not all(isinstance(i, bytes) for i in ids):
@@ -555,7 +590,9 @@ def _chunks(tenant: str, thread: str, refs: Mapping[str, Any],
     out: dict[str, tuple[Chunk, ...]] = {}
     for name, ids in wanted.items():
         out[name] = tuple(found[i] for i in ids)
-        if any(c.field != name for c in out[name]):
+        # Names come from the record and from index chunks alike: a leaf where an index belongs (or
+        # the reverse) is as wrong as a chunk of another list.
+        if any(c.field != name or c.index != index for c in out[name]):
             raise CodecError(f"snapshot chunk list {name!r} of {tenant}/{thread} names a chunk of another list; "
                              "rebuild the thread's snapshots")
     return out
@@ -568,6 +605,13 @@ def _unseal(chunk_id: bytes, body: bytes) -> Chunk:
     raw = codec.unframe(body)
     try:
         name = raw["field"]
+        if name not in CHUNKED:
+            raise ValueError(f"unknown list {name!r}")
+        if "index" in raw:
+            ids = tuple(raw["index"])
+            if not all(isinstance(i, bytes) for i in ids):
+                raise TypeError("index entries must be chunk names (bytes)")
+            return Chunk(chunk_id, name, ids, b"", index=True)
         items = tuple(_ITEM_FROM[name](x) for x in raw["items"])
     except (KeyError, TypeError, ValueError, JournalError) as e:
         raise CodecError(f"snapshot chunk {chunk_id.hex()[:16]} is malformed ({type(e).__name__}: {e}); "

@@ -67,6 +67,7 @@ def tiny_chunks(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Chunks of 3 items with 1 kept inline, so a short thread crosses many chunk boundaries."""
     monkeypatch.setattr(state_mod, "CHUNK_ITEMS", 3)
     monkeypatch.setattr(state_mod, "KEEP_INLINE", 1)
+    monkeypatch.setattr(state_mod, "INDEX_FANOUT", 4)
     state_mod.clear_chunk_cache()
     yield
     state_mod.clear_chunk_cache()
@@ -110,13 +111,15 @@ def _events(tenant: str, drafts: list[Draft]) -> list[Event]:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(kinds=KINDS, every=st.integers(1, 9), size=st.integers(1, 5), inline=st.integers(0, 3))
+@given(kinds=KINDS, every=st.integers(1, 9), size=st.integers(1, 5), inline=st.integers(0, 3),
+       fanout=st.integers(1, 4))
 def test_snapshot_plus_tail_equals_the_fold(monkeypatch: pytest.MonkeyPatch, kinds: list[tuple[str, int]],
-                                             every: int, size: int, inline: int) -> None:
+                                             every: int, size: int, inline: int, fanout: int) -> None:
     """Every chunked snapshot decodes (cache cold and warm) to the fold at its seq, and folding on from it
     equals the fold from empty at every later seq; lists replaced or edited by a reducer included."""
     monkeypatch.setattr(state_mod, "CHUNK_ITEMS", size)
     monkeypatch.setattr(state_mod, "KEEP_INLINE", inline)
+    monkeypatch.setattr(state_mod, "INDEX_FANOUT", fanout)
     events = _events("t-pure", _drafts(kinds))
     stored: dict[bytes, bytes] = {}
     snaps: list[tuple[int, bytes]] = []
@@ -146,14 +149,18 @@ def test_unchanged_lists_reuse_their_chunks_and_changed_ones_do_not(tiny_chunks:
     events = _events("t-reuse", _drafts([("message", i) for i in range(20)]))
     s = fold(events, None, REGISTRY)
     _, first, snap = encode_snapshot(s)
-    assert len(first) == 6 and all(c.field == "messages" for c in first)  # 20 = 6·3 + 2 (≥ 1 inline)
+    leaves = [c for c in first if not c.index]
+    assert len(leaves) == 6 and all(c.field == "messages" for c in first)  # 20 = 6·3 + 2 (≥ 1 inline)
+    assert [c.items for c in first if c.index] == [tuple(c.id for c in leaves[:4])]  # 4 names per index chunk
     more = fold(_events("t-reuse", _drafts([("message", i) for i in range(23)]))[20:], s, REGISTRY)
     _, second, snap2 = encode_snapshot(more, snap)
     assert len(second) == 1 and snap2.chunks["messages"][:6] == snap.chunks["messages"]
+    assert snap2.index == snap.index  # the index chunk is reused, not written again
     edited = apply(more, Event("t-reuse", THREAD, 24, "x.test.edit", {"index": 7, "content": True}, 2_000), REGISTRY)
     _, third, snap3 = encode_snapshot(edited, snap2)
     assert snap3.chunks["messages"][:2] == snap2.chunks["messages"][:2]  # items 0..5 unchanged
-    assert snap3.chunks["messages"][2] != snap2.chunks["messages"][2] and len(third) == 5
+    assert snap3.chunks["messages"][2] != snap2.chunks["messages"][2]
+    assert len([c for c in third if not c.index]) == 5 and snap3.index != snap2.index
 
 
 def test_a_missing_or_altered_chunk_is_a_codec_error(tiny_chunks: None) -> None:
