@@ -15,7 +15,7 @@ import psycopg
 import structlog
 
 from journal import durable
-from journal.errors import BlobError, JournalError
+from journal.errors import BlobError, CodecError, JournalError
 from journal.events import Event
 from journal.reducer import ReducerError, Registry, apply
 from journal.state import empty, encode_snapshot
@@ -53,8 +53,15 @@ def write_due(conn: psycopg.Connection, tenant: str, thread: str, old_seq: int, 
         return 0
     row = conn.execute(statements.SNAPSHOT_AT_OR_BELOW, (tenant, thread, targets[0])).fetchone()
     # The previous snapshot's chunks: the new one reuses those its lists still begin with.
-    previous = durable.decode_snapshot_row(conn, tenant, thread, row[1]) if row else None
-    base_seq = row[0] if row else 0
+    previous, base_seq = None, 0
+    if row is not None:
+        try:
+            previous, base_seq = durable.decode_snapshot_row(conn, tenant, thread, row[1]), row[0]
+        except CodecError as e:
+            # An unreadable snapshot (a chunk deleted or altered) must not stop projection: fold from
+            # seq 1 instead, and the new snapshots are whole again (their chunks written anew).
+            log.warning("snapshot_unreadable_folding_from_start", tenant=tenant, thread=thread, seq=row[0],
+                        error=str(e))
     state = previous.state if previous is not None else empty(tenant, thread)
     if (resolve is None or not resolve.available()) and conn.execute(
         statements.OFFLOADED_IN_RANGE, (tenant, thread, base_seq, new_seq)).fetchone() == (True,):
@@ -93,4 +100,3 @@ def write_due(conn: psycopg.Connection, tenant: str, thread: str, old_seq: int, 
             conn.execute(statements.INSERT_SNAPSHOT, (tenant, thread, ev.seq, record, hashes[ev.seq]))
             written += 1
     return written
-

@@ -280,3 +280,23 @@ def test_snapshot_chunks_are_tenant_isolated(chunked: Settings, admin_pg: Any) -
             assert {r[0] for r in app.execute("SELECT tenant_id FROM journal.snapshot_chunks").fetchall()} == {b}
     finally:
         db.revoke_tenant_reader(chunked, a)
+
+
+def test_deleted_chunks_are_a_typed_error_and_the_projector_keeps_going(chunked: Settings, tenant: str,
+                                                                         admin_pg: Any) -> None:
+    """With a thread's chunks deleted, a replay from its snapshot says what to do; the projector folds
+    the next snapshot from seq 1 and writes its chunks anew, and replay from it equals the fold."""
+    with JournalClient.from_settings(chunked) as c:
+        c.append_many(tenant, _drafts([("message", i) for i in range(16)]))
+        _project(chunked, tenant)
+        admin_pg.execute("DELETE FROM journal.snapshot_chunks WHERE tenant_id = %s", (tenant,))
+        admin_pg.commit()
+        state_mod.clear_chunk_cache()
+        with Replayer.from_settings(chunked) as r, pytest.raises(CodecError, match="rebuild the thread's snapshots"):
+            r.replay(tenant, THREAD, at_seq=16)
+        c.append_many(tenant, _drafts([("message", i) for i in range(4)]))
+        _project(chunked, tenant)
+        state_mod.clear_chunk_cache()
+        events = c.read(tenant, THREAD)
+        with Replayer.from_settings(chunked) as r:
+            assert r.replay(tenant, THREAD, at_seq=20) == fold(events, None, REGISTRY)
