@@ -234,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=7, help="timed runs per figure (median reported)")
     ap.add_argument("--slow-runs", type=int, default=3, help="timed runs for folds from seq 1 over 50,000+ events")
     ap.add_argument("--resume-runs", type=int, default=101, help="timed resumes per resume figure")
+    ap.add_argument("--interleaved-runs", type=int, default=51,
+                    help="rounds of mid-history replays, one per size per round, for the ratio")
     ap.add_argument("--resume-steps", type=int, default=500, help="steps of the short resume thread")
     ap.add_argument("--resume-events", type=int, default=10_000, help="events of the long resume thread")
     ap.add_argument("--snapshot-every", type=int, default=100)
@@ -296,10 +298,23 @@ def main(argv: list[str] | None = None) -> int:
                                           "snapshots": count, "snapshot_bytes_per_event": per_event})
             console.print(table)
             if len(flat) >= 2:
+                # The ratio again, the sizes interleaved run by run: on a busy machine, figures taken
+                # minutes apart (above) drift with the load more than with the thread's length.
+                samples: dict[int, list[float]] = {n: [] for n in sizes}
+                for _ in range(args.interleaved_runs):
+                    for n in sizes:
+                        t0 = time.perf_counter()
+                        r.replay(tenant, f"t{n}", at_seq=n // 2 + 37)
+                        samples[n].append((time.perf_counter() - t0) * 1000)
+                inter = {n: statistics.median(v) for n, v in samples.items()}
                 lo = min(flat)
                 out["mid_history_ratio"] = {str(n): flat[n] / flat[lo] for n in sorted(flat)}
+                out["mid_history_interleaved_ms"] = {str(n): inter[n] for n in sorted(inter)}
+                out["mid_history_interleaved_ratio"] = {str(n): inter[n] / inter[lo] for n in sorted(inter)}
                 console.print("mid-history replay with snapshots: " + ", ".join(
                     f"{flat[n]:.2f} ms at {n:,} events ({flat[n] / flat[lo]:.2f}× {lo:,})" for n in sorted(flat)))
+                console.print(f"interleaved, median of {args.interleaved_runs} rounds: " + ", ".join(
+                    f"{inter[n]:.2f} ms at {n:,} events ({inter[n] / inter[lo]:.2f}×)" for n in sorted(inter)))
 
             # -- resume ----------------------------------------------------------------------------
             long_thread = f"t{args.resume_events}"
