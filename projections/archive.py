@@ -52,7 +52,7 @@ from journal.errors import ArchiveCorrupt, ArchiveError, ConfigError, JournalErr
 from journal.events import Event
 from journal.reducer import Registry, fold, load_registry
 from journal.settings import Settings
-from journal.state import decode_state, empty, encode_state
+from journal.state import empty, encode_snapshot
 from projections import db, statements, tables
 
 log = structlog.get_logger("projections.archive")
@@ -232,7 +232,9 @@ class Archiver:
             after = ref.last_seq if ref else 0
             previous = self.reader.manifest(tenant, thread, ref) if ref else None
             base_row = conn.execute(statements.SNAPSHOT_AT_OR_BELOW, (tenant, thread, upto)).fetchone()
-            base = decode_state(base_row[1]) if base_row else empty(tenant, thread)
+            # Incremental snapshots: the base's chunks are read in this view, and reused by the head snapshot.
+            base_snap = durable.decode_snapshot_row(conn, tenant, thread, base_row[1]) if base_row else None
+            base = base_snap.state if base_snap is not None else empty(tenant, thread)
             if base.last_seq < after:
                 raise ArchiveError(f"thread {tenant}/{thread}: no snapshot at its archived head {after}; "
                                    "rebuild its snapshots before archiving more of it")
@@ -281,7 +283,11 @@ class Archiver:
                                            "count": manifest.event_count, "segments": len(manifest.segments),
                                            "bytes": manifest.stored_bytes, "codec": fmt.CODEC_VERSION})
             if base.last_seq != upto:
-                conn.execute(statements.INSERT_SNAPSHOT, (tenant, thread, upto, encode_state(state), head_hash))
+                # The chunks stay when older snapshots go: the head snapshot references them.
+                record, chunks, _ = encode_snapshot(state, base_snap)
+                for ch in chunks:
+                    conn.execute(statements.INSERT_CHUNK, (tenant, thread, ch.id, ch.body))
+                conn.execute(statements.INSERT_SNAPSHOT, (tenant, thread, upto, record, head_hash))
             conn.execute(DELETE_ROWS_SQL, {**p, "upto": upto})
             conn.execute(DELETE_OLDER_SNAPSHOTS_SQL, {**p, "upto": upto})
         self._step("switched", tenant, thread)
