@@ -12,6 +12,7 @@ import sys
 import types
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -27,6 +28,7 @@ from journal.reducer import apply, fold, load_registry
 from journal.settings import Settings
 from journal.state import LayeredMap, ThreadState, decode_snapshot, empty, encode_snapshot
 from projections import db
+from projections.archive import Archiver, candidates
 from projections.worker import Projector
 from replayer.replay import Replayer
 
@@ -300,3 +302,28 @@ def test_deleted_chunks_are_a_typed_error_and_the_projector_keeps_going(chunked:
         events = c.read(tenant, THREAD)
         with Replayer.from_settings(chunked) as r:
             assert r.replay(tenant, THREAD, at_seq=20) == fold(events, None, REGISTRY)
+
+
+def test_an_archived_thread_resumes_from_its_chunked_head_snapshot(chunked: Settings, tenant: str,
+                                                                   admin_pg: Any) -> None:
+    """The archiver folds from a chunked snapshot and writes the head snapshot incrementally; its chunks stay
+    when the rows and older snapshots go, and resume and replay after archiving equal the fold."""
+    drafts = [*_drafts([("message", i) if i % 4 else ("call", i) for i in range(41)]), Draft(THREAD, "complete", {})]
+    with JournalClient.from_settings(chunked) as c:
+        c.append_many(tenant, drafts)
+        _project(chunked, tenant)
+        events = c.read(tenant, THREAD)
+        want = fold(events, None, REGISTRY)
+        state_mod.clear_chunk_cache()
+        report = Archiver(chunked, per_segment=10).run(candidates(chunked, timedelta(0), tenants=[tenant]))
+        assert [t.error for t in report.threads] == [None]
+        left = admin_pg.execute("SELECT (SELECT count(*) FROM journal.events WHERE tenant_id = %s), "
+                                "(SELECT count(*) FROM journal.snapshots WHERE tenant_id = %s), "
+                                "(SELECT count(*) FROM journal.snapshot_chunks WHERE tenant_id = %s)",
+                                (tenant, tenant, tenant)).fetchone()
+        assert left[0] == 0 and left[1] == 1 and left[2] > 5
+        state_mod.clear_chunk_cache()
+        assert c.resume(tenant, THREAD).state == want
+        with Replayer.from_settings(chunked) as r:
+            assert r.replay(tenant, THREAD) == want
+            assert r.replay(tenant, THREAD, at_seq=21) == fold(events[:21], None, REGISTRY)
