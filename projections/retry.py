@@ -30,7 +30,7 @@ from journal.chain import key_bytes
 from journal.errors import JournalError, NotFound
 from journal.reducer import ReducerError, apply, load_registry
 from journal.settings import Settings
-from journal.state import decode_state, empty
+from journal.state import empty
 from projections import db, snapshots, statements, tables
 from projections.intake import BODY_HEADROOM, Intake, storable_text
 from projections.rebuild import snapshot_blobs
@@ -154,7 +154,8 @@ def _retry_fold(settings: Settings, conn: psycopg.Connection, tenant: str, threa
     if head < seq:
         return f"the thread's verified head is {head}, below seq {seq}: project its events first"
     snap = conn.execute(statements.SNAPSHOT_AT_OR_BELOW, (tenant, thread, seq - 1)).fetchone()
-    state = decode_state(bytes(snap[1])) if snap else empty(tenant, thread)
+    # Snapshots are incremental: their chunks are read on this connection.
+    state = durable.decode_snapshot_row(conn, tenant, thread, bytes(snap[1])).state if snap else empty(tenant, thread)
     try:
         for ev in durable.decode_rows(tenant, thread, conn.execute(
                 durable.EVENTS_SQL, (tenant, thread, state.last_seq, seq)).fetchall()):
