@@ -42,13 +42,13 @@ import orjson
 import psycopg
 import structlog
 
-from journal import codec, lifecycle
+from journal import codec, durable, lifecycle
 from journal.blobs import BlobStore, s3_client
 from journal.errors import ConfigError, JournalError, StoreUnavailable
 from journal.keys import validate_id
 from journal.reducer import ReducerError, Registry, apply, load_registry
 from journal.settings import Settings
-from journal.state import ThreadState, decode_state, empty, encode_state
+from journal.state import Chunk, Snapshot, ThreadState, empty, encode_snapshot
 from projections import db, metrics, statements
 from projections.snapshots import BlobSource
 from projections.worker import SnapshotBlobs
@@ -125,6 +125,10 @@ class _Thread:
     last_seq: int = 0
     last_hash: bytes | None = None
     state: ThreadState | None = None
+    #: The last snapshot folded (incremental snapshots chain on it, as the projector's do) and the
+    #: chunks sealed since the last write: the live and the rebuilt snapshots must be the same bytes.
+    snap: Snapshot | None = None
+    chunks: list[Chunk] = field(default_factory=list)
 
 
 def snapshot_blobs(settings: Settings) -> SnapshotBlobs:
@@ -285,8 +289,9 @@ class Rebuilder:
             return th
         status, last_seq, last_hash, branches = row
         snap = conn.execute(statements.SHADOW_SNAPSHOT_AT_OR_BELOW, (tenant, thread, last_seq)).fetchone()
-        base = _Thread(tenant, thread, state=decode_state(bytes(snap[1])) if snap else empty(tenant, thread),
-                       last_seq=int(snap[0]) if snap else 0)
+        shadow = durable.decode_snapshot_row(conn, tenant, thread, bytes(snap[1])) if snap else None
+        base = _Thread(tenant, thread, state=shadow.state if shadow else empty(tenant, thread),
+                       last_seq=int(snap[0]) if snap else 0, snap=shadow)
         # Refold from the snapshot to the shadow's head: its state, not its row, is needed for later snapshots.
         while base.last_seq < last_seq:
             n, _ = self._advance(conn, base, last_seq - base.last_seq, write=False)
@@ -321,7 +326,9 @@ class Rebuilder:
             if th.state is not None:
                 th.state = self._apply(th, th.state, ev)
                 if th.state is not None and seq % self.every == 0:
-                    snaps.append((th.tenant, th.thread, seq, encode_state(th.state), bytes(h)))
+                    record, chunks, th.snap = encode_snapshot(th.state, th.snap)
+                    th.chunks.extend(chunks)
+                    snaps.append((th.tenant, th.thread, seq, record, bytes(h)))
             th.last_seq, th.last_hash = seq, bytes(h)
             n += 1
         return snaps, n
@@ -353,6 +360,11 @@ class Rebuilder:
         status, last_seq, last_hash, max_seq, node, count, branches = self._row(conn, th)
         conn.execute(statements.UPSERT_SHADOW_THREAD, (th.tenant, th.thread, status, last_seq, last_hash, max_seq,
                                                        node, count, orjson.dumps(branches).decode()))
+        if th.chunks:
+            # Into the live chunk table: named by content, unreferenced until the swap, shared with live snapshots.
+            rows = [(th.tenant, th.thread, c.id, c.body) for c in th.chunks]
+            conn.cursor().executemany(statements.INSERT_CHUNK, rows)
+            th.chunks.clear()
         if snaps:
             conn.cursor().executemany(statements.INSERT_SHADOW_SNAPSHOT, snaps)
 
@@ -405,6 +417,7 @@ class Rebuilder:
                          rebuilt=_show(want))
         stored = {int(s): (bytes(st), bytes(h)) for s, st, h in
                   conn.execute(statements.LIVE_SNAPSHOTS, (th.tenant, th.thread))}
+        th.chunks.clear()  # a dry run writes none
         report.snapshots_removed += sum(1 for s, v in stored.items() if snaps.get(s) != v)
         report.snapshots_added += sum(1 for s, v in snaps.items() if stored.get(s) != v)
 

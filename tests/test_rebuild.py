@@ -18,7 +18,7 @@ from journal.client import JournalClient
 from journal.events import Draft
 from journal.reducer import apply
 from journal.settings import Settings
-from journal.state import empty, encode_state
+from journal.state import empty, encode_snapshot, encode_state
 from projections.rebuild import Rebuilder, RebuildOptions, rebuild
 from projections.worker import Projector, WorkerOptions
 
@@ -73,10 +73,13 @@ def assert_fresh_fold(pg: Any, tenant: str, every: int = 100) -> int:
         assert [r[0] for r in rows] == list(range(1, len(rows) + 1))
         state = empty(tenant, thread)
         want_snaps = {}
+        prev = None
         for seq, ts, body, h in rows:
             state = apply(state, codec.decode_body(tenant, thread, seq, ts, bytes(body)))
             if seq % every == 0:
-                want_snaps[seq] = (encode_state(state), bytes(h))
+                # Incremental snapshots chain on the one before: the projector's and the rebuild's alike.
+                record, _, prev = encode_snapshot(state, prev)
+                want_snaps[seq] = (record, bytes(h))
         assert (status, node, list(branches)) == (state.status, state.node, list(state.pending_branches)), thread
         assert (last_seq, max_seq, count) == (len(rows), len(rows), len(rows)), thread
         assert bytes(last_hash) == bytes(rows[-1][3])
