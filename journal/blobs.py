@@ -136,14 +136,7 @@ class BlobStore:
     def get(self, tenant: str, ref: BlobRef) -> bytes:
         """The blob's bytes, verified against its digest; ``BlobMissing`` if it is gone."""
         key = blob_key(tenant, ref.sha256)
-        try:
-            data: bytes = self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-        except botocore.exceptions.ClientError as e:
-            if str(e.response.get("Error", {}).get("Code")) in _MISSING:
-                raise BlobMissing(f"s3://{self.bucket}/{key}") from e
-            raise _translate(e, f"get {key}") from e
-        except (botocore.exceptions.BotoCoreError, OSError) as e:
-            raise _translate(e, f"get {key}") from e
+        data = self.get_object(key)
         if hashlib.sha256(data).hexdigest() != ref.sha256:
             raise BlobCorrupt(f"blob s3://{self.bucket}/{key} does not match its sha256; restore it from backup")
         return data
