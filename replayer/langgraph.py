@@ -105,11 +105,15 @@ PUT_ATTEMPTS = 16
 MAX_DELTA_DEPTH = 64
 
 #: LangGraph's ``durability`` (``graph.invoke(..., durability=...)``) → the journal's level for the
-#: saver's appends. "sync" waits for the checkpoint before the next step: it should survive a
-#: crash, so the AOF is on disk ("fsync"). "async" writes while the next step runs: Redis having it
-#: ("memory") is the promise. "exit" writes only when the run ends: one write, made durable ("fsync").
-#: ``durability=`` given to the saver overrides this for every append.
-DURABILITY_LEVELS: dict[str, str] = {"sync": "fsync", "async": "memory", "exit": "fsync"}
+#: saver's appends. "sync" waits for the checkpoint before the next step: what LangGraph's own
+#: PostgresSaver promises there is a committed PostgreSQL row, and "projected" is that promise
+#: (about 1.5 ms with a projector running: scripts/bench_project.py --small-steps; "fsync" would
+#: wait for Valkey's once-a-second AOF fsync, about 200 ms per put with ``appendfsync everysec``).
+#: "async" writes while the next step runs: Redis having it ("memory") is the promise. "exit" writes
+#: once when the run ends, made durable like "sync". ``durability=`` given to the saver overrides
+#: this for every append; "projected" needs a projector running (``agent-journal project``), or the
+#: put raises ``DurabilityError`` after ``JOURNAL_DURABILITY_TIMEOUT`` with the checkpoint written.
+DURABILITY_LEVELS: dict[str, str] = {"sync": "projected", "async": "memory", "exit": "projected"}
 #: Where LangGraph puts a run's durability mode in the config it hands the saver (private to LangGraph,
 #: ``langgraph._internal._constants.CONFIG_KEY_DURABILITY``; its public alias is deprecated).
 CONFIG_KEY_DURABILITY = "__pregel_durability"

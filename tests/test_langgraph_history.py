@@ -29,6 +29,7 @@ from langgraph.types import Command, interrupt
 from journal import codec
 from journal.client import JournalClient
 from journal.settings import Settings
+from projections import db
 from projections.worker import Projector, WorkerOptions
 from replayer.audit import timeline
 from replayer.langgraph import (
@@ -39,6 +40,7 @@ from replayer.langgraph import (
     CheckpointConfigError,
     JournalSaver,
     _durability,
+    journal_thread,
 )
 from replayer.replay import Replayer
 
@@ -368,8 +370,10 @@ def test_bytes_are_stored_as_bytes_and_their_jsonb_copy_is_their_length(migrated
 
 # -- durability ------------------------------------------------------------------------------------------
 
-def test_langgraph_durability_modes_map_onto_the_journal_levels(client: JournalClient, tenant: str) -> None:
-    """sync and exit appends wait for the AOF (fsync), async ones for Redis; the saver's own level overrides."""
+def test_langgraph_durability_modes_map_onto_the_journal_levels(migrated: Settings, client: JournalClient,
+                                                                tenant: str) -> None:
+    """sync and exit appends wait for PostgreSQL's commit (projected), async ones for Redis; the saver's own
+    level overrides. With a projector running, a sync run's checkpoints are in PostgreSQL when invoke returns."""
     seen: list[str | None] = []
 
     class Spy(JournalSaver):
@@ -378,8 +382,22 @@ def test_langgraph_durability_modes_map_onto_the_journal_levels(client: JournalC
             return super()._append(tenant, drafts, config)
 
     graph = _chat(Spy(client, tenant=tenant))
-    for mode, level in (("sync", "fsync"), ("async", "memory"), ("exit", "fsync")):
-        seen.clear()
-        graph.invoke(_ask(0), _config(f"d-{mode}-{uuid.uuid4().hex[:6]}"), durability=mode)
-        assert set(seen) - {None} == {level}, (mode, seen)  # None: the thread's registration (client default)
+    p = Projector(migrated, WorkerOptions(block_ms=20))
+    t = threading.Thread(target=p.run, daemon=True)
+    t.start()
+    try:
+        for mode, level in (("sync", "projected"), ("async", "memory"), ("exit", "projected")):
+            seen.clear()
+            thread = f"d-{mode}-{uuid.uuid4().hex[:6]}"
+            graph.invoke(_ask(0), _config(thread), durability=mode)
+            assert set(seen) - {None} == {level}, (mode, seen)  # None: the thread's registration (client default)
+            if level == "projected":  # every checkpoint and write of the run is committed in PostgreSQL
+                jthread = journal_thread(thread)
+                with db.connect(migrated, role=None) as conn:
+                    stored = conn.execute("SELECT max(seq) FROM journal.events WHERE tenant_id = %s AND thread_id = %s",
+                                          (tenant, jthread)).fetchone()
+                assert stored == (client.head(tenant, jthread),) and stored[0] > 0, (mode, stored)
+    finally:
+        p.stop()
+        t.join(10)
     assert _durability("projected", {"configurable": {"__pregel_durability": "sync"}}) == "projected"
