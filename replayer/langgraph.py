@@ -14,8 +14,10 @@ Event types (custom, so the journal stores them verbatim and the fold keeps them
   ``messages`` list) is stored as a delta: ``{"version", "base": previous version, "n": its length,
   "tail": the new items}``; a dict channel of which at most half the keys changed as
   ``{"version", "base", "set": the changed keys' values, "del": the removed keys}``; rebuilt on
-  read. Anything else (or every ``MAX_DELTA_DEPTH + 1``-th version, so a read decodes a bounded
-  chain) is stored whole.
+  read. Anything else (and a dict every ``MAX_DELTA_DEPTH + 1``-th version, so a read applies a
+  bounded chain of patches) is stored whole. A list is never stored whole again while it only
+  grows: a read joins the stored items of its whole value and of every tail into one msgpack array
+  and decodes that once (:func:`_join_lists`), which costs what decoding the list whole would.
 - ``x.langgraph.writes``: one ``put_writes`` (a task's writes against one checkpoint).
 - ``x.langgraph.deleted``: ``delete_thread``'s tombstone. The journal is append-only, so deletion
   is a fact in the log: a reader forgets everything before it, and every checkpoint or write event
@@ -100,8 +102,15 @@ STALE_EPOCH = -1
 #: raises the ConflictError.
 PUT_ATTEMPTS = 16
 
-#: A delta chain longer than this is cut by storing the value whole, so a read decodes at most
-#: this many tails after one whole value.
+#: How long a ``put_writes`` waits for the thread's next ``put`` to carry its writes in the same append (one
+#: round trip and one script run for both) before appending them alone. LangGraph submits a superstep's
+#: writes and then its checkpoint within about a millisecond; a run that stops after writes (an
+#: interrupt, an error) pays this once. Nothing waits on it in the graph: LangGraph runs ``put_writes`` in
+#: the background and waits for it only when the run ends.
+WRITES_LINGER = 0.005
+
+#: A dict's delta chain longer than this is cut by storing the dict whole, so a read applies at most
+#: this many patches after one whole value. (A list's chain is not cut: its tails decode as one array.)
 MAX_DELTA_DEPTH = 64
 
 #: LangGraph's ``durability`` (``graph.invoke(..., durability=...)``) → the journal's level for the
@@ -371,6 +380,10 @@ class ThreadIndex:
             if memo is not None and key in memo:
                 value = memo[key]
             else:
+                # One read: the whole chain decoded at once. (A list call decodes each tail once, into its memo.)
+                joined = _join_lists(stored, [d for _, d in reversed(tails)]) if tails and memo is None else None
+                if joined is not None:
+                    return True, serde.loads_typed(joined)
                 value = serde.loads_typed(decode_value(stored))
                 if memo is not None and type(value) in _DELTA_TYPES:
                     memo[key] = value
@@ -473,7 +486,8 @@ class ThreadIndex:
         decoded from what was stored, so the delta holds exactly what differs.
         """
         base_version = self.last.get((ns, channel))
-        if base_version is None or self.depth(ns, channel, base_version) >= MAX_DELTA_DEPTH:
+        if base_version is None or (type(value) is dict
+                                    and self.depth(ns, channel, base_version) >= MAX_DELTA_DEPTH):
             return None
         known = self.decoded.get((ns, channel))
         if known is not None and known[0] == base_version:
@@ -499,6 +513,51 @@ class ThreadIndex:
         typed_set, typed_del = serde.dumps_typed(changed), serde.dumps_typed(removed)
         fields = {"base": base_version, "set": encode_value(typed_set), "del": encode_value(typed_del)}
         return fields, _patch(serde, channel, base, fields)
+
+
+def _join_lists(whole: dict[str, Any], deltas: Sequence[dict[str, Any]]) -> tuple[str, bytes] | None:
+    """One msgpack array of the items of a list stored ``whole`` and of its ``deltas``' tails (oldest first).
+
+    Decoded with one ``loads_typed``: a chain of hundreds of two-message tails then costs what one
+    list of as many messages does, not a decoder call per tail. None when a part is not a msgpack
+    array (another serializer, a tail that is not a list tail) or the counts disagree with the
+    deltas' ``n``: the caller applies the tails one by one, which checks and reports.
+    """
+    parts = [whole] + [d.get("tail") for d in deltas]
+    items: list[bytes] = []
+    count = 0
+    for i, part in enumerate(parts):
+        if not isinstance(part, dict) or part.get("t") != "msgpack" or not isinstance(part.get("b"), bytes):
+            return None
+        if i and deltas[i - 1].get("n") != count:
+            return None
+        found = _array(part["b"])
+        if found is None:
+            return None
+        n, start = found
+        count += n
+        items.append(part["b"][start:])
+    if count < 16:
+        head = bytes((0x90 | count,))
+    elif count < 1 << 16:
+        head = b"\xdc" + count.to_bytes(2, "big")
+    else:
+        head = b"\xdd" + count.to_bytes(4, "big")
+    return "msgpack", head + b"".join(items)
+
+
+def _array(data: bytes) -> tuple[int, int] | None:
+    """``(item count, offset of the first item)`` of a msgpack array, or None if ``data`` is not one."""
+    if not data:
+        return None
+    first = data[0]
+    if 0x90 <= first <= 0x9F:
+        return first & 0x0F, 1
+    if first == 0xDC and len(data) >= 3:
+        return int.from_bytes(data[1:3], "big"), 3
+    if first == 0xDD and len(data) >= 5:
+        return int.from_bytes(data[1:5], "big"), 5
+    return None
 
 
 def _patch(serde: SerializerProtocol, channel: str, value: Any, delta: dict[str, Any]) -> Any:
@@ -530,8 +589,9 @@ def _same(a: Any, b: Any) -> bool:
 # -- what put / put_writes / prune / copy_thread append --------------------------------------------
 
 def _checkpoint_draft(serde: SerializerProtocol, index: ThreadIndex, jthread: str, config: RunnableConfig,
-                      checkpoint: Checkpoint, metadata: CheckpointMetadata,
-                      new_versions: ChannelVersions) -> tuple[Draft, RunnableConfig]:
+                      checkpoint: Checkpoint, metadata: CheckpointMetadata, new_versions: ChannelVersions,
+                      ahead: int = 0) -> tuple[Draft, RunnableConfig]:
+    """The checkpoint event of a put; ``ahead``: how many events of the thread the same append writes before it."""
     conf = _configurable(config)
     ns: str = conf.get("checkpoint_ns", "") or ""
     thread_id = str(conf["thread_id"])
@@ -551,10 +611,11 @@ def _checkpoint_draft(serde: SerializerProtocol, index: ThreadIndex, jthread: st
         # A late put stores its values whole: its deltas would name versions of a deleted past.
         "blobs": (ThreadIndex() if late else index).encode_blobs(serde, ns, values, new_versions),
     }
-    # Appended only if the thread's head is still the one the index folded: a put never lands on top of
-    # something it has not seen (a tombstone, another writer's checkpoint); on a conflict it reads and retries.
+    # Appended only if the thread's head is still the one the index folded (plus the writes carried in the same
+    # append): a put never lands on top of something it has not seen (a tombstone, another writer's checkpoint);
+    # on a conflict it reads and retries.
     draft = Draft(thread=jthread, type=CHECKPOINT, payload=payload, node=_node(full_metadata),
-                  expected_seq=index.seq)
+                  expected_seq=index.seq + ahead)
     return draft, {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint["id"]}}
 
 
@@ -589,13 +650,16 @@ def _deleted_draft(jthread: str, thread_id: str) -> Draft:
     return Draft(thread=jthread, type=DELETED, payload={"v": FORMAT, "thread_id": thread_id})
 
 
-def _fold_own(index: ThreadIndex, events: Sequence[Event]) -> None:
-    """Fold the events this saver just appended, when they directly follow what the index holds.
+def _fold_own(index: ThreadIndex, events: Sequence[Event], jthread: str) -> None:
+    """Fold the events this saver just appended to ``jthread``, when they directly follow what the index holds.
 
     The next read then finds nothing new (one HGET, no stream walk); events after a gap (another
-    writer's in between) are left for that read, which folds everything in order.
+    writer's in between) are left for that read, which folds everything in order. Events of other
+    threads (the registry's) are not the index's.
     """
     for ev in events:
+        if ev.thread != jthread:
+            continue
         if ev.seq != index.seq + 1:
             return
         index.apply([ev])
@@ -748,6 +812,22 @@ class _Where:
         return tup._replace(config=self.route(tup.config), parent_config=parent)
 
 
+@dataclass
+class _Pending:
+    """A ``put_writes`` waiting in its thread's outbox for the next ``put`` (or its linger) to append it."""
+
+    draft: Draft
+    #: set once the writes are appended (or failed): a ``threading.Event`` or an ``asyncio.Event``
+    done: Any
+    error: BaseException | None = None
+
+
+def _complete(batch: Sequence[_Pending], error: BaseException | None) -> None:
+    for pending in batch:
+        pending.error = error
+        pending.done.set()
+
+
 class _Cache:
     """Per-thread indexes, least recently used dropped first (a dropped one is rebuilt from the log)."""
 
@@ -803,6 +883,8 @@ class JournalSaver(BaseCheckpointSaver[str]):
         #: (tenant, journal thread) -> the lock this process's appends to that thread take, so its own writes
         #: never race its puts (which append with expected_seq: a race costs a read and a retry)
         self._writers: dict[tuple[str, str], threading.Lock] = {}
+        #: (tenant, journal thread) -> writes waiting for the thread's next put to carry them
+        self._outbox: dict[tuple[str, str], list[_Pending]] = {}
 
     def _writer(self, key: tuple[str, str]) -> threading.Lock:
         with self._lock:
@@ -867,41 +949,66 @@ class JournalSaver(BaseCheckpointSaver[str]):
         where = _Where(config, self.tenant)
         key = (where.tenant, where.jthread)
         with self._writer(key):
-            for attempt in range(PUT_ATTEMPTS):
-                with self._lock:
-                    # The cached index is used as is: the append's expected_seq proves it current, or conflicts.
-                    index = self._cache.get(key) if attempt == 0 and self._cache.peek(key) is not None \
-                        else self._index(*key)
-                    draft, out = _checkpoint_draft(self.serde, index, where.jthread, config, checkpoint, metadata,
-                                                   new_versions)
-                    first = _unregistered(index)
-                try:
-                    written = self._append(where.tenant, [draft], config)
-                    break
-                except ConflictError:
-                    # Another process appended in between (a delete, another writer): read it, decide again.
-                    if attempt == PUT_ATTEMPTS - 1:
-                        raise
             with self._lock:
-                _fold_own(index, written)
-        if first:
-            self._append(where.tenant, [_registration(where.jthread, where.thread_id)])
+                # Writes waiting in the outbox go first in the same append: the checkpoint follows its writes.
+                batch = self._outbox.pop(key, [])
+            try:
+                for attempt in range(PUT_ATTEMPTS):
+                    with self._lock:
+                        # The cached index is used as is: the append's expected_seq proves it current, or conflicts.
+                        index = self._cache.get(key) if attempt == 0 and self._cache.peek(key) is not None \
+                            else self._index(*key)
+                        draft, out = _checkpoint_draft(self.serde, index, where.jthread, config, checkpoint,
+                                                       metadata, new_versions, ahead=len(batch))
+                        first = _unregistered(index)
+                    drafts = [p.draft for p in batch] + [draft]
+                    if first:
+                        drafts.append(_registration(where.jthread, where.thread_id))
+                    try:
+                        written = self._append(where.tenant, drafts, config)
+                        break
+                    except ConflictError:
+                        # Another process appended in between (a delete, another writer): read it, decide again.
+                        if attempt == PUT_ATTEMPTS - 1:
+                            raise
+            except BaseException as e:
+                _complete(batch, e)
+                raise
+            with self._lock:
+                _fold_own(index, written, where.jthread)
+        _complete(batch, None)
         return where.route(out)
 
     def put_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
                    task_path: str = "") -> None:
+        """Append a task's writes: with the thread's next checkpoint if it comes within ``WRITES_LINGER``, or alone."""
         where = _Where(config, self.tenant)
-        with self._writer((where.tenant, where.jthread)):
-            with self._lock:
-                known = self._cache.peek((where.tenant, where.jthread))
-                # The writes belong to a checkpoint this process put or read, so its index knows the epoch without
-                # reading again; a writer that has not seen a later delete writes under the old one, and is ignored
-                # as it should be. Only an index this process lacks (never read, or dropped from the cache) is read.
-                index = known if known is not None else self._index(where.tenant, where.jthread)
-                draft = _writes_draft(self.serde, where.jthread, index, config, writes, task_id, task_path)
-            written = self._append(where.tenant, [draft], config)
-            with self._lock:
-                _fold_own(index, written)
+        key = (where.tenant, where.jthread)
+        with self._lock:
+            known = self._cache.peek(key)
+            # The writes belong to a checkpoint this process put or read, so its index knows the epoch without
+            # reading again; a writer that has not seen a later delete writes under the old one, and is ignored
+            # as it should be. Only an index this process lacks (never read, or dropped from the cache) is read.
+            index = known if known is not None else self._index(*key)
+            pending = _Pending(_writes_draft(self.serde, where.jthread, index, config, writes, task_id, task_path),
+                               threading.Event())
+            self._outbox.setdefault(key, []).append(pending)
+        if not pending.done.wait(WRITES_LINGER):
+            with self._writer(key):
+                with self._lock:
+                    batch = self._outbox.pop(key, [])  # empty if a put took it meanwhile: it completes ours
+                if batch:
+                    try:
+                        written = self._append(where.tenant, [p.draft for p in batch], config)
+                    except BaseException as e:
+                        _complete(batch, e)
+                        raise
+                    with self._lock:
+                        _fold_own(index, written, where.jthread)
+                    _complete(batch, None)
+            pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
 
     def delete_thread(self, thread_id: str, *, tenant: str | None = None) -> None:
         """Append the tombstone: the thread reads as empty from then on, whatever is written against its past."""
@@ -1022,13 +1129,14 @@ class AsyncJournalSaver(BaseCheckpointSaver[str]):
         self._cache = _Cache(cache_threads)
         self._lock: asyncio.Lock | None = None
         self._writers: dict[tuple[str, str], asyncio.Lock] = {}
+        self._outbox: dict[tuple[str, str], list[_Pending]] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
 
     def _bind(self) -> asyncio.Lock:
         loop = asyncio.get_running_loop()
         if self._lock is None or self.loop is not loop:
             self.loop, self._lock = loop, asyncio.Lock()
-            self._writers = {}
+            self._writers, self._outbox = {}, {}
         return self._lock
 
     def _writer(self, key: tuple[str, str]) -> asyncio.Lock:
@@ -1088,31 +1196,56 @@ class AsyncJournalSaver(BaseCheckpointSaver[str]):
         where = _Where(config, self.tenant)
         key = (where.tenant, where.jthread)
         async with self._writer(key):
-            for attempt in range(PUT_ATTEMPTS):  # see JournalSaver.put
-                known = self._cache.peek(key)
-                index = known if known is not None and attempt == 0 else await self._index(*key)
-                draft, out = _checkpoint_draft(self.serde, index, where.jthread, config, checkpoint, metadata,
-                                               new_versions)
-                first = _unregistered(index)
-                try:
-                    written = await self._append(where.tenant, [draft], config)
-                    break
-                except ConflictError:
-                    if attempt == PUT_ATTEMPTS - 1:
-                        raise
-            _fold_own(index, written)
-        if first:
-            await self._append(where.tenant, [_registration(where.jthread, where.thread_id)])
+            batch = self._outbox.pop(key, [])  # see JournalSaver.put
+            try:
+                for attempt in range(PUT_ATTEMPTS):
+                    known = self._cache.peek(key)
+                    index = known if known is not None and attempt == 0 else await self._index(*key)
+                    draft, out = _checkpoint_draft(self.serde, index, where.jthread, config, checkpoint, metadata,
+                                                   new_versions, ahead=len(batch))
+                    drafts = [p.draft for p in batch] + [draft]
+                    if _unregistered(index):
+                        drafts.append(_registration(where.jthread, where.thread_id))
+                    try:
+                        written = await self._append(where.tenant, drafts, config)
+                        break
+                    except ConflictError:
+                        if attempt == PUT_ATTEMPTS - 1:
+                            raise
+            except BaseException as e:
+                _complete(batch, e)
+                raise
+            _fold_own(index, written, where.jthread)
+        _complete(batch, None)
         return where.route(out)
 
     async def aput_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
                           task_path: str = "") -> None:
+        """See :meth:`JournalSaver.put_writes`."""
         where = _Where(config, self.tenant)
-        async with self._writer((where.tenant, where.jthread)):
-            known = self._cache.peek((where.tenant, where.jthread))  # see JournalSaver.put_writes
-            index = known if known is not None else await self._index(where.tenant, where.jthread)
-            draft = _writes_draft(self.serde, where.jthread, index, config, writes, task_id, task_path)
-            _fold_own(index, await self._append(where.tenant, [draft], config))
+        key = (where.tenant, where.jthread)
+        self._bind()
+        known = self._cache.peek(key)
+        index = known if known is not None else await self._index(*key)
+        pending = _Pending(_writes_draft(self.serde, where.jthread, index, config, writes, task_id, task_path),
+                           asyncio.Event())
+        self._outbox.setdefault(key, []).append(pending)
+        try:
+            await asyncio.wait_for(pending.done.wait(), WRITES_LINGER)
+        except TimeoutError:
+            async with self._writer(key):
+                batch = self._outbox.pop(key, [])  # empty if a put took it meanwhile: it completes ours
+                if batch:
+                    try:
+                        written = await self._append(where.tenant, [p.draft for p in batch], config)
+                    except BaseException as e:
+                        _complete(batch, e)
+                        raise
+                    _fold_own(index, written, where.jthread)
+                    _complete(batch, None)
+            await pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
 
     async def adelete_thread(self, thread_id: str, *, tenant: str | None = None) -> None:
         """Append the tombstone: the thread reads as empty from then on, whatever is written against its past."""
