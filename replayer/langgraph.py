@@ -30,9 +30,11 @@ Event types (custom, so the journal stores them verbatim and the fold keeps them
 - ``x.langgraph.thread`` in the tenant's journal thread ``_lg.threads``: the first put of a thread
   registers it there, so ``list(None)`` can find every LangGraph thread of the tenant.
 
-Values are the serializer's bytes, stored as bytes (the journal's payloads carry msgpack bin):
-``{"t": type, "b": bytes}``, or ``{"t": "json", "s": text}`` when the serializer produced JSON
-(format 1 events, which base64'd them as ``{"t", "b64"}``, are still read).
+Values are the serializer's bytes, stored as bytes (the journal's payloads carry msgpack bin): the
+bytes alone for its usual ``"msgpack"`` type, else ``{"t": type, "b": bytes}``, or ``{"t": "json",
+"s": text}`` when the serializer produced JSON. (Format 2 events, which wrapped every value as
+``{"t", "b"}`` and always wrote a dict delta's ``del``, and format 1 events, which base64'd values as
+``{"t", "b64"}``, are still read.)
 
 Reads fold the thread's events into an in-process index, kept per thread (LRU) and brought up to
 date on each call by reading only the events after the last seq it folded, so a ``get_tuple`` costs
@@ -55,7 +57,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, cast
+from typing import Any, TypeGuard, cast
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
@@ -91,9 +93,10 @@ TYPES = (CHECKPOINT, WRITES, DELETED, PRUNED)
 REGISTRY = "_lg.threads"
 
 #: Version of the payloads below; a reader refuses others rather than misread them.
-FORMAT = 2
-#: Formats this reader folds (1: values base64'd in ``b64``, no deltas, no retention records).
-READABLE = (1, 2)
+FORMAT = 3
+#: Formats this reader folds (1: values base64'd in ``b64``, no deltas, no retention records; 2: every value
+#: as ``{"t", "b"}``).
+READABLE = (1, 2, 3)
 
 #: Epoch written by a put/put_writes whose parent checkpoint a tombstone removed: never current.
 STALE_EPOCH = -1
@@ -162,9 +165,11 @@ def journal_thread(thread_id: object) -> str:
     return HASHED_PREFIX + hashlib.sha256(thread_id.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def encode_value(typed: tuple[str, bytes]) -> dict[str, Any]:
-    """A serializer's ``(type, bytes)`` as a payload: JSON kept as text, anything else as bytes."""
+def encode_value(typed: tuple[str, bytes]) -> bytes | dict[str, Any]:
+    """A serializer's ``(type, bytes)`` as a payload: msgpack as the bytes alone, JSON as text, others typed."""
     type_, data = typed
+    if type_ == "msgpack":
+        return bytes(data)
     if type_ == "json":
         try:
             return {"t": type_, "s": data.decode("utf-8")}
@@ -173,18 +178,23 @@ def encode_value(typed: tuple[str, bytes]) -> dict[str, Any]:
     return {"t": type_, "b": bytes(data)}
 
 
-def check_value(stored: Any) -> dict[str, Any]:
+def check_value(stored: Any) -> bytes | dict[str, Any]:
     """``stored`` if it has :func:`encode_value`'s shape (checked when folded; decoded only when asked for)."""
+    if isinstance(stored, bytes):
+        return stored
     if (isinstance(stored, dict) and isinstance(stored.get("t"), str)
             and (isinstance(stored.get("b"), bytes) or isinstance(stored.get("s"), str)
                  or isinstance(stored.get("b64"), str))):
         return cast(dict[str, Any], stored)
-    raise CheckpointCorrupt(f"a stored value must be {{'t': str, 'b': bytes or 's': str}}, got {stored!r:.80}")
+    raise CheckpointCorrupt(f"a stored value must be bytes or {{'t': str, 'b': bytes or 's': str}}, "
+                            f"got {stored!r:.80}")
 
 
 def decode_value(stored: Any) -> tuple[str, bytes]:
     """The serializer's ``(type, bytes)`` back from :func:`encode_value`'s form (or format 1's base64)."""
     check_value(stored)
+    if isinstance(stored, bytes):
+        return "msgpack", stored
     if isinstance(stored.get("b"), bytes):
         return stored["t"], stored["b"]
     if isinstance(stored.get("s"), str):
@@ -198,14 +208,18 @@ def decode_value(stored: Any) -> tuple[str, bytes]:
 def next_version(current: str | int | None) -> str:
     """The channel version after ``current``: its counter + 1, zero-padded (versions compare as strings), and a
     random suffix, so a fork (``update_state`` on an old checkpoint) never reuses a version its other branch
-    stored: values are stored by ``(ns, channel, version)``, and an int counter would repeat across branches."""
+    stored: values are stored by ``(ns, channel, version)``, and an int counter would repeat across branches.
+
+    Ten digits and six hex (17 characters, each written several times per put in the checkpoint and its
+    blobs). Earlier versions had sixteen digits and eight hex; one of them still compares below any later
+    one here, whose counter is higher: its extra leading zeros sit where the shorter one has a digit."""
     if current is None:
         n = 0
     elif isinstance(current, int):
         n = current
     else:
         n = int(current.split(".")[0])
-    return f"{n + 1:016}.{random.getrandbits(32):08x}"  # not a secret: only unlike its sibling's
+    return f"{n + 1:010}.{random.getrandbits(24):06x}"  # not a secret: only unlike its sibling's
 
 
 def _configurable(config: RunnableConfig | None) -> dict[str, Any]:
@@ -227,8 +241,8 @@ _DELTA_TYPES = (list, dict)
 
 @dataclass
 class _Stored:
-    checkpoint: dict[str, Any]
-    metadata: dict[str, Any]
+    checkpoint: bytes | dict[str, Any]
+    metadata: bytes | dict[str, Any]
     parent: str | None
     thread_id: str
     ts_ms: int = 0
@@ -243,7 +257,7 @@ class ThreadIndex:
     #: ns -> checkpoint id -> stored checkpoint (ids are uuid6: their order is creation order)
     checkpoints: dict[str, dict[str, _Stored]] = field(default_factory=dict)
     #: (ns, channel, version) -> stored value, a delta (``base``, ``n``, ``tail``), or None (stored as empty)
-    blobs: dict[tuple[str, str, Any], dict[str, Any] | None] = field(default_factory=dict)
+    blobs: dict[tuple[str, str, Any], bytes | dict[str, Any] | None] = field(default_factory=dict)
     #: (ns, checkpoint id) -> (task id, idx) -> (task id, channel, stored value, task path, idx)
     writes: dict[tuple[str, str], dict[tuple[str, int], _Write]] = field(default_factory=dict)
     #: (ns, channel) -> the version stored last: the base a put tries to extend
@@ -295,7 +309,7 @@ class ThreadIndex:
     def _put(self, p: dict[str, Any], ts_ms: int) -> None:
         # Everything read and checked first, then stored: a malformed event changes nothing.
         ns, cid, parent, thread_id = str(p["ns"]), str(p["id"]), p["parent"], str(p["thread_id"])
-        blobs: list[tuple[tuple[str, str, Any], dict[str, Any] | None]] = []
+        blobs: list[tuple[tuple[str, str, Any], bytes | dict[str, Any] | None]] = []
         for channel, blob in p["blobs"].items():
             key = (ns, str(channel), blob["version"])
             if "base" in blob:
@@ -311,8 +325,9 @@ class ThreadIndex:
                     blobs.append((key, {"base": blob["base"], "n": blob["n"], "tail": blob["tail"]}))
                 else:
                     check_value(blob["set"])
-                    check_value(blob["del"])
-                    blobs.append((key, {"base": blob["base"], "set": blob["set"], "del": blob["del"]}))
+                    if "del" in blob:
+                        check_value(blob["del"])
+                    blobs.append((key, {"base": blob["base"], "set": blob["set"], "del": blob.get("del")}))
             else:
                 value = blob.get("value")
                 if value is not None:
@@ -364,7 +379,7 @@ class ThreadIndex:
         key = (ns, channel, version)
         stored = self.blobs.get(key)
         value: Any = None
-        while stored is not None and "base" in stored:
+        while _is_delta(stored):
             if memo is not None and key in memo:
                 value = memo[key]
                 break
@@ -399,7 +414,7 @@ class ThreadIndex:
         """How many deltas lie between this version and the whole value it is built on."""
         n = 0
         stored = self.blobs.get((ns, channel, version))
-        while stored is not None and "base" in stored:
+        while _is_delta(stored):
             n += 1
             stored = self.blobs.get((ns, channel, stored["base"]))
         return n
@@ -510,12 +525,18 @@ class ThreadIndex:
         removed = [k for k in base if k not in new]
         if 2 * (len(changed) + len(removed)) > len(new):
             return None
-        typed_set, typed_del = serde.dumps_typed(changed), serde.dumps_typed(removed)
-        fields = {"base": base_version, "set": encode_value(typed_set), "del": encode_value(typed_del)}
+        fields = {"base": base_version, "set": encode_value(serde.dumps_typed(changed))}
+        if removed:
+            fields["del"] = encode_value(serde.dumps_typed(removed))
         return fields, _patch(serde, channel, base, fields)
 
 
-def _join_lists(whole: dict[str, Any], deltas: Sequence[dict[str, Any]]) -> tuple[str, bytes] | None:
+def _is_delta(stored: Any) -> TypeGuard[dict[str, Any]]:
+    """Whether an index entry is a delta (a dict naming its ``base``) rather than a value stored whole."""
+    return isinstance(stored, dict) and "base" in stored
+
+
+def _join_lists(whole: bytes | dict[str, Any], deltas: Sequence[dict[str, Any]]) -> tuple[str, bytes] | None:
     """One msgpack array of the items of a list stored ``whole`` and of its ``deltas``' tails (oldest first).
 
     Decoded with one ``loads_typed``: a chain of hundreds of two-message tails then costs what one
@@ -523,20 +544,19 @@ def _join_lists(whole: dict[str, Any], deltas: Sequence[dict[str, Any]]) -> tupl
     array (another serializer, a tail that is not a list tail) or the counts disagree with the
     deltas' ``n``: the caller applies the tails one by one, which checks and reports.
     """
-    parts = [whole] + [d.get("tail") for d in deltas]
     items: list[bytes] = []
     count = 0
-    for i, part in enumerate(parts):
-        if not isinstance(part, dict) or part.get("t") != "msgpack" or not isinstance(part.get("b"), bytes):
+    for i, part in enumerate([whole] + [d.get("tail") for d in deltas]):
+        if isinstance(part, dict) and part.get("t") == "msgpack":
+            part = part.get("b")  # format 2
+        if not isinstance(part, bytes) or (i and deltas[i - 1].get("n") != count):
             return None
-        if i and deltas[i - 1].get("n") != count:
-            return None
-        found = _array(part["b"])
+        found = _array(part)
         if found is None:
             return None
         n, start = found
         count += n
-        items.append(part["b"][start:])
+        items.append(part[start:])
     if count < 16:
         head = bytes((0x90 | count,))
     elif count < 1 << 16:
@@ -571,7 +591,7 @@ def _patch(serde: SerializerProtocol, channel: str, value: Any, delta: dict[str,
     if not isinstance(value, dict):
         raise CheckpointCorrupt(f"channel {channel!r}: a delta updates a dict, its base is {type(value).__name__}")
     out = {**value, **serde.loads_typed(decode_value(delta["set"]))}
-    for k in serde.loads_typed(decode_value(delta["del"])):
+    for k in serde.loads_typed(decode_value(delta["del"])) if delta.get("del") is not None else ():
         out.pop(k, None)
     return out
 
@@ -733,9 +753,9 @@ def _copy_drafts(serde: SerializerProtocol, source: ThreadIndex, target: ThreadI
                 if (channel, version) in written or key not in source.blobs:
                     continue
                 blob = source.blobs[key]
-                if blob is not None and "base" in blob and (channel, blob["base"]) in written:
+                if _is_delta(blob) and (channel, blob["base"]) in written:
                     blobs[channel] = {"version": version, **blob}
-                elif blob is not None and "base" in blob:
+                elif _is_delta(blob):
                     _, value = source.value(serde, ns, channel, version)
                     blobs[channel] = {"version": version, "value": encode_value(serde.dumps_typed(value))}
                 else:

@@ -110,6 +110,37 @@ def test_a_growing_message_list_is_stored_as_deltas_and_read_back_exactly(client
     assert ours == theirs and len(ours[0]["messages"]) == 80
 
 
+def test_a_superstep_is_one_append_and_writes_before_an_interrupt_are_not_held(client: JournalClient, tenant: str,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A task's writes ride in the append of the checkpoint after them; writes no put follows go alone, at once."""
+    appends: list[list[str]] = []
+    inner = client.append_many
+
+    def counted(tenant_: str, drafts: Any, **kw: Any) -> Any:
+        drafts = list(drafts)
+        appends.append([d.type.removeprefix("x.langgraph.") for d in drafts if d.thread == "one"])
+        return inner(tenant_, drafts, **kw)
+
+    monkeypatch.setattr(client, "append_many", counted)
+    saver = JournalSaver(client, tenant=tenant)
+    graph = _chat(saver, approve=True)
+    t0 = time.monotonic()
+    graph.invoke(_ask(0), _config("one"))  # input, model, then review's interrupt: its write has no put after it
+    took = time.monotonic() - t0
+    # Each append: a checkpoint alone, or after the writes it follows, or writes alone (after the linger, 5 ms,
+    # when no put follows: the interrupt's). Fewer appends than puts and put_writes: writes rode along.
+    assert all(a.count("checkpoint") <= 1 and a[:-1].count("checkpoint") == 0 for a in appends), appends
+    assert any(a[-1] == "checkpoint" and "writes" in a for a in appends), appends
+    events = [e for e in client.read(tenant, "one") if e.type.startswith("x.langgraph.")]
+    assert len(appends) < len(events), appends
+    assert took < 2.0
+    fresh = JournalSaver(client, tenant=tenant)  # what was appended is what a new process reads
+    state = _chat(fresh, approve=True).get_state(_config("one"))
+    assert state.next == ("review",) and state.tasks[0].interrupts
+    done = _chat(fresh, approve=True).invoke(Command(resume="ok"), _config("one"))
+    assert done["messages"][-1].content == "review: ok"
+
+
 def test_a_value_that_does_not_extend_the_last_one_is_stored_whole(client: JournalClient, tenant: str) -> None:
     """A removed or rewritten message (or a list that shrinks) is not a prefix extension: stored whole, read right."""
     saver = JournalSaver(client, tenant=tenant)
@@ -354,7 +385,7 @@ def test_bytes_are_stored_as_bytes_and_their_jsonb_copy_is_their_length(migrated
         graph = _chat(JournalSaver(client, tenant=tenant))
         graph.invoke(_ask(0), _config("bin"))
         ev = next(e for e in client.read(tenant, "bin") if e.type == CHECKPOINT)
-        data = ev.payload["metadata"]["b"]
+        data = ev.payload["metadata"]  # the serializer's msgpack, as bytes
         assert isinstance(data, bytes)
         p = Projector(migrated, WorkerOptions())
         try:
@@ -364,8 +395,8 @@ def test_bytes_are_stored_as_bytes_and_their_jsonb_copy_is_their_length(migrated
     with Replayer.from_settings(migrated) as r:
         rows, _ = r.stored_chain(tenant, "bin")
         first = next(row for row in rows if row.event.seq == ev.seq)
-        assert first.json_payload["metadata"]["b"] == {"$bytes": len(data)}
-        assert first.event.payload["metadata"]["b"] == data
+        assert first.json_payload["metadata"] == {"$bytes": len(data)}
+        assert first.event.payload["metadata"] == data
         [verdict] = r.verify(tenant, "bin")
         assert verdict.ok, verdict
         assert "x.langgraph.checkpoint" in {s.type for s in timeline(r, tenant, "bin")}
