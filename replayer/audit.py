@@ -97,9 +97,9 @@ def _langgraph_detail(e: Event, previous: dict[str, str]) -> str | None:
         drop = p.get("drop")
         return f"pruned {len(drop) if isinstance(drop, list) else '?'} checkpoints ({p.get('reason')})"
     if e.type == _LG_WRITES:
-        writes = p.get("writes")
+        writes = p.get("writes")  # format 2; format 3 names them in "channels" (the writes are packed)
         channels = sorted({str(w[1]) for w in writes if isinstance(w, list) and len(w) == 3}) if isinstance(
-            writes, list) else []
+            writes, list) else [str(c) for c in p.get("channels") or [] if isinstance(c, str)]
         return f"writes {', '.join(channels) or '-'} on checkpoint {str(p.get('checkpoint_id'))[-12:]}"
     if e.type != _LG_CHECKPOINT or e.blob is not None:
         return None

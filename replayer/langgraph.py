@@ -30,6 +30,12 @@ Event types (custom, so the journal stores them verbatim and the fold keeps them
 - ``x.langgraph.thread`` in the tenant's journal thread ``_lg.threads``: the first put of a thread
   registers it there, so ``list(None)`` can find every LangGraph thread of the tenant.
 
+In format 3 the fields only the saver reads (a checkpoint's ``checkpoint``, ``metadata`` and ``blobs``, a
+write's ``writes``) are packed together as one msgpack ``data`` field (:func:`payload_fields` unpacks
+them): the projector's queryable JSONB copy of the payload keeps the fields people query (``id``,
+``parent``, ``step``, ``source``, ``ns``, a write's ``channels``) and shows ``data`` as its length,
+instead of a nested map of versions and ``{"$bytes": n}`` stand-ins that cost more than the values.
+
 Values are the serializer's bytes, stored as bytes (the journal's payloads carry msgpack bin): the
 bytes alone for its usual ``"msgpack"`` type, else ``{"t": type, "b": bytes}``, or ``{"t": "json",
 "s": text}`` when the serializer produced JSON. (Format 2 events, which wrapped every value as
@@ -59,6 +65,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, TypeGuard, cast
 
+import msgpack
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
     WRITES_IDX_MAP,
@@ -222,6 +229,27 @@ def next_version(current: str | int | None) -> str:
     return f"{n + 1:010}.{random.getrandbits(24):06x}"  # not a secret: only unlike its sibling's
 
 
+#: The fields each event type packs into ``data`` (format 3).
+PACKED: dict[str, tuple[str, ...]] = {CHECKPOINT: ("checkpoint", "metadata", "blobs"), WRITES: ("writes",)}
+
+
+def _packed(type_: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """``payload`` with the fields of :data:`PACKED` moved into one msgpack ``data`` field."""
+    inner = {k: payload.pop(k) for k in PACKED[type_]}
+    payload["data"] = msgpack.packb(inner, use_bin_type=True)
+    return payload
+
+
+def payload_fields(payload: Any) -> Any:
+    """An event's payload as the saver reads it: a format-3 payload's packed ``data`` unpacked into it."""
+    if isinstance(payload, dict) and isinstance(payload.get("data"), bytes):
+        inner = msgpack.unpackb(payload["data"], raw=False)
+        if not isinstance(inner, dict):
+            raise CheckpointCorrupt(f"a payload's data must pack a map, got {type(inner).__name__}")
+        return {**payload, **inner}
+    return payload
+
+
 def _configurable(config: RunnableConfig | None) -> dict[str, Any]:
     return (config or {}).get("configurable") or {}
 
@@ -285,6 +313,7 @@ class ThreadIndex:
         if not isinstance(p, dict) or p.get("v") not in READABLE:
             found = p.get("v") if isinstance(p, dict) else p
             raise CheckpointCorrupt(f"seq {ev.seq} ({ev.type}): payload format {found!r:.40} is not one of {READABLE}")
+        p = payload_fields(p)
         if ev.type == DELETED:
             for space in self.checkpoints.values():
                 self.dead.update(space)
@@ -634,7 +663,7 @@ def _checkpoint_draft(serde: SerializerProtocol, index: ThreadIndex, jthread: st
     # Appended only if the thread's head is still the one the index folded (plus the writes carried in the same
     # append): a put never lands on top of something it has not seen (a tombstone, another writer's checkpoint);
     # on a conflict it reads and retries.
-    draft = Draft(thread=jthread, type=CHECKPOINT, payload=payload, node=_node(full_metadata),
+    draft = Draft(thread=jthread, type=CHECKPOINT, payload=_packed(CHECKPOINT, payload), node=_node(full_metadata),
                   expected_seq=index.seq + ahead)
     return draft, {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint["id"]}}
 
@@ -654,10 +683,11 @@ def _writes_draft(serde: SerializerProtocol, jthread: str, index: ThreadIndex, c
         "v": FORMAT, "epoch": STALE_EPOCH if checkpoint_id in index.dead else index.epoch,
         "thread_id": str(conf["thread_id"]), "ns": conf.get("checkpoint_ns", "") or "",
         "checkpoint_id": checkpoint_id, "task_id": task_id, "task_path": task_path,
+        "channels": sorted({channel for channel, _ in writes}),  # plain, for people reading the journal
         "writes": [[WRITES_IDX_MAP.get(channel, idx), channel, encode_value(serde.dumps_typed(value))]
                    for idx, (channel, value) in enumerate(writes)],
     }
-    return Draft(thread=jthread, type=WRITES, payload=payload, node=_task_node(task_path))
+    return Draft(thread=jthread, type=WRITES, payload=_packed(WRITES, payload), node=_task_node(task_path))
 
 
 def _task_node(task_path: str) -> str | None:
@@ -761,17 +791,18 @@ def _copy_drafts(serde: SerializerProtocol, source: ThreadIndex, target: ThreadI
                 else:
                     blobs[channel] = {"version": version, "value": blob}
                 written.add((channel, version))
-            drafts.append(Draft(thread=jthread, type=CHECKPOINT, node=_node(metadata), payload={
+            drafts.append(Draft(thread=jthread, type=CHECKPOINT, node=_node(metadata), payload=_packed(CHECKPOINT, {
                 "v": FORMAT, "epoch": target.epoch, "thread_id": thread_id, "ns": ns, "id": cid,
                 "parent": stored.parent, "step": metadata.get("step"), "source": metadata.get("source"),
-                "checkpoint": stored.checkpoint, "metadata": stored.metadata, "blobs": blobs}))
+                "checkpoint": stored.checkpoint, "metadata": stored.metadata, "blobs": blobs})))
             by_task: dict[tuple[str, str], list[list[Any]]] = {}
             for task_id, channel, value, task_path, idx in source.ordered_writes(ns, cid):
                 by_task.setdefault((task_id, task_path), []).append([idx, channel, value])
             for (task_id, task_path), writes in by_task.items():
-                drafts.append(Draft(thread=jthread, type=WRITES, node=_task_node(task_path), payload={
+                drafts.append(Draft(thread=jthread, type=WRITES, node=_task_node(task_path), payload=_packed(WRITES, {
                     "v": FORMAT, "epoch": target.epoch, "thread_id": thread_id, "ns": ns, "checkpoint_id": cid,
-                    "task_id": task_id, "task_path": task_path, "writes": writes}))
+                    "task_id": task_id, "task_path": task_path, "channels": sorted({w[1] for w in writes}),
+                    "writes": writes})))
     return drafts
 
 
@@ -1393,4 +1424,5 @@ __all__ = [
     "JournalSaver",
     "ThreadIndex",
     "journal_thread",
+    "payload_fields",
 ]

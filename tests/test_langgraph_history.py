@@ -37,10 +37,12 @@ from replayer.langgraph import (
     DELETED,
     MAX_DELTA_DEPTH,
     PRUNED,
+    WRITES,
     CheckpointConfigError,
     JournalSaver,
     _durability,
     journal_thread,
+    payload_fields,
 )
 from replayer.replay import Replayer
 
@@ -80,8 +82,8 @@ def _config(thread: str, **extra: Any) -> Any:
 
 
 def _stored_blob(client: JournalClient, tenant: str, thread: str, channel: str) -> list[dict[str, Any]]:
-    return [e.payload["blobs"][channel] for e in client.read(tenant, thread)
-            if e.type == CHECKPOINT and channel in e.payload["blobs"]]
+    fields = [payload_fields(e.payload) for e in client.read(tenant, thread) if e.type == CHECKPOINT]
+    return [f["blobs"][channel] for f in fields if channel in f["blobs"]]
 
 
 # -- storage grows with what changed -----------------------------------------------------------------
@@ -372,6 +374,9 @@ def test_time_travel_and_forks_give_what_in_memory_saver_gives_and_show_in_the_t
         steps = timeline(r, tenant, "travel")
         forks = [s for s in steps if s.type == CHECKPOINT and s.detail.startswith("FORK")]
         assert len(forks) == 2, [s.detail for s in steps if s.type == CHECKPOINT]
+        # A task's writes are named by channel (format 3 keeps the channel names plain beside the packed writes).
+        assert any(s.detail.startswith("writes messages on checkpoint") for s in steps if s.type == WRITES), \
+            [s.detail for s in steps if s.type == WRITES]
         # A page starting after the first fork still shows the second one.
         page = timeline(r, tenant, "travel", after=forks[0].seq)
         assert [s.detail for s in page if s.detail.startswith("FORK")] == [forks[1].detail]
@@ -385,7 +390,8 @@ def test_bytes_are_stored_as_bytes_and_their_jsonb_copy_is_their_length(migrated
         graph = _chat(JournalSaver(client, tenant=tenant))
         graph.invoke(_ask(0), _config("bin"))
         ev = next(e for e in client.read(tenant, "bin") if e.type == CHECKPOINT)
-        data = ev.payload["metadata"]  # the serializer's msgpack, as bytes
+        data = ev.payload["data"]  # the saver's fields, packed
+        assert isinstance(payload_fields(ev.payload)["metadata"], bytes)  # the serializer's msgpack, as bytes
         assert isinstance(data, bytes)
         p = Projector(migrated, WorkerOptions())
         try:
@@ -395,8 +401,9 @@ def test_bytes_are_stored_as_bytes_and_their_jsonb_copy_is_their_length(migrated
     with Replayer.from_settings(migrated) as r:
         rows, _ = r.stored_chain(tenant, "bin")
         first = next(row for row in rows if row.event.seq == ev.seq)
-        assert first.json_payload["metadata"] == {"$bytes": len(data)}
-        assert first.event.payload["metadata"] == data
+        assert first.json_payload["data"] == {"$bytes": len(data)}
+        assert first.json_payload["id"] == ev.payload["id"] and first.json_payload["step"] == ev.payload["step"]
+        assert first.event.payload["data"] == data
         [verdict] = r.verify(tenant, "bin")
         assert verdict.ok, verdict
         assert "x.langgraph.checkpoint" in {s.type for s in timeline(r, tenant, "bin")}
