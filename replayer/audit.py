@@ -19,6 +19,7 @@ from journal import lifecycle, reducer, state
 from journal.errors import InvalidQuery, NotFound
 from journal.events import Event
 from journal.keys import validate_id
+from replayer import langgraph_fold as lg
 from replayer.bundle import write_bundle
 from replayer.replay import Replayer, ThreadVerdict, verify_rows
 from replayer.sources import (
@@ -79,9 +80,6 @@ def _detail(e: Event) -> str:
     return _short(p) if p else ""
 
 
-# LangGraph's checkpoints (replayer.langgraph writes them; named here so the audit imports no LangGraph).
-_LG_CHECKPOINT, _LG_WRITES, _LG_DELETED, _LG_PRUNED = (
-    "x.langgraph.checkpoint", "x.langgraph.writes", "x.langgraph.deleted", "x.langgraph.pruned")
 
 
 def _langgraph_detail(e: Event, previous: dict[str, str]) -> str | None:
@@ -90,18 +88,18 @@ def _langgraph_detail(e: Event, previous: dict[str, str]) -> str | None:
     ``previous`` (namespace -> last checkpoint id seen, in seq order) is updated as events pass.
     """
     p = e.payload if isinstance(e.payload, dict) else {}
-    if e.type == _LG_DELETED:
+    if e.type == lg.DELETED:
         previous.clear()
         return "thread deleted (tombstone)"
-    if e.type == _LG_PRUNED:
+    if e.type == lg.PRUNED:
         drop = p.get("drop")
         return f"pruned {len(drop) if isinstance(drop, list) else '?'} checkpoints ({p.get('reason')})"
-    if e.type == _LG_WRITES:
+    if e.type == lg.WRITES:
         writes = p.get("writes")  # format 2; format 3 names them in "channels" (the writes are packed)
         channels = sorted({str(w[1]) for w in writes if isinstance(w, list) and len(w) == 3}) if isinstance(
             writes, list) else [str(c) for c in p.get("channels") or [] if isinstance(c, str)]
         return f"writes {', '.join(channels) or '-'} on checkpoint {str(p.get('checkpoint_id'))[-12:]}"
-    if e.type != _LG_CHECKPOINT or e.blob is not None:
+    if e.type != lg.CHECKPOINT or e.blob is not None:
         return None
     ns, cid, parent = str(p.get("ns") or ""), str(p.get("id")), p.get("parent")
     text = f"checkpoint {cid[-12:]} step {p.get('step')} {p.get('source')}" + (f" ns {ns}" if ns else "")
@@ -130,7 +128,7 @@ def timeline(r: Replayer, tenant: str, thread: str, after: int = 0, upto: int | 
     offloaded = [e for e in events if e.blob is not None and e.type in (ev.TOOL_CALL, ev.TOOL_RESULT)]
     tools = {e.seq: _tool(e) for e in r.resolve_blobs(offloaded)}
     checkpoints: dict[str, str] = {}
-    if after and any(e.type == _LG_CHECKPOINT for e in events):
+    if after and any(e.type == lg.CHECKPOINT for e in events):
         _langgraph_before(r, tenant, thread, after, checkpoints)
     for e in events:
         pos = lifecycle.step(pos, e.type, e.payload, e.node)  # the fold's status rules, without folding
@@ -143,7 +141,7 @@ def timeline(r: Replayer, tenant: str, thread: str, after: int = 0, upto: int | 
 
 def _langgraph_before(r: Replayer, tenant: str, thread: str, seq: int, checkpoints: dict[str, str]) -> None:
     """Seed a page's fork detection with the checkpoints (and deletes) up to ``seq``."""
-    for e in _events_up_to(r, tenant, thread, seq, (_LG_CHECKPOINT, _LG_DELETED)):
+    for e in _events_up_to(r, tenant, thread, seq, (lg.CHECKPOINT, lg.DELETED)):
         _langgraph_detail(e, checkpoints)
 
 

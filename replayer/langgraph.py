@@ -86,12 +86,8 @@ from journal.client import JournalClient
 from journal.errors import ConflictError, InvalidIdentifier, JournalError
 from journal.events import Draft, Event
 from journal.keys import validate_id
+from replayer.langgraph_fold import CHECKPOINT, DELETED, PRUNED, THREAD, WRITES
 
-CHECKPOINT = "x.langgraph.checkpoint"
-WRITES = "x.langgraph.writes"
-DELETED = "x.langgraph.deleted"
-PRUNED = "x.langgraph.pruned"
-THREAD = "x.langgraph.thread"
 TYPES = (CHECKPOINT, WRITES, DELETED, PRUNED)
 
 #: The tenant's journal thread where each LangGraph thread is registered once (for ``list(None)``).

@@ -12,11 +12,13 @@ drawn from a small vocabulary (seeded), so it compresses about as real text does
   ``projected`` as the mode maps, a projector process running throughout, and again with the saver's
   ``durability="memory"``; PostgresSaver commits) and ``"async"`` (JournalSaver: ``memory``);
 * ``put`` p50 at step 1 and at the last step (the median of the 10 puts around each, sync runs);
-* bytes stored per step in PostgreSQL at the last step: PostgresSaver's rows (``checkpoints``,
+* bytes stored per step at the last step: PostgresSaver's rows (``checkpoints``,
   ``checkpoint_blobs``, ``checkpoint_writes``); the journal's ``journal.events`` rows of the
-  thread after the projector drained it (body + JSONB copy), and separately the projector's
-  ``journal.snapshots`` of the thread (``pg_column_size`` of each row, TOAST-compressed as stored;
-  indexes not counted, nor the Redis tail, trimmed once projected);
+  thread after the projector drained it (body + JSONB copy), the projector's ``journal.snapshots``
+  of the thread (``pg_column_size`` of each row, TOAST-compressed as stored; indexes not counted,
+  nor the Redis tail, trimmed once projected), and the tenant's offloaded payloads in object
+  storage (S3 objects under ``{tenant}/``). The projector folds with ``JOURNAL_REDUCERS=replayer.langgraph_fold``,
+  as the README tells LangGraph users to run it;
 * ``get_tuple`` of the latest checkpoint and of the one at the middle step; ``list()`` of the whole
   thread. JournalSaver warm (its in-process index, the steady state of a running service) and
   cold (a new saver folding the thread from PostgreSQL). Medians of ``--runs``.
@@ -31,6 +33,7 @@ never asserts: it reports and exits 0.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import random
@@ -56,6 +59,7 @@ from rich.console import Console
 from rich.table import Table
 
 from journal import logs
+from journal.blobs import s3_client
 from journal.client import JournalClient
 from journal.embedded import EmbeddedStack
 from projections import db
@@ -155,6 +159,15 @@ def row_bytes(conn: Any, table: str, where: str, params: tuple[Any, ...]) -> int
     return int(row[0])
 
 
+def s3_bytes(settings: Any, prefix: str) -> int:
+    """The size of every object under ``prefix`` in the journal's bucket (offloaded payloads, archives)."""
+    total = 0
+    for page in s3_client(settings).get_paginator("list_objects_v2").paginate(Bucket=settings.s3_bucket,
+                                                                              Prefix=prefix):
+        total += sum(o["Size"] for o in page.get("Contents", []))
+    return total
+
+
 def measure(saver: BaseCheckpointSaver[Any], fresh: Callable[[], BaseCheckpointSaver[Any]] | None, steps: int,
             runs: int, baseline: dict[str, float]) -> dict[str, Any]:
     """The figures of one saver (``fresh`` makes a new one for the cold reads, if that means something)."""
@@ -205,7 +218,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-langgraph-"))
     stack = EmbeddedStack(tmp)
     try:
-        settings = stack.up(("redis", "postgres", "s3"))
+        # The projector folds LangGraph's events with their reducers, as the README says to run it.
+        settings = dataclasses.replace(stack.up(("redis", "postgres", "s3")), reducers="replayer.langgraph_fold")
         db.migrate(settings)
         results: dict[str, Any] = {"steps": args.steps, "runs": args.runs}
         with console.status("no checkpointer (baseline) …"):
@@ -216,7 +230,8 @@ def main() -> None:
         with JournalClient.from_settings(settings) as client:
             # A projector process runs throughout, as in service: LangGraph's "sync" maps to "projected",
             # which waits for its commit (and PostgresSaver's figures include PostgreSQL's work too).
-            env = {**os.environ, **dict(line.removeprefix("export ").split("=", 1) for line in settings.env_lines())}
+            env = {**os.environ, **dict(line.removeprefix("export ").split("=", 1) for line in settings.env_lines()),
+                   "JOURNAL_REDUCERS": settings.reducers}
             worker = subprocess.Popen([sys.executable, "-m", "journal.cli", "project", "--no-migrate"], env=env,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
             try:
@@ -244,9 +259,12 @@ def main() -> None:
             where = "tenant_id = %s AND thread_id = %s"
             journal["pg_event_bytes"] = row_bytes(conn, "journal.events", where, (tenant, journal["thread"]))
             journal["pg_snapshot_bytes"] = row_bytes(conn, "journal.snapshots", where, (tenant, journal["thread"]))
+        journal["s3_bytes"] = s3_bytes(settings, f"{tenant}/")
         journal["event_bytes_per_step"] = journal["pg_event_bytes"] / args.steps
         journal["bytes_per_step_with_snapshots"] = (
             journal["pg_event_bytes"] + journal["pg_snapshot_bytes"]) / args.steps
+        journal["bytes_per_step_all"] = (
+            journal["pg_event_bytes"] + journal["pg_snapshot_bytes"] + journal["s3_bytes"]) / args.steps
         results["journal"] = journal
         if PostgresSaver is None:
             results["postgres"] = "langgraph-checkpoint-postgres is not installed (pip install -e '.[dev]')"
@@ -299,6 +317,7 @@ def report(console: Console, r: dict[str, Any]) -> None:
         "B")
     row("bytes / step incl. the projector's snapshots", j["bytes_per_step_with_snapshots"], their("bytes_per_step"),
         "B")
+    row("bytes / step incl. snapshots and S3 objects", j["bytes_per_step_all"], their("bytes_per_step"), "B")
     row("get_tuple latest (warm)", j["get_tuple_latest_ms"], their("get_tuple_latest_ms"))
     row(f"get_tuple at step {r['steps'] // 2} (warm)", j["get_tuple_middle_ms"], their("get_tuple_middle_ms"))
     row(f"list() of {j['checkpoints']} (warm)", j["list_all_ms"], their("list_all_ms"))

@@ -8,6 +8,7 @@ audit timeline; bytes are stored as bytes and their JSONB copy is ``{"$bytes": n
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 import uuid
@@ -407,6 +408,33 @@ def test_bytes_are_stored_as_bytes_and_their_jsonb_copy_is_their_length(migrated
         [verdict] = r.verify(tenant, "bin")
         assert verdict.ok, verdict
         assert "x.langgraph.checkpoint" in {s.type for s in timeline(r, tenant, "bin")}
+
+
+def test_the_langgraph_reducers_keep_a_summary_not_the_checkpoints_in_the_state(migrated: Settings,
+                                                                               tenant: str) -> None:
+    """JOURNAL_REDUCERS=replayer.langgraph_fold: the snapshots and replay hold a summary, no opaque payloads."""
+    settings = dataclasses.replace(migrated, reducers="replayer.langgraph_fold", snapshot_every=10)
+    with JournalClient.from_settings(settings) as client:
+        graph = _chat(JournalSaver(client, tenant=tenant))
+        for i in range(6):
+            graph.invoke(_ask(i), _config("sum"))
+        events = client.read(tenant, "sum")
+        p = Projector(settings, WorkerOptions())
+        try:
+            p.drain(tenants=[tenant])
+        finally:
+            p.close()
+    checkpoints = [e for e in events if e.type == CHECKPOINT]
+    with Replayer.from_settings(settings) as r:
+        state = r.replay(tenant, "sum")
+        assert state.opaque == ()
+        summary = state.custom["langgraph"]
+        assert summary["checkpoints"] == len(checkpoints) and summary["writes"] == len(events) - len(checkpoints)
+        assert summary["latest"]["id"] == checkpoints[-1].payload["id"]
+        assert summary["latest"]["step"] == checkpoints[-1].payload["step"]
+        # The same from the projector's snapshots as from a fold of every event.
+        assert r.replay(tenant, "sum", use_snapshots=False) == state
+        assert r.replay(tenant, "_lg.threads").custom["langgraph_threads"] == 1
 
 
 # -- durability ------------------------------------------------------------------------------------------
