@@ -18,7 +18,8 @@ Event types (custom, so the journal stores them verbatim and the fold keeps them
   bounded chain of patches) is stored whole. A list is never stored whole again while it only
   grows: a read joins the stored items of its whole value and of every tail into one msgpack array
   and decodes that once (:func:`_join_lists`), which costs what decoding the list whole would.
-- ``x.langgraph.writes``: one ``put_writes`` (a task's writes against one checkpoint).
+- ``x.langgraph.writes``: one ``put_writes`` (a task's writes against one checkpoint), appended in the
+  same append as the thread's next checkpoint when that comes within ``WRITES_LINGER``, else alone.
 - ``x.langgraph.deleted``: ``delete_thread``'s tombstone. The journal is append-only, so deletion
   is a fact in the log: a reader forgets everything before it, and every checkpoint or write event
   carries the ``epoch`` (tombstones its writer had seen), so one that raced the delete (written

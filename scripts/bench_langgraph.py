@@ -20,6 +20,11 @@ drawn from a small vocabulary (seeded), so it compresses about as real text does
   nor the Redis tail, trimmed once projected), and the tenant's offloaded payloads in object
   storage (S3 objects under ``{tenant}/``). The projector folds with ``JOURNAL_REDUCERS=replayer.langgraph_fold``,
   as the README tells LangGraph users to run it;
+* the journal's own client on the same conversation (no LangGraph): each step appended as native
+  events (``message`` with its tool call, ``tool_call``, ``tool_result``, ``memory_set``: the same
+  text) with ``append_many(durability="projected")`` (p50 / p99 while the projector runs), then
+  ``resume`` of the latest state (warm: the steady state of a service), and its bytes per step in
+  PostgreSQL counted as for the saver;
 * ``get_tuple`` of the latest checkpoint and of the one at the middle step; ``list()`` of the whole
   thread. JournalSaver warm (its in-process index, the steady state of a running service) and
   cold (a new saver folding the thread from PostgreSQL). Medians of ``--runs``.
@@ -64,6 +69,7 @@ from journal import logs
 from journal.blobs import s3_client
 from journal.client import JournalClient
 from journal.embedded import EmbeddedStack
+from journal.events import Draft
 from projections import db
 from projections.worker import Projector, WorkerOptions
 from replayer.langgraph import JournalSaver
@@ -186,6 +192,33 @@ def median_ms(fn: Callable[[], Any], runs: int) -> float:
     return statistics.median(samples)
 
 
+def native_step(thread: str, n: int) -> list[Draft]:
+    """One step of the same conversation as the graph's, as the journal's own events."""
+    call = f"call-{n}"
+    return [Draft(thread, "message", {"role": "assistant", "content": text(2 * n, 24), "tool_calls": [call]},
+                  node="agent"),
+            Draft(thread, "tool_call", {"call_id": call, "tool": "search_orders", "args": {"order": n}}, node="tools"),
+            Draft(thread, "tool_result", {"call_id": call, "tool": "search_orders", "output": text(2 * n + 1, 20)},
+                  node="tools"),
+            Draft(thread, "memory_set", {"path": [f"k{n % 16}"], "value": {"step": n, "note": text(-n, 6)}})]
+
+
+def measure_client(client: JournalClient, tenant: str, steps: int, runs: int) -> dict[str, Any]:
+    """The journal's own client on the graph's conversation: projected appends, then warm resumes."""
+    thread = f"c-{uuid.uuid4().hex[:10]}"
+    client.append_many(tenant, native_step(thread, 0), durability="projected")  # warm-up: connections, the tenant
+    lat = []
+    for n in range(1, steps):
+        t0 = time.perf_counter()
+        client.append_many(tenant, native_step(thread, n), durability="projected")
+        lat.append((time.perf_counter() - t0) * 1000)
+    q = statistics.quantiles(lat, n=100)
+    state = client.resume(tenant, thread).state
+    assert len(state.messages) == steps, len(state.messages)
+    return {"thread": thread, "append_projected_p50_ms": q[49], "append_projected_p99_ms": q[98],
+            "resume_latest_ms": median_ms(lambda: client.resume(tenant, thread), max(runs, 20))}
+
+
 def row_bytes(conn: Any, table: str, where: str, params: tuple[Any, ...]) -> int:
     row = conn.execute(f"SELECT coalesce(sum(pg_column_size(t.*)), 0) FROM {table} t WHERE {where}", params).fetchone()
     return int(row[0])
@@ -198,6 +231,13 @@ def s3_bytes(settings: Any, prefix: str) -> int:
                                                                               Prefix=prefix):
         total += sum(o["Size"] for o in page.get("Contents", []))
     return total
+
+
+def snapshot_bytes(conn: Any, tenant: str, thread: str) -> int:
+    """The thread's snapshot rows and the sealed chunks they reference (``pg_column_size`` of each row)."""
+    where = "tenant_id = %s AND thread_id = %s"
+    return (row_bytes(conn, "journal.snapshots", where, (tenant, thread))
+            + row_bytes(conn, "journal.snapshot_chunks", where, (tenant, thread)))
 
 
 def measure(saver: BaseCheckpointSaver[Any], fresh: Callable[[], BaseCheckpointSaver[Any]] | None, steps: int,
@@ -272,6 +312,8 @@ def main() -> None:
                 with console.status("JournalSaver …"):
                     journal = measure(JournalSaver(client, tenant=tenant),
                                       lambda: JournalSaver(client, tenant=tenant), args.steps, args.runs, baseline)
+                with console.status("the journal's own client, native events …"):
+                    native = measure_client(client, tenant, args.steps, args.runs)
             finally:
                 worker.terminate()
                 worker.wait(30)
@@ -292,7 +334,11 @@ def main() -> None:
         with psycopg.connect(str(settings.database_url), autocommit=True) as conn:
             where = "tenant_id = %s AND thread_id = %s"
             journal["pg_event_bytes"] = row_bytes(conn, "journal.events", where, (tenant, journal["thread"]))
-            journal["pg_snapshot_bytes"] = row_bytes(conn, "journal.snapshots", where, (tenant, journal["thread"]))
+            journal["pg_snapshot_bytes"] = snapshot_bytes(conn, tenant, journal["thread"])
+            native["pg_event_bytes"] = row_bytes(conn, "journal.events", where, (tenant, native["thread"]))
+            native["pg_snapshot_bytes"] = snapshot_bytes(conn, tenant, native["thread"])
+        native["bytes_per_step"] = (native["pg_event_bytes"] + native["pg_snapshot_bytes"]) / args.steps
+        results["native"] = native
         journal["s3_bytes"] = s3_bytes(settings, f"{tenant}/")
         journal["event_bytes_per_step"] = journal["pg_event_bytes"] / args.steps
         journal["bytes_per_step_with_snapshots"] = (
@@ -361,6 +407,16 @@ def report(console: Console, r: dict[str, Any]) -> None:
         their("get_tuple_latest_ms"))
     row(f"list() of {j['checkpoints']}, cold (new saver, PostgreSQL)", j["cold_pg_list_all_ms"], their("list_all_ms"))
     console.print(table)
+    n = r["native"]
+    native = Table(title="The journal's own client on the same conversation (native events, 4 per step)")
+    for col in ("measure", "journal client", "target"):
+        native.add_column(col, justify="left" if col == "measure" else "right")
+    native.add_row("append_many p50 / p99, durability projected", f"{n['append_projected_p50_ms']:.2f} / "
+                   f"{n['append_projected_p99_ms']:.2f} ms", "≤ 2 / ≤ 10 ms")
+    native.add_row(f"resume latest p50 at {r['steps']} steps (warm)", f"{n['resume_latest_ms']:.2f} ms", "≤ 2 ms")
+    ratio = f" ({p['bytes_per_step'] / n['bytes_per_step']:.1f}× under PostgresSaver)" if have_pg else ""
+    native.add_row("bytes / step in PostgreSQL (events + snapshots)", f"{n['bytes_per_step']:,.0f} B{ratio}", "≥ 10×")
+    console.print(native)
     if not have_pg:
         console.print(str(p))
 
