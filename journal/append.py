@@ -22,6 +22,7 @@ from journal.errors import (
     JournalError,
     PayloadTooLarge,
     ThreadFenced,
+    ThreadHeld,
 )
 from journal.events import BlobRef, Draft, Event
 from journal.settings import DURABILITY_LEVELS, Settings
@@ -114,6 +115,13 @@ def restore_request(reply: Any) -> list[str] | None:
     return None
 
 
+def held_request(reply: Any) -> tuple[str, str] | None:
+    """``(thread, reason)`` when the script refused the batch because a thread is held for a moment, else None."""
+    if isinstance(reply, list) and len(reply) == 3 and _text(reply[0]) == "held":
+        return _text(reply[1]), _text(reply[2])
+    return None
+
+
 def with_floors(p: Prepared, floors: Mapping[str, int]) -> None:
     """Give the script the heads PostgreSQL holds for threads Redis has no head for (after a restore reply)."""
     del p.args[2 + 5 * len(p.drafts):]
@@ -140,6 +148,8 @@ def parse_reply(p: Prepared, reply: list[Any] | bytes) -> Outcome:
         raise ConflictError(p.tenant, d.thread, d.expected_seq if d.expected_seq is not None else -1, int(reply[2]))
     if status == "fenced":
         raise ThreadFenced(p.tenant, _text(reply[1]), _text(reply[2]))
+    if status == "held":
+        raise ThreadHeld(p.tenant, _text(reply[1]), _text(reply[2]), 0.0)
     if status == "reused":
         d = p.drafts[int(reply[1])]
         raise IdempotencyKeyReused(p.tenant, d.thread, d.idempotency_key or "", int(reply[2]))

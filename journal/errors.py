@@ -115,6 +115,20 @@ class StoreUnavailable(JournalError):
     """A backing store (Redis, PostgreSQL, S3) could not be reached or refused the request."""
 
 
+class ThreadHeld(StoreUnavailable):
+    """The thread was held (retention deleting its expired history) for longer than an append waits."""
+
+    def __init__(self, tenant: str, thread: str, reason: str, waited: float) -> None:
+        self.tenant = tenant
+        self.thread = thread
+        self.reason = reason
+        super().__init__(
+            f"thread {tenant}/{thread} is held ({reason}); the append waited {waited:.1f}s and wrote nothing. "
+            "Retry it; a hold left by a crashed `agent-journal maintain` is cleared by its next run "
+            "(or `agent-journal unfence`)."
+        )
+
+
 class AccessDenied(JournalError):
     """The server refused the operation for these credentials (ACL, row-level security)."""
 

@@ -31,6 +31,7 @@ from journal.errors import (
     InvalidEvent,
     JournalError,
     StoreUnavailable,
+    ThreadHeld,
 )
 from journal.events import Draft, Event
 from journal.reducer import Reducer, fold, load_registry
@@ -51,6 +52,10 @@ PAGE = 1000
 BLOCK_CHUNK = 2.0
 #: Longest XREAD BLOCK on the ``projected`` feed before the markers are read again (``_await_projected``).
 PROJECTED_BLOCK = 0.25
+#: How long an append waits for a held thread (retention deleting its expired history, which takes
+#: milliseconds) before it raises ``ThreadHeld``, and the pause between its tries.
+HOLD_WAIT = 5.0
+HOLD_BACKOFF = 0.01
 
 
 # -- requests ------------------------------------------------------------------------------------
@@ -169,16 +174,29 @@ def append_many(env: Env, tenant: str, drafts: Iterable[Draft | Mapping[str, Any
         yield Offload(tuple((env.blobs.put, (tenant, data)) for _, data in p.uploads))
     timeout = env.settings.durability_timeout
     then = protocol.wait_commands(level, max(1, int(timeout * 1000)), env.fsync is True)
-    reply, waited = yield Script(f"append to tenant {tenant}", p.keys, p.args, then)
-    evicted = protocol.restore_request(reply)
-    if evicted is not None:
-        # Threads `agent-journal maintain` dropped from Redis: their heads come back from PostgreSQL.
-        if env.durable is None:
-            raise ConfigError(f"thread {evicted[0]} of tenant {tenant} was evicted from Redis while idle; restoring "
-                              "its head needs PostgreSQL: set JOURNAL_DATABASE_URL. Nothing was written.")
-        heads = yield Offload(tuple((env.durable.max_seq, (tenant, t)) for t in evicted))
-        protocol.with_floors(p, dict(zip(evicted, heads, strict=True)))
+    held_since: float | None = None
+    while True:
         reply, waited = yield Script(f"append to tenant {tenant}", p.keys, p.args, then)
+        evicted = protocol.restore_request(reply)
+        if evicted is not None:
+            # Threads `agent-journal maintain` dropped from Redis: their heads come back from PostgreSQL.
+            if env.durable is None:
+                raise ConfigError(f"thread {evicted[0]} of tenant {tenant} was evicted from Redis while idle; "
+                                  "restoring its head needs PostgreSQL: set JOURNAL_DATABASE_URL. Nothing was written.")
+            heads = yield Offload(tuple((env.durable.max_seq, (tenant, t)) for t in evicted))
+            protocol.with_floors(p, dict(zip(evicted, heads, strict=True)))
+            reply, waited = yield Script(f"append to tenant {tenant}", p.keys, p.args, then)
+        held = protocol.held_request(reply)
+        if held is None:
+            break
+        # Retention is deleting the thread's expired history (milliseconds): wait, then append afresh,
+        # without the floors read before (that history may be gone: the thread then starts at seq 1).
+        now = time.monotonic()
+        held_since = now if held_since is None else held_since
+        if now - held_since >= HOLD_WAIT:
+            raise ThreadHeld(tenant, *held, now - held_since)
+        protocol.with_floors(p, {})
+        yield Sleep(HOLD_BACKOFF)
     outcome = protocol.parse_reply(p, reply)
     if outcome.created_stream:
         # The registry lets projectors find a new tenant at once; it lives outside the tenant's

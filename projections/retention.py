@@ -25,7 +25,9 @@ none, every tenant gets the default (abandon after 7 days, nothing archived or d
   counts them (``archive_due``).
 * **Delete** removes a terminal thread (completed, failed, abandoned) idle past ``delete_after``
   from every PostgreSQL table, once ``maintain`` has evicted it from Redis (its head is gone, so a
-  new append starts a new history at seq 1). Its blobs stay in S3 (they are shared by content), and so
+  new append starts a new history at seq 1), the thread held meanwhile (``journal/lua/hold.lua``: an
+  append waits for the delete rather than restore the old head from rows being deleted). Its blobs
+  stay in S3 (they are shared by content), and so
   do the segments of an archived thread (its stub in ``journal.archives`` goes): removing those
   objects is left to the bucket's lifecycle rules or ``purge-tenant``.
 
@@ -34,6 +36,7 @@ Every step is idempotent and safe to run from cron while agents append and proje
 
 from __future__ import annotations
 
+import time
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -50,7 +53,7 @@ from journal import keys
 from journal.client import JournalClient
 from journal.errors import ConfigError, ConflictError, InvalidQuery, ThreadFenced
 from journal.events import ABANDON
-from journal.redis_store import connect, translate
+from journal.redis_store import connect, script_source, translate
 from journal.settings import Settings
 from journal.timespec import parse_span
 from projections import db, tables
@@ -243,6 +246,19 @@ def _archive(settings: Settings, tenant: str, idle: timedelta, report: Retention
         log.error("archive_failed", tenant=tenant, thread=t.thread, error=t.error)
 
 
+def _release_stale_holds(r: Any, hold: Any, tenant: str) -> None:
+    """Release the holds a crashed run left (older than :data:`STALE_HOLD`): their threads take appends again."""
+    cutoff = (time.time() - STALE_HOLD.total_seconds()) * 1000
+    for thread, reason in r.hgetall(keys.fences(tenant)).items():
+        text = reason.decode(errors="replace")
+        if not text.startswith(HOLD_PREFIX):
+            continue
+        since = text[len(HOLD_PREFIX):].split(":", 1)[0]
+        if since.isdigit() and int(since) < cutoff:
+            hold(keys=[keys.heads(tenant), keys.fences(tenant)], args=["release", thread, reason])
+            log.warning("stale_hold_released", tenant=tenant, thread=thread.decode(errors="replace"), hold=text)
+
+
 def _span(idle: timedelta) -> str:
     s = int(idle.total_seconds())
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
@@ -251,28 +267,44 @@ def _span(idle: timedelta) -> str:
     return f"{s}s"
 
 
+#: The reason a thread is held while retention deletes it (``hold.lua``): the append script answers
+#: "held" and the client waits. Followed by the hold's time (ms) and words for `status`.
+HOLD_PREFIX = "hold:retention:"
+#: A hold older than this was left by a crashed run: the next run releases it.
+STALE_HOLD = timedelta(minutes=10)
+
+
 def _delete(settings: Settings, tenant: str, idle: timedelta) -> int:
-    due = [r[0] for r in _due(settings, TERMINAL_DUE_SQL, tenant, idle, TERMINAL)]
-    if not due:
-        return 0
     assert settings.redis_url
     r = connect(settings.redis_url)
+    hold = r.register_script(script_source("hold"))
+    heads, fences = keys.heads(tenant), keys.fences(tenant)
     deleted = 0
     try:
+        _release_stale_holds(r, hold, tenant)
+        due = [row[0] for row in _due(settings, TERMINAL_DUE_SQL, tenant, idle, TERMINAL)]
+        if not due:
+            return 0
         with db.connect(settings) as conn:
             for thread in due:
-                # Only once Redis no longer holds the thread's head (``maintain`` evicted it): a new append
-                # then starts from PostgreSQL, which no longer has it, at seq 1; never above a hole.
-                if r.hexists(keys.heads(tenant), thread):
+                # Only a thread Redis no longer holds a head for (``maintain`` evicted it), and held while its rows
+                # go: an append meanwhile waits (the script answers "held"), then finds no head here and none in
+                # PostgreSQL and starts a new history at seq 1. Without the hold, an append restoring the old head
+                # from PostgreSQL just before the delete would write above a hole.
+                reason = f"{HOLD_PREFIX}{int(time.time() * 1000)}: retention is deleting this thread's expired history"
+                if not hold(keys=[heads, fences], args=["hold", thread, reason]):
                     continue
-                if conn.execute(LOCK_DELETABLE_SQL, {"tenant": tenant, "thread": thread, "idle": idle,
-                                                          "statuses": list(TERMINAL)}).fetchone():
-                    for statement in DELETE_THREAD_SQL:
-                        conn.execute(statement, {"tenant": tenant, "thread": thread})
-                    deleted += 1
-                conn.commit()
+                try:
+                    if conn.execute(LOCK_DELETABLE_SQL, {"tenant": tenant, "thread": thread, "idle": idle,
+                                                              "statuses": list(TERMINAL)}).fetchone():
+                        for statement in DELETE_THREAD_SQL:
+                            conn.execute(statement, {"tenant": tenant, "thread": thread})
+                        deleted += 1
+                    conn.commit()
+                finally:
+                    hold(keys=[heads, fences], args=["release", thread, reason])
     except redis.RedisError as e:
-        raise translate(e, f"checking the heads of {tenant}'s expired threads") from e
+        raise translate(e, f"holding {tenant}'s expired threads for deletion") from e
     finally:
         r.close()
     if deleted:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -9,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from journal import keys
 from journal.client import JournalClient
 from journal.errors import ConfigError, InvalidEvent
 from journal.settings import Settings
@@ -180,3 +183,69 @@ def test_archive_after_moves_terminal_threads_to_s3(migrated: Settings, admin_pg
     assert [(e.seq, e.type) for e in client.read(tenant, "done")] == before
     (again,) = apply_retention(migrated, [tenant], retention)
     assert (again.archive_due, again.archived) == (0, 0)
+
+
+# -- the delete against a racing append ------------------------------------------------------------
+
+def _expired_and_evicted(settings: Settings, admin_pg: Any, client: JournalClient, tenant: str) -> None:
+    client.append(tenant, "done", "message", MSG)
+    client.append(tenant, "done", "complete", {"summary": "ok"})
+    project(settings, tenant)
+    age(admin_pg, tenant, "done", 400)
+    evict_idle(settings, timedelta(0), [tenant])
+
+
+def test_an_append_racing_the_delete_waits_and_starts_a_new_history(migrated: Settings, admin_pg: Any,
+                                                                    client: JournalClient, tenant: str,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the hold, an append restoring the old head from PostgreSQL just before the delete wrote seq 3
+    above a deleted history (a hole at 1-2); held, it waits for the delete and writes seq 1 of a new history."""
+    from projections import retention as rmod
+
+    _expired_and_evicted(migrated, admin_pg, client, tenant)
+    # The delete takes 0.6 s inside its transaction, rows locked, the thread held.
+    slow = "SELECT pg_sleep(0.6) WHERE %(tenant)s::text IS NOT NULL AND %(thread)s::text IS NOT NULL"
+    monkeypatch.setattr(rmod, "DELETE_THREAD_SQL", [slow, *rmod.DELETE_THREAD_SQL])
+    reports: list[Any] = []
+    maintain = threading.Thread(target=lambda: reports.extend(apply_retention(
+        migrated, [tenant], Retention(Policy(abandon_after=None, delete_after=timedelta(days=365))))))
+    maintain.start()
+    deadline = time.monotonic() + 5
+    while not client.redis.hexists(keys.fences(tenant), "done") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert client.redis.hget(keys.fences(tenant), "done").startswith(b"hold:retention:")
+    t0 = time.monotonic()
+    rec = client.append(tenant, "done", "message", MSG)  # during the delete
+    waited = time.monotonic() - t0
+    maintain.join(10)
+    assert reports and reports[0].deleted == 1
+    assert rec.seq == 1 and waited > 0.2, (rec.seq, waited)
+    assert not client.redis.hexists(keys.fences(tenant), "done")  # released
+    project(migrated, tenant)
+    assert admin_pg.execute("SELECT seq FROM journal.events WHERE tenant_id = %s AND thread_id = 'done'",
+                            (tenant,)).fetchall() == [(1,)]
+    with Replayer.from_settings(migrated) as r:
+        [verdict] = r.verify(tenant, "done")
+        assert verdict.ok, verdict
+
+
+def test_a_hold_that_outlasts_the_wait_refuses_the_append_and_a_stale_one_is_released(
+        migrated: Settings, admin_pg: Any, client: JournalClient, tenant: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """ThreadHeld after HOLD_WAIT, nothing written; the next `maintain` releases a hold a crashed run left."""
+    from journal import ops
+    from journal.errors import ThreadHeld
+    from projections.retention import HOLD_PREFIX
+
+    _expired_and_evicted(migrated, admin_pg, client, tenant)
+    fences = keys.fences(tenant)
+    crashed = f"{HOLD_PREFIX}{int(time.time() * 1000) - 3_600_000}: retention is deleting this thread's expired history"
+    client.redis.hset(fences, "done", crashed)  # as a run that crashed an hour ago left it
+    monkeypatch.setattr(ops, "HOLD_WAIT", 0.3)
+    with pytest.raises(ThreadHeld, match=r"is held .*wrote nothing"):
+        client.append(tenant, "done", "message", MSG)
+    assert client.head(tenant, "done") == 0
+    (report,) = apply_retention(migrated, [tenant], Retention(Policy(abandon_after=None,
+                                                                     delete_after=timedelta(days=365))))
+    assert report.deleted == 1 and not client.redis.hexists(fences, "done")
+    assert client.append(tenant, "done", "message", MSG).seq == 1

@@ -10,7 +10,9 @@
 --
 -- Replies "ok created ts seq1 dup1 ts1 seq2 dup2 ts2 ..." as one space-separated string (a flat
 -- array costs the client a parse per element) where created = 1 when this call made the stream;
--- or {"conflict", i, actual_head}; or {"fenced", thread, reason}; or {"reused", i, seq} when an
+-- or {"conflict", i, actual_head}; or {"fenced", thread, reason}; or {"held", thread, reason} when the
+-- thread's fence is a hold ("hold:…": an operation such as retention's delete is changing its stored
+-- history for a moment; the client waits and calls again); or {"reused", i, seq} when an
 -- idempotency key already names an event whose digest differs (same key, other content); or
 -- {"restore", thread, ...} when the tenant had threads evicted and these threads have no head in
 -- Redis: the client reads their heads from PostgreSQL and calls again with them as floors.
@@ -42,6 +44,9 @@ for i = 0, n - 1 do
   local digest = ARGV[base + 3]
   local fence = any_fence and redis.call('HGET', KEYS[3], thread)
   if fence then
+    if string.sub(fence, 1, 5) == 'hold:' then
+      return {'held', thread, fence}
+    end
     return {'fenced', thread, fence}
   end
   local prior = nil
