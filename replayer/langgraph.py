@@ -944,6 +944,18 @@ class _Cache:
         return index
 
 
+def _put_drafts(serde: SerializerProtocol, index: ThreadIndex, where: _Where, config: RunnableConfig,
+                checkpoint: Checkpoint, metadata: CheckpointMetadata, new_versions: ChannelVersions,
+                batch: Sequence[_Pending]) -> tuple[list[Draft], RunnableConfig]:
+    """What one put appends: the waiting writes, the checkpoint after them, and the registration of a new thread."""
+    draft, out = _checkpoint_draft(serde, index, where.jthread, config, checkpoint, metadata, new_versions,
+                                   ahead=len(batch))
+    drafts = [p.draft for p in batch] + [draft]
+    if _unregistered(index):
+        drafts.append(_registration(where.jthread, where.thread_id))
+    return drafts, out
+
+
 def _global_select(serde: SerializerProtocol, indexes: Sequence[ThreadIndex], filter: dict[str, Any] | None,
                    before: str | None, limit: int | None) -> list[CheckpointTuple]:
     out: list[CheckpointTuple] = []
@@ -1053,12 +1065,8 @@ class JournalSaver(BaseCheckpointSaver[str]):
                         # The cached index is used as is: the append's expected_seq proves it current, or conflicts.
                         index = self._cache.get(key) if attempt == 0 and self._cache.peek(key) is not None \
                             else self._index(*key)
-                        draft, out = _checkpoint_draft(self.serde, index, where.jthread, config, checkpoint,
-                                                       metadata, new_versions, ahead=len(batch))
-                        first = _unregistered(index)
-                    drafts = [p.draft for p in batch] + [draft]
-                    if first:
-                        drafts.append(_registration(where.jthread, where.thread_id))
+                        drafts, out = _put_drafts(self.serde, index, where, config, checkpoint, metadata,
+                                                  new_versions, batch)
                     try:
                         written = self._append(where.tenant, drafts, config)
                         break
@@ -1296,11 +1304,8 @@ class AsyncJournalSaver(BaseCheckpointSaver[str]):
                 for attempt in range(PUT_ATTEMPTS):
                     known = self._cache.peek(key)
                     index = known if known is not None and attempt == 0 else await self._index(*key)
-                    draft, out = _checkpoint_draft(self.serde, index, where.jthread, config, checkpoint, metadata,
-                                                   new_versions, ahead=len(batch))
-                    drafts = [p.draft for p in batch] + [draft]
-                    if _unregistered(index):
-                        drafts.append(_registration(where.jthread, where.thread_id))
+                    drafts, out = _put_drafts(self.serde, index, where, config, checkpoint, metadata, new_versions,
+                                              batch)
                     try:
                         written = await self._append(where.tenant, drafts, config)
                         break
