@@ -22,16 +22,18 @@ import redis.commands.core
 import structlog
 
 from journal import ops
-from journal.errors import AccessDenied, ConfigError, JournalError, StoreUnavailable
+from journal.errors import AccessDenied, ConfigError, JournalError
 from journal.events import Draft, Event
 from journal.local_stack import resolve
 from journal.redis_store import (
     REDIRECTS,
     append_script,
     connect_client,
+    kept_redirecting,
     node_client,
-    redirect_of,
     refresh_slots,
+    script_pipeline,
+    script_step,
     translate,
     warn_if_volatile,
 )
@@ -89,43 +91,27 @@ def _script_then_wait(request: ops.Script, r: redis.Redis, script: redis.command
     loaded = False
     for _ in range(REDIRECTS):
         node = node_client(r, request.keys[0], at)
-        pipe = node.pipeline(transaction=False)
-        if at:
-            pipe.execute_command("ASKING")
-        pipe.evalsha(script.sha, len(request.keys), *request.keys, *request.args)
-        for command in request.then:
-            pipe.execute_command(*command)
         try:
-            replies = pipe.execute(raise_on_error=False)[1 if at else 0:]
+            replies = script_pipeline(node, request.keys, request.args, script.sha, request.then, at).execute(
+                raise_on_error=False)
         except (redis.ConnectionError, redis.TimeoutError):
             # Past the cluster client, which would have reloaded its slot map itself: a failover may
             # have promoted a replica, and the caller's retry must find it.
             with contextlib.suppress(redis.RedisError):
                 refresh_slots(r)
             raise
-        done, waited = replies[0], replies[1:]
-        at = None
-        if isinstance(done, redis.exceptions.NoScriptError) and not loaded:
+        step = script_step(replies, request.then, at is not None, loaded)
+        at = step.ask
+        if step.result is not None:
+            return step.result
+        if step.load:
             node.script_load(script.script)
             loaded = True
-            continue
-        redirect = redirect_of(done)
-        if redirect is not None:
-            # The node ran nothing: follow it (slot moved, migrating, or keys mid-migration).
-            kind, host, port = redirect
-            if kind == "MOVED":
-                refresh_slots(r)
-            elif kind == "ASK":
-                at = (host, port)
-            else:
-                time.sleep(0.05)
-            continue
-        if isinstance(done, Exception):
-            raise done
-        return done, [translate(w, f"{w_cmd[0]} (durability)") if isinstance(w, Exception) else w
-                      for w, w_cmd in zip(waited, request.then, strict=True)]
-    raise StoreUnavailable(f"{request.what}: the cluster kept redirecting the append ({REDIRECTS} times); nothing "
-                           "was written. Check `agent-journal status` (a resharding or failover in progress?).")
+        elif step.refresh:
+            refresh_slots(r)
+        elif step.pause:
+            time.sleep(0.05)
+    raise kept_redirecting(request.what)
 
 
 class JournalClient:

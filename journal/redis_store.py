@@ -142,6 +142,57 @@ def redirect_of(reply: Any) -> Redirect | None:
     return None
 
 
+def script_pipeline(node: Any, keys: list[str], args: list[Any], sha: str, then: tuple[tuple[Any, ...], ...],
+                    at: tuple[str, int] | None) -> Any:
+    """The append script and the commands that must follow it on its connection (``WAIT``/``WAITAOF``), as one
+    pipeline of ``node`` (sync or asyncio), after ``ASKING`` when following an ``ASK`` to node ``at``."""
+    pipe = node.pipeline(transaction=False)
+    if at:
+        pipe.execute_command("ASKING")
+    pipe.evalsha(sha, len(keys), *keys, *args)
+    for command in then:
+        pipe.execute_command(*command)
+    return pipe
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptStep:
+    """What a script pipeline's replies say to do next; decided here for the sync and asyncio clients alike."""
+
+    #: the node does not have the script: ``SCRIPT LOAD`` it, then send again
+    load: bool = False
+    #: ``MOVED``: reload the cluster's slot map, then send again
+    refresh: bool = False
+    #: ``ASK``: send again to this node, after ``ASKING``
+    ask: tuple[str, int] | None = None
+    #: ``TRYAGAIN`` (keys mid-migration): pause, then send again
+    pause: bool = False
+    #: the script ran: its reply and the following commands' replies (errors translated)
+    result: tuple[Any, list[Any]] | None = None
+
+
+def script_step(replies: list[Any], then: tuple[tuple[Any, ...], ...], asked: bool, loaded: bool) -> ScriptStep:
+    """Read the replies of :func:`script_pipeline` (``asked``: it began with ``ASKING``). Raises the script's error."""
+    done, waited = replies[1 if asked else 0], replies[2 if asked else 1:]
+    if isinstance(done, redis.exceptions.NoScriptError) and not loaded:
+        return ScriptStep(load=True)
+    redirect = redirect_of(done)
+    if redirect is not None:
+        # The node ran nothing: follow it (slot moved, migrating, or keys mid-migration).
+        kind, host, port = redirect
+        return ScriptStep(refresh=kind == "MOVED", ask=(host, port) if kind == "ASK" else None,
+                          pause=kind == "TRYAGAIN")
+    if isinstance(done, Exception):
+        raise done
+    return ScriptStep(result=(done, [translate(w, f"{cmd[0]} (durability)") if isinstance(w, Exception) else w
+                                     for w, cmd in zip(waited, then, strict=True)]))
+
+
+def kept_redirecting(what: str) -> StoreUnavailable:
+    return StoreUnavailable(f"{what}: the cluster kept redirecting the append ({REDIRECTS} times); nothing was "
+                            "written. Check `agent-journal status` (a resharding or failover in progress?).")
+
+
 def node_client(r: redis.Redis, key: str, at: tuple[str, int] | None = None) -> redis.Redis:
     """``r`` itself, or on a cluster a client of the primary serving ``key`` (or of node ``at``; no retries).
 
