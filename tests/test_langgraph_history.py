@@ -29,6 +29,7 @@ from langgraph.types import Command, interrupt
 
 from journal import codec
 from journal.client import JournalClient
+from journal.events import Draft
 from journal.settings import Settings
 from projections import db
 from projections.worker import Projector, WorkerOptions
@@ -43,6 +44,7 @@ from replayer.langgraph import (
     JournalSaver,
     _durability,
     journal_thread,
+    next_version,
     payload_fields,
 )
 from replayer.replay import Replayer
@@ -142,6 +144,57 @@ def test_a_superstep_is_one_append_and_writes_before_an_interrupt_are_not_held(c
     assert state.next == ("review",) and state.tasks[0].interrupts
     done = _chat(fresh, approve=True).invoke(Command(resume="ok"), _config("one"))
     assert done["messages"][-1].content == "review: ok"
+
+
+def _as_format_2(payload: dict[str, Any], thread_id: str) -> dict[str, Any]:
+    """A format-3 payload as format 2 wrote it: fields unpacked, every value as {"t", "b"}, a dict delta's "del"."""
+    p = {k: v for k, v in payload_fields(payload).items() if k not in ("data", "channels")}
+    p.update(v=2, thread_id=thread_id)
+
+    def wrap(v: Any) -> Any:
+        return {"t": "msgpack", "b": v} if isinstance(v, bytes) else v
+
+    if "blobs" in p:
+        p["checkpoint"], p["metadata"] = wrap(p["checkpoint"]), wrap(p["metadata"])
+        for blob in p["blobs"].values():
+            for k in ("value", "tail", "set", "del"):
+                if k in blob:
+                    blob[k] = wrap(blob[k])
+            if "set" in blob and "del" not in blob:
+                blob["del"] = {"t": "msgpack", "b": b"\x90"}  # an empty list, as format 2 always wrote it
+    if "writes" in p:
+        p["writes"] = [[i, c, wrap(v)] for i, c, v in p["writes"]]
+    return p
+
+
+def test_a_format_2_thread_reads_and_continues_as_langgraph_would(client: JournalClient, tenant: str) -> None:
+    """Events written by the previous format (values wrapped, fields unpacked) are read, and a run continues them."""
+    saver = JournalSaver(client, tenant=tenant)
+    graph, reference = _chat(saver), _chat(InMemorySaver())
+    for i in range(3):
+        graph.invoke(_ask(i), _config("new"))
+        reference.invoke(_ask(i), _config("old"))
+    events = client.read(tenant, "new")
+    assert any("set" in b or "tail" in b for e in events if e.type == CHECKPOINT
+               for b in payload_fields(e.payload)["blobs"].values())  # deltas among them
+    client.append_many(tenant, [Draft(thread="old", type=e.type, payload=_as_format_2(e.payload, "old"), node=e.node)
+                                for e in events])
+    fresh = _chat(JournalSaver(client, tenant=tenant))
+    assert _history(fresh, _config("old")) == _history(reference, _config("old"))
+    for i in range(3, 5):  # a run continues the old thread: deltas on format-2 bases
+        fresh.invoke(_ask(i), _config("old"))
+        reference.invoke(_ask(i), _config("old"))
+    assert _history(_chat(JournalSaver(client, tenant=tenant)), _config("old")) == \
+        _history(reference, _config("old"))
+
+
+def test_versions_after_a_format_2_version_compare_above_it() -> None:
+    """Format 2 wrote 16 digits and 8 hex; a later version (10 digits, 6 hex) must still compare above it."""
+    for n in (0, 1, 9, 10, 99, 12345, 10**9 - 1):
+        old = f"{n:016}.{0xFFFFFFFF:08x}"
+        new = next_version(old)
+        assert new > old and new.startswith(f"{n + 1:010}."), (old, new)
+        assert next_version(new) > new
 
 
 def test_a_value_that_does_not_extend_the_last_one_is_stored_whole(client: JournalClient, tenant: str) -> None:
