@@ -172,8 +172,8 @@ LOCK_DELETABLE_SQL = tables.compiled(
 DELETE_THREAD_SQL = [
     tables.compiled(sa.delete(t).where(t.c.tenant_id == sa.bindparam("tenant"),
                                        t.c.thread_id == sa.bindparam("thread")))
-    for t in (tables.events, tables.snapshots, tables.dead_letters, tables.conflicts, tables.rebuild_snapshots,
-              tables.rebuild_threads, tables.archives, tables.threads)
+    for t in (tables.events, tables.snapshots, tables.snapshot_chunks, tables.dead_letters, tables.conflicts,
+              tables.rebuild_snapshots, tables.rebuild_threads, tables.archives, tables.threads)
 ]
 
 

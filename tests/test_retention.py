@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 import uuid
@@ -139,11 +140,16 @@ def test_bad_policy_file_is_refused_clearly(tmp_path: Path, text: str, says: str
 
 def test_expired_terminal_thread_is_deleted_once_evicted(migrated: Settings, admin_pg: Any, client: JournalClient,
                                                          tenant: str) -> None:
-    """delete_after removes a completed thread's rows once Redis no longer holds it; a live one stays."""
-    client.append(tenant, "done", "message", MSG)
+    """delete_after removes a completed thread's rows (its snapshot chunks too) once Redis no longer holds it;
+    a live one stays."""
+    # Long enough for snapshots with sealed chunks (a list's items sealed 128 at a time).
+    for _ in range(3):
+        client.append_many(tenant, [{"thread": "done", "type": "message", "payload": MSG}] * 100)
     client.append(tenant, "done", "complete", {"summary": "ok"})
     client.append(tenant, "live", "message", MSG)
-    project(migrated, tenant)
+    project(dataclasses.replace(migrated, snapshot_every=50), tenant)
+    chunks = "SELECT count(*) FROM journal.snapshot_chunks WHERE tenant_id = %s AND thread_id = 'done'"
+    assert admin_pg.execute(chunks, (tenant,)).fetchone()[0] > 0
     for th in ("done", "live"):
         age(admin_pg, tenant, th, 400)
     retention = Retention(Policy(abandon_after=None, delete_after=timedelta(days=365)))
@@ -156,6 +162,7 @@ def test_expired_terminal_thread_is_deleted_once_evicted(migrated: Settings, adm
                             (tenant,)).fetchall() == [("live",)]
     assert admin_pg.execute("SELECT count(*) FROM journal.events WHERE tenant_id = %s AND thread_id = 'done'",
                             (tenant,)).fetchone() == (0,)
+    assert admin_pg.execute(chunks, (tenant,)).fetchone() == (0,)
     assert client.append(tenant, "done", "message", MSG).seq == 1  # a new history
 
 
