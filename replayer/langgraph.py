@@ -347,6 +347,8 @@ class ThreadIndex:
             if ev.type in TYPES:
                 try:
                     self._apply(ev)
+                except CheckpointCorrupt as e:
+                    raise CheckpointCorrupt(f"seq {ev.seq} ({ev.type}): {e}") from e
                 except (KeyError, TypeError, ValueError, AttributeError) as e:
                     # The index stays before this event, so every later read fails the same way, naming it.
                     raise CheckpointCorrupt(f"seq {ev.seq} ({ev.type}): malformed payload: {e!r}") from e
@@ -357,7 +359,7 @@ class ThreadIndex:
         p = ev.payload
         if not isinstance(p, dict) or p.get("v") not in READABLE:
             found = p.get("v") if isinstance(p, dict) else p
-            raise CheckpointCorrupt(f"seq {ev.seq} ({ev.type}): payload format {found!r:.40} is not one of {READABLE}")
+            raise CheckpointCorrupt(f"payload format {found!r:.40} is not one of {READABLE}")
         p = payload_fields(p)
         if ev.type == DELETED:
             for space in self.checkpoints.values():

@@ -204,6 +204,23 @@ def test_other_steps_share_the_thread_and_a_malformed_checkpoint_is_named_every_
             saver.get_tuple(_config("mixed"))
 
 
+@pytest.mark.parametrize(("data", "says"), [
+    (b"\xc1", "malformed payload"),                 # not msgpack
+    (b"\x93\x01\x02\x03", "must pack a map"),       # msgpack, but a list
+    (b"\x81\xa4blobs\xc0", "malformed payload"),    # a map, its blobs null
+])
+def test_a_format_3_checkpoint_whose_packed_data_is_bad_is_named(client: JournalClient, tenant: str, data: bytes,
+                                                                 says: str) -> None:
+    """A format-3 event whose ``data`` is not the map the saver packs raises CheckpointCorrupt, naming its seq."""
+    saver = JournalSaver(client, tenant=tenant)
+    saver.put(_config("packed"), _checkpoint(a=1), {"source": "loop", "step": 0}, {"a": 1})
+    client.append(tenant, "packed", CHECKPOINT, {"v": 3, "epoch": 0, "ns": "", "id": "z", "parent": None,
+                                                 "thread_id": "packed", "data": data})
+    for fresh in (saver, JournalSaver(client, tenant=tenant)):
+        with pytest.raises(CheckpointCorrupt, match=f"seq 2.*{says}"):
+            fresh.get_tuple(_config("packed"))
+
+
 def test_tenant_comes_from_the_config_or_the_default(client: JournalClient, tenant: str) -> None:
     """config['configurable']['tenant_id'] picks the tenant (and is in the configs returned); else the default."""
     other = _tenant()
