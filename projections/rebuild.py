@@ -20,6 +20,10 @@ snapshots) while agents append and projectors run:
    or counted twice. The live rows and snapshots that differ from the shadow are replaced; the
    old ones serve until the COMMIT; the tenant's shadow rows go in the same transaction.
 
+An archived thread's history below the archive's head is read from its segments in S3 (as a replay
+reads it; without ``JOURNAL_S3_URL`` archived threads are left as they are), and of the snapshots at
+or below that head it keeps the one at the head only, as the archiver leaves it.
+
 Only chained events are folded (seqs 1..n, each with its hash), as the projector does; events
 stored above a gap count in ``event_count``/``max_seq`` only. A thread's status and node move by
 ``journal.lifecycle`` on the payload as stored, as in the projector's batch. A custom reducer that
@@ -43,6 +47,7 @@ import psycopg
 import structlog
 
 from journal import codec, durable, lifecycle
+from journal.archive import ArchiveReader, Manifest
 from journal.blobs import BlobStore, s3_client
 from journal.errors import ConfigError, JournalError, StoreUnavailable
 from journal.keys import validate_id
@@ -129,6 +134,10 @@ class _Thread:
     #: chunks sealed since the last write: the live and the rebuilt snapshots must be the same bytes.
     snap: Snapshot | None = None
     chunks: list[Chunk] = field(default_factory=list)
+    #: Up to which seq the history is in the S3 archive (0: none), and the archive's manifest. An archived
+    #: thread keeps one snapshot at or below that seq, at it, as the archiver leaves it.
+    archived: int = 0
+    manifest: Manifest | None = None
 
 
 def snapshot_blobs(settings: Settings) -> SnapshotBlobs:
@@ -148,6 +157,9 @@ class Rebuilder:
         self.every = settings.snapshot_every
         self.registry = registry if registry is not None else load_registry(settings.reducers)
         self.resolve = resolve if resolve is not None else snapshot_blobs(settings)
+        #: Archived history is folded from the archive's segments; without object storage archived threads are
+        #: left as they are (their history cannot be read).
+        self.archive = ArchiveReader(BlobStore.from_settings(settings)) if settings.s3_url else None
         self.on_progress = on_progress
         self.conn: psycopg.Connection | None = None
         o = self.options
@@ -216,7 +228,8 @@ class Rebuilder:
         passes = 0
         while True:
             folded = 0
-            for n in self._pass(conn, report.tenant, statements.REBUILD_PENDING, {}):
+            listing = statements.REBUILD_PENDING if self.archive else statements.REBUILD_PENDING_NOT_ARCHIVED
+            for n in self._pass(conn, report.tenant, listing, {}):
                 folded += n
                 report.events += n
                 yield n
@@ -261,7 +274,8 @@ class Rebuilder:
         tenant = report.tenant
         locked = [r[0] for r in conn.execute(statements.SWAP_LOCK, (tenant,))]
         # Threads the projector moved since the last pass: folded now, while no batch of them can commit.
-        folded = sum(self._pass(conn, tenant, statements.REBUILD_PENDING_LOCKED, {"locked": locked}, commit=False))
+        listing = statements.REBUILD_PENDING_LOCKED if self.archive else statements.REBUILD_PENDING_LOCKED_NOT_ARCHIVED
+        folded = sum(self._pass(conn, tenant, listing, {"locked": locked}, commit=False))
         params = {"tenant": tenant, "locked": locked}
         report.threads = len(locked)
         report.threads_changed = conn.execute(statements.SWAP_THREADS, params).rowcount
@@ -281,7 +295,7 @@ class Rebuilder:
 
     def _open(self, conn: psycopg.Connection, tenant: str, thread: str, shadow_seq: int | None) -> _Thread:
         """The thread's fold where its shadow row left it (from its newest shadow snapshot), or from empty."""
-        th = _Thread(tenant, thread, state=empty(tenant, thread))
+        th = self._archived(conn, _Thread(tenant, thread, state=empty(tenant, thread)))
         if shadow_seq is None:
             return th
         row = conn.execute(statements.SHADOW_THREAD, (tenant, thread)).fetchone()
@@ -291,7 +305,7 @@ class Rebuilder:
         snap = conn.execute(statements.SHADOW_SNAPSHOT_AT_OR_BELOW, (tenant, thread, last_seq)).fetchone()
         shadow = durable.decode_snapshot_row(conn, tenant, thread, bytes(snap[1])) if snap else None
         base = _Thread(tenant, thread, state=shadow.state if shadow else empty(tenant, thread),
-                       last_seq=int(snap[0]) if snap else 0, snap=shadow)
+                       last_seq=int(snap[0]) if snap else 0, snap=shadow, archived=th.archived, manifest=th.manifest)
         # Refold from the snapshot to the shadow's head: its state, not its row, is needed for later snapshots.
         while base.last_seq < last_seq:
             n, _ = self._advance(conn, base, last_seq - base.last_seq, write=False)
@@ -307,12 +321,29 @@ class Rebuilder:
 
         Returns (events folded, whether the thread is caught up with what is stored).
         """
-        rows = conn.execute(statements.REBUILD_EVENTS, (th.tenant, th.thread, th.last_seq, limit)).fetchall()
+        rows, archived = self._rows(conn, th, limit)
         snaps, n = self.fold(th, rows)
-        caught_up = n < len(rows) or len(rows) < limit
+        # Archived rows end at the archive's head, not at the thread's: PostgreSQL's rows come next.
+        caught_up = n < len(rows) or not rows or (len(rows) < limit and not archived)
         if write:
             self._write(conn, th, snaps)
         return n, caught_up
+
+    def _archived(self, conn: psycopg.Connection, th: _Thread) -> _Thread:
+        """``th`` with its archive's head and manifest, if its history is (partly) in the S3 archive."""
+        ref = durable.archive_ref(conn.execute(durable.ARCHIVE_SQL, (th.tenant, th.thread)).fetchone())
+        if ref is not None and self.archive is not None:
+            th.archived, th.manifest = ref.last_seq, self.archive.manifest(th.tenant, th.thread, ref)
+        return th
+
+    def _rows(self, conn: psycopg.Connection, th: _Thread, limit: int) -> tuple[list[tuple[Any, ...]], bool]:
+        """Up to ``limit`` stored events past ``th``'s head as (seq, ts_ms, body, hash): from the archive's
+        segments while below its head (then True), else from ``journal.events``."""
+        if th.manifest is not None and th.last_seq < th.archived:
+            assert self.archive is not None
+            upto = min(th.archived, th.last_seq + limit)
+            return [(r.seq, r.ts_ms, r.body, r.hash) for r in self.archive.rows(th.manifest, th.last_seq, upto)], True
+        return conn.execute(statements.REBUILD_EVENTS, (th.tenant, th.thread, th.last_seq, limit)).fetchall(), False
 
     def fold(self, th: _Thread, rows: Sequence[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]], int]:
         """Fold ``rows`` (seq, ts_ms, body, hash) while they extend the chained head: (snapshots due, events folded)."""
@@ -325,10 +356,13 @@ class Rebuilder:
             th.pos = lifecycle.step(th.pos, ev.type, ev.payload, ev.node)  # the payload as stored, as the projector
             if th.state is not None:
                 th.state = self._apply(th, th.state, ev)
-                if th.state is not None and seq % self.every == 0:
+                if th.state is not None and (seq % self.every == 0 or seq == th.archived):
+                    # Every snapshot is encoded, so the incremental chain is the projector's; an archived thread
+                    # keeps only the one at the archive's head below it, as the archiver leaves it.
                     record, chunks, th.snap = encode_snapshot(th.state, th.snap)
                     th.chunks.extend(chunks)
-                    snaps.append((th.tenant, th.thread, seq, record, bytes(h)))
+                    if seq >= th.archived:
+                        snaps.append((th.tenant, th.thread, seq, record, bytes(h)))
             th.last_seq, th.last_hash = seq, bytes(h)
             n += 1
         return snaps, n
@@ -375,23 +409,23 @@ class Rebuilder:
         after = ""
         pending = 0
         while True:
-            page = conn.execute(statements.REBUILD_ALL_THREADS,
+            page = conn.execute(statements.REBUILD_ALL_THREADS if self.archive
+                                else statements.REBUILD_ALL_THREADS_NOT_ARCHIVED,
                                 {"tenant": report.tenant, "after": after, "limit": PAGE}).fetchall()
             conn.rollback()
             if not page:
                 break
             for thread, _ in page:
                 after = thread
-                th = _Thread(report.tenant, thread, state=empty(report.tenant, thread))
+                th = self._archived(conn, _Thread(report.tenant, thread, state=empty(report.tenant, thread)))
                 snaps: dict[int, tuple[bytes, bytes]] = {}
                 while True:
-                    rows = conn.execute(statements.REBUILD_EVENTS,
-                                        (report.tenant, thread, th.last_seq, self.chunk)).fetchall()
+                    rows, archived = self._rows(conn, th, self.chunk)
                     new, n = self.fold(th, rows)
                     snaps.update((s[2], (s[3], s[4])) for s in new)
                     pending += n
                     report.events += n
-                    if n < len(rows) or len(rows) < self.chunk:
+                    if n < len(rows) or not rows or (len(rows) < self.chunk and not archived):
                         break
                     if pending >= self.chunk:
                         yield pending

@@ -161,21 +161,24 @@ DROP_ROLE = sql.SQL("DROP ROLE {}")
 
 # -- rebuild (projections.rebuild): shadow tables, then a swap per tenant under the threads' row locks ----
 
-#: A tenant's threads (after a thread id, in key order; archived ones, whose history is in S3, are left as they
-#: are) whose shadow row is missing or behind the events:
+#: A tenant's threads (after a thread id, in key order) whose shadow row is missing or behind the events:
 #: a stored seq above it that is chained or above its max_seq. The tenant is given twice so the
 #: ``events`` partition is chosen at plan time; the EXISTS is one index range scan above the shadow's head.
 REBUILD_PENDING = (
     "SELECT t.thread_id, r.last_seq FROM journal.threads t LEFT JOIN journal.rebuild_threads r "
     "ON r.tenant_id = t.tenant_id AND r.thread_id = t.thread_id "
-    "WHERE t.tenant_id = %(tenant)s AND t.thread_id > %(after)s AND NOT EXISTS (SELECT 1 FROM journal.archives a "
-    "WHERE a.tenant_id = %(tenant)s AND a.thread_id = t.thread_id) AND (r.thread_id IS NULL OR EXISTS ("
+    "WHERE t.tenant_id = %(tenant)s AND t.thread_id > %(after)s AND (r.thread_id IS NULL OR EXISTS ("
     "SELECT 1 FROM journal.events e WHERE e.tenant_id = %(tenant)s AND e.thread_id = t.thread_id "
     "AND e.seq > r.last_seq AND (e.seq > r.max_seq OR e.hash IS NOT NULL))) "
     "ORDER BY t.thread_id LIMIT %(limit)s")
 #: As :data:`REBUILD_PENDING`, among the threads the swap holds locked (``%(locked)s``, a text[]).
 REBUILD_PENDING_LOCKED = REBUILD_PENDING.replace(
     "t.thread_id > %(after)s", "t.thread_id > %(after)s AND t.thread_id = ANY(%(locked)s)")
+#: Without object storage an archived thread's history cannot be read: these leave archived threads as they are.
+_NOT_ARCHIVED = ("t.thread_id > %(after)s AND NOT EXISTS (SELECT 1 FROM journal.archives a "
+                 "WHERE a.tenant_id = %(tenant)s AND a.thread_id = t.thread_id)")
+REBUILD_PENDING_NOT_ARCHIVED = REBUILD_PENDING.replace("t.thread_id > %(after)s", _NOT_ARCHIVED)
+REBUILD_PENDING_LOCKED_NOT_ARCHIVED = REBUILD_PENDING_LOCKED.replace("t.thread_id > %(after)s", _NOT_ARCHIVED)
 #: A thread's stored events above a seq, with their chain hash (NULL while an earlier seq is in flight).
 REBUILD_EVENTS = ("SELECT seq, ts_ms, body, hash FROM journal.events WHERE tenant_id = %s AND thread_id = %s "
                   "AND seq > %s ORDER BY seq LIMIT %s")
@@ -242,6 +245,5 @@ CLEAR_SHADOW_THREADS = "DELETE FROM journal.rebuild_threads WHERE tenant_id = %s
 CLEAR_SHADOW_SNAPSHOTS = "DELETE FROM journal.rebuild_snapshots WHERE tenant_id = %s"
 #: A tenant's threads after a thread id, in key order (the dry run reads every one).
 REBUILD_ALL_THREADS = ("SELECT t.thread_id, NULL::bigint FROM journal.threads t WHERE t.tenant_id = %(tenant)s "
-                       "AND t.thread_id > %(after)s AND NOT EXISTS (SELECT 1 FROM journal.archives a "
-                       "WHERE a.tenant_id = %(tenant)s AND a.thread_id = t.thread_id) "
-                       "ORDER BY t.thread_id LIMIT %(limit)s")
+                       "AND t.thread_id > %(after)s ORDER BY t.thread_id LIMIT %(limit)s")
+REBUILD_ALL_THREADS_NOT_ARCHIVED = REBUILD_ALL_THREADS.replace("t.thread_id > %(after)s", _NOT_ARCHIVED)

@@ -21,6 +21,7 @@ from journal.settings import Settings
 from journal.state import empty, encode_snapshot, encode_state
 from projections.rebuild import Rebuilder, RebuildOptions, rebuild
 from projections.worker import Projector, WorkerOptions
+from replayer.replay import Replayer
 
 MSG = {"role": "user", "content": "hi"}
 
@@ -291,9 +292,19 @@ def test_tenants_take_turns(migrated: Settings, client: JournalClient) -> None:
     assert turns[-1][1] == 950 and all(r.swapped for r in reports)
 
 
-def test_rebuild_leaves_archived_threads_alone(migrated: Settings, admin_pg: Any, client: JournalClient,
-                                               tenant: str) -> None:
-    """An archived thread (history in S3) keeps its row and head snapshot; the others are rebuilt and swapped."""
+def _derived(pg: Any, tenant: str) -> list[Any]:
+    """What a rebuild derives (no timestamps): the threads rows' fold columns, the snapshots."""
+    return [pg.execute("SELECT thread_id, status, node, last_seq, last_hash, max_seq, event_count, branches "
+                       "FROM journal.threads WHERE tenant_id = %s ORDER BY 1", (tenant,)).fetchall(),
+            pg.execute("SELECT thread_id, seq, state, hash FROM journal.snapshots WHERE tenant_id = %s ORDER BY 1, 2",
+                       (tenant,)).fetchall()]
+
+
+def test_rebuild_folds_archived_threads_from_the_archive(migrated: Settings, admin_pg: Any, client: JournalClient,
+                                                        tenant: str) -> None:
+    """An archived thread (history in S3, then reactivated) is folded from its segments and PostgreSQL's rows:
+    a rebuild of unchanged data changes nothing (the archiver's head snapshot, byte for byte), and a damaged
+    row or a lost head snapshot comes back."""
     from datetime import timedelta
 
     from projections.archive import Archiver, candidates
@@ -303,12 +314,26 @@ def test_rebuild_leaves_archived_threads_alone(migrated: Settings, admin_pg: Any
     _drain(migrated, [tenant])
     report = Archiver(migrated).run(candidates(migrated, timedelta(0), tenants=[tenant]))
     assert not report.failed and [t.thread for t in report.threads] == ["th0"]
-    archived = [admin_pg.execute(f"SELECT * FROM journal.{t} WHERE tenant_id = %s AND thread_id = 'th0'",
-                                 (tenant,)).fetchall() for t in ("threads", "snapshots")]
-    admin_pg.execute("UPDATE journal.threads SET node = 'bogus' WHERE tenant_id = %s AND thread_id = 'th1'", (tenant,))
-    (rebuilt,) = rebuild(migrated, RebuildOptions(tenants=(tenant,)))
-    assert (rebuilt.threads_changed, rebuilt.swapped) == (1, True)
-    assert [admin_pg.execute(f"SELECT * FROM journal.{t} WHERE tenant_id = %s AND thread_id = 'th0'",
-                             (tenant,)).fetchall() for t in ("threads", "snapshots")] == archived
+    head = report.threads[0].to_seq
+    assert admin_pg.execute("SELECT count(*) FROM journal.events WHERE tenant_id = %s AND thread_id = 'th0'",
+                            (tenant,)).fetchone() == (0,)
+    (noop,) = rebuild(migrated, RebuildOptions(tenants=(tenant,)))
+    assert (noop.threads_changed, noop.snapshots_added, noop.snapshots_removed, noop.swapped) == (0, 0, 0, True)
+    assert noop.events == 230 + 1 + 230  # th0 from the archive, th1 from PostgreSQL
+    for i in range(75):  # reactivated: the projector's snapshots resume above the archive's head (at 300)
+        client.append(tenant, "th0", "message", {"role": "user", "content": f"again {i}"})
+    _drain(migrated, [tenant])
+    before = _derived(admin_pg, tenant)
+    snaps = [r[0] for r in admin_pg.execute("SELECT seq FROM journal.snapshots WHERE tenant_id = %s AND thread_id = "
+                                            "'th0' ORDER BY seq", (tenant,))]
+    assert snaps == [head, 300], snaps
+    admin_pg.execute("UPDATE journal.threads SET node = 'bogus' WHERE tenant_id = %s AND thread_id = 'th0'", (tenant,))
+    admin_pg.execute("DELETE FROM journal.snapshots WHERE tenant_id = %s AND thread_id = 'th0' AND seq = %s",
+                     (tenant, head))
     (dry,) = rebuild(migrated, RebuildOptions(tenants=(tenant,), dry_run=True))
-    assert (dry.threads, dry.threads_changed, dry.snapshots_added, dry.snapshots_removed) == (1, 0, 0, 0)
+    assert (dry.threads, dry.threads_changed, dry.snapshots_added, dry.snapshots_removed) == (2, 1, 1, 0)
+    (rebuilt,) = rebuild(migrated, RebuildOptions(tenants=(tenant,)))
+    assert (rebuilt.threads_changed, rebuilt.snapshots_added, rebuilt.snapshots_removed) == (1, 1, 0)
+    assert _derived(admin_pg, tenant) == before
+    with Replayer.from_settings(migrated) as r:  # and a replay through the rebuilt head snapshot is the full fold
+        assert r.replay(tenant, "th0") == r.replay(tenant, "th0", use_snapshots=False)
