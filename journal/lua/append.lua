@@ -110,12 +110,17 @@ local reply = {'ok', created, ts}
 for i = 0, n - 1 do
   local base = 3 + i * 5
   local p = plan[i + 1]
+  local ik = tonumber(ARGV[base + 2])
   if p[2] == 0 then
     redis.call('XADD', KEYS[1], '*', 't', ARGV[base], 's', p[1], 'ts', ts, 'b', ARGV[base + 4])
-    local ik = tonumber(ARGV[base + 2])
     if ik > 0 then
       redis.call('SET', KEYS[ik], p[1] .. ':' .. ts .. ':' .. ARGV[base + 3], 'EX', ttl)
     end
+  elseif ik > 0 then
+    -- A repeat writes no event, but refreshes its key: a write on this connection, so the WAIT/WAITAOF that
+    -- follows a 'replicated' or 'fsync' retry covers the original event too (it comes before this write in
+    -- the replication stream and the AOF). Without it a retry on another connection proved nothing.
+    redis.call('EXPIRE', KEYS[ik], ttl)
   end
   reply[#reply + 1] = p[1]
   reply[#reply + 1] = p[2]

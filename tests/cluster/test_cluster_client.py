@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import threading
 import uuid
 from typing import Any
@@ -140,6 +142,40 @@ def test_replicated_append_is_on_the_replica_when_acknowledged(kind: str, cluste
             assert direct.xlen(keys.stream(tenant)) == 1
         finally:
             direct.close()
+
+
+def test_a_retry_of_an_unconfirmed_replicated_append_is_confirmed_only_once_replicated(
+        cluster_stack: EmbeddedStack, cluster_settings: Settings) -> None:
+    """The replica stops: the append raises DurabilityError (written, not confirmed). A retry with its key from
+    another client must not report it replicated while the replica still lacks it, and does once it has it."""
+    tenant = tenants_on_every_primary(cluster_settings.redis_url or "")[0]
+    primary = _primary_of(cluster_settings, tenant)
+    replica = next(n for n in cluster_report(cluster_settings.redis_url or "") if n.primary == primary)
+    pid = next(n["pid"] for n in cluster_stack.cluster_nodes() if f"127.0.0.1:{n['port']}" == replica.address)
+    settings = cluster_settings.with_(durability_timeout=0.5)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        with JournalClient.from_settings(settings) as first, pytest.raises(DurabilityError,
+                                                                          match="no replica acknowledged"):
+            first.append(tenant, "run", "message", MSG, durability="replicated", idempotency_key="k-1")
+        with JournalClient.from_settings(settings) as retry:  # a new connection: it has written nothing yet
+            with pytest.raises(DurabilityError, match="no replica acknowledged") as caught:
+                retry.append(tenant, "run", "message", MSG, durability="replicated", idempotency_key="k-1")
+            assert [e.seq for e in caught.value.written] == [1]
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    with JournalClient.from_settings(settings.with_(durability_timeout=5)) as retry:
+        assert retry.append(tenant, "run", "message", MSG, durability="replicated", idempotency_key="k-1").seq == 1
+        assert retry.head(tenant, "run") == 1
+
+
+def _primary_of(settings: Settings, tenant: str) -> str:
+    cluster: Any = connect(settings.redis_url or "")
+    try:
+        node = cluster.get_node_from_key(keys.stream(tenant))
+        return f"{node.host}:{node.port}"
+    finally:
+        cluster.close()
 
 
 def test_replicated_without_a_replica_says_what_was_written(settings: Settings, tenant: str) -> None:
