@@ -65,7 +65,7 @@ for i = 0, n - 1 do
         return {'reused', i, seq}
       end
     end
-    plan[#plan + 1] = {seq, 1, tonumber(prior_ts)}
+    plan[#plan + 1] = {seq, 1, tonumber(prior_ts), prior}
   else
     local head = heads[thread]
     if head == nil then
@@ -117,10 +117,11 @@ for i = 0, n - 1 do
       redis.call('SET', KEYS[ik], p[1] .. ':' .. ts .. ':' .. ARGV[base + 3], 'EX', ttl)
     end
   elseif ik > 0 then
-    -- A repeat writes no event, but refreshes its key: a write on this connection, so the WAIT/WAITAOF that
-    -- follows a 'replicated' or 'fsync' retry covers the original event too (it comes before this write in
-    -- the replication stream and the AOF). Without it a retry on another connection proved nothing.
-    redis.call('EXPIRE', KEYS[ik], ttl)
+    -- A repeat writes no event, but sets its key again (same value, fresh TTL): a write on this connection, so
+    -- the WAIT/WAITAOF that follows a 'replicated' or 'fsync' retry covers the original event too (it comes
+    -- before this write in the replication stream and the AOF). Without it a retry on another connection
+    -- proved nothing. SET, not EXPIRE: tenant users may run SET in this script (journal/acl.py).
+    redis.call('SET', KEYS[ik], p[4], 'EX', ttl)
   end
   reply[#reply + 1] = p[1]
   reply[#reply + 1] = p[2]
