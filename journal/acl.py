@@ -33,7 +33,7 @@ import structlog
 
 from journal import keys
 from journal.errors import AccessDenied, ConfigError, JournalError
-from journal.redis_store import CLUSTER_SCHEMES, is_cluster
+from journal.redis_store import CLUSTER_SCHEMES, address_client, is_cluster, live_nodes
 from journal.redis_store import translate as _translate
 from journal.settings import with_credentials
 
@@ -125,11 +125,8 @@ def create_tenant_user(admin: redis.Redis, tenant: str, password: str | None = N
     """
     user = username(tenant)
     password = password if password is not None else secrets.token_urlsafe(32)
-    rules = acl_rules(tenant, password, BASE_COMMANDS + SCRIPT_COMMANDS)
     try:
-        _everywhere(admin, "ACL", "SETUSER", user, *rules)
-        for command in OPTIONAL_COMMANDS:
-            _grant_if_known(admin, user, command)
+        _define(admin, user, acl_rules(tenant, password, BASE_COMMANDS + SCRIPT_COMMANDS))
     except redis.RedisError as e:
         raise translate(e, f"ACL SETUSER {user}") from e
     _persist(admin)
@@ -153,9 +150,9 @@ def rotate_tenant_user(admin: redis.Redis, tenant: str, *, kill_connections: boo
         raise AccessDenied(f"no Redis user {user}; create it first (`agent-journal tenant create {tenant}`)")
     password = secrets.token_urlsafe(32)
     try:
-        # clearselectors + the selector: users made before the registry selector existed get it too.
-        _everywhere(admin, "ACL", "SETUSER", user, "resetpass", f">{password}", "clearselectors",
-                              REGISTRY_SELECTOR)
+        # The whole definition, not only the password: users made before the registry selector existed get it,
+        # and a node added to the cluster since the user was made (it has no such user) gets all of it.
+        _define(admin, user, acl_rules(tenant, password, BASE_COMMANDS + SCRIPT_COMMANDS))
         if kill_connections:
             _everywhere(admin, "CLIENT", "KILL", "USER", user)
     except redis.RedisError as e:
@@ -215,6 +212,13 @@ def tenant_user_exists(admin: redis.Redis, tenant: str) -> bool:
     return _exists(admin, username(tenant))
 
 
+def _define(admin: redis.Redis, user: str, rules: list[str]) -> None:
+    """(Re)define ``user`` with ``rules`` on every node, then the optional commands the server knows."""
+    _everywhere(admin, "ACL", "SETUSER", user, *rules)
+    for command in OPTIONAL_COMMANDS:
+        _grant_if_known(admin, user, command)
+
+
 def _grant_if_known(admin: redis.Redis, user: str, command: str) -> bool:
     """Allow ``command`` if this server has it (Redis 7.0 has neither WAITAOF nor CLIENT SETINFO)."""
     try:
@@ -228,15 +232,24 @@ def _grant_if_known(admin: redis.Redis, user: str, command: str) -> bool:
 
 
 def _everywhere(admin: redis.Redis, *args: Any) -> Any:
-    """``admin.execute_command(*args)``, on a cluster on every node: each keeps its own users (and ACL file).
+    """``admin.execute_command(*args)``, on a cluster on every live node, replicas included: each keeps its own
+    users (and ACL file), and a replica without the tenant's user would refuse the tenant once promoted.
 
-    A node added to the cluster later starts without the tenant users: run `agent-journal tenant
-    rotate` for each tenant, or copy the ACL file, before it takes slots.
+    Sent to each address of ``CLUSTER NODES`` (the cluster client's ``target_nodes="all"`` reached the
+    primaries only). A node added to the cluster later starts without the tenant users: `agent-journal
+    tenant rotate` of each tenant defines its user there too (rotate redefines the whole user), or copy
+    the ACL file, before it takes slots.
     """
-    if is_cluster(admin):
-        replies = admin.execute_command(*args, target_nodes="all")
-        return min(int(v) for v in replies.values()) if args[1] == "DELUSER" and isinstance(replies, dict) else replies
-    return admin.execute_command(*args)
+    if not is_cluster(admin):
+        return admin.execute_command(*args)
+    replies: dict[str, Any] = {}
+    for address in live_nodes(admin):
+        client = address_client(admin, address)
+        try:
+            replies[address] = client.execute_command(*args)
+        finally:
+            client.close()
+    return min(int(v) for v in replies.values()) if args[1] == "DELUSER" else replies
 
 
 def _exists(admin: redis.Redis, user: str) -> bool:

@@ -304,19 +304,30 @@ class NodeReport:
     state: str
 
 
+def address_client(cluster: Any, address: str) -> redis.Redis:
+    """A plain client to one node (``host:port``) with the cluster client's credentials: straight to the address,
+    since a replica (or a node that joined a moment ago) may not be in the client's slot map."""
+    kw = cluster.get_redis_connection(cluster.get_default_node()).connection_pool.connection_kwargs
+    host, _, port = address.rpartition(":")
+    return redis.Redis(host=host, port=int(port), username=kw.get("username"), password=kw.get("password"),
+                       ssl=kw.get("connection_class") is redis.SSLConnection, socket_timeout=3,
+                       socket_connect_timeout=3)
+
+
+def live_nodes(cluster: Any) -> list[str]:
+    """The addresses of every node of the cluster, replicas included, but those flagged failed or unreachable."""
+    return [address for address, n in sorted(cluster.cluster_nodes().items())
+            if not {"fail", "fail?", "noaddr", "handshake"} & set(str(n.get("flags", "")).split(","))]
+
+
 def cluster_report(url: str) -> list[NodeReport]:
     """Every node of the cluster at ``url``: role, slots, memory, replication lag (one INFO per node)."""
     cluster = cast(redis.cluster.RedisCluster, connect(url))
     try:
         nodes = cluster.cluster_nodes()
-        # Straight to each address: a replica that joined a moment ago may not be in the client's slot map yet.
-        kw = cluster.get_redis_connection(cluster.get_default_node()).connection_pool.connection_kwargs
         facts: dict[str, tuple[dict[str, Any], dict[str, Any]] | None] = {}
         for address in nodes:
-            host, _, port = address.rpartition(":")
-            client = redis.Redis(host=host, port=int(port), username=kw.get("username"), password=kw.get("password"),
-                                 ssl=kw.get("connection_class") is redis.SSLConnection, socket_timeout=3,
-                                 socket_connect_timeout=3)
+            client = address_client(cluster, address)
             try:
                 facts[address] = (client.info("memory"), client.info("replication"))
             except redis.RedisError:

@@ -19,7 +19,7 @@ from journal.aio import AsyncJournalClient
 from journal.cli import check_url, main
 from journal.client import JournalClient
 from journal.embedded import EmbeddedStack
-from journal.errors import ConfigError, DurabilityError
+from journal.errors import ConfigError, DurabilityError, JournalError
 from journal.redis_store import cluster_report, connect, is_cluster_url
 from journal.settings import Settings
 
@@ -209,6 +209,33 @@ def test_tenant_credentials_keep_the_cluster_url(cluster_settings: Settings) -> 
     url = creds.redis_url(cluster_settings.redis_url or "")
     assert url.startswith("redis+cluster://journal-acme:pw@127.0.0.1:")
     check_url(url, "redis", "JOURNAL_REDIS_URL")
+
+
+def test_rotate_defines_the_tenant_user_on_a_node_that_lacks_it(cluster_settings: Settings) -> None:
+    """A node that joined after `tenant create` has no tenant user: the tenant's appends to its slots are refused
+    there; `tenant rotate` defines the whole user on every node again, and they work."""
+    url = cluster_settings.redis_url or ""
+    tenant = tenants_on_every_primary(url)[0]
+    host, _, port = _primary_of(cluster_settings, tenant).rpartition(":")
+    admin: Any = connect(url)
+    try:
+        creds = acl.create_tenant_user(admin, tenant)
+        node = admin.get_node(host=host, port=int(port))
+        admin.execute_command("ACL", "DELUSER", creds.username, target_nodes=node)  # as a node added later
+        with JournalClient.from_settings(cluster_settings.with_(redis_url=creds.redis_url(url))) as c, \
+                pytest.raises(JournalError):
+            c.append(tenant, "run", "message", MSG)
+        rotated = acl.rotate_tenant_user(admin, tenant)
+        lines = admin.execute_command("ACL", "GETUSER", creds.username, target_nodes="all")
+        assert len(lines) == 6 and all(v is not None for v in lines.values())
+        listed = {name: [ln for ln in v if creds.username.encode() in ln]
+                  for name, v in admin.execute_command("ACL", "LIST", target_nodes="all").items()}
+        assert len({tuple(v) for v in listed.values()}) == 1, listed  # one definition, on every node
+        with JournalClient.from_settings(cluster_settings.with_(redis_url=rotated.redis_url(url))) as c:
+            assert c.append(tenant, "run", "message", MSG).seq == 1
+        acl.revoke_tenant_user(admin, tenant)
+    finally:
+        admin.close()
 
 
 def test_streams_with_a_backlog_are_read_ahead_on_every_primary(cluster_settings: Settings, admin_pg: Any) -> None:
