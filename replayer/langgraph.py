@@ -949,10 +949,17 @@ class _Cache:
 def _put_drafts(serde: SerializerProtocol, index: ThreadIndex, where: _Where, config: RunnableConfig,
                 checkpoint: Checkpoint, metadata: CheckpointMetadata, new_versions: ChannelVersions,
                 batch: Sequence[_Pending]) -> tuple[list[Draft], RunnableConfig]:
-    """What one put appends: the waiting writes, the checkpoint after them, and the registration of a new thread."""
+    """What one put appends: the waiting writes, the checkpoint, and the registration of a new thread.
+
+    Writes against earlier checkpoints go before it (the checkpoint follows from them); writes against this very
+    checkpoint (a task of the next step that finished while this put waited for the one before) after it, so
+    the log reads in order. The fold keys writes by checkpoint id either way.
+    """
+    before = [p.draft for p in batch if p.draft.payload.get("checkpoint_id") != checkpoint["id"]]
+    after = [p.draft for p in batch if p.draft.payload.get("checkpoint_id") == checkpoint["id"]]
     draft, out = _checkpoint_draft(serde, index, where.jthread, config, checkpoint, metadata, new_versions,
-                                   ahead=len(batch))
-    drafts = [p.draft for p in batch] + [draft]
+                                   ahead=len(before))
+    drafts = [*before, draft, *after]
     if _unregistered(index):
         drafts.append(_registration(where.jthread, where.thread_id))
     return drafts, out
