@@ -30,7 +30,7 @@ from projections.links import Links
 from projections.maintenance import Maintenance
 from projections.snapshots import BlobSource
 from projections.snapshotter import SnapshotWriter
-from projections.store import BatchResult, Item, Poison, write_batch
+from projections.store import BatchResult, Item, KnownHeads, Poison, write_batch
 
 Entry = tuple[str, str, dict[bytes, Any]]
 Decoded = tuple[list[Item], list[Poison]]
@@ -83,6 +83,8 @@ class Committer:
         self.log = log
         self._acks: DeferredAcks | None = None
         self._attempts: dict[tuple[str, str], int] = defaultdict(int)
+        #: Heads of the threads this worker committed last: their small batches take one round trip.
+        self.heads = KnownHeads()
         #: A committed batch whose acknowledgement waits for the next batch's row locks (``project_batches``).
         self._committed: tuple[BatchResult, list[tuple[str, str]]] | None = None
         #: The next batch, decoded while PostgreSQL ran the one before (``decode_next``).
@@ -153,7 +155,7 @@ class Committer:
         try:
             result = write_batch(self.links.pg, items, poison, key=self.key, snapshot_every=self.snapshot_every,
                                  resolve=self.resolve, overlap=overlap, registry=self.registry,
-                                 defer_snapshots=self.snapshots is not None)
+                                 defer_snapshots=self.snapshots is not None, heads=self.heads)
         except psycopg.OperationalError:
             raise
         except psycopg.Error as e:

@@ -38,6 +38,17 @@ INSERT_THREADS = ("INSERT INTO journal.threads (tenant_id, thread_id) SELECT * F
 LOCK_THREADS = ("SELECT t.tenant_id, t.thread_id, t.last_seq, t.last_hash, t.max_seq, t.status, t.branches "
                 "FROM journal.threads t JOIN unnest(%b::text[], %b::text[]) u(a, b) "
                 "ON t.tenant_id = u.a AND t.thread_id = u.b ORDER BY t.tenant_id, t.thread_id FOR UPDATE OF t")
+#: The fast path of a small batch (``store.KnownHeads``): lock the batch's threads in key order as
+#: :data:`LOCK_THREADS` does, and fail — a division by zero, which aborts the pipelined writes and COMMIT
+#: behind it — unless every one still has the head this worker committed last, so the batch planned on
+#: those heads is what :data:`LOCK_THREADS` would have planned. The last parameter is the thread count.
+EXPECT_HEADS = (
+    "WITH l AS (SELECT t.last_seq, t.last_hash, t.max_seq, t.status, t.branches, u.s, u.h, u.m, u.st, u.br "
+    "FROM journal.threads t JOIN unnest(%b::text[], %b::text[], %b::bigint[], %b::bytea[], %b::bigint[], "
+    "%b::text[], %b::text[]) u(a, b, s, h, m, st, br) ON t.tenant_id = u.a AND t.thread_id = u.b "
+    "ORDER BY t.tenant_id, t.thread_id FOR UPDATE OF t) "
+    "SELECT 1 / (count(*) FILTER (WHERE (last_seq, last_hash, max_seq, status, branches) "
+    "IS NOT DISTINCT FROM (s, h, m, st, br::jsonb)) = %b)::int FROM l")
 
 #: The stored bodies of incoming seqs at or below their thread's max_seq (redelivery or conflict?).
 STORED_BODIES = ("SELECT e.tenant_id, e.thread_id, e.seq, e.body FROM journal.events e "

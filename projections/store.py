@@ -16,6 +16,7 @@ import weakref
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any, Protocol
 
 import orjson
@@ -80,6 +81,59 @@ class BatchResult:
     previous_ms: dict[str, int] = field(default_factory=dict)
     #: Snapshots the batch made due, left to the caller by ``write_batch(defer_snapshots=True)``.
     snapshot_jobs: list[SnapshotJob] = field(default_factory=list)
+
+
+#: (last_seq, last_hash, max_seq, status, branches): a thread's row as ``statements.LOCK_THREADS`` reads it.
+Head = tuple[int, bytes | None, int, str, list[str]]
+
+
+class KnownHeads:
+    """The heads of the threads this worker committed last, for small batches in one round trip.
+
+    A small batch whose threads' heads are known here (and that needs nothing else read: every seq
+    above its thread's stored ones) is planned before PostgreSQL is asked, then sent as one pipeline:
+    the row locks with a check that the heads are still these (``statements.EXPECT_HEADS``), the
+    writes and the COMMIT. Otherwise a batch takes two round trips: lock and read the heads, then write.
+    A head another writer moved (a second projector, a rebuild, retention) fails the check: the
+    batch is rolled back and run the usual way, and that thread is left out of here for
+    ``cooldown`` batches, so workers sharing threads do not pay a failed check for every batch.
+    """
+
+    def __init__(self, size: int = 100_000, cooldown: int = 256) -> None:
+        self.size = size
+        self.cooldown = cooldown
+        self._heads: dict[tuple[str, str], Head] = {}
+        #: thread -> the batch count until which it is not remembered (its head moved under this worker)
+        self._cold: dict[tuple[str, str], int] = {}
+        self._batches = 0
+
+    def of(self, by_thread: dict[tuple[str, str], list[Item]]) -> dict[tuple[str, str], Head] | None:
+        """The heads of every thread of the batch, if all are known and every seq is above the stored ones."""
+        self._batches += 1
+        known: dict[tuple[str, str], Head] = {}
+        for thread, its in by_thread.items():
+            head = self._heads.get(thread)
+            # max_seq above last_seq: events wait for an earlier one, which only the full path reads.
+            if head is None or head[2] != head[0] or min(it.event.seq for it in its) <= head[2]:
+                return None
+            known[thread] = head
+        return known
+
+    def remember(self, heads: dict[tuple[str, str], Head]) -> None:
+        for thread, head in heads.items():
+            if self._cold.get(thread, 0) <= self._batches:
+                self._heads.pop(thread, None)
+                self._heads[thread] = head  # at the end: the oldest are dropped first
+        while len(self._heads) > self.size:
+            del self._heads[next(iter(self._heads))]
+
+    def forget(self, threads: Iterable[tuple[str, str]], *, moved: bool = False) -> None:
+        if moved and len(self._cold) > self.size:
+            self._cold = {t: n for t, n in self._cold.items() if n > self._batches}
+        for thread in threads:
+            self._heads.pop(thread, None)
+            if moved:
+                self._cold[thread] = self._batches + self.cooldown
 
 
 #: Up to this many rows a batch inserts them from unnest() arrays in its last pipeline instead of a COPY
@@ -155,7 +209,8 @@ def _stage_events(conn: psycopg.Connection, rows: list[tuple[Any, ...]]) -> None
 def write_batch(conn: psycopg.Connection, items: Iterable[Item], poison: Iterable[Poison] = (), *,
                 key: bytes | None = None, snapshot_every: int = 100,
                 resolve: snapshots.BlobSource | None = None, overlap: Overlap | None = None,
-                registry: Registry | None = None, defer_snapshots: bool = False) -> BatchResult:
+                registry: Registry | None = None, defer_snapshots: bool = False,
+                heads: KnownHeads | None = None) -> BatchResult:
     """Project ``items`` (and dead-letter ``poison``) in one transaction, committed here (rolled back on error).
 
     ``overlap`` is work of the caller's run while the batch waits: its ``while_locking`` once the thread
@@ -163,51 +218,79 @@ def write_batch(conn: psycopg.Connection, items: Iterable[Item], poison: Iterabl
     With ``defer_snapshots`` the snapshots due are not written: they are returned in
     ``result.snapshot_jobs`` for ``write_snapshots`` (the projector acknowledges first: a snapshot is
     derived data, and folding one took 30 ms of a 3-event batch on a long conversation).
+    ``heads``: the caller's :class:`KnownHeads`, kept up to date here, for small batches in one round trip.
     """
-    result = BatchResult()
-    positions = result.positions
+    items = list(items)
+    poison = list(poison)
+    result = _positioned(items, poison)
     by_thread: dict[tuple[str, str], list[Item]] = defaultdict(list)
     for it in items:
         by_thread[(it.event.tenant, it.event.thread)].append(it)
-        pos = _storable(stream_position(it.stream_id))
-        if pos > positions.get(it.event.tenant, (0, 0)):
-            positions[it.event.tenant] = pos
-    poison = list(poison)
-    for p in poison:
-        pos = _storable(stream_position(p.stream_id))
-        if pos > positions.get(p.tenant, (0, 0)):
-            positions[p.tenant] = pos
 
     if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
         raise psycopg.ProgrammingError("write_batch commits its own transaction: call it outside one")
+    known = heads.of(by_thread) if heads is not None and not poison and len(items) <= SMALL_BATCH else None
     try:
-        _run_batch(conn, by_thread, poison, result, key, snapshot_every, resolve, overlap, registry, defer_snapshots)
+        try:
+            plan = _run_batch(conn, by_thread, poison, result, key, snapshot_every, resolve, overlap, registry,
+                              defer_snapshots, known)
+        except psycopg.errors.DivisionByZero:  # statements.EXPECT_HEADS: a head moved since this worker wrote it
+            if known is None or heads is None:
+                raise
+            conn.rollback()
+            heads.forget(known, moved=True)
+            result = _positioned(items, poison)
+            # The overlap's work ran (or was not due) in the failed try: not twice.
+            plan = _run_batch(conn, by_thread, poison, result, key, snapshot_every, resolve, None, registry,
+                              defer_snapshots, None)
     except BaseException:
+        if heads is not None:
+            heads.forget(by_thread)
         if not conn.closed:
             with contextlib.suppress(psycopg.Error):
                 conn.rollback()
         raise
+    if heads is not None:
+        heads.remember(plan.heads)
+    return result
+
+
+def _positioned(items: list[Item], poison: list[Poison]) -> BatchResult:
+    """A batch's result before it runs: each tenant's highest stream position in it."""
+    result = BatchResult()
+    positions = result.positions
+    for tenant, stream_id in chain(((it.event.tenant, it.stream_id) for it in items),
+                                   ((p.tenant, p.stream_id) for p in poison)):
+        pos = _storable(stream_position(stream_id))
+        if pos > positions.get(tenant, (0, 0)):
+            positions[tenant] = pos
     return result
 
 
 def _run_batch(conn: psycopg.Connection, by_thread: dict[tuple[str, str], list[Item]], poison: list[Poison],
                result: BatchResult, key: bytes | None, snapshot_every: int, resolve: snapshots.BlobSource | None,
-               overlap: Overlap | None, registry: Registry | None, defer_snapshots: bool) -> None:
+               overlap: Overlap | None, registry: Registry | None, defer_snapshots: bool,
+               known: dict[tuple[str, str], Head] | None) -> _Plan:
+    """Run a batch: with ``known`` heads in one pipeline (``KnownHeads``), else locking and reading them first."""
     positions = result.positions
-    # Index nested loops for every join on an unnest() batch (statements.NO_HASHJOIN says why).
-    with conn.pipeline():
-        if len(by_thread) > SMALL_BATCH:  # a handful of keys is planned as nested loops anyway
-            conn.execute(statements.NO_HASHJOIN)
-            conn.execute(statements.NO_MERGEJOIN)
-        tenants = sorted(positions)
-        offsets = conn.execute(statements.OFFSETS_OF_TENANTS, (tenants,)) if positions else None
-        locked = _lock_threads(conn, sorted(by_thread)) if by_thread else None
-        if overlap is not None:
-            overlap.while_locking()
-        if offsets is not None:
-            result.previous_ms = dict.fromkeys(tenants, 0)
-            result.previous_ms.update(offsets.fetchall())
-        heads = {(r[0], r[1]): r[2:] for r in locked.fetchall()} if locked is not None else {}
+    tenants = sorted(positions)
+    offsets = None
+    if known is None:
+        # Index nested loops for every join on an unnest() batch (statements.NO_HASHJOIN says why).
+        with conn.pipeline():
+            if len(by_thread) > SMALL_BATCH:  # a handful of keys is planned as nested loops anyway
+                conn.execute(statements.NO_HASHJOIN)
+                conn.execute(statements.NO_MERGEJOIN)
+            offsets = conn.execute(statements.OFFSETS_OF_TENANTS, (tenants,)) if positions else None
+            locked = _lock_threads(conn, sorted(by_thread)) if by_thread else None
+            if overlap is not None:
+                overlap.while_locking()
+            if offsets is not None:
+                result.previous_ms = dict.fromkeys(tenants, 0)
+                result.previous_ms.update(offsets.fetchall())
+            heads = {(r[0], r[1]): r[2:] for r in locked.fetchall()} if locked is not None else {}
+    else:
+        heads = known
     plan = _plan_threads(conn, by_thread, heads, result, key, snapshot_every) if by_thread else _Plan()
     if defer_snapshots:
         result.snapshot_jobs, plan.snapshot_jobs = plan.snapshot_jobs, []
@@ -216,6 +299,11 @@ def _run_batch(conn: psycopg.Connection, by_thread: dict[tuple[str, str], list[I
     # Nothing below needs a result: in pipeline mode PostgreSQL runs these statements, and the COMMIT
     # when no snapshot is due, while ``overlap.while_writing`` (the projector decoding its next batch) runs here.
     with conn.pipeline():
+        if known is not None:
+            offsets = conn.execute(statements.OFFSETS_OF_TENANTS, (tenants,))
+            conn.execute(statements.EXPECT_HEADS, _expected(known))
+            if overlap is not None:
+                overlap.while_locking()
         _apply(conn, plan)
         if poison:
             conn.cursor().executemany(statements.INSERT_DEAD_LETTER,
@@ -229,9 +317,21 @@ def _run_batch(conn: psycopg.Connection, by_thread: dict[tuple[str, str], list[I
             conn.execute(statements.COMMIT)
         if overlap is not None:
             overlap.while_writing()
+    if known is not None and offsets is not None:
+        result.previous_ms = dict.fromkeys(tenants, 0)
+        result.previous_ms.update(offsets.fetchall())
     if plan.snapshot_jobs:  # they read this batch's hashes back
         result.snapshots += _write_jobs(conn, plan.snapshot_jobs, snapshot_every, resolve, registry)
         conn.commit()
+    return plan
+
+
+def _expected(known: dict[tuple[str, str], Head]) -> tuple[Any, ...]:
+    """``statements.EXPECT_HEADS``'s parameters: the threads in key order, their heads as columns, their count."""
+    order = sorted(known)
+    heads = [known[t] for t in order]
+    return ([t for t, _ in order], [th for _, th in order], [h[0] for h in heads], [h[1] for h in heads],
+            [h[2] for h in heads], [h[3] for h in heads], [orjson.dumps(h[4]).decode() for h in heads], len(order))
 
 
 def write_snapshots(conn: psycopg.Connection, jobs: Iterable[SnapshotJob], *, snapshot_every: int = 100,
@@ -270,6 +370,8 @@ class _Plan:
     updates: list[tuple[Any, ...]] = field(default_factory=list)
     conflict_rows: list[tuple[Any, ...]] = field(default_factory=list)
     snapshot_jobs: list[SnapshotJob] = field(default_factory=list)
+    #: The threads' heads once the batch is committed (``KnownHeads``).
+    heads: dict[tuple[str, str], Head] = field(default_factory=dict)
 
 
 def _lock_threads(conn: psycopg.Connection, order: list[tuple[str, str]]) -> psycopg.Cursor[Any]:
@@ -355,6 +457,7 @@ def _plan_threads(conn: psycopg.Connection, by_thread: dict[tuple[str, str], lis
         top = max(max_seq, seq, *fresh)
         updates.append((tenant, thread, seq, head_hash if seq else None, top, pos.status, pos.node,
                         orjson.dumps(pos.branches).decode() if pos.branches != old.branches else None, new_count))
+        plan.heads[(tenant, thread)] = (seq, head_hash if seq else None, top, pos.status, list(pos.branches))
         result.inserted += new_count
         if seq > last_seq:
             result.heads[(tenant, thread)] = seq

@@ -484,3 +484,51 @@ def test_projected_feed_is_short_lived(migrated: Settings, tenant: str) -> None:
     finally:
         p.stop()
         t.join(10)
+
+
+def _stream(client: JournalClient, tenant: str) -> list[tuple[str, str, dict[bytes, Any]]]:
+    return [(tenant, sid.decode(), f) for sid, f in client.redis.xrange(keys.stream(tenant))]
+
+
+def test_small_batch_of_a_known_thread_takes_one_pipeline(migrated: Settings, admin_pg: Any, client: JournalClient,
+                                                          tenant: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once a worker committed a thread, its next small batch is planned on the head it knows: no lock-and-read
+    round trip (``store._lock_threads`` is not called), and the chain it writes is the one a read would give."""
+    from projections import store
+    for i in range(3):
+        client.append(tenant, "th", "message", {**MSG, "i": i})
+    p = projector(migrated)
+    p.refresh_tenants()
+    p.project(_stream(client, tenant))
+
+    def no_lock(*_: Any) -> Any:
+        raise AssertionError("the known head was read again")
+
+    monkeypatch.setattr(store, "_lock_threads", no_lock)
+    for i in range(3, 6):
+        client.append(tenant, "th", "message", {**MSG, "i": i})
+    p.project(_stream(client, tenant)[3:])
+    p.close()
+    assert_exactly_once(admin_pg, tenant, {"th": 6})
+
+
+def test_head_moved_by_another_worker_is_read_again(migrated: Settings, admin_pg: Any, client: JournalClient,
+                                                    tenant: str) -> None:
+    """Two workers take turns on one thread: each finds the head it remembers moved by the other, rolls back
+    the batch it planned on it and runs it on the head it reads. Nothing lost, nothing twice, one chain."""
+    a, b = projector(migrated), projector(migrated)
+    for p in (a, b):
+        p.refresh_tenants()
+    done = 0
+    for turn in range(6):
+        for i in range(2):
+            client.append(tenant, "th", "message", {**MSG, "turn": turn, "i": i})
+        entries = _stream(client, tenant)
+        (a if turn % 2 == 0 else b).project(entries[done:])
+        done = len(entries)
+    # Each worker's cached head went stale at its second turn: it ran the batch the full way, and forgot it.
+    assert ("th" not in {th for _, th in a.committer.heads._heads}
+            and "th" not in {th for _, th in b.committer.heads._heads})
+    a.close()
+    b.close()
+    assert_exactly_once(admin_pg, tenant, {"th": 12})
