@@ -56,6 +56,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import random
 import threading
@@ -116,6 +117,10 @@ PUT_ATTEMPTS = 16
 #: interrupt, an error) pays this once. Nothing waits on it in the graph: LangGraph runs ``put_writes`` in
 #: the background and waits for it only when the run ends.
 WRITES_LINGER = 0.005
+#: How much longer writes against a checkpoint the saver has not seen yet wait for its ``put``: LangGraph
+#: puts in the background, each after the one before, so a put can start after its step's writes linger
+#: out (a busy machine); appended alone, the writes would come before their checkpoint in the log.
+WRITES_AWAIT_PUT = 1.0
 
 #: A dict's delta chain longer than this is cut by storing the dict whole, so a read applies at most
 #: this many patches after one whole value. (A list's chain is not cut: its tails decode as one array.)
@@ -736,6 +741,11 @@ def _writes_draft(serde: SerializerProtocol, jthread: str, index: ThreadIndex, c
     return Draft(thread=jthread, type=WRITES, payload=_packed(WRITES, payload), node=_task_node(task_path))
 
 
+def _knows(index: ThreadIndex, checkpoint_id: Any) -> bool:
+    """Whether the checkpoint is in the thread's index (put or read by this process, or deleted)."""
+    return checkpoint_id in index.dead or any(checkpoint_id in ids for ids in index.checkpoints.values())
+
+
 def _task_node(task_path: str) -> str | None:
     """The graph node whose task wrote, for the journal's ``node`` column ("~__pregel_pull, tools" → "tools")."""
     kind, _, name = task_path.partition(", ")
@@ -919,6 +929,21 @@ class _Pending:
     error: BaseException | None = None
 
 
+def _take_writes(outbox: dict[tuple[str, str], list[_Pending]], key: tuple[str, str], index: ThreadIndex | None,
+                 checkpoint_id: str | None = None, own: _Pending | None = None) -> list[_Pending]:
+    """The thread's waiting writes an append carries now: ``own``, and those against a checkpoint in ``index``
+    or against ``checkpoint_id`` (the one being put); all if no index is at hand. Writes against a checkpoint
+    still to come stay for its put, so the log never has writes before their checkpoint."""
+    take: list[_Pending] = []
+    keep: list[_Pending] = []
+    for p in outbox.pop(key, []):
+        cid = p.draft.payload.get("checkpoint_id")
+        (take if p is own or index is None or cid == checkpoint_id or _knows(index, cid) else keep).append(p)
+    if keep:
+        outbox[key] = keep
+    return take
+
+
 def _complete(batch: Sequence[_Pending], error: BaseException | None) -> None:
     for pending in batch:
         pending.error = error
@@ -1066,8 +1091,8 @@ class JournalSaver(BaseCheckpointSaver[str]):
         key = (where.tenant, where.jthread)
         with self._writer(key):
             with self._lock:
-                # Writes waiting in the outbox go first in the same append: the checkpoint follows its writes.
-                batch = self._outbox.pop(key, [])
+                # Writes waiting in the outbox go in the same append (_put_drafts orders them).
+                batch = _take_writes(self._outbox, key, self._cache.peek(key), checkpoint["id"])
             try:
                 for attempt in range(PUT_ATTEMPTS):
                     with self._lock:
@@ -1106,9 +1131,14 @@ class JournalSaver(BaseCheckpointSaver[str]):
                                threading.Event())
             self._outbox.setdefault(key, []).append(pending)
         if not pending.done.wait(WRITES_LINGER):
+            with self._lock:
+                seen = _knows(index, pending.draft.payload.get("checkpoint_id"))
+            if not seen:
+                pending.done.wait(WRITES_AWAIT_PUT)
             with self._writer(key):
                 with self._lock:
-                    batch = self._outbox.pop(key, [])  # empty if a put took it meanwhile: it completes ours
+                    # Without ours if a put took it meanwhile: that put completes it.
+                    batch = _take_writes(self._outbox, key, index, own=pending)
                 if batch:
                     try:
                         written = self._append(where.tenant, [p.draft for p in batch], config)
@@ -1308,7 +1338,7 @@ class AsyncJournalSaver(BaseCheckpointSaver[str]):
         where = _Where(config, self.tenant)
         key = (where.tenant, where.jthread)
         async with self._writer(key):
-            batch = self._outbox.pop(key, [])  # see JournalSaver.put
+            batch = _take_writes(self._outbox, key, self._cache.peek(key), checkpoint["id"])  # see JournalSaver.put
             try:
                 for attempt in range(PUT_ATTEMPTS):
                     known = self._cache.peek(key)
@@ -1342,8 +1372,11 @@ class AsyncJournalSaver(BaseCheckpointSaver[str]):
         try:
             await asyncio.wait_for(pending.done.wait(), WRITES_LINGER)
         except TimeoutError:
+            if not _knows(index, pending.draft.payload.get("checkpoint_id")):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(pending.done.wait(), WRITES_AWAIT_PUT)
             async with self._writer(key):
-                batch = self._outbox.pop(key, [])  # empty if a put took it meanwhile: it completes ours
+                batch = _take_writes(self._outbox, key, index, own=pending)  # see JournalSaver.put_writes
                 if batch:
                     try:
                         written = await self._append(where.tenant, [p.draft for p in batch], config)

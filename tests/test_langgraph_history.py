@@ -201,6 +201,28 @@ def test_versions_after_a_format_2_version_compare_above_it() -> None:
         assert next_version(new) > new
 
 
+def test_writes_wait_for_a_late_put_of_their_checkpoint(client: JournalClient, tenant: str) -> None:
+    """LangGraph puts in the background: on a busy machine a checkpoint's put starts after its step's writes
+    linger out. Those writes wait for it (``WRITES_AWAIT_PUT``) rather than land before it in the log."""
+    saver = JournalSaver(client, tenant=tenant)
+    inner = saver.put
+
+    def late(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.03)  # six lingers
+        return inner(*args, **kwargs)
+
+    saver.put = late  # type: ignore[method-assign]
+    for i in range(3):
+        _chat(saver).invoke(_ask(i), _config("late"), durability="async")
+    events = [e for e in client.read(tenant, "late") if e.type.startswith("x.langgraph.")]
+    at = {e.payload["id"]: e.seq for e in events if e.type == CHECKPOINT}
+    writes = [e for e in events if e.type == WRITES]
+    assert writes and all(at[e.payload["checkpoint_id"]] < e.seq for e in writes), \
+        [(e.seq, e.type, e.payload.get("id") or e.payload.get("checkpoint_id")) for e in events]
+    fresh = _chat(JournalSaver(client, tenant=tenant))
+    assert len(fresh.get_state(_config("late")).values["messages"]) == 6
+
+
 def test_a_value_that_does_not_extend_the_last_one_is_stored_whole(client: JournalClient, tenant: str) -> None:
     """A removed or rewritten message (or a list that shrinks) is not a prefix extension: stored whole, read right."""
     saver = JournalSaver(client, tenant=tenant)
