@@ -25,6 +25,7 @@ import re
 import secrets
 import warnings
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -182,13 +183,13 @@ def revoke_tenant_user(admin: redis.Redis, tenant: str) -> bool:
 def open_users(admin: redis.Redis) -> list[str]:
     """Enabled users that need no password: anyone connected can become them with AUTH."""
     try:
-        lines = admin.execute_command("ACL", "LIST")
+        reply = _everywhere(admin, "ACL", "LIST")  # each node of a cluster keeps its own users
     except redis.RedisError as e:
         raise translate(e, "ACL LIST") from e
-    found = []
-    for line in lines:
+    found: list[str] = []
+    for line in chain.from_iterable(reply.values()) if is_cluster(admin) else reply:
         words = (line.decode() if isinstance(line, bytes) else str(line)).split()
-        if len(words) > 1 and "on" in words and "nopass" in words:
+        if len(words) > 1 and "on" in words and "nopass" in words and words[1] not in found:
             found.append(words[1])
     return found
 
@@ -253,10 +254,12 @@ def _everywhere(admin: redis.Redis, *args: Any) -> Any:
 
 
 def _exists(admin: redis.Redis, user: str) -> bool:
+    """Whether the user is defined; on a cluster, on any live node (a node added later lacks it until a rotate)."""
     try:
-        return admin.execute_command("ACL", "GETUSER", user) is not None
+        reply = _everywhere(admin, "ACL", "GETUSER", user)
     except redis.RedisError as e:
         raise translate(e, f"ACL GETUSER {user}") from e
+    return any(v is not None for v in reply.values()) if is_cluster(admin) else reply is not None
 
 
 def _persist(admin: redis.Redis) -> None:

@@ -211,6 +211,34 @@ def test_tenant_credentials_keep_the_cluster_url(cluster_settings: Settings) -> 
     check_url(url, "redis", "JOURNAL_REDIS_URL")
 
 
+def test_a_user_left_on_one_node_exists_and_rotate_restores_it_everywhere(cluster_settings: Settings) -> None:
+    """Existence is asked of every node (the admin client's one target may be a node without the user)."""
+    url = cluster_settings.redis_url or ""
+    tenant = f"one-{uuid.uuid4().hex[:8]}"
+    admin: Any = connect(url)
+    try:
+        creds = acl.create_tenant_user(admin, tenant)
+        nodes = live_nodes(admin)
+        for address in nodes[:-1]:
+            direct = address_client(admin, address)
+            try:
+                direct.execute_command("ACL", "DELUSER", creds.username)
+            finally:
+                direct.close()
+        assert acl.tenant_user_exists(admin, tenant)
+        acl.rotate_tenant_user(admin, tenant)
+        for address in nodes:
+            direct = address_client(admin, address)
+            try:
+                assert direct.execute_command("ACL", "GETUSER", creds.username) is not None, address
+            finally:
+                direct.close()
+        assert acl.revoke_tenant_user(admin, tenant)
+        assert not acl.tenant_user_exists(admin, tenant)
+    finally:
+        admin.close()
+
+
 def test_rotate_defines_the_tenant_user_on_a_node_that_lacks_it(cluster_settings: Settings) -> None:
     """A node that joined after `tenant create` has no tenant user: the tenant's appends to its slots are refused
     there; `tenant rotate` defines the whole user on every node again, and they work."""
