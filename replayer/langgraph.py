@@ -57,12 +57,13 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import copy
 import hashlib
 import random
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from operator import attrgetter
@@ -265,16 +266,21 @@ _Key = tuple[str, str, Any]
 #: One list call's rebuilt list values, by key
 _Memo = dict[_Key, Any]
 #: (the blob's delta fields, the new value as decoded from them)
-_Delta = tuple[dict[str, Any], "_Decoded"]
+_Delta = tuple[dict[str, Any], "_Decoded | None"]
 _FIELDS = attrgetter("__dict__")
 _EXTRA = attrgetter("__pydantic_extra__")
 
 
 @dataclass
 class _Decoded:
-    """A list or dict channel's last stored version, decoded from what was stored (the base of the next delta)."""
+    """A list or dict channel's last stored version, as stored (the base of the next delta).
+
+    Decoded from what was stored, or, for models a put just stored, their fields as they were then
+    (:meth:`extended`): either way, not an object the graph can change.
+    """
 
     version: Any
+    #: the items (for a list of models, only their count and type are read: ``fields`` is compared)
     items: Any
     #: for a list of pydantic models only (LangChain's messages): their types, ``__dict__`` and extras, so a put
     #: compares a list's prefix as three lists in C (``_same`` for each item, at a third of the cost)
@@ -284,11 +290,19 @@ class _Decoded:
     def of(cls, version: Any, items: Any) -> _Decoded:
         return cls(version, items, _model_fields(items) if type(items) is list else None)
 
-    def extended(self, version: Any, tail: list[Any]) -> _Decoded:
-        """This list with ``tail`` appended, as the next version."""
-        more = _model_fields(tail)
-        if self.fields is None or more is None:
-            return _Decoded.of(version, self.items + tail)
+    def extended(self, version: Any, tail: list[Any], decode: Callable[[], list[Any]]) -> _Decoded | None:
+        """This list with ``tail`` appended, as the next version: ``tail`` the graph's live items just stored,
+        ``decode`` what was stored of them. None: the next put decodes the stored value again.
+
+        Models are kept as they were stored (:func:`_snapshot`), not decoded: a later put's comparison
+        then finds each unchanged value by identity (no string compared, no memory of it read); other
+        items are the decoded ones (a live object changed in place would compare equal to itself).
+        """
+        if self.fields is None:
+            return _Decoded.of(version, self.items + decode())
+        more = _snapshot(tail)
+        if more is None:  # a list of models that stops being one: not worth a mixed representation
+            return None
         return _Decoded(version, self.items + tail, (self.fields[0] + more[0], self.fields[1] + more[1],
                                                      self.fields[2] + more[2]))
 
@@ -303,6 +317,21 @@ class _Decoded:
         types, dicts, extras = self.fields
         return (list(map(type, prefix)) == types and list(map(_FIELDS, prefix)) == dicts
                 and list(map(_EXTRA, prefix)) == extras)
+
+
+#: Value types shared, not copied, by :func:`_snapshot`: nothing can change them in place.
+_ATOMS = frozenset({str, int, float, bool, type(None), bytes})
+
+
+def _snapshot(models: list[Any]) -> tuple[list[type], list[Any], list[Any]] | None:
+    """:func:`_model_fields` of the graph's live models as they are now: each field's value shared if immutable,
+    else deep-copied, so a later comparison with the live models finds any change, in place or by assignment."""
+    found = _model_fields(models)
+    if found is None:
+        return None
+    types, fields, extras = found
+    return (types, [{k: v if type(v) in _ATOMS else copy.deepcopy(v) for k, v in f.items()} for f in fields],
+            [copy.deepcopy(e) for e in extras])
 
 
 def _model_fields(items: list[Any]) -> tuple[list[type], list[Any], list[Any]] | None:
@@ -566,7 +595,10 @@ class ThreadIndex:
             if delta is not None:
                 fields, decoded = delta
                 blobs[channel] = {"version": version, **fields}
-                self.decoded[(ns, channel)] = decoded
+                if decoded is None:
+                    self.decoded.pop((ns, channel), None)
+                else:
+                    self.decoded[(ns, channel)] = decoded
                 continue
             typed = serde.dumps_typed(value)
             blobs[channel] = {"version": version, "value": encode_value(typed)}
@@ -597,9 +629,10 @@ class ThreadIndex:
         if type(value) is list:
             if not known.prefix_of(value):
                 return None
-            typed_tail = serde.dumps_typed(value[len(base):])
+            tail = value[len(base):]
+            typed_tail = serde.dumps_typed(tail)
             return ({"base": base_version, "n": len(base), "tail": encode_value(typed_tail)},
-                    known.extended(version, list(serde.loads_typed(typed_tail))))
+                    known.extended(version, tail, lambda: list(serde.loads_typed(typed_tail))))
         new = cast(dict[Any, Any], value)
         changed = {k: v for k, v in new.items() if k not in base or not _same(base[k], v)}
         removed = [k for k in base if k not in new]

@@ -262,6 +262,37 @@ def test_a_message_changed_in_place_after_it_was_stored_is_not_lost(client: Jour
     assert tup is not None and [m.content for m in tup.checkpoint["channel_values"]["messages"]] == ["mutated", "reply"]
 
 
+@pytest.mark.parametrize("change", ["assign", "nested"])
+def test_a_message_stored_in_a_tail_then_changed_in_place_is_not_lost(client: JournalClient, tenant: str,
+                                                                       change: str) -> None:
+    """Messages a put stored as a delta's tail are kept as they were stored, not as the live objects: a field
+    assigned, or a dict inside one changed in place, is seen at the next put, which stores the list whole."""
+    saver = JournalSaver(client, tenant=tenant)
+    thread = f"tail-{change}"
+    first, second = HumanMessage(content="one", id="m-1"), AIMessage(content="two", id="m-2")
+    config = _config(thread, checkpoint_ns="")
+    for step, messages in enumerate([[first], [first, second]]):
+        cp = empty_checkpoint()
+        cp["id"] = str(uuid6(clock_seq=-1))
+        cp["channel_values"] = {"messages": list(messages)}
+        cp["channel_versions"] = {"messages": step + 1}
+        config = saver.put(config, cp, {"source": "loop", "step": step}, {"messages": step + 1})
+    assert "base" in _stored_blob(client, tenant, thread, "messages")[-1]  # the second one was a tail
+    if change == "assign":
+        second.content = "two, edited"
+    else:
+        second.additional_kwargs["note"] = {"edited": True}
+    cp = empty_checkpoint()
+    cp["id"] = str(uuid6(clock_seq=-1))
+    cp["channel_values"] = {"messages": [first, second, AIMessage(content="three", id="m-3")]}
+    cp["channel_versions"] = {"messages": 3}
+    saver.put(config, cp, {"source": "loop", "step": 2}, {"messages": 3})
+    assert "base" not in _stored_blob(client, tenant, thread, "messages")[-1]
+    tup = JournalSaver(client, tenant=tenant).get_tuple(_config(thread, checkpoint_ns=""))
+    assert tup is not None and tup.checkpoint["channel_values"]["messages"] == [first, second, cp[
+        "channel_values"]["messages"][2]]
+
+
 def test_a_dict_channel_stores_the_keys_that_changed(client: JournalClient, tenant: str) -> None:
     """A working-memory dict: one key set or removed per step is stored as that key; reads rebuild it exactly."""
     saver = JournalSaver(client, tenant=tenant)
