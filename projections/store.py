@@ -6,6 +6,10 @@ different event under the same seq is a conflict (recorded, thread fenced, nothi
 overwritten); new events are inserted with their chain hash when they extend the verified
 head, or without one (to be chained when the gap fills) when an earlier seq is still in
 flight on another worker. The stream position is recorded in the same transaction.
+
+The row locks are read first (one round trip), then the writes and COMMIT go in a second; a small
+batch of threads whose heads this worker committed last (``KnownHeads``) goes in one, the locks
+checking that the heads are still those.
 """
 
 from __future__ import annotations
