@@ -13,6 +13,8 @@ drawn from a small vocabulary (seeded), so it compresses about as real text does
   ``projected`` as the mode maps, a projector process running throughout, and again with the saver's
   ``durability="memory"``; PostgresSaver commits) and ``"async"`` (JournalSaver: ``memory``);
 * ``put`` p50 at step 1 and at the last step (the median of the 10 puts around each, sync runs);
+* each of those from ``--invokes`` invokes per saver and mode (default 3), their median: one invoke of
+  500 steps moved by a third between runs on a shared machine;
 * bytes stored per step at the last step: PostgresSaver's rows (``checkpoints``,
   ``checkpoint_blobs``, ``checkpoint_writes``); the journal's ``journal.events`` rows of the
   thread after the projector drained it (body + JSONB copy), the projector's ``journal.snapshots``
@@ -133,23 +135,36 @@ def invoke_ms(saver: BaseCheckpointSaver[Any] | None, thread: str, steps: int, d
 
 
 @contextmanager
+def wrapped(saver: BaseCheckpointSaver[Any], name: str, wrap: Callable[[Callable[..., Any]], Callable[..., Any]],
+            ) -> Iterator[None]:
+    """The instance's method ``name`` replaced by ``wrap(method)`` for the block, then restored (nestable)."""
+    before = saver.__dict__.get(name)
+    setattr(saver, name, wrap(getattr(saver, name)))
+    try:
+        yield
+    finally:
+        if before is None:
+            delattr(saver, name)
+        else:
+            setattr(saver, name, before)
+
+
+@contextmanager
 def timed_puts(saver: BaseCheckpointSaver[Any]) -> Iterator[list[float]]:
     """Time every ``put`` the graph makes (ms, in order) by wrapping the instance's method."""
     times: list[float] = []
-    inner = saver.put
 
-    def put(*args: Any, **kwargs: Any) -> Any:
-        t0 = time.perf_counter()
-        try:
-            return inner(*args, **kwargs)
-        finally:
-            times.append((time.perf_counter() - t0) * 1000)
+    def timing(inner: Callable[..., Any]) -> Callable[..., Any]:
+        def put(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                times.append((time.perf_counter() - t0) * 1000)
+        return put
 
-    saver.put = put  # type: ignore[method-assign]
-    try:
+    with wrapped(saver, "put", timing):
         yield times
-    finally:
-        del saver.put
 
 
 @contextmanager
@@ -161,7 +176,6 @@ def cpu_of(saver: BaseCheckpointSaver[Any]) -> Iterator[list[float]]:
     """
     total = [0.0]
     lock = threading.Lock()
-    inner = {name: getattr(saver, name) for name in ("put", "put_writes")}
 
     def timed(fn: Callable[..., Any]) -> Callable[..., Any]:
         def call(*args: Any, **kwargs: Any) -> Any:
@@ -173,13 +187,8 @@ def cpu_of(saver: BaseCheckpointSaver[Any]) -> Iterator[list[float]]:
                     total[0] += (time.thread_time() - t0) * 1000
         return call
 
-    for name, fn in inner.items():
-        setattr(saver, name, timed(fn))
-    try:
+    with wrapped(saver, "put", timed), wrapped(saver, "put_writes", timed):
         yield total
-    finally:
-        for name in inner:
-            delattr(saver, name)
 
 
 def median_ms(fn: Callable[[], Any], runs: int) -> float:
@@ -240,30 +249,39 @@ def snapshot_bytes(conn: Any, tenant: str, thread: str) -> int:
             + row_bytes(conn, "journal.snapshot_chunks", where, (tenant, thread)))
 
 
+def timed_invokes(saver: BaseCheckpointSaver[Any], thread: str, steps: int, durability: str,
+                  invokes: int) -> tuple[float, float, float, float]:
+    """``invokes`` invokes (the first on ``thread``, the others on threads of their own): the medians of their
+    ms per superstep, of their put p50 at steps 1-10 and at the last 10, and of the saver's thread CPU (ms per
+    superstep; measured in every mode, reported for ``async``)."""
+    ms, first, last, cpu_ms = [], [], [], []
+    for i in range(invokes):
+        with timed_puts(saver) as puts, cpu_of(saver) as cpu:
+            ms.append(invoke_ms(saver, thread if i == 0 else f"{thread}-{i}", steps, durability))
+        first.append(statistics.median(puts[:10]))
+        last.append(statistics.median(puts[-10:]))
+        cpu_ms.append(cpu[0] / steps)
+    return (statistics.median(ms), statistics.median(first), statistics.median(last), statistics.median(cpu_ms))
+
+
 def measure(saver: BaseCheckpointSaver[Any], fresh: Callable[[], BaseCheckpointSaver[Any]] | None, steps: int,
-            runs: int, baseline: dict[str, float]) -> dict[str, Any]:
+            runs: int, baseline: dict[str, float], invokes: int) -> dict[str, Any]:
     """The figures of one saver (``fresh`` makes a new one for the cold reads, if that means something)."""
     out: dict[str, Any] = {}
     thread = f"t-{uuid.uuid4().hex[:10]}"
-    with timed_puts(saver) as puts:
-        out["ms_per_step_sync"] = invoke_ms(saver, thread, steps, "sync")
+    out["ms_per_step_sync"], out["put_p50_ms_first"], out["put_p50_ms_last"], _ = timed_invokes(
+        saver, thread, steps, "sync", invokes)
     out["overhead_ms_per_step_sync"] = out["ms_per_step_sync"] - baseline["sync"]
-    out["puts"] = len(puts)
-    out["put_p50_ms_first"] = statistics.median(puts[:10])
-    out["put_p50_ms_last"] = statistics.median(puts[-10:])
     if isinstance(saver, JournalSaver):
         # LangGraph's "sync" with the journal's "memory" level (the saver's override): the run waits for
         # Redis to have each checkpoint, not for the AOF fsync (embedded Valkey: appendfsync everysec).
         saver.durability = "memory"
-        with timed_puts(saver) as mem_puts:
-            out["ms_per_step_sync_memory"] = invoke_ms(saver, f"{thread}-m", steps, "sync")
+        out["ms_per_step_sync_memory"], out["put_p50_ms_first_memory"], out["put_p50_ms_last_memory"], _ = \
+            timed_invokes(saver, f"{thread}-m", steps, "sync", invokes)
         saver.durability = None
         out["overhead_ms_per_step_sync_memory"] = out["ms_per_step_sync_memory"] - baseline["sync"]
-        out["put_p50_ms_first_memory"] = statistics.median(mem_puts[:10])
-        out["put_p50_ms_last_memory"] = statistics.median(mem_puts[-10:])
-    with cpu_of(saver) as cpu:
-        out["ms_per_step_async"] = invoke_ms(saver, f"{thread}-a", steps, "async")
-    out["saver_cpu_ms_per_step_async"] = cpu[0] / steps
+    out["ms_per_step_async"], _, _, out["saver_cpu_ms_per_step_async"] = timed_invokes(
+        saver, f"{thread}-a", steps, "async", invokes)
     out["overhead_ms_per_step_async"] = out["ms_per_step_async"] - baseline["async"]
     config: RunnableConfig = {"configurable": {"thread_id": thread}}
     history = list(saver.list(config))
@@ -285,6 +303,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--steps", type=int, default=500)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--invokes", type=int, default=3, help="invokes per saver and mode (medians)")
     ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = ap.parse_args()
     logs.configure()
@@ -295,7 +314,7 @@ def main() -> None:
         # The projector folds LangGraph's events with their reducers, as the README says to run it.
         settings = dataclasses.replace(stack.up(("redis", "postgres", "s3")), reducers="replayer.langgraph_fold")
         db.migrate(settings)
-        results: dict[str, Any] = {"steps": args.steps, "runs": args.runs}
+        results: dict[str, Any] = {"steps": args.steps, "runs": args.runs, "invokes": args.invokes}
         with console.status("no checkpointer (baseline) …"):
             none = statistics.median(invoke_ms(None, "x", args.steps, "") for _ in range(3))
             baseline = {"sync": none, "async": none}
@@ -311,7 +330,8 @@ def main() -> None:
             try:
                 with console.status("JournalSaver …"):
                     journal = measure(JournalSaver(client, tenant=tenant),
-                                      lambda: JournalSaver(client, tenant=tenant), args.steps, args.runs, baseline)
+                                      lambda: JournalSaver(client, tenant=tenant), args.steps, args.runs, baseline,
+                                      args.invokes)
                 with console.status("the journal's own client, native events …"):
                     native = measure_client(client, tenant, args.steps, args.runs)
             finally:
@@ -352,7 +372,7 @@ def main() -> None:
             with PostgresSaver.from_conn_string(str(settings.database_url)) as pg_saver:
                 pg_saver.setup()
                 with console.status("PostgresSaver …"):
-                    pgr = measure(pg_saver, None, args.steps, args.runs, baseline)
+                    pgr = measure(pg_saver, None, args.steps, args.runs, baseline, args.invokes)
                 with psycopg.connect(str(settings.database_url), autocommit=True) as conn:
                     pgr["pg_bytes"] = sum(row_bytes(conn, t, "thread_id = %s", (pgr["thread"],))
                                           for t in ("checkpoints", "checkpoint_blobs", "checkpoint_writes"))
@@ -370,7 +390,8 @@ def report(console: Console, r: dict[str, Any]) -> None:
     j, p = r["journal"], r["postgres"]
     have_pg = isinstance(p, dict)
     table = Table(title=f"LangGraph checkpointers, {r['steps']} supersteps of a conversation agent "
-                        f"(medians of {r['runs']}; no checkpointer: {r['baseline_ms_per_step']['sync']:.2f} ms/step)")
+                        f"(reads: medians of {r['runs']}; invokes: of {r['invokes']}; no checkpointer: "
+                        f"{r['baseline_ms_per_step']['sync']:.2f} ms/step)")
     for col in ("measure", "JournalSaver", "PostgresSaver", "PostgresSaver / Journal"):
         table.add_column(col, justify="left" if col == "measure" else "right")
 
