@@ -17,6 +17,9 @@ DUPLICATES = Counter("journal_duplicates_skipped_total", "Redelivered events alr
 CONFLICTS = Counter("journal_conflicts_total", "Reused sequence numbers with different content")
 DEAD_LETTERS = Counter("journal_dead_letters_total", "Entries moved to dead_letters")
 CLAIMED = Counter("journal_entries_claimed_total", "Pending entries taken over from dead workers")
+KNOWN_HEADS = Counter("journal_known_heads_batches_total",
+                      "Small batches planned on remembered thread heads and sent in one round trip, by outcome "
+                      "(committed; moved: another writer had moved a head, run again the usual way)", ["outcome"])
 TAIL_REPAIRS = Counter("journal_tail_repairs_total", "Times Redis was found behind PostgreSQL and heads raised")
 BATCH_SECONDS = Histogram("journal_batch_seconds", "Time to write and commit one batch",
                           buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))

@@ -31,7 +31,7 @@ from journal import codec, lifecycle
 from journal.chain import GENESIS, link
 from journal.events import TOOL_CALL, TOOL_RESULT, Event
 from journal.reducer import Registry
-from projections import snapshots, statements
+from projections import metrics, snapshots, statements
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,8 +241,10 @@ def write_batch(conn: psycopg.Connection, items: Iterable[Item], poison: Iterabl
         except psycopg.errors.DivisionByZero:  # statements.EXPECT_HEADS: a head moved since this worker wrote it
             if known is None or heads is None:
                 raise
+            metrics.KNOWN_HEADS.labels("moved").inc()
             conn.rollback()
             heads.forget(known, moved=True)
+            known = None
             result = _positioned(items, poison)
             # The overlap's work ran (or was not due) in the failed try: not twice.
             plan = _run_batch(conn, by_thread, poison, result, key, snapshot_every, resolve, None, registry,
@@ -256,6 +258,8 @@ def write_batch(conn: psycopg.Connection, items: Iterable[Item], poison: Iterabl
         raise
     if heads is not None:
         heads.remember(plan.heads)
+    if known is not None:
+        metrics.KNOWN_HEADS.labels("committed").inc()
     return result
 
 

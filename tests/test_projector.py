@@ -507,8 +507,11 @@ def test_small_batch_of_a_known_thread_takes_one_pipeline(migrated: Settings, ad
     monkeypatch.setattr(store, "_lock_threads", no_lock)
     for i in range(3, 6):
         client.append(tenant, "th", "message", {**MSG, "i": i})
+    from projections import metrics
+    committed = metrics.KNOWN_HEADS.labels("committed")._value.get()
     p.project(_stream(client, tenant)[3:])
     p.close()
+    assert metrics.KNOWN_HEADS.labels("committed")._value.get() == committed + 1
     assert_exactly_once(admin_pg, tenant, {"th": 6})
 
 
@@ -516,6 +519,8 @@ def test_head_moved_by_another_worker_is_read_again(migrated: Settings, admin_pg
                                                     tenant: str) -> None:
     """Two workers take turns on one thread: each finds the head it remembers moved by the other, rolls back
     the batch it planned on it and runs it on the head it reads. Nothing lost, nothing twice, one chain."""
+    from projections import metrics
+    moved = metrics.KNOWN_HEADS.labels("moved")._value.get()
     a, b = projector(migrated), projector(migrated)
     for p in (a, b):
         p.refresh_tenants()
@@ -529,6 +534,7 @@ def test_head_moved_by_another_worker_is_read_again(migrated: Settings, admin_pg
     # Each worker's cached head went stale at its second turn: it ran the batch the full way, and forgot it.
     assert ("th" not in {th for _, th in a.committer.heads._heads}
             and "th" not in {th for _, th in b.committer.heads._heads})
+    assert metrics.KNOWN_HEADS.labels("moved")._value.get() == moved + 2  # once per worker, then cooled down
     a.close()
     b.close()
     assert_exactly_once(admin_pg, tenant, {"th": 12})
