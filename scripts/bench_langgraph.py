@@ -135,35 +135,38 @@ def invoke_ms(saver: BaseCheckpointSaver[Any] | None, thread: str, steps: int, d
 
 
 @contextmanager
-def wrapped(saver: BaseCheckpointSaver[Any], name: str, wrap: Callable[[Callable[..., Any]], Callable[..., Any]],
-            ) -> Iterator[None]:
-    """The instance's method ``name`` replaced by ``wrap(method)`` for the block, then restored (nestable)."""
-    before = saver.__dict__.get(name)
-    setattr(saver, name, wrap(getattr(saver, name)))
+def timed(saver: BaseCheckpointSaver[Any], names: tuple[str, ...], clock: Callable[[], float],
+          record: Callable[[float], None]) -> Iterator[None]:
+    """Each call of the instance's methods ``names`` timed with ``clock`` and its ms given to ``record``, for the
+    block; then the methods are restored (nestable)."""
+    before = {name: saver.__dict__.get(name) for name in names}
+
+    def timing(inner: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            t0 = clock()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                record((clock() - t0) * 1000)
+        return call
+
+    for name in names:
+        setattr(saver, name, timing(getattr(saver, name)))
     try:
         yield
     finally:
-        if before is None:
-            delattr(saver, name)
-        else:
-            setattr(saver, name, before)
+        for name, method in before.items():
+            if method is None:
+                delattr(saver, name)
+            else:
+                setattr(saver, name, method)
 
 
 @contextmanager
 def timed_puts(saver: BaseCheckpointSaver[Any]) -> Iterator[list[float]]:
-    """Time every ``put`` the graph makes (ms, in order) by wrapping the instance's method."""
+    """Time every ``put`` the graph makes (ms, in order)."""
     times: list[float] = []
-
-    def timing(inner: Callable[..., Any]) -> Callable[..., Any]:
-        def put(*args: Any, **kwargs: Any) -> Any:
-            t0 = time.perf_counter()
-            try:
-                return inner(*args, **kwargs)
-            finally:
-                times.append((time.perf_counter() - t0) * 1000)
-        return put
-
-    with wrapped(saver, "put", timing):
+    with timed(saver, ("put",), time.perf_counter, times.append):
         yield times
 
 
@@ -177,17 +180,11 @@ def cpu_of(saver: BaseCheckpointSaver[Any]) -> Iterator[list[float]]:
     total = [0.0]
     lock = threading.Lock()
 
-    def timed(fn: Callable[..., Any]) -> Callable[..., Any]:
-        def call(*args: Any, **kwargs: Any) -> Any:
-            t0 = time.thread_time()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                with lock:
-                    total[0] += (time.thread_time() - t0) * 1000
-        return call
+    def add(ms: float) -> None:
+        with lock:
+            total[0] += ms
 
-    with wrapped(saver, "put", timed), wrapped(saver, "put_writes", timed):
+    with timed(saver, ("put", "put_writes"), time.thread_time, add):
         yield total
 
 
