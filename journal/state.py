@@ -566,6 +566,38 @@ def decode_snapshot(data: bytes, tenant: str | None = None, thread: str | None =
     return _CACHE._put(key, snapshot, 1 + inline)  # type: ignore[no-any-return]
 
 
+def referenced_chunks(data: bytes, load: ChunkLoader) -> set[bytes]:
+    """The names of every chunk a stored snapshot record needs: its index chunks, the chunks they name
+    and the chunks it names itself (none for a whole-state record).
+
+    ``CodecError`` if the record or one of its index chunks cannot be read: whoever deletes chunks
+    by this answer must then keep them all.
+    """
+    raw = codec.unframe(bytes(data))
+    if not isinstance(raw, Mapping) or raw.get("format") != SNAPSHOT_FORMAT:
+        return set()
+    index, leaves = raw.get("index", {}), raw.get("chunks")
+    if not isinstance(index, Mapping) or not isinstance(leaves, Mapping):
+        raise CodecError("snapshot record is malformed (chunks or index is not a map); rebuild the snapshot")
+    named = [ids for ids in (*index.values(), *leaves.values())]
+    if not all(isinstance(ids, list) and all(isinstance(i, bytes) for i in ids) for ids in named):
+        raise CodecError("snapshot record is malformed (a chunk list is not a list of names); rebuild the snapshot")
+    out = {i for ids in named for i in ids}
+    wanted = sorted({i for ids in index.values() for i in ids})
+    bodies = load(wanted) if wanted else {}
+    for i in wanted:
+        body = bodies.get(i)
+        if body is None:
+            raise CodecError(f"snapshot index chunk {i.hex()[:16]} is missing from journal.snapshot_chunks; "
+                             "rebuild the thread's snapshots")
+        ix = _unseal(i, bytes(body))
+        if not ix.index:
+            raise CodecError(f"snapshot chunk {i.hex()[:16]} is named as an index but holds items; "
+                             "rebuild the thread's snapshots")
+        out.update(ix.items)
+    return out
+
+
 def _chunks(tenant: str, thread: str, refs: Mapping[str, Any], load: ChunkLoader | None,
             index: bool = False) -> dict[str, tuple[Chunk, ...]]:
     wanted: dict[str, list[bytes]] = {}

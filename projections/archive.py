@@ -12,7 +12,8 @@ For each thread that is finished (``--status``), quiet for ``idle`` and fully ch
 4. **read back** the manifest and every segment through the readers' own path
    (``journal.archive.ArchiveReader``) and recompute the whole chain from genesis;
 5. **switch**, in one transaction under the thread's row lock: write the stub
-   (``journal.archives``), keep the head snapshot, delete the archived rows and the older snapshots.
+   (``journal.archives``), keep the head snapshot, delete the archived rows and the older snapshots;
+6. **sweep** the snapshot chunks no snapshot left names (``projections.chunks``).
 
 Until step 5 commits, PostgreSQL still holds every row and no reader looks at S3; after it, the
 stub names a manifest that was read back. A kill anywhere loses nothing, and a re-run writes the
@@ -53,7 +54,7 @@ from journal.events import Event
 from journal.reducer import Registry, fold, load_registry
 from journal.settings import Settings
 from journal.state import empty, encode_snapshot
-from projections import db, statements, tables
+from projections import chunks, db, statements, tables
 
 log = structlog.get_logger("projections.archive")
 
@@ -284,13 +285,16 @@ class Archiver:
                                            "bytes": manifest.stored_bytes, "codec": fmt.CODEC_VERSION})
             if base.last_seq != upto:
                 # The chunks stay when older snapshots go: the head snapshot references them.
-                record, chunks, _ = encode_snapshot(state, base_snap)
-                for ch in chunks:
+                chunks.share(conn, tenant, thread)
+                record, sealed_chunks, _ = encode_snapshot(state, base_snap)
+                for ch in sealed_chunks:
                     conn.execute(statements.INSERT_CHUNK, (tenant, thread, ch.id, ch.body))
                 conn.execute(statements.INSERT_SNAPSHOT, (tenant, thread, upto, record, head_hash))
             conn.execute(DELETE_ROWS_SQL, {**p, "upto": upto})
             conn.execute(DELETE_OLDER_SNAPSHOTS_SQL, {**p, "upto": upto})
         self._step("switched", tenant, thread)
+        # 6. the chunks only the deleted snapshots named (a crash before this leaves them to `sweep-chunks`)
+        chunks.sweep(conn, tenant, thread)
         log.info("thread_archived", tenant=tenant, thread=thread, from_seq=after + 1, to_seq=upto,
                  segments=len(sealed), manifest=mkey)
         return Archived(tenant, thread, after + 1, upto, upto - after, len(sealed), sum(i.size for i in sealed), mkey)

@@ -299,6 +299,38 @@ def _cmd_archive(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
+# -- sweep-chunks ----------------------------------------------------------------------------------
+
+
+def _cmd_sweep_chunks(args: argparse.Namespace) -> int:
+    import json
+
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from journal.keys import validate_id
+    from projections import db
+    from projections.chunks import sweep_all
+
+    tenant = validate_id(args.tenant, "tenant") if args.tenant else None
+    settings = load_settings(args, need=("postgres",))
+    with Progress(SpinnerColumn(), TextColumn("{task.description}: {task.completed} thread(s)"), TimeElapsedColumn(),
+                  console=notes, transient=True, disable=not notes.is_terminal) as bar:
+        task = bar.add_task("sweeping snapshot chunks", total=None)
+        with db.connect(settings) as conn:
+            report = sweep_all(conn, tenant, lambda n: bar.advance(task, n))
+    summary = {"threads": report.threads, "chunks_deleted": report.chunks_deleted,
+               "skipped": [list(k) for k in report.skipped]}
+    if args.format == "json":
+        print(json.dumps(summary, indent=2))
+    else:
+        console.print(f"swept {report.threads} thread(s) with chunks: {report.chunks_deleted} chunk(s) no snapshot "
+                      f"names deleted")
+        for t, th in report.skipped:
+            console.print(f"[yellow]left as it was: {t}/{th} (a writer held it, or a snapshot of it is unreadable; "
+                          "run again, or `agent-journal rebuild`)")
+    return 0
+
+
 # -- rebuild ---------------------------------------------------------------------------------------
 
 
@@ -338,7 +370,7 @@ def _cmd_rebuild(args: argparse.Namespace) -> int:
     title = ("rows a rebuild would change (dry run; nothing written)" if args.dry_run
              else "rebuilt: rows changed by the swap")
     _print_rows(args, title, reports, ("tenant", "events", "threads", "threads_changed", "snapshots_added",
-                                       "snapshots_removed", "swapped", "seconds"))
+                                       "snapshots_removed", "chunks_swept", "swapped", "seconds"))
     return 0
 
 
@@ -589,6 +621,12 @@ def register(sub: Any) -> None:
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.set_defaults(func=_cmd_archive)
 
+
+    p = sub.add_parser("sweep-chunks", help="delete snapshot chunks no snapshot names any more (archive and rebuild "
+                                            "sweep the threads they change; this sweeps every thread)")
+    p.add_argument("--tenant", default=None, help="only this tenant (default every tenant)")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.set_defaults(func=_cmd_sweep_chunks)
 
     p = sub.add_parser("rebuild", help="rebuild threads rows and snapshots from the events, live (blue/green, "
                                        "swapped per tenant; resumes after a kill)")

@@ -54,7 +54,7 @@ from journal.keys import validate_id
 from journal.reducer import ReducerError, Registry, apply, load_registry
 from journal.settings import Settings
 from journal.state import Chunk, Snapshot, ThreadState, empty, encode_snapshot
-from projections import db, metrics, statements
+from projections import chunks, db, metrics, statements
 from projections.snapshots import BlobSource
 from projections.worker import SnapshotBlobs
 
@@ -103,6 +103,8 @@ class TenantReport:
     threads_changed: int = 0
     snapshots_added: int = 0
     snapshots_removed: int = 0
+    #: chunks no snapshot named once the swap replaced the snapshots that did
+    chunks_swept: int = 0
     swapped: bool = False
     seconds: float = 0.0
 
@@ -279,13 +281,17 @@ class Rebuilder:
         params = {"tenant": tenant, "locked": locked}
         report.threads = len(locked)
         report.threads_changed = conn.execute(statements.SWAP_THREADS, params).rowcount
-        report.snapshots_removed = conn.execute(statements.SWAP_DROP_SNAPSHOTS, params).rowcount
+        dropped = conn.execute(statements.SWAP_DROP_SNAPSHOTS, params).fetchall()
+        report.snapshots_removed = len(dropped)
         report.snapshots_added = conn.execute(statements.SWAP_ADD_SNAPSHOTS, params).rowcount
         conn.execute(statements.CLEAR_SHADOW_SNAPSHOTS, (tenant,))
         conn.execute(statements.CLEAR_SHADOW_THREADS, (tenant,))
         conn.commit()
         report.swapped = True
         metrics.REBUILD_SWAPS.inc()
+        # The chunks only the replaced snapshots named (a crash before this leaves them to `sweep-chunks`).
+        for thread in sorted({r[0] for r in dropped}):
+            report.chunks_swept += chunks.sweep(conn, tenant, thread) or 0
         log.info("rebuild_swapped", tenant=tenant, threads=len(locked), changed=report.threads_changed,
                  snapshots_added=report.snapshots_added, snapshots_removed=report.snapshots_removed,
                  folded_under_lock=folded)
@@ -394,8 +400,11 @@ class Rebuilder:
         status, last_seq, last_hash, max_seq, node, count, branches = self._row(conn, th)
         conn.execute(statements.UPSERT_SHADOW_THREAD, (th.tenant, th.thread, status, last_seq, last_hash, max_seq,
                                                        node, count, orjson.dumps(branches).decode()))
+        if th.chunks or snaps:
+            chunks.share(conn, th.tenant, th.thread)
         if th.chunks:
-            # Into the live chunk table: named by content, unreferenced until the swap, shared with live snapshots.
+            # Into the live chunk table: named by content, shared with live snapshots; the sweep reads the
+            # shadow snapshots that name them as it reads the live ones.
             rows = [(th.tenant, th.thread, c.id, c.body) for c in th.chunks]
             conn.cursor().executemany(statements.INSERT_CHUNK, rows)
             th.chunks.clear()

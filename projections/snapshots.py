@@ -19,7 +19,7 @@ from journal.errors import BlobError, CodecError, JournalError
 from journal.events import Event
 from journal.reducer import ReducerError, Registry, apply
 from journal.state import empty, encode_snapshot
-from projections import statements
+from projections import chunks, statements
 
 log = structlog.get_logger("projections.snapshots")
 
@@ -51,6 +51,7 @@ def write_due(conn: psycopg.Connection, tenant: str, thread: str, old_seq: int, 
     targets = list(range((old_seq // every + 1) * every, new_seq + 1, every))
     if not targets:
         return 0
+    chunks.share(conn, tenant, thread)  # before the previous snapshot is read: its chunks are reused by name
     row = conn.execute(statements.SNAPSHOT_AT_OR_BELOW, (tenant, thread, targets[0])).fetchone()
     # The previous snapshot's chunks: the new one reuses those its lists still begin with.
     previous, base_seq = None, 0
@@ -94,8 +95,8 @@ def write_due(conn: psycopg.Connection, tenant: str, thread: str, old_seq: int, 
                 (tenant, f"reducer:{thread}:{ev.seq}", thread, ev.seq, f"reducer failed: {e}", None))
             return written
         if ev.seq in wanted and ev.seq in hashes:
-            record, chunks, previous = encode_snapshot(state, previous)
-            for ch in chunks:
+            record, sealed, previous = encode_snapshot(state, previous)
+            for ch in sealed:
                 conn.execute(statements.INSERT_CHUNK, (tenant, thread, ch.id, ch.body))
             conn.execute(statements.INSERT_SNAPSHOT, (tenant, thread, ev.seq, record, hashes[ev.seq]))
             written += 1

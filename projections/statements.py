@@ -149,6 +149,28 @@ INSERT_SNAPSHOT = ("INSERT INTO journal.snapshots (tenant_id, thread_id, seq, st
 INSERT_CHUNK = ("INSERT INTO journal.snapshot_chunks (tenant_id, thread_id, chunk_id, body) "
                 "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING")
 
+# -- snapshot chunks no snapshot references (projections.chunks) ----------------------------------
+# A writer of chunks and snapshots holds its thread's lock shared, the sweep exclusively: an INSERT of a
+# chunk that already exists changes nothing, so a sweep between it and the snapshot naming the chunk
+# would leave that snapshot unreadable. Two int4 keys (hashtext): a collision only makes one wait.
+
+#: Held (shared) until the transaction ends by whoever writes a thread's chunks and the snapshots naming them.
+SHARE_CHUNKS = "SELECT pg_advisory_xact_lock_shared(hashtext(%s), hashtext(%s))"
+#: The sweep's lock; true if taken. Never waited for: a busy thread is swept another time.
+TRY_SWEEP_CHUNKS = "SELECT pg_try_advisory_xact_lock(hashtext(%s), hashtext(%s))"
+#: Every snapshot record of a thread that may name chunks: the live ones and a rebuild's shadow ones.
+THREAD_SNAPSHOT_RECORDS = ("SELECT state FROM journal.snapshots "
+                           "WHERE tenant_id = %(tenant)s AND thread_id = %(thread)s "
+                           "UNION ALL SELECT state FROM journal.rebuild_snapshots "
+                           "WHERE tenant_id = %(tenant)s AND thread_id = %(thread)s")
+#: Delete a thread's chunks but those named (the sweep's list of every chunk a snapshot needs).
+DELETE_CHUNKS_BUT = ("DELETE FROM journal.snapshot_chunks WHERE tenant_id = %s AND thread_id = %s "
+                     "AND NOT (chunk_id = ANY(%s::bytea[]))")
+#: Threads that have chunks, after a (tenant, thread) key, in key order (``agent-journal sweep-chunks``).
+THREADS_WITH_CHUNKS = ("SELECT DISTINCT tenant_id, thread_id FROM journal.snapshot_chunks "
+                       "WHERE (tenant_id, thread_id) > (%s, %s) AND (%s::text IS NULL OR tenant_id = %s) "
+                       "ORDER BY tenant_id, thread_id LIMIT %s")
+
 # -- outside the Core tables: catalogs, Alembic, roles (projections.db, projections.cli) ------------
 
 #: Alembic's current revision (its version table is Alembic's, not declared in ``tables``).
@@ -239,7 +261,8 @@ SWAP_DROP_SNAPSHOTS = (
     "AND EXISTS (SELECT 1 FROM journal.rebuild_threads t WHERE t.tenant_id = s.tenant_id "
     "AND t.thread_id = s.thread_id) "
     "AND NOT EXISTS (SELECT 1 FROM journal.rebuild_snapshots r WHERE r.tenant_id = s.tenant_id "
-    "AND r.thread_id = s.thread_id AND r.seq = s.seq AND r.state = s.state AND r.hash = s.hash)")
+    "AND r.thread_id = s.thread_id AND r.seq = s.seq AND r.state = s.state AND r.hash = s.hash) "
+    "RETURNING s.thread_id")
 #: Shadow snapshots the live table lacks (after :data:`SWAP_DROP_SNAPSHOTS`).
 SWAP_ADD_SNAPSHOTS = (
     "INSERT INTO journal.snapshots (tenant_id, thread_id, seq, state, hash) SELECT tenant_id, thread_id, seq, "

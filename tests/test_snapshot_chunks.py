@@ -8,6 +8,7 @@ real servers, and check tenant isolation of ``journal.snapshot_chunks``.
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 import types
 import uuid
@@ -20,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from journal import codec, durable
 from journal import state as state_mod
 from journal.client import JournalClient
 from journal.errors import CodecError
@@ -27,8 +29,9 @@ from journal.events import Draft, Event
 from journal.reducer import apply, fold, load_registry
 from journal.settings import Settings
 from journal.state import LayeredMap, ThreadState, decode_snapshot, empty, encode_snapshot
-from projections import db
+from projections import chunks, db, snapshots
 from projections.archive import Archiver, candidates
+from projections.rebuild import RebuildOptions, rebuild
 from projections.worker import Projector
 from replayer.replay import Replayer
 
@@ -327,3 +330,136 @@ def test_an_archived_thread_resumes_from_its_chunked_head_snapshot(chunked: Sett
         with Replayer.from_settings(chunked) as r:
             assert r.replay(tenant, THREAD) == want
             assert r.replay(tenant, THREAD, at_seq=21) == fold(events[:21], None, REGISTRY)
+
+
+# -- chunks no snapshot names any more (projections.chunks) ----------------------------------------
+
+def _chunk_ids(pg: Any, tenant: str) -> set[bytes]:
+    return {bytes(r[0]) for r in pg.execute("SELECT chunk_id FROM journal.snapshot_chunks WHERE tenant_id = %s",
+                                            (tenant,)).fetchall()}
+
+
+def _named(pg: Any, tenant: str) -> set[bytes]:
+    """Every chunk the tenant's live snapshots need (read independently of the sweep's own query)."""
+    load = durable.chunk_loader(pg, tenant, THREAD)
+    records = pg.execute("SELECT state FROM journal.snapshots WHERE tenant_id = %s AND thread_id = %s",
+                         (tenant, THREAD)).fetchall()
+    return set().union(*(state_mod.referenced_chunks(r[0], load) for r in records))
+
+
+def _trimmed_history() -> list[Draft]:
+    """Messages, a trim to 2 (the old chunks stop being the list's prefix), more messages, completion."""
+    return [*_drafts([("message", i) for i in range(20)] + [("trim", 1)] + [("message", i) for i in range(21)]),
+            Draft(THREAD, "complete", {})]
+
+
+def test_archive_sweeps_the_chunks_only_deleted_snapshots_named(chunked: Settings, tenant: str,
+                                                                admin_pg: Any) -> None:
+    """A list trimmed mid-thread: the old snapshots name chunks the head snapshot does not. Archiving
+    deletes those snapshots and then exactly those chunks; resume and replay still equal the fold."""
+    with JournalClient.from_settings(chunked) as c:
+        c.append_many(tenant, _trimmed_history())
+        _project(chunked, tenant)
+        before = _chunk_ids(admin_pg, tenant)
+        events = c.read(tenant, THREAD)
+        want = fold(events, None, REGISTRY)
+        report = Archiver(chunked, per_segment=10).run(candidates(chunked, timedelta(0), tenants=[tenant]))
+        assert [t.error for t in report.threads] == [None]
+        after = _chunk_ids(admin_pg, tenant)
+        assert after == _named(admin_pg, tenant) and after  # the head snapshot's chunks, all of them
+        assert len(before - after) > 5  # the trimmed-away chunks went
+        state_mod.clear_chunk_cache()
+        assert c.resume(tenant, THREAD).state == want
+        with Replayer.from_settings(chunked) as r:
+            assert r.replay(tenant, THREAD, at_seq=30) == fold(events[:30], None, REGISTRY)
+
+
+def test_the_sweep_leaves_a_thread_whose_chunk_writer_is_mid_transaction(chunked: Settings, tenant: str,
+                                                                          admin_pg: Any) -> None:
+    """The projector's snapshot fold holds the thread's chunk lock until it commits: a sweep meanwhile
+    skips the thread (None, nothing deleted); after the commit it deletes what no snapshot names."""
+    with JournalClient.from_settings(chunked) as c:
+        c.append_many(tenant, _drafts([("message", i) for i in range(12)]))
+    _project(chunked, tenant)
+    stray = state_mod.seal("messages", [])  # a chunk no snapshot names
+    admin_pg.execute("INSERT INTO journal.snapshot_chunks (tenant_id, thread_id, chunk_id, body) "
+                     "VALUES (%s, %s, %s, %s)", (tenant, THREAD, stray.id, stray.body))
+    named = _named(admin_pg, tenant)
+    with db.connect(chunked) as writer, db.connect(chunked) as sweeper:
+        assert snapshots.write_due(writer, tenant, THREAD, 0, 12, [], 4, None, REGISTRY) > 0  # not committed
+        assert chunks.sweep(sweeper, tenant, THREAD) is None
+        assert stray.id in _chunk_ids(admin_pg, tenant)
+        writer.commit()
+        assert chunks.sweep(sweeper, tenant, THREAD) == 1
+        assert chunks.sweep(sweeper, tenant, THREAD) == 0
+    assert _chunk_ids(admin_pg, tenant) == named
+    state_mod.clear_chunk_cache()
+    with Replayer.from_settings(chunked) as r, JournalClient.from_settings(chunked) as c:
+        assert r.replay(tenant, THREAD, at_seq=12) == fold(c.read(tenant, THREAD), None, REGISTRY)
+
+
+def test_the_sweep_keeps_every_chunk_of_a_thread_with_an_unreadable_snapshot(chunked: Settings, tenant: str,
+                                                                             admin_pg: Any) -> None:
+    """An index chunk missing: what the snapshot naming it needs cannot be known, so nothing is deleted."""
+    with JournalClient.from_settings(chunked) as c:
+        c.append_many(tenant, _drafts([("message", i) for i in range(40)]))
+    _project(chunked, tenant)
+    load = durable.chunk_loader(admin_pg, tenant, THREAD)
+    (record,) = admin_pg.execute("SELECT state FROM journal.snapshots WHERE tenant_id = %s ORDER BY seq DESC "
+                                 "LIMIT 1", (tenant,)).fetchone()
+    index_ids = codec.unframe(bytes(record))["index"]["messages"]
+    admin_pg.execute("DELETE FROM journal.snapshot_chunks WHERE tenant_id = %s AND chunk_id = %s",
+                     (tenant, index_ids[0]))
+    with pytest.raises(CodecError, match="index chunk"):
+        state_mod.referenced_chunks(record, load)
+    before = _chunk_ids(admin_pg, tenant)
+    with db.connect(chunked) as conn:
+        assert chunks.sweep(conn, tenant, THREAD) is None
+    assert _chunk_ids(admin_pg, tenant) == before
+
+
+def test_rebuild_with_other_reducers_sweeps_the_chunks_of_the_snapshots_it_replaced(chunked: Settings, tenant: str,
+                                                                                    admin_pg: Any) -> None:
+    """Projected without a reducer for ``x.test.unknown`` (kept in the opaque list, chunked), then rebuilt
+    with one: the opaque chunks no snapshot names any more are swept after the swap; replay equals the fold."""
+    drafts = _drafts([("opaque", i) for i in range(24)] + [("message", i) for i in range(8)])
+    with JournalClient.from_settings(chunked) as c:
+        c.append_many(tenant, drafts)
+        _project(chunked, tenant)
+        before = _chunk_ids(admin_pg, tenant)
+        counting = types.ModuleType("chunk_test_counting")
+        counting.REDUCERS = {**_mod.REDUCERS, "x.test.unknown": count}  # type: ignore[attr-defined]
+        sys.modules[counting.__name__] = counting
+        rebuilt_settings = chunked.with_(reducers=counting.__name__)
+        (report,) = rebuild(rebuilt_settings, RebuildOptions(tenants=(tenant,)))
+        assert report.swapped and report.snapshots_removed > 0
+        after = _chunk_ids(admin_pg, tenant)
+        assert report.chunks_swept == len(before - after) > 0
+        assert after == _named(admin_pg, tenant)
+        state_mod.clear_chunk_cache()
+        with Replayer.from_settings(rebuilt_settings) as r:
+            assert r.replay(tenant, THREAD) == fold(c.read(tenant, THREAD), None, load_registry(counting.__name__))
+
+
+def test_sweep_chunks_command(chunked: Settings, tenant: str, admin_pg: Any, monkeypatch: pytest.MonkeyPatch,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    """`agent-journal sweep-chunks --tenant T --format json` deletes T's stray chunk, keeps the named ones;
+    a bad tenant id is one line and exit status 2."""
+    from journal.cli import main
+
+    monkeypatch.setenv("JOURNAL_DATABASE_URL", str(chunked.database_url))
+    with JournalClient.from_settings(chunked) as c:
+        c.append_many(tenant, _drafts([("message", i) for i in range(12)]))
+    _project(chunked, tenant)
+    stray = state_mod.seal("messages", [])
+    admin_pg.execute("INSERT INTO journal.snapshot_chunks (tenant_id, thread_id, chunk_id, body) "
+                     "VALUES (%s, %s, %s, %s)", (tenant, THREAD, stray.id, stray.body))
+    named = _named(admin_pg, tenant)
+    capsys.readouterr()
+    assert main(["sweep-chunks", "--tenant", tenant, "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"threads": 1, "chunks_deleted": 1, "skipped": []}
+    assert _chunk_ids(admin_pg, tenant) == named
+    assert main(["sweep-chunks", "--tenant", "no/such{tenant}"]) == 2
+    said = capsys.readouterr()
+    said_text = (said.out + said.err).strip()
+    assert "tenant" in said_text and len(said_text.splitlines()) == 1, said_text
