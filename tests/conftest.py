@@ -155,6 +155,24 @@ def migrated(settings: Settings) -> Settings:
 
 
 @pytest.fixture
+def tenant_settings(migrated: Settings, tenant: str) -> Iterator[Settings]:
+    """Settings holding only ``tenant``'s own Redis user and PostgreSQL reader login (what
+    `agent-journal tenant create` hands out)."""
+    from journal import acl
+    from journal.redis_store import connect
+    from projections import db
+
+    admin = connect(migrated.redis_url or "")
+    creds = acl.create_tenant_user(admin, tenant)
+    reader = db.create_tenant_reader(migrated, tenant)
+    yield migrated.with_(redis_url=creds.redis_url(migrated.redis_url or ""),
+                         database_url=reader.database_url(migrated.database_url or ""))
+    acl.revoke_tenant_user(admin, tenant)
+    db.revoke_tenant_reader(migrated, tenant)
+    admin.close()
+
+
+@pytest.fixture
 def admin_pg(migrated: Settings) -> Iterator[object]:
     """A connection as the configured (administrative) database user, for assertions."""
     from projections import db

@@ -26,8 +26,11 @@ from langgraph.checkpoint.conformance.report import CapabilityReport
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command, interrupt
 
+from journal import keys
 from journal.aio import AsyncJournalClient
 from journal.client import JournalClient
+from journal.errors import AccessDenied
+from journal.redis_store import connect as redis_connect
 from journal.settings import Settings
 from projections.worker import Projector, WorkerOptions
 from replayer.langgraph import (
@@ -289,6 +292,71 @@ def test_graph_interrupted_with_one_saver_resumes_with_another(client: JournalCl
         assert graph.get_state(config).next == ("approve",)
         done = graph.invoke(Command(resume="yes"), config)
     assert done == {"steps": ["plan", "approved:yes"]}
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_graph_on_its_tenants_own_credentials_resumes_from_postgresql_and_reaches_no_other_tenant(
+        kind: str, migrated: Settings, tenant_settings: Settings, tenant: str) -> None:
+    """With only what `agent-journal tenant create` hands out (a Redis user confined to the tenant's keys, a
+    PostgreSQL reader bound to it): a graph runs to its interrupt; once projected and gone from Redis, a new
+    saver resumes it from PostgreSQL, lists its history and the tenant's threads; a run whose config names
+    another tenant is refused with AccessDenied and leaves nothing there."""
+    config = {"configurable": {"thread_id": "approval-7"}}
+    other = _tenant()
+    foreign = {"configurable": {"thread_id": "approval-7", "tenant_id": other}}
+
+    def project_and_trim() -> None:
+        p = Projector(migrated, WorkerOptions())
+        p.drain(tenants=[tenant])
+        p.close()
+        admin = redis_connect(migrated.redis_url or "")
+        admin.xtrim(keys.stream(tenant), maxlen=0, approximate=False)  # the history now only in PostgreSQL
+        admin.close()
+
+    if kind == "sync":
+        with JournalClient.from_settings(tenant_settings) as c:
+            assert "__interrupt__" in _graph(JournalSaver(c, tenant=tenant)).invoke({"steps": []}, config)
+        project_and_trim()
+        with JournalClient.from_settings(tenant_settings) as c:
+            saver = JournalSaver(c, tenant=tenant)
+            graph = _graph(saver)
+            assert graph.get_state(config).next == ("approve",)
+            assert graph.invoke(Command(resume="yes"), config) == {"steps": ["plan", "approved:yes"]}
+            history = [t.metadata["step"] for t in saver.list(config)]
+            threads = {t.config["configurable"]["thread_id"] for t in saver.list(None)}
+            with pytest.raises(AccessDenied):
+                graph.invoke({"steps": []}, foreign)
+    else:
+        async def first() -> Any:
+            c = await AsyncJournalClient.from_settings(tenant_settings)
+            try:
+                return await _graph(AsyncJournalSaver(c, tenant=tenant)).ainvoke({"steps": []}, config)
+            finally:
+                await c.close()
+
+        async def resumed() -> tuple[Any, Any, list[Any], set[str]]:
+            c = await AsyncJournalClient.from_settings(tenant_settings)
+            try:
+                saver = AsyncJournalSaver(c, tenant=tenant)
+                graph = _graph(saver)
+                nxt = (await graph.aget_state(config)).next
+                done = await graph.ainvoke(Command(resume="yes"), config)
+                steps = [t.metadata["step"] async for t in saver.alist(config)]
+                names = {t.config["configurable"]["thread_id"] async for t in saver.alist(None)}
+                with pytest.raises(AccessDenied):
+                    await graph.ainvoke({"steps": []}, foreign)
+                return nxt, done, steps, names
+            finally:
+                await c.close()
+
+        assert "__interrupt__" in asyncio.run(first())
+        project_and_trim()
+        nxt, done, history, threads = asyncio.run(resumed())
+        assert nxt == ("approve",) and done == {"steps": ["plan", "approved:yes"]}
+    assert sorted(history, reverse=True) == history and history[0] >= 2 and -1 in history
+    assert threads == {"approval-7"}
+    with JournalClient.from_settings(migrated) as admin_client:
+        assert admin_client.head(other, "approval-7") == 0
 
 
 def test_a_graph_run_with_tenant_id_in_its_config_stays_in_that_tenant(client: JournalClient, tenant: str) -> None:

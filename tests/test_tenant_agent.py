@@ -7,34 +7,19 @@ reachable with them, in Redis or in PostgreSQL.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from conftest import make_client
 
-from journal import acl, keys
+from journal import keys
 from journal.errors import AccessDenied
 from journal.redis_store import connect
 from journal.settings import Settings
-from projections import db
 from projections.worker import Projector, WorkerOptions
 
 #: A valid message payload (the fold needs role and content); tests add fields of their own.
 MSG = {"role": "user", "content": "hi"}
-
-
-@pytest.fixture
-def tenant_settings(migrated: Settings, tenant: str) -> Iterator[Settings]:
-    """Settings holding only ``tenant``'s own Redis user and PostgreSQL reader login."""
-    admin = connect(migrated.redis_url or "")
-    creds = acl.create_tenant_user(admin, tenant)
-    reader = db.create_tenant_reader(migrated, tenant)
-    yield migrated.with_(redis_url=creds.redis_url(migrated.redis_url or ""),
-                         database_url=reader.database_url(migrated.database_url or ""))
-    acl.revoke_tenant_user(admin, tenant)
-    db.revoke_tenant_reader(migrated, tenant)
-    admin.close()
 
 
 @pytest.mark.parametrize("kind", ["sync", "async"])
