@@ -63,7 +63,7 @@ import random
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from operator import attrgetter
@@ -90,6 +90,7 @@ from journal.client import JournalClient
 from journal.errors import ConflictError, InvalidIdentifier, JournalError
 from journal.events import Draft, Event
 from journal.keys import validate_id
+from journal.settings import DURABILITY_LEVELS as JOURNAL_LEVELS
 from replayer.langgraph_fold import CHECKPOINT, DELETED, PRUNED, THREAD, WRITES
 
 TYPES = (CHECKPOINT, WRITES, DELETED, PRUNED)
@@ -912,10 +913,40 @@ def _durability(saver_level: str | None, config: RunnableConfig | None) -> str |
 def _ttl_ms(ttl: timedelta | float | None) -> int | None:
     if ttl is None:
         return None
+    if not isinstance(ttl, timedelta | int | float) or isinstance(ttl, bool):
+        raise CheckpointConfigError(f"a TTL must be a timedelta or a number of seconds, got {ttl!r}")
     seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else float(ttl)
     if not seconds > 0:
         raise CheckpointConfigError(f"a TTL must be positive (a timedelta or seconds), got {ttl!r}")
     return int(seconds * 1000)
+
+
+def _saver_options(durability: str | None, cache_threads: int) -> None:
+    """Refuse a saver's bad options when it is made, not at its first append."""
+    if durability is not None and durability not in JOURNAL_LEVELS:
+        raise CheckpointConfigError(f"durability {durability!r} is not a journal level: use one of {JOURNAL_LEVELS}, "
+                                    "or None to follow the run's LangGraph durability mode")
+    if type(cache_threads) is not int or cache_threads < 1:
+        raise CheckpointConfigError(f"cache_threads must be an int >= 1 (thread indexes kept), got {cache_threads!r}")
+
+
+def _thread_ids(ids: Any, what: str = "thread_ids") -> list[Any]:
+    """A list of ids, refusing one id where a list belongs (a str would prune each of its characters)."""
+    if isinstance(ids, str | bytes) or not isinstance(ids, Iterable):
+        raise CheckpointConfigError(f"{what} must be a list of ids, got {ids!r}; for one id pass [{ids!r}]")
+    return list(ids)
+
+
+def _check_list(filter: Any, limit: Any) -> None:
+    if filter is not None and not isinstance(filter, Mapping):
+        raise CheckpointConfigError(f"filter must be a dict of metadata keys and values, got {filter!r}")
+    if limit is not None and (type(limit) is not int):
+        raise CheckpointConfigError(f"limit must be an int or None, got {limit!r}")
+
+
+def _check_copy(source_thread_id: Any, target_thread_id: Any) -> None:
+    if journal_thread(source_thread_id) == journal_thread(target_thread_id):
+        raise CheckpointConfigError(f"copy_thread needs two threads; source and target are both {source_thread_id!r}")
 
 
 def _check_prune(strategy: str, keep_last: int) -> None:
@@ -938,6 +969,8 @@ class _Where:
         self.thread_id = str(conf["thread_id"])
         self.jthread = journal_thread(conf["thread_id"])
         self.ns: str | None = conf.get("checkpoint_ns")
+        if self.ns is not None and not isinstance(self.ns, str):
+            raise CheckpointConfigError(f"checkpoint_ns must be a str, got {self.ns!r}")
         self.checkpoint_id = get_checkpoint_id(cast(RunnableConfig, config))
 
     def route(self, config: RunnableConfig) -> RunnableConfig:
@@ -1047,6 +1080,7 @@ class JournalSaver(BaseCheckpointSaver[str]):
                  durability: str | None = None, cache_threads: int = 256,
                  ttl: timedelta | float | None = None) -> None:
         super().__init__(serde=serde)
+        _saver_options(durability, cache_threads)
         self.client = client
         self.tenant = validate_id(tenant, "tenant")
         self.durability = durability
@@ -1103,6 +1137,7 @@ class JournalSaver(BaseCheckpointSaver[str]):
 
     def list(self, config: RunnableConfig | None, *, filter: dict[str, Any] | None = None,
              before: RunnableConfig | None = None, limit: int | None = None) -> Iterator[CheckpointTuple]:
+        _check_list(filter, limit)
         before_id = get_checkpoint_id(before) if before else None
         if config is None:
             # Every thread of the saver's tenant, in the order they were first written.
@@ -1201,7 +1236,7 @@ class JournalSaver(BaseCheckpointSaver[str]):
         """
         _check_prune(strategy, keep_last)
         tenant = tenant or self.tenant
-        for thread_id in thread_ids:
+        for thread_id in _thread_ids(thread_ids):
             if strategy == "delete":
                 self.delete_thread(thread_id, tenant=tenant)
                 continue
@@ -1218,7 +1253,8 @@ class JournalSaver(BaseCheckpointSaver[str]):
         if self.ttl_ms is None:
             raise CheckpointConfigError("expire needs the saver's ttl (JournalSaver(..., ttl=timedelta(days=30)))")
         tenant = tenant or self.tenant
-        threads = self._threads(tenant) if thread_ids is None else {journal_thread(t): str(t) for t in thread_ids}
+        threads = self._threads(tenant) if thread_ids is None else {journal_thread(t): str(t)
+                                                                        for t in _thread_ids(thread_ids)}
         for jthread, thread_id in threads.items():
             with self._lock:
                 draft = _prune_draft(self._index(tenant, jthread), jthread, thread_id, 1, self.ttl_ms, _now_ms(), "ttl")
@@ -1226,7 +1262,7 @@ class JournalSaver(BaseCheckpointSaver[str]):
 
     def delete_for_runs(self, run_ids: Sequence[str]) -> None:
         """Record as pruned every checkpoint (and its writes) of the saver's tenant whose metadata names a run."""
-        wanted = {str(r) for r in run_ids}
+        wanted = {str(r) for r in _thread_ids(run_ids, "run_ids")}
         if not wanted:
             return
         for jthread, thread_id in self._threads(self.tenant).items():
@@ -1239,6 +1275,7 @@ class JournalSaver(BaseCheckpointSaver[str]):
 
     def copy_thread(self, source_thread_id: str, target_thread_id: str, *, tenant: str | None = None) -> None:
         """Append every checkpoint of the source (and its pending writes) to the target thread, parents and ids kept."""
+        _check_copy(source_thread_id, target_thread_id)
         tenant = tenant or self.tenant
         source_j, target_j = journal_thread(source_thread_id), journal_thread(target_thread_id)
         with self._lock:
@@ -1297,6 +1334,7 @@ class AsyncJournalSaver(BaseCheckpointSaver[str]):
                  durability: str | None = None, cache_threads: int = 256,
                  ttl: timedelta | float | None = None) -> None:
         super().__init__(serde=serde)
+        _saver_options(durability, cache_threads)
         self.client = client
         self.tenant = validate_id(tenant, "tenant")
         self.durability = durability
@@ -1355,6 +1393,7 @@ class AsyncJournalSaver(BaseCheckpointSaver[str]):
 
     async def alist(self, config: RunnableConfig | None, *, filter: dict[str, Any] | None = None,
                     before: RunnableConfig | None = None, limit: int | None = None) -> AsyncIterator[CheckpointTuple]:
+        _check_list(filter, limit)
         before_id = get_checkpoint_id(before) if before else None
         if config is None:
             indexes = [await self._index(self.tenant, j) for j in await self._threads(self.tenant)]
@@ -1431,7 +1470,7 @@ class AsyncJournalSaver(BaseCheckpointSaver[str]):
         """See :meth:`JournalSaver.prune`."""
         _check_prune(strategy, keep_last)
         tenant = tenant or self.tenant
-        for thread_id in thread_ids:
+        for thread_id in _thread_ids(thread_ids):
             if strategy == "delete":
                 await self.adelete_thread(thread_id, tenant=tenant)
                 continue
@@ -1447,7 +1486,8 @@ class AsyncJournalSaver(BaseCheckpointSaver[str]):
             raise CheckpointConfigError("aexpire needs the saver's ttl "
                                         "(AsyncJournalSaver(..., ttl=timedelta(days=30)))")
         tenant = tenant or self.tenant
-        threads = await self._threads(tenant) if thread_ids is None else {journal_thread(t): str(t) for t in thread_ids}
+        threads = await self._threads(tenant) if thread_ids is None else {
+            journal_thread(t): str(t) for t in _thread_ids(thread_ids)}
         for jthread, thread_id in threads.items():
             index = await self._index(tenant, jthread)
             draft = _prune_draft(index, jthread, thread_id, 1, self.ttl_ms, _now_ms(), "ttl")
@@ -1455,7 +1495,7 @@ class AsyncJournalSaver(BaseCheckpointSaver[str]):
 
     async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
         """See :meth:`JournalSaver.delete_for_runs`."""
-        wanted = {str(r) for r in run_ids}
+        wanted = {str(r) for r in _thread_ids(run_ids, "run_ids")}
         if not wanted:
             return
         for jthread, thread_id in (await self._threads(self.tenant)).items():
@@ -1467,6 +1507,7 @@ class AsyncJournalSaver(BaseCheckpointSaver[str]):
 
     async def acopy_thread(self, source_thread_id: str, target_thread_id: str, *, tenant: str | None = None) -> None:
         """See :meth:`JournalSaver.copy_thread`."""
+        _check_copy(source_thread_id, target_thread_id)
         tenant = tenant or self.tenant
         source_j, target_j = journal_thread(source_thread_id), journal_thread(target_thread_id)
         source = await self._index(tenant, source_j)

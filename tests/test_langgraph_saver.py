@@ -29,7 +29,7 @@ from langgraph.types import Command, interrupt
 from journal import keys
 from journal.aio import AsyncJournalClient
 from journal.client import JournalClient
-from journal.errors import AccessDenied
+from journal.errors import AccessDenied, JournalError
 from journal.redis_store import connect as redis_connect
 from journal.settings import Settings
 from projections.worker import Projector, WorkerOptions
@@ -357,6 +357,66 @@ def test_a_graph_on_its_tenants_own_credentials_resumes_from_postgresql_and_reac
     assert threads == {"approval-7"}
     with JournalClient.from_settings(migrated) as admin_client:
         assert admin_client.head(other, "approval-7") == 0
+
+
+BAD_SAVER_OPTIONS = [({"durability": "fast"}, "journal level"), ({"durability": "sync"}, "journal level"),
+                     ({"ttl": "1d"}, "timedelta or a number"), ({"ttl": True}, "timedelta or a number"),
+                     ({"ttl": -5}, "positive"), ({"cache_threads": 0}, "cache_threads"),
+                     ({"cache_threads": 2.5}, "cache_threads"), ({"tenant": "a}b"}, "tenant")]
+
+
+@pytest.mark.parametrize(("options", "says"), BAD_SAVER_OPTIONS)
+def test_bad_saver_options_are_refused_when_the_saver_is_made(client: JournalClient, tenant: str,
+                                                              options: dict[str, Any], says: str) -> None:
+    for cls, c in ((JournalSaver, client), (AsyncJournalSaver, None)):
+        with pytest.raises(JournalError, match=says):
+            cls(c, **{"tenant": tenant, **options})  # type: ignore[arg-type]
+
+
+def test_bad_arguments_of_every_saver_call_are_typed_errors_that_say_what_to_pass(client: JournalClient,
+                                                                                 tenant: str) -> None:
+    """One id where a list belongs (a str would be pruned character by character), a filter or limit of
+    the wrong type, a checkpoint_ns that is not a str, a thread copied onto itself: refused, nothing
+    appended; the same for the async saver."""
+    saver = JournalSaver(client, tenant=tenant)
+    _graph(saver).invoke({"steps": []}, _config("abc"))
+    head = client.head(tenant, "abc")
+    calls: list[tuple[str, tuple[Any, ...], dict[str, Any], str]] = [
+        ("prune", ("abc",), {}, r"list of ids.*\['abc'\]"),
+        ("expire", ("abc",), {}, "list of ids"),
+        ("delete_for_runs", ("run-1",), {}, "run_ids must be a list"),
+        ("list", (_config("abc"),), {"filter": "step"}, "filter must be a dict"),
+        ("list", (_config("abc"),), {"limit": "3"}, "limit must be an int"),
+        ("list", (None,), {"limit": 2.0}, "limit must be an int"),
+        ("get_tuple", ({"configurable": {"thread_id": "abc", "checkpoint_ns": 5}},), {}, "checkpoint_ns must be a str"),
+        ("copy_thread", ("abc", "abc"), {}, "two threads"),
+    ]
+    ttl_saver = JournalSaver(client, tenant=tenant, ttl=60)
+
+    async def run_async() -> list[str]:
+        aclient = await AsyncJournalClient.from_settings(client.settings)
+        said = []
+        try:
+            asaver = AsyncJournalSaver(aclient, tenant=tenant, ttl=60)
+            for name, args, kwargs, says in calls:
+                with pytest.raises(CheckpointConfigError, match=says):
+                    if name == "list":
+                        [t async for t in asaver.alist(*args, **kwargs)]
+                    else:
+                        await getattr(asaver, "a" + name)(*args, **kwargs)
+                said.append(name)
+        finally:
+            await aclient.close()
+        return said
+
+    for name, args, kwargs, says in calls:
+        with pytest.raises(CheckpointConfigError, match=says):
+            target = ttl_saver if name == "expire" else saver
+            result = getattr(target, name)(*args, **kwargs)
+            if name == "list":
+                list(result)
+    assert asyncio.run(run_async()) == [c[0] for c in calls]
+    assert client.head(tenant, "abc") == head and client.head(tenant, "a") == 0
 
 
 def test_a_graph_run_with_tenant_id_in_its_config_stays_in_that_tenant(client: JournalClient, tenant: str) -> None:
