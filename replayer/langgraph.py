@@ -127,6 +127,14 @@ WRITES_AWAIT_PUT = 1.0
 #: A dict's delta chain longer than this is cut by storing the dict whole, so a read applies at most
 #: this many patches after one whole value. (A list's chain is not cut: its tails decode as one array.)
 MAX_DELTA_DEPTH = 64
+#: Default memory budget of a saver's thread indexes (``cache_bytes``), as :func:`_weight` estimates it.
+CACHE_BYTES = 256 * 2**20
+#: An index's memory per event folded is about this plus 1.5x its packed data: fitted to what tracemalloc
+#: counts on two workloads, bench_langgraph's conversation (3,348 B per event, 1,822 B of data) and
+#: tests/test_langgraph_history.py's chat (1,572 B per event, 581 B of data); both within 5%.
+EVENT_WEIGHT = 768
+#: A format 1/2 event (fields unpacked, no ``data`` bytes to measure): counted as this many bytes of data.
+UNPACKED_WEIGHT = 4096
 
 #: LangGraph's ``durability`` (``graph.invoke(..., durability=...)``) → the journal's level for the
 #: saver's appends. "sync" waits for the checkpoint before the next step: what LangGraph's own
@@ -255,6 +263,13 @@ def payload_fields(payload: Any) -> Any:
     return payload
 
 
+def _weight(ev: Event) -> int:
+    """What folding ``ev`` adds to an index's memory, estimated from its packed data (:data:`EVENT_WEIGHT`;
+    an older format's unpacked fields count as :data:`UNPACKED_WEIGHT` bytes of data)."""
+    data = ev.payload.get("data") if isinstance(ev.payload, dict) else None
+    return EVENT_WEIGHT + (len(data) if isinstance(data, bytes) else UNPACKED_WEIGHT) * 3 // 2
+
+
 def _configurable(config: RunnableConfig | None) -> dict[str, Any]:
     return (config or {}).get("configurable") or {}
 
@@ -375,11 +390,14 @@ class ThreadIndex:
     #: (ns, channel) -> its last stored list or dict, decoded from what was stored: a put compares the new
     #: value with this (decoded, so an item changed in place since is seen as changed) without decoding again
     decoded: dict[tuple[str, str], _Decoded] = field(default_factory=dict)
+    #: the memory the index holds, estimated (:func:`_weight`) for the savers' cache budget
+    weight: int = 0
 
     def apply(self, events: Sequence[Event]) -> None:
         """Fold ``events`` (seq order, after ``self.seq``); ``seq`` advances only past an event folded whole."""
         for ev in events:
             if ev.type in TYPES:
+                self.weight += _weight(ev)
                 try:
                     self._apply(ev)
                 except CheckpointCorrupt as e:
@@ -405,6 +423,7 @@ class ThreadIndex:
             self.last.clear()
             self.decoded.clear()
             self.epoch += 1
+            self.weight = EVENT_WEIGHT * len(self.dead)
         elif p.get("epoch") != self.epoch:
             # Written by one who had not seen a delete that came before it: deleted too, and so is
             # whatever is later put on top of it.
@@ -921,13 +940,16 @@ def _ttl_ms(ttl: timedelta | float | None) -> int | None:
     return int(seconds * 1000)
 
 
-def _saver_options(durability: str | None, cache_threads: int) -> None:
+def _saver_options(durability: str | None, cache_threads: int, cache_bytes: int) -> None:
     """Refuse a saver's bad options when it is made, not at its first append."""
     if durability is not None and durability not in JOURNAL_LEVELS:
         raise CheckpointConfigError(f"durability {durability!r} is not a journal level: use one of {JOURNAL_LEVELS}, "
                                     "or None to follow the run's LangGraph durability mode")
     if type(cache_threads) is not int or cache_threads < 1:
         raise CheckpointConfigError(f"cache_threads must be an int >= 1 (thread indexes kept), got {cache_threads!r}")
+    if type(cache_bytes) is not int or cache_bytes < 1:
+        raise CheckpointConfigError(f"cache_bytes must be an int >= 1 (the thread indexes' memory budget), "
+                                    f"got {cache_bytes!r}")
 
 
 def _thread_ids(ids: Any, what: str = "thread_ids") -> list[Any]:
@@ -1017,10 +1039,16 @@ def _complete(batch: Sequence[_Pending], error: BaseException | None) -> None:
 
 
 class _Cache:
-    """Per-thread indexes, least recently used dropped first (a dropped one is rebuilt from the log)."""
+    """Per-thread indexes, least recently used dropped first (a dropped one is rebuilt from the log): at most
+    ``size`` of them, and past the first, no more than ``max_bytes`` together (as :func:`_weight` estimates).
 
-    def __init__(self, size: int) -> None:
+    An index grows with its thread's history (3.35 KB per event on bench_langgraph's conversation), so
+    a count alone would let a few long threads take the process's memory.
+    """
+
+    def __init__(self, size: int, max_bytes: int = CACHE_BYTES) -> None:
         self.size = size
+        self.max_bytes = max_bytes
         self.entries: OrderedDict[tuple[str, str], ThreadIndex] = OrderedDict()
         #: tenant -> (registry seq folded, journal thread -> LangGraph thread id)
         self.registry: dict[str, tuple[int, dict[str, str]]] = {}
@@ -1035,6 +1063,17 @@ class _Cache:
         while len(self.entries) > self.size:
             self.entries.popitem(last=False)
         return index
+
+    def fit(self) -> None:
+        """Drop the least recently used indexes until the rest fit ``max_bytes`` (the newest always stays)."""
+        total = sum(index.weight for index in self.entries.values())
+        while total > self.max_bytes and len(self.entries) > 1:
+            total -= self.entries.popitem(last=False)[1].weight
+
+    def fold_own(self, index: ThreadIndex, events: Sequence[Event], jthread: str) -> None:
+        """:func:`_fold_own`, then :meth:`fit`."""
+        _fold_own(index, events, jthread)
+        self.fit()
 
 
 def _put_drafts(serde: SerializerProtocol, index: ThreadIndex, where: _Where, config: RunnableConfig,
@@ -1074,18 +1113,21 @@ class JournalSaver(BaseCheckpointSaver[str]):
     ``durability``: the journal level of every append (default: the one LangGraph's ``durability``
     mode of the run maps to, :data:`DURABILITY_LEVELS`, else the client's). ``ttl``: how old a
     checkpoint may get before :meth:`expire` records it as pruned (a ``timedelta`` or seconds).
+    ``cache_threads`` / ``cache_bytes``: how many thread indexes the saver keeps in memory, and how
+    much memory they may take together (estimated; the most recent one is kept whatever its size);
+    a thread dropped is folded again from the journal when next used.
     """
 
     def __init__(self, client: JournalClient, *, tenant: str, serde: SerializerProtocol | None = None,
-                 durability: str | None = None, cache_threads: int = 256,
+                 durability: str | None = None, cache_threads: int = 256, cache_bytes: int = CACHE_BYTES,
                  ttl: timedelta | float | None = None) -> None:
         super().__init__(serde=serde)
-        _saver_options(durability, cache_threads)
+        _saver_options(durability, cache_threads, cache_bytes)
         self.client = client
         self.tenant = validate_id(tenant, "tenant")
         self.durability = durability
         self.ttl_ms = _ttl_ms(ttl)
-        self._cache = _Cache(cache_threads)
+        self._cache = _Cache(cache_threads, cache_bytes)
         # LangGraph calls put_writes from several worker threads at once; the index is not thread-safe.
         self._lock = threading.RLock()
         #: (tenant, journal thread) -> the lock this process's appends to that thread take, so its own writes
@@ -1111,6 +1153,7 @@ class JournalSaver(BaseCheckpointSaver[str]):
         with self._lock:
             index = self._cache.get((tenant, jthread))
             index.apply(self.client.read(tenant, jthread, after_seq=index.seq))
+            self._cache.fit()
             return index
 
     def _threads(self, tenant: str) -> dict[str, str]:
@@ -1180,7 +1223,7 @@ class JournalSaver(BaseCheckpointSaver[str]):
                 _complete(batch, e)
                 raise
             with self._lock:
-                _fold_own(index, written, where.jthread)
+                self._cache.fold_own(index, written, where.jthread)
         _complete(batch, None)
         return where.route(out)
 
@@ -1214,7 +1257,7 @@ class JournalSaver(BaseCheckpointSaver[str]):
                         _complete(batch, e)
                         raise
                     with self._lock:
-                        _fold_own(index, written, where.jthread)
+                        self._cache.fold_own(index, written, where.jthread)
                     _complete(batch, None)
             pending.done.wait()
         if pending.error is not None:
@@ -1331,15 +1374,15 @@ class AsyncJournalSaver(BaseCheckpointSaver[str]):
     """
 
     def __init__(self, client: AsyncJournalClient, *, tenant: str, serde: SerializerProtocol | None = None,
-                 durability: str | None = None, cache_threads: int = 256,
+                 durability: str | None = None, cache_threads: int = 256, cache_bytes: int = CACHE_BYTES,
                  ttl: timedelta | float | None = None) -> None:
         super().__init__(serde=serde)
-        _saver_options(durability, cache_threads)
+        _saver_options(durability, cache_threads, cache_bytes)
         self.client = client
         self.tenant = validate_id(tenant, "tenant")
         self.durability = durability
         self.ttl_ms = _ttl_ms(ttl)
-        self._cache = _Cache(cache_threads)
+        self._cache = _Cache(cache_threads, cache_bytes)
         self._lock: asyncio.Lock | None = None
         self._writers: dict[tuple[str, str], asyncio.Lock] = {}
         self._outbox: dict[tuple[str, str], list[_Pending]] = {}
@@ -1369,6 +1412,7 @@ class AsyncJournalSaver(BaseCheckpointSaver[str]):
         async with self._bind():
             index = self._cache.get((tenant, jthread))
             index.apply(await self.client.read(tenant, jthread, after_seq=index.seq))
+            self._cache.fit()
             return index
 
     async def _threads(self, tenant: str) -> dict[str, str]:
@@ -1426,7 +1470,7 @@ class AsyncJournalSaver(BaseCheckpointSaver[str]):
             except BaseException as e:
                 _complete(batch, e)
                 raise
-            _fold_own(index, written, where.jthread)
+            self._cache.fold_own(index, written, where.jthread)
         _complete(batch, None)
         return where.route(out)
 
@@ -1455,7 +1499,7 @@ class AsyncJournalSaver(BaseCheckpointSaver[str]):
                     except BaseException as e:
                         _complete(batch, e)
                         raise
-                    _fold_own(index, written, where.jthread)
+                    self._cache.fold_own(index, written, where.jthread)
                     _complete(batch, None)
             await pending.done.wait()
         if pending.error is not None:

@@ -9,8 +9,10 @@ audit timeline; bytes are stored as bytes and their JSONB copy is ``{"$bytes": n
 from __future__ import annotations
 
 import dataclasses
+import gc
 import threading
 import time
+import tracemalloc
 import uuid
 from datetime import timedelta
 from typing import Annotated, Any, TypedDict
@@ -580,3 +582,43 @@ def test_langgraph_durability_modes_map_onto_the_journal_levels(migrated: Settin
         p.stop()
         t.join(10)
     assert _durability("projected", {"configurable": {"__pregel_durability": "sync"}}) == "projected"
+
+
+# -- the saver's memory ------------------------------------------------------------------------------
+
+def test_thread_indexes_stay_within_the_memory_budget_and_a_dropped_one_is_folded_again(client: JournalClient,
+                                                                                       tenant: str) -> None:
+    """The estimate of an index's memory is within 25% of what tracemalloc counts for it; with a budget of
+    about two threads, running a third drops the least recently used index (never the one in use), and a
+    dropped thread reads back and continues exactly as before."""
+    saver = JournalSaver(client, tenant=tenant)
+    for i in range(30):
+        _chat(saver).invoke(_ask(i), _config("measured"))
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        fresh = JournalSaver(client, tenant=tenant)
+        index = fresh._index(tenant, "measured")
+        gc.collect()
+        held = sum(d.size_diff for d in tracemalloc.take_snapshot().compare_to(before, "filename"))
+    finally:
+        tracemalloc.stop()
+    assert 0.75 < index.weight / held < 1.25, (index.weight, held)
+
+    budget = int(2.5 * index.weight)
+    small = JournalSaver(client, tenant=tenant, cache_bytes=budget)
+    want = {}
+    for thread in ("a", "b", "c"):
+        for i in range(30):
+            _chat(small).invoke(_ask(i), _config(thread))
+        want[thread] = [m.content for m in small.get_tuple(_config(thread)).checkpoint["channel_values"]["messages"]]
+    cached = [key[1] for key in small._cache.entries]
+    assert cached == ["b", "c"], cached  # "a" was least recently used
+    assert sum(ix.weight for ix in small._cache.entries.values()) <= budget
+    got = small.get_tuple(_config("a"))  # folded again from the journal
+    assert [m.content for m in got.checkpoint["channel_values"]["messages"]] == want["a"]
+    _chat(small).invoke(_ask(99), _config("a"))  # and continues from it, as a delta of what it read
+    assert len(small.get_tuple(_config("a")).checkpoint["channel_values"]["messages"]) == len(want["a"]) + 2
+    tiny = JournalSaver(client, tenant=tenant, cache_bytes=1)  # below one index: the one in use stays
+    assert tiny.get_tuple(_config("b")) is not None and [k[1] for k in tiny._cache.entries] == ["b"]

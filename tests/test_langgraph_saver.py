@@ -362,7 +362,8 @@ def test_a_graph_on_its_tenants_own_credentials_resumes_from_postgresql_and_reac
 BAD_SAVER_OPTIONS = [({"durability": "fast"}, "journal level"), ({"durability": "sync"}, "journal level"),
                      ({"ttl": "1d"}, "timedelta or a number"), ({"ttl": True}, "timedelta or a number"),
                      ({"ttl": -5}, "positive"), ({"cache_threads": 0}, "cache_threads"),
-                     ({"cache_threads": 2.5}, "cache_threads"), ({"tenant": "a}b"}, "tenant")]
+                     ({"cache_threads": 2.5}, "cache_threads"), ({"cache_bytes": 0}, "cache_bytes"),
+                     ({"tenant": "a}b"}, "tenant")]
 
 
 @pytest.mark.parametrize(("options", "says"), BAD_SAVER_OPTIONS)
