@@ -1050,6 +1050,9 @@ class _Cache:
         self.size = size
         self.max_bytes = max_bytes
         self.entries: OrderedDict[tuple[str, str], ThreadIndex] = OrderedDict()
+        #: each entry's weight when last counted, and their sum (kept up to date, not summed per put)
+        self.counted: dict[tuple[str, str], int] = {}
+        self.total = 0
         #: tenant -> (registry seq folded, journal thread -> LangGraph thread id)
         self.registry: dict[str, tuple[int, dict[str, str]]] = {}
 
@@ -1061,19 +1064,26 @@ class _Cache:
         index = self.entries.pop(key, None) or ThreadIndex()
         self.entries[key] = index
         while len(self.entries) > self.size:
-            self.entries.popitem(last=False)
+            self._drop_oldest()
         return index
 
-    def fit(self) -> None:
-        """Drop the least recently used indexes until the rest fit ``max_bytes`` (the newest always stays)."""
-        total = sum(index.weight for index in self.entries.values())
-        while total > self.max_bytes and len(self.entries) > 1:
-            total -= self.entries.popitem(last=False)[1].weight
+    def grown(self, key: tuple[str, str], index: ThreadIndex) -> None:
+        """Count what ``key``'s ``index`` folded since it was last counted, then drop the least recently used
+        indexes until the rest fit ``max_bytes`` (the newest always stays)."""
+        if self.entries.get(key) is index:
+            self.total += index.weight - self.counted.get(key, 0)
+            self.counted[key] = index.weight
+        while self.total > self.max_bytes and len(self.entries) > 1:
+            self._drop_oldest()
 
-    def fold_own(self, index: ThreadIndex, events: Sequence[Event], jthread: str) -> None:
-        """:func:`_fold_own`, then :meth:`fit`."""
+    def fold_own(self, key: tuple[str, str], index: ThreadIndex, events: Sequence[Event], jthread: str) -> None:
+        """:func:`_fold_own`, then :meth:`grown`."""
         _fold_own(index, events, jthread)
-        self.fit()
+        self.grown(key, index)
+
+    def _drop_oldest(self) -> None:
+        key, _ = self.entries.popitem(last=False)
+        self.total -= self.counted.pop(key, 0)
 
 
 def _put_drafts(serde: SerializerProtocol, index: ThreadIndex, where: _Where, config: RunnableConfig,
@@ -1153,7 +1163,7 @@ class JournalSaver(BaseCheckpointSaver[str]):
         with self._lock:
             index = self._cache.get((tenant, jthread))
             index.apply(self.client.read(tenant, jthread, after_seq=index.seq))
-            self._cache.fit()
+            self._cache.grown((tenant, jthread), index)
             return index
 
     def _threads(self, tenant: str) -> dict[str, str]:
@@ -1223,7 +1233,7 @@ class JournalSaver(BaseCheckpointSaver[str]):
                 _complete(batch, e)
                 raise
             with self._lock:
-                self._cache.fold_own(index, written, where.jthread)
+                self._cache.fold_own(key, index, written, where.jthread)
         _complete(batch, None)
         return where.route(out)
 
@@ -1257,7 +1267,7 @@ class JournalSaver(BaseCheckpointSaver[str]):
                         _complete(batch, e)
                         raise
                     with self._lock:
-                        self._cache.fold_own(index, written, where.jthread)
+                        self._cache.fold_own(key, index, written, where.jthread)
                     _complete(batch, None)
             pending.done.wait()
         if pending.error is not None:
@@ -1412,7 +1422,7 @@ class AsyncJournalSaver(BaseCheckpointSaver[str]):
         async with self._bind():
             index = self._cache.get((tenant, jthread))
             index.apply(await self.client.read(tenant, jthread, after_seq=index.seq))
-            self._cache.fit()
+            self._cache.grown((tenant, jthread), index)
             return index
 
     async def _threads(self, tenant: str) -> dict[str, str]:
@@ -1470,7 +1480,7 @@ class AsyncJournalSaver(BaseCheckpointSaver[str]):
             except BaseException as e:
                 _complete(batch, e)
                 raise
-            self._cache.fold_own(index, written, where.jthread)
+            self._cache.fold_own(key, index, written, where.jthread)
         _complete(batch, None)
         return where.route(out)
 
@@ -1499,7 +1509,7 @@ class AsyncJournalSaver(BaseCheckpointSaver[str]):
                     except BaseException as e:
                         _complete(batch, e)
                         raise
-                    self._cache.fold_own(index, written, where.jthread)
+                    self._cache.fold_own(key, index, written, where.jthread)
                     _complete(batch, None)
             await pending.done.wait()
         if pending.error is not None:
