@@ -294,7 +294,7 @@ class Archiver:
             conn.execute(DELETE_OLDER_SNAPSHOTS_SQL, {**p, "upto": upto})
         self._step("switched", tenant, thread)
         # 6. the chunks only the deleted snapshots named (a crash before this leaves them to `sweep-chunks`)
-        chunks.sweep(conn, tenant, thread)
+        chunks.sweep_after(conn, tenant, thread)
         log.info("thread_archived", tenant=tenant, thread=thread, from_seq=after + 1, to_seq=upto,
                  segments=len(sealed), manifest=mkey)
         return Archived(tenant, thread, after + 1, upto, upto - after, len(sealed), sum(i.size for i in sealed), mkey)

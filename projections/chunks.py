@@ -59,6 +59,18 @@ def sweep(conn: psycopg.Connection, tenant: str, thread: str) -> int | None:
     return deleted
 
 
+def sweep_after(conn: psycopg.Connection, tenant: str, thread: str) -> int:
+    """:func:`sweep` after a change that may have left chunks unnamed (an archive's switch, a rebuild's
+    swap), which has committed: a sweep that fails is logged and leaves its chunks to the next one."""
+    try:
+        return sweep(conn, tenant, thread) or 0
+    except psycopg.Error as e:
+        if not conn.closed:
+            conn.rollback()
+        log.warning("chunk_sweep_failed_left_for_the_next", tenant=tenant, thread=thread, error=str(e)[:500])
+        return 0
+
+
 @dataclass
 class SweepReport:
     threads: int = 0

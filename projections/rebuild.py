@@ -291,7 +291,7 @@ class Rebuilder:
         metrics.REBUILD_SWAPS.inc()
         # The chunks only the replaced snapshots named (a crash before this leaves them to `sweep-chunks`).
         for thread in sorted({r[0] for r in dropped}):
-            report.chunks_swept += chunks.sweep(conn, tenant, thread) or 0
+            report.chunks_swept += chunks.sweep_after(conn, tenant, thread)
         log.info("rebuild_swapped", tenant=tenant, threads=len(locked), changed=report.threads_changed,
                  snapshots_added=report.snapshots_added, snapshots_removed=report.snapshots_removed,
                  folded_under_lock=folded)

@@ -398,6 +398,15 @@ def test_the_sweep_leaves_a_thread_whose_chunk_writer_is_mid_transaction(chunked
         assert r.replay(tenant, THREAD, at_seq=12) == fold(c.read(tenant, THREAD), None, REGISTRY)
 
 
+def test_a_sweep_that_fails_after_a_committed_change_is_logged_not_raised(chunked: Settings, tenant: str) -> None:
+    """The archiver and the rebuild sweep after they committed: a lost connection then costs the sweep only."""
+    conn = db.connect(chunked)
+    conn.close()
+    assert chunks.sweep_after(conn, tenant, THREAD) == 0
+    with pytest.raises(psycopg.Error):
+        chunks.sweep(conn, tenant, THREAD)
+
+
 def test_the_sweep_keeps_every_chunk_of_a_thread_with_an_unreadable_snapshot(chunked: Settings, tenant: str,
                                                                              admin_pg: Any) -> None:
     """An index chunk missing: what the snapshot naming it needs cannot be known, so nothing is deleted."""
