@@ -13,7 +13,7 @@ import json
 import threading
 import uuid
 from collections.abc import AsyncGenerator
-from typing import Any, TypedDict
+from typing import Any
 
 import pytest
 
@@ -25,6 +25,7 @@ from langgraph.checkpoint.conformance import checkpointer_test, validate
 from langgraph.checkpoint.conformance.report import CapabilityReport
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command, interrupt
+from langgraph_graphs import Steps, approval_graph
 
 from journal import keys
 from journal.aio import AsyncJournalClient
@@ -260,35 +261,14 @@ def test_checkpoints_read_back_from_postgresql_after_projection(migrated: Settin
 
 # -- a real graph: interrupt in one saver, resume in another -------------------------------------------
 
-class _State(TypedDict):
-    steps: list[str]
-
-
-def _graph(saver: BaseCheckpointSaver[Any]) -> Any:
-    def plan(state: _State) -> dict[str, list[str]]:
-        return {"steps": [*state["steps"], "plan"]}
-
-    def approve(state: _State) -> dict[str, list[str]]:
-        decision = interrupt({"question": "go?"})
-        return {"steps": [*state["steps"], f"approved:{decision}"]}
-
-    g = StateGraph(_State)
-    g.add_node("plan", plan)
-    g.add_node("approve", approve)
-    g.add_edge(START, "plan")
-    g.add_edge("plan", "approve")
-    g.add_edge("approve", END)
-    return g.compile(checkpointer=saver)
-
-
 def test_graph_interrupted_with_one_saver_resumes_with_another(client: JournalClient, settings: Settings,
                                                                 tenant: str) -> None:
     """A StateGraph stopped at interrupt() resumes from the journal in a saver (and client) that never saw it."""
     config = {"configurable": {"thread_id": "g1"}}
-    out = _graph(JournalSaver(client, tenant=tenant)).invoke({"steps": []}, config)
+    out = approval_graph(JournalSaver(client, tenant=tenant)).invoke({"steps": []}, config)
     assert "__interrupt__" in out
     with JournalClient.from_settings(settings) as other:
-        graph = _graph(JournalSaver(other, tenant=tenant))
+        graph = approval_graph(JournalSaver(other, tenant=tenant))
         assert graph.get_state(config).next == ("approve",)
         done = graph.invoke(Command(resume="yes"), config)
     assert done == {"steps": ["plan", "approved:yes"]}
@@ -315,11 +295,11 @@ def test_a_graph_on_its_tenants_own_credentials_resumes_from_postgresql_and_reac
 
     if kind == "sync":
         with JournalClient.from_settings(tenant_settings) as c:
-            assert "__interrupt__" in _graph(JournalSaver(c, tenant=tenant)).invoke({"steps": []}, config)
+            assert "__interrupt__" in approval_graph(JournalSaver(c, tenant=tenant)).invoke({"steps": []}, config)
         project_and_trim()
         with JournalClient.from_settings(tenant_settings) as c:
             saver = JournalSaver(c, tenant=tenant)
-            graph = _graph(saver)
+            graph = approval_graph(saver)
             assert graph.get_state(config).next == ("approve",)
             assert graph.invoke(Command(resume="yes"), config) == {"steps": ["plan", "approved:yes"]}
             history = [t.metadata["step"] for t in saver.list(config)]
@@ -330,7 +310,7 @@ def test_a_graph_on_its_tenants_own_credentials_resumes_from_postgresql_and_reac
         async def first() -> Any:
             c = await AsyncJournalClient.from_settings(tenant_settings)
             try:
-                return await _graph(AsyncJournalSaver(c, tenant=tenant)).ainvoke({"steps": []}, config)
+                return await approval_graph(AsyncJournalSaver(c, tenant=tenant)).ainvoke({"steps": []}, config)
             finally:
                 await c.close()
 
@@ -338,7 +318,7 @@ def test_a_graph_on_its_tenants_own_credentials_resumes_from_postgresql_and_reac
             c = await AsyncJournalClient.from_settings(tenant_settings)
             try:
                 saver = AsyncJournalSaver(c, tenant=tenant)
-                graph = _graph(saver)
+                graph = approval_graph(saver)
                 nxt = (await graph.aget_state(config)).next
                 done = await graph.ainvoke(Command(resume="yes"), config)
                 steps = [t.metadata["step"] async for t in saver.alist(config)]
@@ -380,7 +360,7 @@ def test_bad_arguments_of_every_saver_call_are_typed_errors_that_say_what_to_pas
     the wrong type, a checkpoint_ns that is not a str, a thread copied onto itself: refused, nothing
     appended; the same for the async saver."""
     saver = JournalSaver(client, tenant=tenant)
-    _graph(saver).invoke({"steps": []}, _config("abc"))
+    approval_graph(saver).invoke({"steps": []}, _config("abc"))
     head = client.head(tenant, "abc")
     calls: list[tuple[str, tuple[Any, ...], dict[str, Any], str]] = [
         ("prune", ("abc",), {}, r"list of ids.*\['abc'\]"),
@@ -423,7 +403,7 @@ def test_bad_arguments_of_every_saver_call_are_typed_errors_that_say_what_to_pas
 def test_a_graph_run_with_tenant_id_in_its_config_stays_in_that_tenant(client: JournalClient, tenant: str) -> None:
     """Every event of a run whose config names tenant_id (checkpoints, writes, resume) goes to that tenant."""
     other = _tenant()
-    graph = _graph(JournalSaver(client, tenant=tenant))
+    graph = approval_graph(JournalSaver(client, tenant=tenant))
     config = {"configurable": {"thread_id": "g3", "tenant_id": other}}
     graph.invoke({"steps": []}, config)
     assert graph.get_state(config).next == ("approve",)
@@ -435,17 +415,17 @@ def test_a_graph_run_with_tenant_id_in_its_config_stays_in_that_tenant(client: J
 def test_an_interrupt_inside_a_subgraph_resumes_from_its_namespace(client: JournalClient, tenant: str) -> None:
     """A subgraph checkpoints under its checkpoint_ns in the root's thread; its interrupt resumes in a new saver."""
     def child() -> Any:
-        def ask(state: _State) -> dict[str, list[str]]:
+        def ask(state: Steps) -> dict[str, list[str]]:
             return {"steps": [*state["steps"], f"child:{interrupt('ok?')}"]}
 
-        g = StateGraph(_State)
+        g = StateGraph(Steps)
         g.add_node("ask", ask)
         g.add_edge(START, "ask")
         g.add_edge("ask", END)
         return g.compile()
 
     def parent(saver: BaseCheckpointSaver[Any]) -> Any:
-        g = StateGraph(_State)
+        g = StateGraph(Steps)
         g.add_node("first", lambda s: {"steps": [*s["steps"], "first"]})
         g.add_node("sub", child())
         g.add_edge(START, "first")
@@ -470,7 +450,7 @@ def test_async_graph_and_sync_calls_from_another_thread(settings: Settings, tena
         client = await AsyncJournalClient.from_settings(settings)
         try:
             saver = AsyncJournalSaver(client, tenant=tenant)
-            graph = _graph(saver)
+            graph = approval_graph(saver)
             await graph.ainvoke({"steps": []}, config)
             result: list[Any] = []
             t = threading.Thread(target=lambda: result.append(graph.get_state(config).next))

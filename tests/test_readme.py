@@ -16,10 +16,11 @@ from journal.settings import Settings
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
-def agent_example() -> str:
-    section = README.read_text().split("## Using it from an agent", 1)[1]
+def example(heading: str) -> str:
+    """The first Python block under ``heading`` in the README."""
+    section = README.read_text().split(heading, 1)[1]
     match = re.search(r"```python\n(.*?)```", section, re.S)
-    assert match, "the README lost its agent example"
+    assert match, f"the README lost its example under {heading!r}"
     return match.group(1)
 
 
@@ -44,7 +45,7 @@ def test_readme_agent_example_runs_as_written(migrated: Settings, monkeypatch: p
         t = threading.Thread(target=human)
         t.start()
         scope: dict[str, object] = {}
-        exec(compile(agent_example(), "README.md", "exec"), scope)
+        exec(compile(example("## Using it from an agent"), "README.md", "exec"), scope)
         t.join()
         approval = scope["approval"]
         resumed = scope["resumed"]
@@ -53,39 +54,22 @@ def test_readme_agent_example_runs_as_written(migrated: Settings, monkeypatch: p
         assert admin.head("acme", "run-42") == 5
 
 
-def langgraph_example() -> str:
-    section = README.read_text().split("### With LangGraph", 1)[1]
-    match = re.search(r"```python\n(.*?)```", section, re.S)
-    assert match, "the README lost its LangGraph example"
-    return match.group(1)
-
-
 def test_readme_langgraph_example_runs_as_written(migrated: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     """The LangGraph snippet, given a ``builder`` (a graph with a human-approval interrupt) and ``inputs``: the run
     stops at the interrupt with its checkpoints in tenant acme, and a new saver resumes it to the end."""
     pytest.importorskip("langgraph.graph")
-    from typing import TypedDict
-
-    from langgraph.graph import END, START, StateGraph
-    from langgraph.types import Command, interrupt
+    from langgraph.types import Command
+    from langgraph_graphs import approval_builder
 
     from replayer.langgraph import CHECKPOINT, JournalSaver
 
-    class State(TypedDict):
-        steps: list[str]
-
-    builder = StateGraph(State)
-    builder.add_node("plan", lambda s: {"steps": [*s["steps"], "plan"]})
-    builder.add_node("approve", lambda s: {"steps": [*s["steps"], f"approved:{interrupt('refund $240?')}"]})
-    builder.add_edge(START, "plan")
-    builder.add_edge("plan", "approve")
-    builder.add_edge("approve", END)
+    builder = approval_builder()
     for name, value in (("REDIS_URL", migrated.redis_url), ("DATABASE_URL", migrated.database_url),
                         ("S3_URL", migrated.s3_url)):
         monkeypatch.setenv(f"JOURNAL_{name}", value or "")
     with JournalClient.from_settings(migrated) as admin:
         admin.redis.delete(*admin.redis.keys("agent:v1:{acme}:*") or ["-"])
-        exec(compile(langgraph_example(), "README.md", "exec"), {"builder": builder, "inputs": {"steps": []}})
+        exec(compile(example("### With LangGraph"), "README.md", "exec"), {"builder": builder, "inputs": {"steps": []}})
         assert CHECKPOINT in {e.type for e in admin.read("acme", "refund-1234")}
         config = {"configurable": {"thread_id": "refund-1234"}}
         graph = builder.compile(checkpointer=JournalSaver(admin, tenant="acme"))

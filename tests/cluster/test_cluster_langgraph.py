@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, TypedDict
+from typing import Any
 
 import pytest
 
 pytest.importorskip("langgraph.checkpoint.base")
 
-from langgraph.checkpoint.base import BaseCheckpointSaver
-from langgraph.graph import END, START, StateGraph
-from langgraph.types import Command, interrupt
+from langgraph.types import Command
+from langgraph_graphs import approval_graph
 from test_cluster_client import tenants_on_every_primary
 
 from journal import keys
@@ -21,26 +20,6 @@ from journal.redis_store import connect
 from journal.settings import Settings
 from projections.worker import Projector, WorkerOptions
 from replayer.langgraph import AsyncJournalSaver, JournalSaver
-
-
-class _State(TypedDict):
-    steps: list[str]
-
-
-def _graph(saver: BaseCheckpointSaver[Any]) -> Any:
-    def plan(state: _State) -> dict[str, list[str]]:
-        return {"steps": [*state["steps"], "plan"]}
-
-    def approve(state: _State) -> dict[str, list[str]]:
-        return {"steps": [*state["steps"], f"approved:{interrupt({'question': 'refund?'})}"]}
-
-    g = StateGraph(_State)
-    g.add_node("plan", plan)
-    g.add_node("approve", approve)
-    g.add_edge(START, "plan")
-    g.add_edge("plan", "approve")
-    g.add_edge("approve", END)
-    return g.compile(checkpointer=saver)
 
 
 @pytest.mark.parametrize("kind", ["sync", "async"])
@@ -56,7 +35,7 @@ def test_graphs_of_tenants_on_every_primary_pause_and_resume_from_postgresql(kin
         c = await AsyncJournalClient.from_settings(cluster_settings)
         try:
             saver = AsyncJournalSaver(c, tenant=tenant, durability="replicated")
-            graph = _graph(saver)
+            graph = approval_graph(saver)
             if not resume:
                 return await graph.ainvoke({"steps": []}, config)
             nxt = (await graph.aget_state(config)).next
@@ -70,7 +49,7 @@ def test_graphs_of_tenants_on_every_primary_pause_and_resume_from_postgresql(kin
     def run_sync(tenant: str, resume: bool) -> Any:
         with JournalClient.from_settings(cluster_settings) as c:
             saver = JournalSaver(c, tenant=tenant, durability="replicated")
-            graph = _graph(saver)
+            graph = approval_graph(saver)
             if not resume:
                 return graph.invoke({"steps": []}, config)
             nxt = graph.get_state(config).next
