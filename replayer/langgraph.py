@@ -67,7 +67,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from operator import attrgetter
-from typing import Any, TypeGuard, cast
+from typing import Any, Protocol, TypeGuard, TypeVar, cast
 
 import msgpack
 from langchain_core.runnables import RunnableConfig
@@ -394,8 +394,15 @@ class ThreadIndex:
     weight: int = 0
 
     def apply(self, events: Sequence[Event]) -> None:
-        """Fold ``events`` (seq order, after ``self.seq``); ``seq`` advances only past an event folded whole."""
+        """Fold ``events`` (seq order); ``seq`` advances only past an event folded whole.
+
+        An event at or below ``seq`` is already folded and is skipped: a read that raced the saver's own
+        fold of its append (:func:`_fold_own`) returns events the index has, and folding a tombstone
+        twice would count two deletes.
+        """
         for ev in events:
+            if ev.seq <= self.seq:
+                continue
             if ev.type in TYPES:
                 self.weight += _weight(ev)
                 try:
@@ -1086,6 +1093,25 @@ class _Cache:
         self.total -= self.counted.pop(key, 0)
 
 
+class _Lock(Protocol):
+    def locked(self) -> bool: ...
+
+
+_L = TypeVar("_L", bound=_Lock)
+
+
+def _keyed(locks: dict[tuple[str, str], _L], key: tuple[str, str], limit: int,
+           make: Callable[[], _L]) -> tuple[dict[tuple[str, str], _L], _L]:
+    """``key``'s lock in ``locks`` (made if missing); past ``limit`` locks, those not held are forgotten first.
+    Returns the (maybe new) dict and the lock."""
+    lock = locks.get(key)
+    if lock is None:
+        if len(locks) >= limit:
+            locks = {k: v for k, v in locks.items() if v.locked()}
+        lock = locks[key] = make()
+    return locks, lock
+
+
 def _put_drafts(serde: SerializerProtocol, index: ThreadIndex, where: _Where, config: RunnableConfig,
                 checkpoint: Checkpoint, metadata: CheckpointMetadata, new_versions: ChannelVersions,
                 batch: Sequence[_Pending]) -> tuple[list[Draft], RunnableConfig]:
@@ -1148,11 +1174,7 @@ class JournalSaver(BaseCheckpointSaver[str]):
 
     def _writer(self, key: tuple[str, str]) -> threading.Lock:
         with self._lock:
-            lock = self._writers.get(key)
-            if lock is None:
-                if len(self._writers) >= 4 * self._cache.size:
-                    self._writers = {k: v for k, v in self._writers.items() if v.locked()}
-                lock = self._writers[key] = threading.Lock()
+            self._writers, lock = _keyed(self._writers, key, 4 * self._cache.size, threading.Lock)
             return lock
 
     def get_next_version(self, current: str | None, channel: None) -> str:
@@ -1395,6 +1417,9 @@ class AsyncJournalSaver(BaseCheckpointSaver[str]):
         self._cache = _Cache(cache_threads, cache_bytes)
         self._lock: asyncio.Lock | None = None
         self._writers: dict[tuple[str, str], asyncio.Lock] = {}
+        #: (tenant, journal thread) -> the lock of its index's catching up: one read at a time per thread, while
+        #: other threads' reads go on (one lock for all made every conversation of the loop wait for a cold read)
+        self._readers: dict[tuple[str, str], asyncio.Lock] = {}
         self._outbox: dict[tuple[str, str], list[_Pending]] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
 
@@ -1402,24 +1427,25 @@ class AsyncJournalSaver(BaseCheckpointSaver[str]):
         loop = asyncio.get_running_loop()
         if self._lock is None or self.loop is not loop:
             self.loop, self._lock = loop, asyncio.Lock()
-            self._writers, self._outbox = {}, {}
+            self._writers, self._readers, self._outbox = {}, {}, {}
         return self._lock
 
     def _writer(self, key: tuple[str, str]) -> asyncio.Lock:
         """See JournalSaver._writer (one per thread, on the saver's loop)."""
         self._bind()
-        lock = self._writers.get(key)
-        if lock is None:
-            if len(self._writers) >= 4 * self._cache.size:
-                self._writers = {k: v for k, v in self._writers.items() if v.locked()}
-            lock = self._writers[key] = asyncio.Lock()
+        self._writers, lock = _keyed(self._writers, key, 4 * self._cache.size, asyncio.Lock)
+        return lock
+
+    def _reader(self, key: tuple[str, str]) -> asyncio.Lock:
+        self._bind()
+        self._readers, lock = _keyed(self._readers, key, 4 * self._cache.size, asyncio.Lock)
         return lock
 
     def get_next_version(self, current: str | None, channel: None) -> str:
         return next_version(current)
 
     async def _index(self, tenant: str, jthread: str) -> ThreadIndex:
-        async with self._bind():
+        async with self._reader((tenant, jthread)):
             index = self._cache.get((tenant, jthread))
             index.apply(await self.client.read(tenant, jthread, after_seq=index.seq))
             self._cache.grown((tenant, jthread), index)

@@ -8,6 +8,7 @@ audit timeline; bytes are stored as bytes and their JSONB copy is ``{"$bytes": n
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import gc
 import threading
@@ -30,6 +31,7 @@ from langgraph.graph.message import add_messages
 from langgraph.types import Command, interrupt
 
 from journal import codec
+from journal.aio import AsyncJournalClient
 from journal.client import JournalClient
 from journal.events import Draft
 from journal.settings import Settings
@@ -42,8 +44,10 @@ from replayer.langgraph import (
     MAX_DELTA_DEPTH,
     PRUNED,
     WRITES,
+    AsyncJournalSaver,
     CheckpointConfigError,
     JournalSaver,
+    ThreadIndex,
     _durability,
     journal_thread,
     next_version,
@@ -622,3 +626,65 @@ def test_thread_indexes_stay_within_the_memory_budget_and_a_dropped_one_is_folde
     assert len(small.get_tuple(_config("a")).checkpoint["channel_values"]["messages"]) == len(want["a"]) + 2
     tiny = JournalSaver(client, tenant=tenant, cache_bytes=1)  # below one index: the one in use stays
     assert tiny.get_tuple(_config("b")) is not None and [k[1] for k in tiny._cache.entries] == ["b"]
+
+
+def test_events_the_index_already_folded_are_not_folded_again(client: JournalClient, tenant: str) -> None:
+    """A read that raced the saver's own fold returns events the index has: folding them again changes nothing
+    (a tombstone folded twice would count two deletes, and the thread's next puts would read as stale)."""
+    saver = JournalSaver(client, tenant=tenant)
+    _chat(saver).invoke(_ask(1), _config("twice"))
+    saver.delete_thread("twice")
+    _chat(saver).invoke(_ask(2), _config("twice"))
+    events = client.read(tenant, "twice")
+    assert DELETED in {e.type for e in events}
+    once, twice = ThreadIndex(), ThreadIndex()
+    once.apply(events)
+    twice.apply(events[:len(events) // 2])
+    twice.apply(events)  # the first half again, then the rest
+    twice.apply(events[-3:])
+    assert (twice.seq, twice.epoch, twice.checkpoints, twice.writes, twice.weight) == (
+        once.seq, once.epoch, once.checkpoints, once.writes, once.weight)
+    assert once.epoch == 1
+    messages = saver.get_tuple(_config("twice")).checkpoint["channel_values"]["messages"]
+    assert messages[0].content == "question 2"
+
+
+def test_the_async_saver_reads_other_threads_while_one_thread_is_read_cold(migrated: Settings, tenant: str) -> None:
+    """One event loop, one saver: while a thread of 400 supersteps is read cold from PostgreSQL (its history
+    projected and gone from Redis), the read of another, cached thread goes on and finishes first."""
+    class Count(TypedDict):
+        n: int
+        log: Annotated[list[str], lambda a, b: a + b]
+
+    g = StateGraph(Count)
+    g.add_node("step", lambda s: {"n": s["n"] + 1, "log": [f"step {s['n']} " + "x" * 200]})
+    g.add_edge(START, "step")
+    g.add_conditional_edges("step", lambda s: "step" if s["n"] < 400 else END, ["step", END])
+    with JournalClient.from_settings(migrated) as c:
+        g.compile(checkpointer=JournalSaver(c, tenant=tenant)).invoke({"n": 0, "log": []},
+                                                                      {**_config("long"), "recursion_limit": 1000})
+        p = Projector(migrated, WorkerOptions())
+        p.drain(tenants=[tenant])
+        p.close()
+        c.redis.xtrim(f"agent:v1:{{{tenant}}}:stream", maxlen=0, approximate=False)
+        _chat(JournalSaver(c, tenant=tenant)).invoke(_ask(0), _config("short"))
+
+    async def race() -> list[str]:
+        client = await AsyncJournalClient.from_settings(migrated)
+        try:
+            saver = AsyncJournalSaver(client, tenant=tenant)
+            await saver.aget_tuple(_config("short"))  # cached
+            done: list[str] = []
+
+            async def read(thread: str) -> None:
+                await saver.aget_tuple(_config(thread))
+                done.append(thread)
+
+            cold = asyncio.ensure_future(read("long"))
+            await asyncio.sleep(0.001)  # the cold read is under way
+            await asyncio.gather(read("short"), cold)
+            return done
+        finally:
+            await client.close()
+
+    assert asyncio.run(race()) == ["short", "long"]
