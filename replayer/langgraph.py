@@ -62,12 +62,14 @@ import hashlib
 import random
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 from operator import attrgetter
-from typing import Any, Protocol, TypeGuard, TypeVar, cast
+from typing import Any, TypeGuard, TypeVar, cast
 
 import msgpack
 from langchain_core.runnables import RunnableConfig
@@ -1093,23 +1095,17 @@ class _Cache:
         self.total -= self.counted.pop(key, 0)
 
 
-class _Lock(Protocol):
-    def locked(self) -> bool: ...
+_L = TypeVar("_L")
 
 
-_L = TypeVar("_L", bound=_Lock)
-
-
-def _keyed(locks: dict[tuple[str, str], _L], key: tuple[str, str], limit: int,
-           make: Callable[[], _L]) -> tuple[dict[tuple[str, str], _L], _L]:
-    """``key``'s lock in ``locks`` (made if missing); past ``limit`` locks, those not held are forgotten first.
-    Returns the (maybe new) dict and the lock."""
+def _lock_of(locks: weakref.WeakValueDictionary[tuple[str, str], _L], key: tuple[str, str],
+             make: Callable[[], _L]) -> _L:
+    """``key``'s lock in ``locks``, made if missing. Held weakly: a lock lives while someone holds or awaits it,
+    so the table stays as small as the threads in use."""
     lock = locks.get(key)
     if lock is None:
-        if len(locks) >= limit:
-            locks = {k: v for k, v in locks.items() if v.locked()}
         lock = locks[key] = make()
-    return locks, lock
+    return lock
 
 
 def _put_drafts(serde: SerializerProtocol, index: ThreadIndex, where: _Where, config: RunnableConfig,
@@ -1131,11 +1127,12 @@ def _put_drafts(serde: SerializerProtocol, index: ThreadIndex, where: _Where, co
     return drafts, out
 
 
-def _global_select(serde: SerializerProtocol, indexes: Sequence[ThreadIndex], filter: dict[str, Any] | None,
-                   before: str | None, limit: int | None) -> list[CheckpointTuple]:
+def _global_select(threads: Iterable[Callable[[int | None], list[CheckpointTuple]]],
+                   limit: int | None) -> list[CheckpointTuple]:
+    """``list(None)``: each thread's selection in turn (given how many are still wanted) until ``limit``."""
     out: list[CheckpointTuple] = []
-    for index in indexes:
-        out.extend(index.select(serde, None, None, filter, before, None if limit is None else limit - len(out)))
+    for select in threads:
+        out.extend(select(None if limit is None else limit - len(out)))
         if limit is not None and len(out) >= limit:
             break
     return out
@@ -1164,33 +1161,46 @@ class JournalSaver(BaseCheckpointSaver[str]):
         self.durability = durability
         self.ttl_ms = _ttl_ms(ttl)
         self._cache = _Cache(cache_threads, cache_bytes)
-        # LangGraph calls put_writes from several worker threads at once; the index is not thread-safe.
+        # LangGraph calls put_writes from several worker threads at once, and a server runs many graphs on one
+        # saver. Locks, always taken in this order: a thread's writer, its guard, then ``_lock``.
+        #: the cache, the outbox and the lock tables; held for their own operations only, never over I/O
         self._lock = threading.RLock()
         #: (tenant, journal thread) -> the lock this process's appends to that thread take, so its own writes
         #: never race its puts (which append with expected_seq: a race costs a read and a retry)
-        self._writers: dict[tuple[str, str], threading.Lock] = {}
+        self._writers: weakref.WeakValueDictionary[tuple[str, str], threading.Lock] = weakref.WeakValueDictionary()
+        #: (tenant, journal thread) -> the lock of its index (folding, reading, building drafts from it): a cold
+        #: read or a long decode of one thread holds up no other (one lock for all did)
+        self._guards: weakref.WeakValueDictionary[tuple[str, str], threading.RLock] = weakref.WeakValueDictionary()
+        #: the tenants' registries of threads (``list(None)``), read and folded under it
+        self._registry_lock = threading.Lock()
         #: (tenant, journal thread) -> writes waiting for the thread's next put to carry them
         self._outbox: dict[tuple[str, str], list[_Pending]] = {}
 
     def _writer(self, key: tuple[str, str]) -> threading.Lock:
         with self._lock:
-            self._writers, lock = _keyed(self._writers, key, 4 * self._cache.size, threading.Lock)
-            return lock
+            return _lock_of(self._writers, key, threading.Lock)
+
+    def _guard(self, key: tuple[str, str]) -> threading.RLock:
+        with self._lock:
+            return _lock_of(self._guards, key, threading.RLock)
 
     def get_next_version(self, current: str | None, channel: None) -> str:
         return next_version(current)
 
     def _index(self, tenant: str, jthread: str) -> ThreadIndex:
         """The thread's index, with every event written since it was last read folded in."""
-        with self._lock:
-            index = self._cache.get((tenant, jthread))
+        key = (tenant, jthread)
+        with self._guard(key):
+            with self._lock:
+                index = self._cache.get(key)
             index.apply(self.client.read(tenant, jthread, after_seq=index.seq))
-            self._cache.grown((tenant, jthread), index)
+            with self._lock:
+                self._cache.grown(key, index)
             return index
 
     def _threads(self, tenant: str) -> dict[str, str]:
         """Every LangGraph thread registered in the tenant (journal thread → thread id), in registration order."""
-        with self._lock:
+        with self._registry_lock:
             seq, known = self._cache.registry.get(tenant, (0, {}))
             events = self.client.read(tenant, REGISTRY, after_seq=seq)
             _registered(events, known)
@@ -1205,7 +1215,7 @@ class JournalSaver(BaseCheckpointSaver[str]):
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         where = _Where(config, self.tenant)
         ns = where.ns or ""
-        with self._lock:
+        with self._guard((where.tenant, where.jthread)):
             index = self._index(where.tenant, where.jthread)
             cid = where.checkpoint_id or index.latest_id(ns)
             return where.route_tuple(index.tuple(self.serde, ns, cid) if cid else None)
@@ -1216,13 +1226,14 @@ class JournalSaver(BaseCheckpointSaver[str]):
         before_id = get_checkpoint_id(before) if before else None
         if config is None:
             # Every thread of the saver's tenant, in the order they were first written.
-            with self._lock:
-                indexes = [self._index(self.tenant, jthread) for jthread in self._threads(self.tenant)]
-                found = _global_select(self.serde, indexes, filter, before_id, limit)
-            yield from found
+            def select(jthread: str, left: int | None) -> list[CheckpointTuple]:
+                with self._guard((self.tenant, jthread)):
+                    return self._index(self.tenant, jthread).select(self.serde, None, None, filter, before_id, left)
+
+            yield from _global_select([partial(select, j) for j in self._threads(self.tenant)], limit)
             return
         where = _Where(config, self.tenant)
-        with self._lock:
+        with self._guard((where.tenant, where.jthread)):
             index = self._index(where.tenant, where.jthread)
             found = index.select(self.serde, where.ns, where.checkpoint_id, filter, before_id, limit)
         for tup in found:
@@ -1232,16 +1243,19 @@ class JournalSaver(BaseCheckpointSaver[str]):
             new_versions: ChannelVersions) -> RunnableConfig:
         where = _Where(config, self.tenant)
         key = (where.tenant, where.jthread)
+        guard = self._guard(key)
         with self._writer(key):
-            with self._lock:
+            with guard, self._lock:
                 # Writes waiting in the outbox go in the same append (_put_drafts orders them).
                 batch = _take_writes(self._outbox, key, self._cache.peek(key), checkpoint["id"])
             try:
                 for attempt in range(PUT_ATTEMPTS):
-                    with self._lock:
+                    with guard:
+                        with self._lock:
+                            known = self._cache.get(key) if attempt == 0 and self._cache.peek(key) is not None \
+                                else None
                         # The cached index is used as is: the append's expected_seq proves it current, or conflicts.
-                        index = self._cache.get(key) if attempt == 0 and self._cache.peek(key) is not None \
-                            else self._index(*key)
+                        index = known if known is not None else self._index(*key)
                         drafts, out = _put_drafts(self.serde, index, where, config, checkpoint, metadata,
                                                   new_versions, batch)
                     try:
@@ -1254,7 +1268,7 @@ class JournalSaver(BaseCheckpointSaver[str]):
             except BaseException as e:
                 _complete(batch, e)
                 raise
-            with self._lock:
+            with guard, self._lock:
                 self._cache.fold_own(key, index, written, where.jthread)
         _complete(batch, None)
         return where.route(out)
@@ -1264,22 +1278,25 @@ class JournalSaver(BaseCheckpointSaver[str]):
         """Append a task's writes: with the thread's next checkpoint if it comes within ``WRITES_LINGER``, or alone."""
         where = _Where(config, self.tenant)
         key = (where.tenant, where.jthread)
-        with self._lock:
-            known = self._cache.peek(key)
+        guard = self._guard(key)
+        with guard:
+            with self._lock:
+                known = self._cache.peek(key)
             # The writes belong to a checkpoint this process put or read, so its index knows the epoch without
             # reading again; a writer that has not seen a later delete writes under the old one, and is ignored
             # as it should be. Only an index this process lacks (never read, or dropped from the cache) is read.
             index = known if known is not None else self._index(*key)
             pending = _Pending(_writes_draft(self.serde, where.jthread, index, config, writes, task_id, task_path),
                                threading.Event())
-            self._outbox.setdefault(key, []).append(pending)
-        if not pending.done.wait(WRITES_LINGER):
             with self._lock:
+                self._outbox.setdefault(key, []).append(pending)
+        if not pending.done.wait(WRITES_LINGER):
+            with guard:
                 seen = _knows(index, pending.draft.payload.get("checkpoint_id"))
             if not seen:
                 pending.done.wait(WRITES_AWAIT_PUT)
             with self._writer(key):
-                with self._lock:
+                with guard, self._lock:
                     # Without ours if a put took it meanwhile: that put completes it.
                     batch = _take_writes(self._outbox, key, index, own=pending)
                 if batch:
@@ -1288,7 +1305,7 @@ class JournalSaver(BaseCheckpointSaver[str]):
                     except BaseException as e:
                         _complete(batch, e)
                         raise
-                    with self._lock:
+                    with guard, self._lock:
                         self._cache.fold_own(key, index, written, where.jthread)
                     _complete(batch, None)
             pending.done.wait()
@@ -1316,7 +1333,7 @@ class JournalSaver(BaseCheckpointSaver[str]):
                 self.delete_thread(thread_id, tenant=tenant)
                 continue
             jthread = journal_thread(thread_id)
-            with self._lock:
+            with self._guard((tenant, jthread)):
                 index = self._index(tenant, jthread)
                 draft = _prune_draft(index, jthread, str(thread_id), keep_last, _ttl_ms(older_than),
                                      _now_ms(), "keep_latest")
@@ -1331,7 +1348,7 @@ class JournalSaver(BaseCheckpointSaver[str]):
         threads = self._threads(tenant) if thread_ids is None else {journal_thread(t): str(t)
                                                                         for t in _thread_ids(thread_ids)}
         for jthread, thread_id in threads.items():
-            with self._lock:
+            with self._guard((tenant, jthread)):
                 draft = _prune_draft(self._index(tenant, jthread), jthread, thread_id, 1, self.ttl_ms, _now_ms(), "ttl")
             self._append(tenant, [draft] if draft else [])
 
@@ -1341,7 +1358,7 @@ class JournalSaver(BaseCheckpointSaver[str]):
         if not wanted:
             return
         for jthread, thread_id in self._threads(self.tenant).items():
-            with self._lock:
+            with self._guard((self.tenant, jthread)):
                 index = self._index(self.tenant, jthread)
                 drop = _run_ids(self.serde, index, wanted)
                 draft = Draft(thread=jthread, type=PRUNED, payload={
@@ -1353,7 +1370,8 @@ class JournalSaver(BaseCheckpointSaver[str]):
         _check_copy(source_thread_id, target_thread_id)
         tenant = tenant or self.tenant
         source_j, target_j = journal_thread(source_thread_id), journal_thread(target_thread_id)
-        with self._lock:
+        first, second = sorted([(tenant, source_j), (tenant, target_j)])  # two guards: in key order
+        with self._guard(first), self._guard(second):
             source = self._index(tenant, source_j)
             target = self._index(tenant, target_j)
             drafts = _copy_drafts(self.serde, source, target, target_j, str(target_thread_id))
@@ -1416,10 +1434,10 @@ class AsyncJournalSaver(BaseCheckpointSaver[str]):
         self.ttl_ms = _ttl_ms(ttl)
         self._cache = _Cache(cache_threads, cache_bytes)
         self._lock: asyncio.Lock | None = None
-        self._writers: dict[tuple[str, str], asyncio.Lock] = {}
+        self._writers: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = weakref.WeakValueDictionary()
         #: (tenant, journal thread) -> the lock of its index's catching up: one read at a time per thread, while
         #: other threads' reads go on (one lock for all made every conversation of the loop wait for a cold read)
-        self._readers: dict[tuple[str, str], asyncio.Lock] = {}
+        self._readers: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = weakref.WeakValueDictionary()
         self._outbox: dict[tuple[str, str], list[_Pending]] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
 
@@ -1427,19 +1445,18 @@ class AsyncJournalSaver(BaseCheckpointSaver[str]):
         loop = asyncio.get_running_loop()
         if self._lock is None or self.loop is not loop:
             self.loop, self._lock = loop, asyncio.Lock()
-            self._writers, self._readers, self._outbox = {}, {}, {}
+            self._writers, self._readers = weakref.WeakValueDictionary(), weakref.WeakValueDictionary()
+            self._outbox = {}
         return self._lock
 
     def _writer(self, key: tuple[str, str]) -> asyncio.Lock:
         """See JournalSaver._writer (one per thread, on the saver's loop)."""
         self._bind()
-        self._writers, lock = _keyed(self._writers, key, 4 * self._cache.size, asyncio.Lock)
-        return lock
+        return _lock_of(self._writers, key, asyncio.Lock)
 
     def _reader(self, key: tuple[str, str]) -> asyncio.Lock:
         self._bind()
-        self._readers, lock = _keyed(self._readers, key, 4 * self._cache.size, asyncio.Lock)
-        return lock
+        return _lock_of(self._readers, key, asyncio.Lock)
 
     def get_next_version(self, current: str | None, channel: None) -> str:
         return next_version(current)
@@ -1477,7 +1494,8 @@ class AsyncJournalSaver(BaseCheckpointSaver[str]):
         before_id = get_checkpoint_id(before) if before else None
         if config is None:
             indexes = [await self._index(self.tenant, j) for j in await self._threads(self.tenant)]
-            for tup in _global_select(self.serde, indexes, filter, before_id, limit):
+            selects = [partial(ix.select, self.serde, None, None, filter, before_id) for ix in indexes]
+            for tup in _global_select(selects, limit):
                 yield tup
             return
         where = _Where(config, self.tenant)

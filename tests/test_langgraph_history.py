@@ -649,9 +649,8 @@ def test_events_the_index_already_folded_are_not_folded_again(client: JournalCli
     assert messages[0].content == "question 2"
 
 
-def test_the_async_saver_reads_other_threads_while_one_thread_is_read_cold(migrated: Settings, tenant: str) -> None:
-    """One event loop, one saver: while a thread of 400 supersteps is read cold from PostgreSQL (its history
-    projected and gone from Redis), the read of another, cached thread goes on and finishes first."""
+def _long_and_short_threads(settings: Settings, tenant: str) -> None:
+    """Thread "long": 400 supersteps, projected and gone from Redis (a cold read is PostgreSQL's); "short": one."""
     class Count(TypedDict):
         n: int
         log: Annotated[list[str], lambda a, b: a + b]
@@ -660,14 +659,41 @@ def test_the_async_saver_reads_other_threads_while_one_thread_is_read_cold(migra
     g.add_node("step", lambda s: {"n": s["n"] + 1, "log": [f"step {s['n']} " + "x" * 200]})
     g.add_edge(START, "step")
     g.add_conditional_edges("step", lambda s: "step" if s["n"] < 400 else END, ["step", END])
-    with JournalClient.from_settings(migrated) as c:
+    with JournalClient.from_settings(settings) as c:
         g.compile(checkpointer=JournalSaver(c, tenant=tenant)).invoke({"n": 0, "log": []},
                                                                       {**_config("long"), "recursion_limit": 1000})
-        p = Projector(migrated, WorkerOptions())
+        p = Projector(settings, WorkerOptions())
         p.drain(tenants=[tenant])
         p.close()
         c.redis.xtrim(f"agent:v1:{{{tenant}}}:stream", maxlen=0, approximate=False)
         _chat(JournalSaver(c, tenant=tenant)).invoke(_ask(0), _config("short"))
+
+
+def test_the_saver_reads_other_threads_while_one_thread_is_read_cold(migrated: Settings, tenant: str) -> None:
+    """Two threads of a server, one saver: while one reads a long thread cold from PostgreSQL, the other's read
+    of a cached thread goes on and finishes first (one lock for every index made it wait for the cold read)."""
+    _long_and_short_threads(migrated, tenant)
+    with JournalClient.from_settings(migrated) as c:
+        saver = JournalSaver(c, tenant=tenant)
+        saver.get_tuple(_config("short"))  # cached
+        done: list[str] = []
+
+        def read(thread: str) -> None:
+            saver.get_tuple(_config(thread))
+            done.append(thread)
+
+        cold = threading.Thread(target=read, args=("long",))
+        cold.start()
+        time.sleep(0.002)  # the cold read is under way
+        read("short")
+        cold.join()
+    assert done == ["short", "long"]
+
+
+def test_the_async_saver_reads_other_threads_while_one_thread_is_read_cold(migrated: Settings, tenant: str) -> None:
+    """One event loop, one saver: while a thread of 400 supersteps is read cold from PostgreSQL (its history
+    projected and gone from Redis), the read of another, cached thread goes on and finishes first."""
+    _long_and_short_threads(migrated, tenant)
 
     async def race() -> list[str]:
         client = await AsyncJournalClient.from_settings(migrated)
