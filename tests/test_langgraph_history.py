@@ -714,3 +714,40 @@ def test_the_async_saver_reads_other_threads_while_one_thread_is_read_cold(migra
             await client.close()
 
     assert asyncio.run(race()) == ["short", "long"]
+
+
+def test_many_server_threads_on_one_saver_lose_nothing_and_never_deadlock(client: JournalClient, tenant: str) -> None:
+    """8 threads share a saver: each runs 15 turns on one of 4 conversations (two threads per conversation,
+    turns serialized per conversation as a server would) while reading and listing the others; every turn is
+    in every conversation's final state, in order, and nothing waits forever."""
+    saver = JournalSaver(client, tenant=tenant)
+    turns = {f"conv-{i}": threading.Lock() for i in range(4)}
+    errors: list[BaseException] = []
+
+    def serve(n: int) -> None:
+        conv = f"conv-{n % 4}"
+        try:
+            for i in range(15):
+                with turns[conv]:
+                    _chat(saver).invoke(_ask(100 * n + i), _config(conv))
+                other = f"conv-{(n + 1) % 4}"
+                saver.get_tuple(_config(other))
+                list(saver.list(_config(other), limit=3))
+                if i % 5 == 0:
+                    list(saver.list(None, limit=10))
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    workers = [threading.Thread(target=serve, args=(n,)) for n in range(8)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(120)
+    assert not any(w.is_alive() for w in workers), "a saver call never returned"
+    assert not errors, errors
+    fresh = JournalSaver(client, tenant=tenant)
+    for c in range(4):
+        messages = fresh.get_tuple(_config(f"conv-{c}")).checkpoint["channel_values"]["messages"]
+        asked = [m.content for m in messages if m.content.startswith("question")]
+        assert sorted(asked) == sorted(f"question {100 * n + i}" for n in (c, c + 4) for i in range(15))
+        assert len(messages) == 60
