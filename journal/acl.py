@@ -30,15 +30,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import redis
-import structlog
 
-from journal import keys
+from journal import keys, logs
 from journal.errors import AccessDenied, ConfigError, JournalError
 from journal.redis_store import CLUSTER_SCHEMES, address_client, is_cluster, live_nodes
 from journal.redis_store import translate as _translate
 from journal.settings import with_credentials
 
-log = structlog.get_logger("journal.acl")
+log = logs.get_logger("journal.acl")
 
 USER_PREFIX = "journal-"
 

@@ -19,9 +19,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
 import redis.commands.core
-import structlog
 
-from journal import ops
+from journal import logs, ops
 from journal.errors import AccessDenied, ConfigError, JournalError
 from journal.events import Draft, Event
 from journal.local_stack import resolve
@@ -40,7 +39,7 @@ from journal.redis_store import (
 from journal.reducer import Reducer
 from journal.settings import Settings
 
-log = structlog.get_logger("journal.client")
+log = logs.get_logger("journal.client")
 T = TypeVar("T")
 
 if TYPE_CHECKING:

@@ -1,10 +1,16 @@
-"""Logging setup for entry points (CLI, scripts). Library code only calls ``structlog.get_logger``."""
+"""Logging: :func:`configure` for entry points (CLI, scripts); :func:`get_logger` for library modules.
+
+structlog left unconfigured prints to stdout, into the output of whatever program imported the
+library: the Redis persistence warning landed in the middle of the JSON a script printed. Library
+loggers therefore follow the application's structlog configuration when there is one, and print
+to stderr when there is none.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
-from typing import TextIO, cast
+from typing import Any, TextIO, cast
 
 import structlog
 
@@ -38,3 +44,20 @@ class _Stderr:
 
     def flush(self) -> None:
         sys.stderr.flush()
+
+
+def get_logger(name: str) -> Any:
+    """A library module's logger (see the module docstring); ``name`` is its dotted name."""
+    return _LibraryLogger(name)
+
+
+class _LibraryLogger:
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, method: str) -> Any:
+        if structlog.is_configured():
+            return getattr(structlog.get_logger(self._name), method)
+        return getattr(structlog.wrap_logger(structlog.PrintLogger(cast(TextIO, _Stderr()))), method)

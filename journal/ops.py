@@ -19,10 +19,8 @@ from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import structlog
-
 from journal import append as protocol
-from journal import codec, keys
+from journal import codec, keys, logs
 from journal.errors import (
     CodecError,
     ConfigError,
@@ -41,7 +39,7 @@ from journal.state import ThreadState, empty
 if TYPE_CHECKING:
     from journal.durable import DurableReader
 
-log = structlog.get_logger("journal.client")
+log = logs.get_logger("journal.client")
 
 T = TypeVar("T")
 

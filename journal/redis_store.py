@@ -16,14 +16,14 @@ import redis
 import redis.asyncio
 import redis.asyncio.cluster
 import redis.cluster
-import structlog
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from journal import logs
 from journal.errors import AccessDenied, DurabilityUnsupported, JournalError, StoreUnavailable
 
-log = structlog.get_logger("journal.redis")
+log = logs.get_logger("journal.redis")
 
 #: What a server says to wrong credentials.
 _AUTH_FAILURE = re.compile(r"WRONGPASS|NOAUTH|invalid username-password|Authentication required")

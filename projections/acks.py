@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-import structlog
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
+from journal import logs
 from projections.nodes import deferred_replies
 
-log = structlog.get_logger("projections.acks")
+log = logs.get_logger("projections.acks")
 
 
 @dataclass(frozen=True, slots=True)

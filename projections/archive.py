@@ -40,12 +40,11 @@ from typing import Any
 
 import psycopg
 import sqlalchemy as sa
-import structlog
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from journal import archive as fmt
-from journal import durable, keys
+from journal import durable, keys, logs
 from journal.append import resolve_blob
 from journal.blobs import BlobStore
 from journal.chain import GENESIS, key_bytes
@@ -56,7 +55,7 @@ from journal.settings import Settings
 from journal.state import empty, encode_snapshot
 from projections import chunks, db, statements, tables
 
-log = structlog.get_logger("projections.archive")
+log = logs.get_logger("projections.archive")
 
 #: Thread statuses that may be archived unless the operator names others.
 DEFAULT_STATUSES = ("completed", "failed", "abandoned")

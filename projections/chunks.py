@@ -19,14 +19,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import psycopg
-import structlog
 
-from journal import durable
+from journal import durable, logs
 from journal.errors import CodecError
 from journal.state import referenced_chunks
 from projections import statements
 
-log = structlog.get_logger("projections.chunks")
+log = logs.get_logger("projections.chunks")
 
 #: Threads listed per query by :func:`sweep_all`.
 PAGE = 500

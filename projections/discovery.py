@@ -20,14 +20,13 @@ import time
 from collections.abc import Callable, Iterable
 
 import redis
-import structlog
 
-from journal import keys
+from journal import keys, logs
 from journal.errors import JournalError
 from journal.redis_store import is_cluster
 from projections.nodes import scan_streams
 
-log = structlog.get_logger("projections.discovery")
+log = logs.get_logger("projections.discovery")
 
 
 class Discovery:

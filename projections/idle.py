@@ -23,15 +23,14 @@ from typing import Any
 
 import redis
 import sqlalchemy as sa
-import structlog
 from sqlalchemy.dialects.postgresql import ARRAY
 
-from journal import keys
+from journal import keys, logs
 from journal.redis_store import connect, script_source, translate
 from journal.settings import Settings
 from projections import db, tables
 
-log = structlog.get_logger("projections.idle")
+log = logs.get_logger("projections.idle")
 GROUP = "projector"
 CHUNK = 500
 

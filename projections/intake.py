@@ -17,15 +17,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import msgpack
-import structlog
 import zstandard
 
-from journal import codec, keys
+from journal import codec, keys, logs
 from journal.errors import JournalError
 from journal.events import Event
 from projections.store import Item, Poison
 
-log = structlog.get_logger("projections.intake")
+log = logs.get_logger("projections.intake")
 
 #: The fields journal/lua/append.lua writes, and only those.
 FIELDS = frozenset((b"t", b"s", b"ts", b"b"))

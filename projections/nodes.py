@@ -25,14 +25,13 @@ from typing import Any
 
 import redis
 import redis.cluster
-import structlog
 
-from journal import keys
+from journal import keys, logs
 from journal.redis_store import REDIRECTS, is_cluster, redirect_of
 from projections import redis_internals
 from projections.deferred import DeferredReplies
 
-log = structlog.get_logger("projections.nodes")
+log = logs.get_logger("projections.nodes")
 
 
 def slot_chunks(client: Any, tenants: Iterable[str], size: int) -> list[list[str]]:

@@ -18,16 +18,15 @@ from dataclasses import dataclass, field
 
 import redis
 import sqlalchemy as sa
-import structlog
 
-from journal import acl, keys
+from journal import acl, keys, logs
 from journal.errors import JournalError
 from journal.redis_store import connect, translate
 from journal.s3_tenants import SeaweedAdmin
 from journal.settings import Settings
 from projections import db, tables
 
-log = structlog.get_logger("projections.purge")
+log = logs.get_logger("projections.purge")
 
 #: One DELETE per tenant table, built from the schema (``projections.tables``).
 DELETES = {

@@ -14,16 +14,15 @@ from operator import itemgetter
 from typing import Any
 
 import redis
-import structlog
 
-from journal import keys
+from journal import keys, logs
 from journal.redis_store import is_cluster
 from projections import nodes, redis_internals
 from projections.deferred import DeferredReplies
 from projections.discovery import Discovery
 from projections.links import Links
 
-log = structlog.get_logger("projections.reader")
+log = logs.get_logger("projections.reader")
 
 Entry = tuple[str, str, dict[bytes, Any]]
 

@@ -44,9 +44,8 @@ from typing import Any
 
 import orjson
 import psycopg
-import structlog
 
-from journal import codec, durable, lifecycle
+from journal import codec, durable, lifecycle, logs
 from journal.archive import ArchiveReader, Manifest
 from journal.blobs import BlobStore, s3_client
 from journal.errors import ConfigError, JournalError, StoreUnavailable
@@ -58,7 +57,7 @@ from projections import chunks, db, metrics, statements
 from projections.snapshots import BlobSource
 from projections.worker import SnapshotBlobs
 
-log = structlog.get_logger("projections.rebuild")
+log = logs.get_logger("projections.rebuild")
 
 #: Threads read per page of a tenant's listing.
 PAGE = 500

@@ -19,9 +19,10 @@ from __future__ import annotations
 import re
 
 import redis
-import structlog
 
-log = structlog.get_logger("projections.redis_internals")
+from journal import logs
+
+log = logs.get_logger("projections.redis_internals")
 
 #: [low, high) redis-py versions whose internals the fast paths were checked against (8.1.0).
 KNOWN_WORKING = ((8, 0), (9, 0))

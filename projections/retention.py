@@ -46,10 +46,9 @@ from typing import Any
 
 import redis
 import sqlalchemy as sa
-import structlog
 from sqlalchemy.dialects.postgresql import ARRAY
 
-from journal import keys
+from journal import keys, logs
 from journal.client import JournalClient
 from journal.errors import ConfigError, ConflictError, InvalidQuery, ThreadFenced
 from journal.events import ABANDON
@@ -59,7 +58,7 @@ from journal.timespec import parse_span
 from projections import db, tables
 from projections.archive import Archiver, candidates
 
-log = structlog.get_logger("projections.retention")
+log = logs.get_logger("projections.retention")
 
 _t = tables.threads
 TERMINAL = ("completed", "failed", "abandoned")

@@ -12,16 +12,15 @@ from __future__ import annotations
 from typing import Protocol
 
 import psycopg
-import structlog
 
-from journal import durable
+from journal import durable, logs
 from journal.errors import BlobError, CodecError, JournalError
 from journal.events import Event
 from journal.reducer import ReducerError, Registry, apply
 from journal.state import empty, encode_snapshot
 from projections import chunks, statements
 
-log = structlog.get_logger("projections.snapshots")
+log = logs.get_logger("projections.snapshots")
 
 class BlobSource(Protocol):
     """Fills in offloaded payloads for the fold, and says whether object storage is usable now."""

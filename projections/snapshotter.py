@@ -19,15 +19,15 @@ import time
 from collections.abc import Iterable
 
 import psycopg
-import structlog
 
+from journal import logs
 from journal.reducer import Registry
 from journal.settings import Settings
 from projections import db
 from projections.snapshots import BlobSource
 from projections.store import SnapshotJob, write_snapshots
 
-log = structlog.get_logger("projections.snapshotter")
+log = logs.get_logger("projections.snapshotter")
 
 #: Chained events kept in a merged job; past that, the fold reads them back from PostgreSQL.
 KEEP_CHAINED = 2000

@@ -41,9 +41,8 @@ from typing import Any
 import psycopg
 import redis
 import sqlalchemy as sa
-import structlog
 
-from journal import keys
+from journal import keys, logs
 from journal.append import resolve_blob
 from journal.blobs import BlobStore, s3_client
 from journal.chain import key_bytes
@@ -63,7 +62,7 @@ from projections.snapshotter import SnapshotWriter
 #: Every tenant that has committed a stream position (known to PostgreSQL before any SCAN).
 OFFSET_TENANTS_SQL = tables.compiled(sa.select(tables.offsets.c.tenant_id))
 
-log = structlog.get_logger("projections.worker")
+log = logs.get_logger("projections.worker")
 GROUP = "projector"
 
 

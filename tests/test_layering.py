@@ -67,3 +67,22 @@ def test_importing_the_client_starts_nothing_and_imports_no_server_code() -> Non
             "'replayer') if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_library_logs_go_to_stderr_unless_the_application_configured_structlog() -> None:
+    """structlog unconfigured prints to stdout, into a program's own output (a warning broke the JSON that
+    scripts/langgraph_example.py prints on a Redis without AOF): the library's loggers print to stderr then,
+    and follow the application's configuration once it has one."""
+    import subprocess
+    import sys
+
+    code = ("import sys, structlog\n"
+            "from journal import client\n"
+            "client.log.warning('library_warning', detail=1)\n"
+            "if len(sys.argv) > 1:\n"
+            "    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stdout))\n"
+            "    client.log.warning('after_configure')\n")
+    plain = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert plain.stdout == "" and "library_warning" in plain.stderr
+    configured = subprocess.run([sys.executable, "-c", code, "configure"], capture_output=True, text=True, check=True)
+    assert "after_configure" in configured.stdout and "after_configure" not in configured.stderr
