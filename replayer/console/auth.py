@@ -21,7 +21,7 @@ from urllib.parse import unquote, urlsplit
 import psycopg
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
-from journal import durable
+from journal import durable, logs
 from journal.errors import AccessDenied, ConfigError, StoreUnavailable
 from journal.keys import validate_id
 from journal.settings import Settings, with_credentials
@@ -32,6 +32,19 @@ OPERATOR = "operator"
 #: The user name that goes with the token ``serve`` prints.
 TOKEN_USER = "operator"
 COOKIE = "aj_console"
+
+
+log = logs.get_logger("replayer.console.auth")
+
+
+def checks_passwords(database_url: str) -> bool:
+    """Whether the PostgreSQL of ``database_url`` refuses its user with a wrong password (it may not: trust)."""
+    user = unquote(urlsplit(database_url).username or "postgres")
+    try:
+        with psycopg.connect(with_credentials(database_url, user, secrets.token_urlsafe(12)), connect_timeout=5):
+            return False
+    except psycopg.OperationalError:
+        return True
 
 
 class SignInFailed(AccessDenied):
@@ -90,6 +103,12 @@ class Sessions:
         url = with_credentials(self.settings.database_url or "", user, password)
         try:
             with psycopg.connect(url, connect_timeout=5, autocommit=True) as conn:
+                if not conn.pgconn.used_password:
+                    # trust (or ident, peer…) let the login in without the password: anyone who knows a reader
+                    # role's name would be that reader. The same answer as a wrong password: no oracle.
+                    log.error("console_sign_in_refused_password_not_checked", user=user,
+                              fix="require scram-sha-256 for the journal's reader roles in pg_hba.conf")
+                    raise SignInFailed("wrong user name or password")
                 row = conn.execute(durable.BOUND_TENANT_SQL).fetchone()
         except psycopg.OperationalError as e:
             # The same answer for a wrong password and an unknown user: no oracle for role names.

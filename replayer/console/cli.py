@@ -31,7 +31,7 @@ def serve(args: argparse.Namespace) -> int:
     from journal.embedded import resolve
     from journal.settings import Settings
     from replayer.console.app import create_app
-    from replayer.console.auth import TOKEN_USER, Sessions
+    from replayer.console.auth import TOKEN_USER, Sessions, checks_passwords
 
     settings = resolve(Settings.from_env(data_dir=args.data_dir))
     sessions = Sessions(settings, ttl=args.session_hours * 3600)
@@ -39,6 +39,10 @@ def serve(args: argparse.Namespace) -> int:
     if not _loopback(args.host):
         print(f"warning: binding {args.host}, not loopback: sessions and passwords travel in plain HTTP; "
               "put a TLS proxy in front", file=sys.stderr)
+    if not checks_passwords(settings.database_url or ""):
+        print("warning: PostgreSQL let a login in with a wrong password (trust authentication?): tenant readers "
+              "cannot sign in until pg_hba.conf requires scram-sha-256 for them; operators still can",
+              file=sys.stderr)
     # The operator token goes to stderr, once: it is a credential, not output to pipe somewhere.
     print(f"audit console on http://{args.host}:{args.port}/ — tenant readers sign in with their reader login; "
           f"operators as {TOKEN_USER!r} with token {sessions.token}", file=sys.stderr, flush=True)

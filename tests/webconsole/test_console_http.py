@@ -12,6 +12,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 from itsdangerous import URLSafeTimedSerializer
 
@@ -21,6 +22,7 @@ with warnings.catch_warnings():
     from starlette.testclient import TestClient
 
 from journal.chain import key_bytes
+from journal.settings import Settings
 from replayer.bundle import verify_bundle
 from replayer.console import Sessions, create_app
 from replayer.console.app import CSP
@@ -298,3 +300,30 @@ def test_cross_site_form_posts_are_refused(http: TestClient, world: World) -> No
     r = http.post("/login", data={"user": world.reader_a.role, "password": world.reader_a.password},
                   headers={"origin": "https://evil.example"})
     assert r.status_code == 403 and COOKIE not in r.cookies
+
+
+SYSTEM_TRUST_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def test_a_postgresql_that_does_not_check_passwords_lets_no_reader_sign_in(migrated: Settings) -> None:
+    """Against a PostgreSQL with trust authentication (the machine's own, if it has one) any password would open
+    any reader's login: sign-in is refused, with the right password or not, as a wrong password is; `serve`'s
+    check says so. The embedded PostgreSQL checks passwords."""
+    from replayer.console.auth import SignInFailed, checks_passwords
+
+    assert checks_passwords(migrated.database_url or "")
+    try:
+        with psycopg.connect(SYSTEM_TRUST_PG, connect_timeout=2) as conn:
+            trusting = not conn.pgconn.used_password
+    except psycopg.OperationalError:
+        trusting = False
+    if not trusting:
+        pytest.skip("no PostgreSQL with trust authentication on 127.0.0.1:5432 to try")
+    assert not checks_passwords(SYSTEM_TRUST_PG)
+    sessions = Sessions(migrated.with_(database_url=SYSTEM_TRUST_PG))
+    try:
+        for password in ("wrong", "anything at all"):
+            with pytest.raises(SignInFailed, match="wrong user name or password"):
+                sessions.sign_in("postgres", password)
+    finally:
+        sessions.close()
