@@ -1085,6 +1085,13 @@ class _Cache:
         while self.total > self.max_bytes and len(self.entries) > 1:
             self._drop_oldest()
 
+    def forget(self, key: tuple[str, str], index: ThreadIndex) -> None:
+        """Drop ``key``'s index, if it is ``index``: it folded events the journal no longer holds (a Redis that
+        lost acknowledged ``memory`` appends before they were projected), so the next read folds the thread anew."""
+        if self.entries.get(key) is index:
+            del self.entries[key]
+            self.total -= self.counted.pop(key, 0)
+
     def fold_own(self, key: tuple[str, str], index: ThreadIndex, events: Sequence[Event], jthread: str) -> None:
         """:func:`_fold_own`, then :meth:`grown`."""
         _fold_own(index, events, jthread)
@@ -1261,10 +1268,13 @@ class JournalSaver(BaseCheckpointSaver[str]):
                     try:
                         written = self._append(where.tenant, drafts, config)
                         break
-                    except ConflictError:
+                    except ConflictError as e:
                         # Another process appended in between (a delete, another writer): read it, decide again.
                         if attempt == PUT_ATTEMPTS - 1:
                             raise
+                        if e.actual < index.seq:
+                            with self._lock:
+                                self._cache.forget(key, index)
             except BaseException as e:
                 _complete(batch, e)
                 raise
@@ -1518,9 +1528,11 @@ class AsyncJournalSaver(BaseCheckpointSaver[str]):
                     try:
                         written = await self._append(where.tenant, drafts, config)
                         break
-                    except ConflictError:
+                    except ConflictError as e:
                         if attempt == PUT_ATTEMPTS - 1:
                             raise
+                        if e.actual < index.seq:  # see JournalSaver.put
+                            self._cache.forget(key, index)
             except BaseException as e:
                 _complete(batch, e)
                 raise

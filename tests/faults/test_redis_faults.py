@@ -5,6 +5,7 @@ Every test here runs on the module's private stack (``private_stack``): it kills
 
 from __future__ import annotations
 
+import operator
 import random
 import shutil
 import threading
@@ -14,7 +15,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, TypedDict
 
 import pytest
 from conftest import assert_exactly_once
@@ -426,3 +427,42 @@ def test_old_aof_detected_under_continuous_load_before_any_reuse(
     assert heads["a"] >= last["a"] and heads["b"] >= last["b"], (
         f"heads {heads} still below PostgreSQL's {last} after 4 s of a running projector: the next append to a or b "
         "reissues a projected seq")
+
+
+def test_a_langgraph_saver_whose_thread_lost_its_tail_in_redis_folds_it_again_and_goes_on(
+        private_stack: EmbeddedStack, fault_settings: Settings, tmp_path: Path) -> None:
+    """A saver's cached index holds checkpoints that Valkey then lost (acknowledged at durability 'memory',
+    never projected: Valkey restored from an older AOF). Its next put conflicts with the lower head: the saver
+    folds the thread again from what the journal holds and the run goes on; a new saver reads what it wrote."""
+    pytest.importorskip("langgraph.graph")
+    from langgraph.graph import END, START, StateGraph
+
+    from replayer.langgraph import JournalSaver
+
+    class Turns(TypedDict):
+        turns: Annotated[list[str], operator.add]
+
+    def graph(saver: JournalSaver) -> Any:
+        g = StateGraph(Turns)
+        g.add_node("turn", lambda s: {"turns": [f"turn {len(s['turns']) + 1}"]})
+        g.add_edge(START, "turn")
+        g.add_edge("turn", END)
+        return g.compile(checkpointer=saver)
+
+    tenant, config = f"lg-{uuid.uuid4().hex[:6]}", {"configurable": {"thread_id": "chat"}}
+    with JournalClient.from_settings(fault_settings) as client:
+        saver = JournalSaver(client, tenant=tenant, durability="memory")
+        for _ in range(3):
+            graph(saver).invoke({"turns": []}, config)
+        client.append(tenant, "marker", "message", {**MSG, "id": "t1-fsync"}, durability="fsync")  # T1 on disk
+        drain(fault_settings, [tenant])
+        copy = tmp_path / "appendonlydir"
+        shutil.copytree(aof_dir(private_stack), copy)
+        for _ in range(3):  # acknowledged in Valkey, never projected: lost with the restore
+            graph(saver).invoke({"turns": []}, config)
+        restart_with_aof(private_stack, copy)
+        drain(fault_settings, [tenant])  # check_tail: heads back to what PostgreSQL holds
+        out = graph(saver).invoke({"turns": []}, config)  # the cached index is ahead of the journal
+        assert out["turns"] == [f"turn {i}" for i in range(1, 8)]
+        fresh = JournalSaver(client, tenant=tenant).get_tuple(config)
+        assert fresh is not None and fresh.checkpoint["channel_values"]["turns"] == out["turns"]
