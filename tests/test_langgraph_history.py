@@ -650,18 +650,18 @@ def test_events_the_index_already_folded_are_not_folded_again(client: JournalCli
 
 
 def _long_and_short_threads(settings: Settings, tenant: str) -> None:
-    """Thread "long": 400 supersteps, projected and gone from Redis (a cold read is PostgreSQL's); "short": one."""
+    """Thread "long": 600 supersteps, projected and gone from Redis (a cold read is PostgreSQL's); "short": one."""
     class Count(TypedDict):
         n: int
         log: Annotated[list[str], lambda a, b: a + b]
 
     g = StateGraph(Count)
-    g.add_node("step", lambda s: {"n": s["n"] + 1, "log": [f"step {s['n']} " + "x" * 200]})
+    g.add_node("step", lambda s: {"n": s["n"] + 1, "log": [f"step {s['n']} " + "x" * 1000]})
     g.add_edge(START, "step")
-    g.add_conditional_edges("step", lambda s: "step" if s["n"] < 400 else END, ["step", END])
+    g.add_conditional_edges("step", lambda s: "step" if s["n"] < 600 else END, ["step", END])
     with JournalClient.from_settings(settings) as c:
         g.compile(checkpointer=JournalSaver(c, tenant=tenant)).invoke({"n": 0, "log": []},
-                                                                      {**_config("long"), "recursion_limit": 1000})
+                                                                      {**_config("long"), "recursion_limit": 1500})
         p = Projector(settings, WorkerOptions())
         p.drain(tenants=[tenant])
         p.close()
@@ -691,7 +691,7 @@ def test_the_saver_reads_other_threads_while_one_thread_is_read_cold(migrated: S
 
 
 def test_the_async_saver_reads_other_threads_while_one_thread_is_read_cold(migrated: Settings, tenant: str) -> None:
-    """One event loop, one saver: while a thread of 400 supersteps is read cold from PostgreSQL (its history
+    """One event loop, one saver: while a thread of 600 supersteps is read cold from PostgreSQL (its history
     projected and gone from Redis), the read of another, cached thread goes on and finishes first."""
     _long_and_short_threads(migrated, tenant)
 
