@@ -129,6 +129,13 @@ WRITES_AWAIT_PUT = 1.0
 #: A dict's delta chain longer than this is cut by storing the dict whole, so a read applies at most
 #: this many patches after one whole value. (A list's chain is not cut: its tails decode as one array.)
 MAX_DELTA_DEPTH = 64
+
+#: How many of a stored list's items a put compares field by field with the graph's, besides checking every
+#: item's identity: the newest this many, and as many older ones in turn (:class:`_Decoded`). A put's cost
+#: stays flat as a conversation grows; an item changed in place is stored at the next put if it is among
+#: the newest, else within (length / this) + 1 puts.
+CHECK_WINDOW = 32
+
 #: Default memory budget of a saver's thread indexes (``cache_bytes``), as :func:`_weight` estimates it.
 CACHE_BYTES = 256 * 2**20
 #: An index's memory per event folded is about this plus 1.5x its packed data: fitted to what tracemalloc
@@ -289,59 +296,88 @@ _FIELDS = attrgetter("__dict__")
 _EXTRA = attrgetter("__pydantic_extra__")
 
 
+#: The pydantic models of a list as :func:`_model_fields` returns them: their types, ``__dict__`` and extras
+_Fields = tuple[list[type], list[Any], list[Any]]
+
+
 @dataclass
 class _Decoded:
-    """A list or dict channel's last stored version, as stored (the base of the next delta).
+    """A list or dict channel's last stored version: the base of the next delta.
 
-    Decoded from what was stored, or, for models a put just stored, their fields as they were then
-    (:meth:`extended`): either way, not an object the graph can change.
+    For a list, ``items`` are the graph's own objects once a put has stored them (decoded ones before),
+    and ``stored`` what was stored of each, not an object the graph can change. A put's check
+    (:meth:`prefix_of`) costs the same at step 1 and at step 10,000: the whole prefix by identity,
+    which is how LangGraph changes a list (its reducer appends, replaces by id, removes: each a
+    new object); and each item's fields against what was stored for the newest ``CHECK_WINDOW``
+    items and, in turn, ``CHECK_WINDOW`` older ones, for a graph that changes a stored message
+    in place (which LangGraph does not ask for: its state changes through the nodes' updates).
     """
 
     version: Any
-    #: the items (for a list of models, only their count and type are read: ``fields`` is compared)
+    #: the list's or dict's items (a dict's are decoded from what was stored, and compared key by key)
     items: Any
-    #: for a list of pydantic models only (LangChain's messages): their types, ``__dict__`` and extras, so a put
-    #: compares a list's prefix as three lists in C (``_same`` for each item, at a third of the cost)
-    fields: tuple[list[type], list[Any], list[Any]] | None = None
+    #: a list's items as stored: for pydantic models (LangChain's messages) their fields (three lists compared
+    #: in C, at a third of the cost of ``_same`` for each), copied where mutable; for other items, decoded
+    stored: _Fields | list[Any] | None = None
+    #: the first of the older items the next put compares
+    turn: int = 0
 
     @classmethod
     def of(cls, version: Any, items: Any) -> _Decoded:
-        return cls(version, items, _model_fields(items) if type(items) is list else None)
+        """``items`` decoded from what was stored (nobody else holds them: they are their own record)."""
+        if type(items) is not list:
+            return cls(version, items)
+        return cls(version, items, _model_fields(items) or items)
 
-    def extended(self, version: Any, tail: list[Any], decode: Callable[[], list[Any]]) -> _Decoded | None:
-        """This list with ``tail`` appended, as the next version: ``tail`` the graph's live items just stored,
-        ``decode`` what was stored of them. None: the next put decodes the stored value again.
+    def extended(self, version: Any, value: list[Any], decode: Callable[[], list[Any]]) -> _Decoded | None:
+        """The next version: ``value``, the graph's list that :meth:`prefix_of` found to extend this one, stored as
+        the delta of its tail; ``decode`` what was stored of the tail. None: the next put decodes the stored value.
 
-        Models are kept as they were stored (:func:`_snapshot`), not decoded: a later put's comparison
-        then finds each unchanged value by identity (no string compared, no memory of it read); other
-        items are the decoded ones (a live object changed in place would compare equal to itself).
+        Models of the tail are recorded as they are now (:func:`_snapshot`), other items as decoded.
         """
-        if self.fields is None:
-            return _Decoded.of(version, self.items + decode())
+        tail = value[len(self.items):]
+        hi = self._older_window()[1]
+        turn = hi if hi < len(self.items) - CHECK_WINDOW else 0  # the last older items compared: start again
+        if not isinstance(self.stored, tuple):
+            return _Decoded(version, list(value), cast(list[Any], self.stored) + decode(), turn)
         more = _snapshot(tail)
         if more is None:  # a list of models that stops being one: not worth a mixed representation
             return None
-        return _Decoded(version, self.items + tail, (self.fields[0] + more[0], self.fields[1] + more[1],
-                                                     self.fields[2] + more[2]))
+        types, dicts, extras = self.stored
+        return _Decoded(version, list(value), (types + more[0], dicts + more[1], extras + more[2]), turn)
 
     def prefix_of(self, value: list[Any]) -> bool:
-        """Whether ``value`` starts with these items, unchanged (compared as :func:`_same` does)."""
+        """Whether ``value`` starts with these items, unchanged (see the class for what is compared)."""
         n = len(self.items)
         if len(value) < n:
             return False
         prefix = value[:n]
-        if self.fields is None:
-            return all(map(_same, self.items, prefix))
-        types, dicts, extras = self.fields
-        return (list(map(type, prefix)) == types and list(map(_FIELDS, prefix)) == dicts
-                and list(map(_EXTRA, prefix)) == extras)
+        # Identity first (C's list compare): an item that is not the stored one is compared whole (``==``).
+        if prefix != self.items:
+            return False
+        return all(self._same_as_stored(prefix, lo, hi)
+                   for lo, hi in ((max(0, n - CHECK_WINDOW), n), self._older_window()) if lo < hi)
+
+    def _older_window(self) -> tuple[int, int]:
+        """The older items this put compares: from ``turn`` (or the first, once the last was reached) on."""
+        older = max(0, len(self.items) - CHECK_WINDOW)
+        lo = self.turn if self.turn < older else 0
+        return lo, min(lo + CHECK_WINDOW, older)
+
+    def _same_as_stored(self, prefix: list[Any], lo: int, hi: int) -> bool:
+        live = prefix[lo:hi]
+        if not isinstance(self.stored, tuple):
+            return all(map(_same, cast(list[Any], self.stored)[lo:hi], live))
+        types, dicts, extras = self.stored
+        return (list(map(type, live)) == types[lo:hi] and list(map(_FIELDS, live)) == dicts[lo:hi]
+                and list(map(_EXTRA, live)) == extras[lo:hi])
 
 
 #: Value types shared, not copied, by :func:`_snapshot`: nothing can change them in place.
 _ATOMS = frozenset({str, int, float, bool, type(None), bytes})
 
 
-def _snapshot(models: list[Any]) -> tuple[list[type], list[Any], list[Any]] | None:
+def _snapshot(models: list[Any]) -> _Fields | None:
     """:func:`_model_fields` of the graph's live models as they are now: each field's value shared if immutable,
     else deep-copied, so a later comparison with the live models finds any change, in place or by assignment."""
     found = _model_fields(models)
@@ -352,7 +388,7 @@ def _snapshot(models: list[Any]) -> tuple[list[type], list[Any], list[Any]] | No
             [copy.deepcopy(e) for e in extras])
 
 
-def _model_fields(items: list[Any]) -> tuple[list[type], list[Any], list[Any]] | None:
+def _model_fields(items: list[Any]) -> _Fields | None:
     types = list(map(type, items))
     if not all(hasattr(t, "__pydantic_fields__") and hasattr(t, "__pydantic_extra__") for t in set(types)):
         return None
@@ -389,8 +425,8 @@ class ThreadIndex:
     last: dict[tuple[str, str], Any] = field(default_factory=dict)
     #: checkpoint ids a tombstone removed: a put or write against one of them is a late write
     dead: set[str] = field(default_factory=set)
-    #: (ns, channel) -> its last stored list or dict, decoded from what was stored: a put compares the new
-    #: value with this (decoded, so an item changed in place since is seen as changed) without decoding again
+    #: (ns, channel) -> its last stored list or dict, with what was stored of it: a put compares the new value
+    #: with this (:class:`_Decoded`) without decoding again
     decoded: dict[tuple[str, str], _Decoded] = field(default_factory=dict)
     #: the memory the index holds, estimated (:func:`_weight`) for the savers' cache budget
     weight: int = 0
@@ -661,7 +697,7 @@ class ThreadIndex:
             tail = value[len(base):]
             typed_tail = serde.dumps_typed(tail)
             return ({"base": base_version, "n": len(base), "tail": encode_value(typed_tail)},
-                    known.extended(version, tail, lambda: list(serde.loads_typed(typed_tail))))
+                    known.extended(version, value, lambda: list(serde.loads_typed(typed_tail))))
         new = cast(dict[Any, Any], value)
         changed = {k: v for k, v in new.items() if k not in base or not _same(base[k], v)}
         removed = [k for k in base if k not in new]

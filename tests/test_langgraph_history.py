@@ -44,6 +44,7 @@ from replayer.langgraph import (
     MAX_DELTA_DEPTH,
     PRUNED,
     WRITES,
+    CHECK_WINDOW,
     AsyncJournalSaver,
     CheckpointConfigError,
     JournalSaver,
@@ -297,6 +298,40 @@ def test_a_message_stored_in_a_tail_then_changed_in_place_is_not_lost(client: Jo
     tup = JournalSaver(client, tenant=tenant).get_tuple(_config(thread, checkpoint_ns=""))
     assert tup is not None and tup.checkpoint["channel_values"]["messages"] == [first, second, cp[
         "channel_values"]["messages"][2]]
+
+
+def test_an_old_message_changed_in_place_is_stored_within_one_round_of_checks(client: JournalClient,
+                                                                             tenant: str) -> None:
+    """A put checks every stored message by identity and only CHECK_WINDOW newest and CHECK_WINDOW older ones field by
+    field, so its cost stays flat: an old message changed in place (not through an update) is not seen by the next
+    put, but within one round over the older messages, and from then on every read has it."""
+    saver = JournalSaver(client, tenant=tenant)
+    config = _config("round", checkpoint_ns="")
+    messages: list[Any] = [HumanMessage(content=f"m{i}", id=f"m-{i}") for i in range(4 * CHECK_WINDOW)]
+
+    def put(step: int) -> Any:
+        messages.append(AIMessage(content=f"reply {step}", id=f"r-{step}"))
+        cp = empty_checkpoint()
+        cp["id"] = str(uuid6(clock_seq=-1))
+        cp["channel_values"] = {"messages": list(messages)}
+        cp["channel_versions"] = {"messages": step + 1}
+        return saver.put(config, cp, {"source": "loop", "step": step}, {"messages": step + 1})
+
+    for step in range(3):  # whole, then deltas: the saver now holds the graph's own objects
+        config = put(step)
+    messages[1].content = "m1, edited in place"
+    older = len(messages) - CHECK_WINDOW
+    for step in range(3, 3 + older // CHECK_WINDOW + 2):
+        config = put(step)
+    kinds = ["delta" if "base" in b else "whole" for b in _stored_blob(client, tenant, "round", "messages")]
+    assert kinds[:3] == ["whole", "delta", "delta"]
+    first_whole = kinds.index("whole", 3)
+    assert 3 < first_whole <= 3 + older // CHECK_WINDOW + 1, kinds  # not the next put; within one round
+    assert kinds[first_whole + 1:] == ["delta"] * (len(kinds) - first_whole - 1)
+    fresh = JournalSaver(client, tenant=tenant)
+    history = list(fresh.list(_config("round", checkpoint_ns="")))
+    contents = [t.checkpoint["channel_values"]["messages"][1].content for t in reversed(history)]
+    assert contents == ["m1"] * first_whole + ["m1, edited in place"] * (len(kinds) - first_whole)
 
 
 def test_a_dict_channel_stores_the_keys_that_changed(client: JournalClient, tenant: str) -> None:
