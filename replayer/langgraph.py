@@ -674,9 +674,9 @@ class ThreadIndex:
     def _delta(self, serde: SerializerProtocol, ns: str, channel: str, version: Any, value: Any) -> _Delta | None:
         """The delta fields of ``value`` against the channel's last stored version, if it is one worth storing.
 
-        A list that extends the stored one: its new items. A dict of which at most half the keys
-        changed: the changed keys' values and the removed keys. Compared with the stored version as
-        decoded from what was stored, so the delta holds exactly what differs.
+        A list that extends the stored one (:meth:`_Decoded.prefix_of`): its new items. A dict of which at
+        most half the keys changed: the changed keys' values and the removed keys, compared key by key
+        with the stored version as decoded from what was stored.
         """
         base_version = self.last.get((ns, channel))
         if base_version is None or (type(value) is dict
