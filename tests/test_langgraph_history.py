@@ -39,12 +39,12 @@ from projections import db
 from projections.worker import Projector, WorkerOptions
 from replayer.audit import timeline
 from replayer.langgraph import (
+    CHECK_WINDOW,
     CHECKPOINT,
     DELETED,
     MAX_DELTA_DEPTH,
     PRUNED,
     WRITES,
-    CHECK_WINDOW,
     AsyncJournalSaver,
     CheckpointConfigError,
     JournalSaver,
