@@ -334,6 +334,49 @@ def test_an_old_message_changed_in_place_is_stored_within_one_round_of_checks(cl
     assert contents == ["m1"] * first_whole + ["m1, edited in place"] * (len(kinds) - first_whole)
 
 
+def test_a_graph_on_langgraphs_delta_channel_reads_back_as_in_memory(client: JournalClient, tenant: str) -> None:
+    """LangGraph's DeltaChannel (beta in 1.2) keeps a sentinel in the checkpoint and rebuilds the list from the
+    pending writes of the ancestors (the base class's get_delta_channel_history, on get_tuple): every state of
+    the history, and a new saver's, is InMemorySaver's."""
+    delta = pytest.importorskip("langgraph.channels.delta")
+
+    def add_all(state: list[Any] | None, writes: Any) -> list[Any]:
+        out = list(state or [])
+        for w in writes:
+            out = add_messages(out, w)
+        return out
+
+    # The functional form: the module's postponed annotations could not see this function's names.
+    Chat = TypedDict("Chat", {  # noqa: UP013
+        "messages": Annotated[list[Any], delta.DeltaChannel(add_all, snapshot_frequency=5)], "n": int})
+
+    def build(saver: BaseCheckpointSaver[Any]) -> Any:
+        def model(state: Any) -> dict[str, Any]:
+            return {"messages": [AIMessage(content=f"answer {state['n']}", id=f"a-{state['n']}")],
+                    "n": state["n"] + 1}
+        g = StateGraph(Chat)
+        g.add_node("model", model)
+        g.add_edge(START, "model")
+        g.add_conditional_edges("model", lambda s: "model" if s["n"] % 6 else END, ["model", END])
+        return g.compile(checkpointer=saver)
+
+    def history(saver: BaseCheckpointSaver[Any]) -> list[Any]:
+        return [(s.values, s.next, s.metadata and s.metadata.get("step"))
+                for s in build(saver).get_state_history(_config("delta"))]
+
+    savers: list[BaseCheckpointSaver[Any]] = [InMemorySaver(), JournalSaver(client, tenant=tenant)]
+    for saver in savers:
+        n = 0
+        for i in range(3):
+            out = build(saver).invoke({**_ask(i), "n": n}, _config("delta"))
+            n = out["n"]
+        assert len(out["messages"]) == 3 + 3 * 6
+    expected = history(savers[0])
+    assert len(expected) == 3 * 8  # steps -1 to 6 of each invoke
+    assert history(savers[1]) == expected
+    assert history(JournalSaver(client, tenant=tenant)) == expected
+
+
 def test_a_dict_channel_stores_the_keys_that_changed(client: JournalClient, tenant: str) -> None:
     """A working-memory dict: one key set or removed per step is stored as that key; reads rebuild it exactly."""
     saver = JournalSaver(client, tenant=tenant)
