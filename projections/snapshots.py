@@ -31,7 +31,7 @@ class BlobSource(Protocol):
 
 
 def load_events(conn: psycopg.Connection, tenant: str, thread: str, after: int, upto: int) -> list[Event]:
-    rows = conn.execute(durable.EVENTS_SQL, (tenant, thread, after, upto)).fetchall()
+    rows = conn.execute(durable.EVENTS_SQL, (tenant, thread, after, upto), binary=True).fetchall()
     return durable.decode_rows(tenant, thread, rows)
 
 

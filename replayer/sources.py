@@ -228,9 +228,10 @@ class PostgresSource:
         except psycopg.OperationalError as e:
             raise StoreUnavailable(f"PostgreSQL failed while reading tenant {tenant}: {e}") from e
 
-    def _rows(self, tenant: str, query: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    def _rows(self, tenant: str, query: str, params: tuple[Any, ...], *, binary: bool = False,
+              ) -> list[tuple[Any, ...]]:
         with self.scope(tenant):
-            return self.conn.execute(query, params).fetchall()
+            return self.conn.execute(query, params, binary=binary).fetchall()
 
     def thread_head(self, tenant: str, thread: str) -> ThreadHead | None:
         rows = self._rows(tenant, THREAD_HEAD_SQL, (tenant, thread))
@@ -246,12 +247,12 @@ class PostgresSource:
 
     def events(self, tenant: str, thread: str, after: int, upto: int | None = None) -> Iterator[Event]:
         # ``body`` is the hashed truth; the JSONB ``payload`` is only its queryable copy and is not read here.
-        rows = self._rows(tenant, durable.EVENTS_SQL, (tenant, thread, after, _top(upto)))
+        rows = self._rows(tenant, durable.EVENTS_SQL, (tenant, thread, after, _top(upto)), binary=True)
         return iter(durable.decode_rows(tenant, thread, rows))
 
     def events_of_types(self, tenant: str, thread: str, upto: int, types: list[str]) -> list[Event]:
         """The stored events of ``types`` with ``seq <= upto``, in seq order (blobs unresolved)."""
-        rows = self._rows(tenant, EVENTS_OF_TYPES_SQL, (tenant, thread, upto, types))
+        rows = self._rows(tenant, EVENTS_OF_TYPES_SQL, (tenant, thread, upto, types), binary=True)
         return durable.decode_rows(tenant, thread, rows)
 
     def snapshot(self, tenant: str, thread: str, at_or_below: int) -> ThreadState | None:
@@ -281,7 +282,7 @@ class PostgresSource:
 
         A row whose body does not decode is returned as a :class:`BadRow` (verification names it).
         """
-        rows = self._rows(tenant, STORED_EVENTS_SQL, (tenant, thread, _top(upto)))
+        rows = self._rows(tenant, STORED_EVENTS_SQL, (tenant, thread, _top(upto)), binary=True)
         out: list[StoredEvent | BadRow] = []
         for seq, ts, body, prev, h, payload in rows:
             try:
