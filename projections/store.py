@@ -289,13 +289,9 @@ def _run_batch(conn: psycopg.Connection, by_thread: dict[tuple[str, str], list[I
             if len(by_thread) > SMALL_BATCH:  # a handful of keys is planned as nested loops anyway
                 conn.execute(statements.NO_HASHJOIN)
                 conn.execute(statements.NO_MERGEJOIN)
-            offsets = conn.execute(statements.OFFSETS_OF_TENANTS, (tenants,)) if positions else None
             locked = _lock_threads(conn, sorted(by_thread)) if by_thread else None
             if overlap is not None:
                 overlap.while_locking()
-            if offsets is not None:
-                result.previous_ms = dict.fromkeys(tenants, 0)
-                result.previous_ms.update(offsets.fetchall())
             heads = {(r[0], r[1]): r[2:] for r in locked.fetchall()} if locked is not None else {}
     else:
         heads = known
@@ -308,7 +304,6 @@ def _run_batch(conn: psycopg.Connection, by_thread: dict[tuple[str, str], list[I
     # when no snapshot is due, while ``overlap.while_writing`` (the projector decoding its next batch) runs here.
     with conn.pipeline():
         if known is not None:
-            offsets = conn.execute(statements.OFFSETS_OF_TENANTS, (tenants,))
             conn.execute(statements.EXPECT_HEADS, _expected(known))
             if overlap is not None:
                 overlap.while_locking()
@@ -318,14 +313,14 @@ def _run_batch(conn: psycopg.Connection, by_thread: dict[tuple[str, str], list[I
                                       [(p.tenant, p.stream_id, p.thread, p.seq, p.reason, p.entry) for p in poison])
             result.dead_letters = len(poison)
         if positions:
-            conn.execute(
+            offsets = conn.execute(
                 statements.ADVANCE_OFFSETS,
-                (tenants, [positions[t][0] for t in tenants], [positions[t][1] for t in tenants]))
+                (tenants, tenants, [positions[t][0] for t in tenants], [positions[t][1] for t in tenants]))
         if not plan.snapshot_jobs:
             conn.execute(statements.COMMIT)
         if overlap is not None:
             overlap.while_writing()
-    if known is not None and offsets is not None:
+    if offsets is not None:
         result.previous_ms = dict.fromkeys(tenants, 0)
         result.previous_ms.update(offsets.fetchall())
     if plan.snapshot_jobs:  # they read this batch's hashes back
