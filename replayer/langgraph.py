@@ -134,7 +134,7 @@ MAX_DELTA_DEPTH = 64
 #: item's identity: the newest this many, and as many older ones in turn (:class:`_Decoded`). A put's cost
 #: stays flat as a conversation grows; an item changed in place is stored at the next put if it is among
 #: the newest, else within (length / this) + 1 puts.
-CHECK_WINDOW = 32
+CHECK_WINDOW = 16
 
 #: Default memory budget of a saver's thread indexes (``cache_bytes``), as :func:`_weight` estimates it.
 CACHE_BYTES = 256 * 2**20
@@ -384,8 +384,22 @@ def _snapshot(models: list[Any]) -> _Fields | None:
     if found is None:
         return None
     types, fields, extras = found
-    return (types, [{k: v if type(v) in _ATOMS else copy.deepcopy(v) for k, v in f.items()} for f in fields],
-            [copy.deepcopy(e) for e in extras])
+    return (types, [{k: v if type(v) in _ATOMS else _copy(v) for k, v in f.items()} for f in fields],
+            [_copy(e) for e in extras])
+
+
+def _copy(value: Any, depth: int = 0) -> Any:
+    """``copy.deepcopy`` for what a message's fields hold (dicts, lists and atoms: tool calls, metadata), at a
+    third of its cost; anything else, or deeper than 32 levels (a cycle), goes to ``deepcopy`` itself."""
+    kind = type(value)
+    if kind in _ATOMS:
+        return value
+    if depth < 32:
+        if kind is dict:
+            return {k: _copy(v, depth + 1) for k, v in value.items()}
+        if kind is list:
+            return [_copy(v, depth + 1) for v in value]
+    return copy.deepcopy(value)
 
 
 def _model_fields(items: list[Any]) -> _Fields | None:
