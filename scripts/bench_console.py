@@ -2,7 +2,7 @@
 """Benchmark the audit console: server time of its pages over a 100,000-event thread.
 
     python scripts/bench_console.py                  # starts its own embedded stack in a temp dir
-    python scripts/bench_console.py --events 20000 --runs 15
+    python scripts/bench_console.py --events 20000 --runs 15 --json out.json
 
 Builds one thread of ``--events`` events (message → tool_call → tool_result → memory_set cycles,
 projected, snapshot every 100), signs in as the tenant's reader (its own PostgreSQL login, so
@@ -16,6 +16,7 @@ p90 and min show the spread on a shared machine. The script never asserts: it re
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import statistics
 import sys
@@ -24,6 +25,7 @@ import time
 import uuid
 import warnings
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -108,10 +110,11 @@ def p90(xs: list[float]) -> float:
     return sorted(xs)[max(0, round(0.9 * len(xs)) - 1)]
 
 
-def bench(settings: Settings, sessions: Sessions, workload: str, n: int, runs: int) -> None:
-    """Build one ``n``-event thread of ``workload`` and print the table of its pages' times."""
+def bench(settings: Settings, sessions: Sessions, workload: str, n: int, runs: int) -> dict[str, Any]:
+    """Build one ``n``-event thread of ``workload``, print the table of its pages' times and return its figures."""
     tenant, thread = f"bench-{uuid.uuid4().hex[:6]}", "long-run"
-    console.print(f"built a {n:,}-event {workload} thread in {build(settings, tenant, thread, n, workload):.1f}s")
+    built = build(settings, tenant, thread, n, workload)
+    console.print(f"built a {n:,}-event {workload} thread in {built:.1f}s")
     reader = db.create_tenant_reader(settings, tenant)
     base = f"/t/{tenant}/threads/{thread}"
     mid = n // 2 + 37
@@ -133,6 +136,7 @@ def bench(settings: Settings, sessions: Sessions, workload: str, n: int, runs: i
     for col in ("page", "runs", "server median", "server p90", "server min", "wall median", "HTML"):
         table.add_column(col, justify="left" if col == "page" else "right")
     rows: dict[str, float] = {}
+    figures: dict[str, Any] = {"events": n, "build_s": built, "target_ms": TARGET_MS, "pages": {}}
     with TestClient(create_app(settings, sessions=sessions), follow_redirects=False) as http:
         r = http.post("/login", data={"user": reader.role, "password": reader.password})
         assert r.status_code == 303, r.text
@@ -140,6 +144,9 @@ def bench(settings: Settings, sessions: Sessions, workload: str, n: int, runs: i
             with console.status(f"{label} …"):
                 server, wall, size = measure(http, url, k)
             rows[label] = statistics.median(server)
+            figures["pages"][label] = {"url": url, "runs": k, "server_median_ms": statistics.median(server),
+                                       "server_p90_ms": p90(server), "server_min_ms": min(server),
+                                       "wall_median_ms": statistics.median(wall), "html_bytes": size}
             table.add_row(label, str(k), f"{statistics.median(server):.1f} ms", f"{p90(server):.1f} ms",
                           f"{min(server):.1f} ms", f"{statistics.median(wall):.1f} ms", f"{size / 1024:,.0f} KB")
     console.print(table)
@@ -147,6 +154,8 @@ def bench(settings: Settings, sessions: Sessions, workload: str, n: int, runs: i
     verdict = "meets" if first < TARGET_MS else "MISSES"
     console.print(f"first screen of the {n:,}-event {workload} timeline: {first:.1f} ms server time (median), "
                   f"{verdict} the {TARGET_MS:.0f} ms target.")
+    figures["first_screen_ms"] = first
+    return figures
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="conversation (the state keeps every message: it grows with the thread) and/or memory "
                          "(bounded working memory)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary data folder")
+    ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = ap.parse_args(argv)
     logs.configure("warning")
     n = args.events
@@ -167,9 +177,10 @@ def main(argv: list[str] | None = None) -> int:
             settings = stack.up(("redis", "postgres", "s3"))
             db.migrate(settings)
         sessions = Sessions(settings)
-        for workload in args.workloads.split(","):
-            bench(settings, sessions, workload, n, args.runs)
+        results = {w: bench(settings, sessions, w, n, args.runs) for w in args.workloads.split(",")}
         sessions.close()
+        if args.json:
+            Path(args.json).write_text(json.dumps({"events": n, "runs": args.runs, "workloads": results}, indent=2))
     finally:
         with console.status("stopping the embedded servers …"):
             stack.down()
