@@ -93,6 +93,11 @@ def decode_rows(tenant: str, thread: str, rows: list[tuple[Any, ...]]) -> list[E
     return [codec.decode_body(tenant, thread, s, ts, bytes(b)) for s, ts, b in rows]
 
 
+def load_events(conn: psycopg.Connection, tenant: str, thread: str, after: int, upto: int) -> list[Event]:
+    """The stored events with ``after < seq <= upto``, in seq order, read on ``conn`` (:data:`EVENTS_SQL`)."""
+    return decode_rows(tenant, thread, conn.execute(EVENTS_SQL, (tenant, thread, after, upto), binary=True).fetchall())
+
+
 def chunk_loader(conn: psycopg.Connection, tenant: str, thread: str) -> ChunkLoader:
     """Reads a thread's snapshot chunks on ``conn`` (in its open transaction, so under its tenant scope)."""
     def load(ids: list[bytes]) -> dict[bytes, bytes]:
@@ -177,9 +182,7 @@ class DurableReader:
     def events(self, tenant: str, thread: str, after: int, upto: int | None = None) -> list[Event]:
         """The stored events with ``after < seq <= upto`` (no upper bound if None), in seq order."""
         with self._scoped(tenant) as conn:
-            rows = conn.execute(EVENTS_SQL, (tenant, thread, after, NO_LIMIT if upto is None else upto),
-                                binary=True).fetchall()
-        return decode_rows(tenant, thread, rows)
+            return load_events(conn, tenant, thread, after, NO_LIMIT if upto is None else upto)
 
     def max_seq(self, tenant: str, thread: str) -> int:
         """The highest durable seq of the thread, in ``events`` or in its S3 archive (0 if none)."""

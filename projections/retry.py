@@ -157,8 +157,7 @@ def _retry_fold(settings: Settings, conn: psycopg.Connection, tenant: str, threa
     # Snapshots are incremental: their chunks are read on this connection.
     state = durable.decode_snapshot_row(conn, tenant, thread, bytes(snap[1])).state if snap else empty(tenant, thread)
     try:
-        for ev in durable.decode_rows(tenant, thread, conn.execute(
-                durable.EVENTS_SQL, (tenant, thread, state.last_seq, seq), binary=True).fetchall()):
+        for ev in durable.load_events(conn, tenant, thread, state.last_seq, seq):
             state = apply(state, resolve(ev) if ev.blob is not None else ev, registry)
     except ReducerError as e:
         conn.rollback()

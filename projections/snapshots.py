@@ -30,11 +30,6 @@ class BlobSource(Protocol):
     def available(self) -> bool: ...
 
 
-def load_events(conn: psycopg.Connection, tenant: str, thread: str, after: int, upto: int) -> list[Event]:
-    rows = conn.execute(durable.EVENTS_SQL, (tenant, thread, after, upto), binary=True).fetchall()
-    return durable.decode_rows(tenant, thread, rows)
-
-
 def write_due(conn: psycopg.Connection, tenant: str, thread: str, old_seq: int, new_seq: int,
               chained: list[Event], every: int, resolve: BlobSource | None = None,
               registry: Registry | None = None) -> int:
@@ -70,7 +65,8 @@ def write_due(conn: psycopg.Connection, tenant: str, thread: str, old_seq: int, 
         log.info("snapshot_deferred_blobs_unavailable", tenant=tenant, thread=thread, seq=targets[-1])
         return 0
     first_new = chained[0].seq if chained else new_seq + 1
-    history = load_events(conn, tenant, thread, base_seq, first_new - 1) + [e for e in chained if e.seq > base_seq]
+    history = (durable.load_events(conn, tenant, thread, base_seq, first_new - 1)
+               + [e for e in chained if e.seq > base_seq])
     hashes: dict[int, bytes] = dict(conn.execute(
         statements.HASHES_AT, (tenant, thread, targets)).fetchall())
     written = 0

@@ -247,8 +247,8 @@ class PostgresSource:
 
     def events(self, tenant: str, thread: str, after: int, upto: int | None = None) -> Iterator[Event]:
         # ``body`` is the hashed truth; the JSONB ``payload`` is only its queryable copy and is not read here.
-        rows = self._rows(tenant, durable.EVENTS_SQL, (tenant, thread, after, _top(upto)), binary=True)
-        return iter(durable.decode_rows(tenant, thread, rows))
+        with self.scope(tenant):
+            return iter(durable.load_events(self.conn, tenant, thread, after, _top(upto)))
 
     def events_of_types(self, tenant: str, thread: str, upto: int, types: list[str]) -> list[Event]:
         """The stored events of ``types`` with ``seq <= upto``, in seq order (blobs unresolved)."""
