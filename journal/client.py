@@ -31,6 +31,7 @@ from journal.redis_store import (
     kept_redirecting,
     node_client,
     refresh_slots,
+    run_script,
     script_pipeline,
     script_step,
     translate,
@@ -78,7 +79,7 @@ def _carry_out(request: ops.Request, r: redis.Redis, script: redis.commands.core
             return pipe.execute()
         assert script is not None, "an append needs the client's registered script"
         if not request.then:
-            return script(keys=request.keys, args=request.args), []
+            return run_script(r, script, request.keys, request.args), []
         return _script_then_wait(request, r, script)
     except redis.RedisError as e:
         raise translate(e, request.what) from e

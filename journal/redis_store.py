@@ -16,6 +16,7 @@ import redis
 import redis.asyncio
 import redis.asyncio.cluster
 import redis.cluster
+import redis.commands.core
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -140,6 +141,36 @@ def redirect_of(reply: Any) -> Redirect | None:
         if kind == "TRYAGAIN":
             return ("TRYAGAIN", "", 0)
     return None
+
+
+def run_script(r: redis.Redis, script: redis.commands.core.Script, keys: list[str], args: list[Any]) -> Any:
+    """``script(keys=keys, args=args)``, on a one-server client by packing, sending and reading on a pooled connection.
+
+    The append is the client's hot path, and redis-py's command path around it (``Script.__call__``,
+    ``evalsha``, ``execute_command`` and its retry wrapper, the response callbacks) costs about as much
+    CPU as the call itself: 70-81 µs against 43-49 µs for the same EVALSHA on this machine (measured
+    alone, median of 5,000 calls). Under LangGraph's ``async`` durability that CPU is the saver's
+    overhead, held against the graph's own thread. The semantics are redis-py's with the client's
+    ``Retry(NoBackoff(), 0)``: a dropped connection is closed and raised, never resent; a server
+    without the script (``NOSCRIPT``) goes through ``script``, which loads it.
+    """
+    if type(r) is not redis.Redis or r.connection is not None:  # a cluster client routes by slot
+        return script(keys=keys, args=args)
+    pool = r.connection_pool
+    conn = pool.get_connection()
+    try:
+        conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        return conn.read_response()
+    except redis.exceptions.NoScriptError:
+        pass
+    except redis.exceptions.ResponseError:
+        raise  # the script's own error reply: the connection is fine
+    except BaseException:
+        conn.disconnect()  # mid-command: what the connection holds next is unknown
+        raise
+    finally:
+        pool.release(conn)
+    return script(keys=keys, args=args)
 
 
 def script_pipeline(node: Any, keys: list[str], args: list[Any], sha: str, then: tuple[tuple[Any, ...], ...],

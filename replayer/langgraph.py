@@ -442,6 +442,8 @@ class ThreadIndex:
     #: (ns, channel) -> its last stored list or dict, with what was stored of it: a put compares the new value
     #: with this (:class:`_Decoded`) without decoding again
     decoded: dict[tuple[str, str], _Decoded] = field(default_factory=dict)
+    #: (ns, channel) -> (version, :meth:`depth` of it), the channel's last asked
+    depths: dict[tuple[str, str], tuple[Any, int]] = field(default_factory=dict)
     #: the memory the index holds, estimated (:func:`_weight`) for the savers' cache budget
     weight: int = 0
 
@@ -481,6 +483,7 @@ class ThreadIndex:
             self.writes.clear()
             self.last.clear()
             self.decoded.clear()
+            self.depths.clear()
             self.epoch += 1
             self.weight = EVENT_WEIGHT * len(self.dead)
         elif p.get("epoch") != self.epoch:
@@ -600,12 +603,21 @@ class ThreadIndex:
         return True, value
 
     def depth(self, ns: str, channel: str, version: Any) -> int:
-        """How many deltas lie between this version and the whole value it is built on."""
-        n = 0
-        stored = self.blobs.get((ns, channel, version))
+        """How many deltas lie between this version and the whole value it is built on.
+
+        The answer is kept for the channel's version asked last: each put asks for the one before it, so
+        the walk stops one step down instead of going the chain's length (up to ``MAX_DELTA_DEPTH``)."""
+        known = self.depths.get((ns, channel))
+        n, at = 0, version
+        stored = self.blobs.get((ns, channel, at))
         while _is_delta(stored):
+            if known is not None and known[0] == at:
+                n += known[1]
+                break
             n += 1
-            stored = self.blobs.get((ns, channel, stored["base"]))
+            at = stored["base"]
+            stored = self.blobs.get((ns, channel, at))
+        self.depths[(ns, channel)] = (version, n)
         return n
 
     def tuple(self, serde: SerializerProtocol, ns: str, checkpoint_id: str) -> CheckpointTuple | None:
@@ -1066,12 +1078,34 @@ class _Where:
         return tup._replace(config=self.route(tup.config), parent_config=parent)
 
 
+class _Signal:
+    """What a sync ``put_writes`` waits on: a ``threading.Event`` set once, on one lock held until it is set.
+
+    An Event's wait allocates a lock and runs a Condition's dozen lock operations in Python; this is one
+    C call each way, at every step of an ``async`` run (the wait costs the graph's thread the GIL)."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+
+    def set(self) -> None:
+        self._lock.release()  # once: each pending write is completed by the one append that carried it
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if not self._lock.acquire(timeout=-1 if timeout is None else timeout):
+            return False
+        self._lock.release()
+        return True
+
+
 @dataclass
 class _Pending:
     """A ``put_writes`` waiting in its thread's outbox for the next ``put`` (or its linger) to append it."""
 
     draft: Draft
-    #: set once the writes are appended (or failed): a ``threading.Event`` or an ``asyncio.Event``
+    #: set once the writes are appended (or failed): a :class:`_Signal` or an ``asyncio.Event``
     done: Any
     error: BaseException | None = None
 
@@ -1347,7 +1381,7 @@ class JournalSaver(BaseCheckpointSaver[str]):
             # as it should be. Only an index this process lacks (never read, or dropped from the cache) is read.
             index = known if known is not None else self._index(*key)
             pending = _Pending(_writes_draft(self.serde, where.jthread, index, config, writes, task_id, task_path),
-                               threading.Event())
+                               _Signal())
             with self._lock:
                 self._outbox.setdefault(key, []).append(pending)
         if not pending.done.wait(WRITES_LINGER):

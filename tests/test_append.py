@@ -209,3 +209,24 @@ def test_fsync_durability_is_clear_about_what_the_server_supports(client: Journa
     else:
         with pytest.raises(DurabilityUnsupported, match="WAITAOF" if not known else "AOF off"):
             client.append(tenant, "th", "message", MSG, durability="fsync")
+
+
+def test_append_after_script_flush_and_dropped_connections(settings: Settings, tenant: str) -> None:
+    """The append's direct EVALSHA (``redis_store.run_script``): a server that lost the script gets it loaded again,
+    a pooled connection the server closed is replaced, and a script's own error reply leaves the connection usable."""
+    import redis
+
+    with JournalClient.from_settings(settings) as c:
+        assert c.append(tenant, "th", "message", MSG).seq == 1
+        admin = redis.Redis.from_url(str(settings.redis_url))
+        try:
+            admin.script_flush()
+            assert c.append(tenant, "th", "message", MSG).seq == 2
+            admin.client_kill_filter(_type="normal", skipme=True)
+            assert c.append(tenant, "th", "message", MSG).seq == 3
+            with pytest.raises(ConflictError):
+                c.append(tenant, "th", "message", MSG, expected_seq=1)
+            assert c.append(tenant, "th", "message", MSG, expected_seq=3).seq == 4
+            assert [e.seq for e in c.read(tenant, "th")] == [1, 2, 3, 4]
+        finally:
+            admin.close()
