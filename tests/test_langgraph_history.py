@@ -49,11 +49,11 @@ from replayer.langgraph import (
     CheckpointConfigError,
     JournalSaver,
     ThreadIndex,
-    _durability,
     journal_thread,
     next_version,
     payload_fields,
 )
+from replayer.langgraph.savers import _durability
 from replayer.replay import Replayer
 
 
