@@ -41,6 +41,23 @@ def test_no_module_imports_up_the_ladder(package: str) -> None:
     assert not upward, "imports up the ladder:\n" + "\n".join(upward)
 
 
+#: ``replayer.langgraph``'s own ladder, lowest first: each module imports only those before it.
+LANGGRAPH_LADDER = ("format", "index", "drafts", "savers")
+
+
+def test_langgraph_modules_import_only_those_below() -> None:
+    """format ← index ← drafts ← savers: no module of the savers' package imports one after it."""
+    upward = []
+    for i, name in enumerate(LANGGRAPH_LADDER):
+        path = ROOT / "replayer" / "langgraph" / f"{name}.py"
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("replayer.langgraph."):
+                target = node.module.rsplit(".", 1)[1]  # type: ignore[union-attr]
+                if target not in LANGGRAPH_LADDER[:i]:
+                    upward.append(f"replayer/langgraph/{name}.py:{node.lineno} imports {target}")
+    assert not upward, "imports up replayer.langgraph's ladder:\n" + "\n".join(upward)
+
+
 def test_entry_points_are_only_plugin_boundaries() -> None:
     """The library finds none of its own layers through entry points: only CLI commands and demo stages."""
     import tomllib
