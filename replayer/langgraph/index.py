@@ -96,6 +96,8 @@ class _Decoded:
     stored: _Fields | list[Any] | None = None
     #: the first of the older items the next put compares
     turn: int = 0
+    #: whether ``items`` are the graph's own objects (put by this process), not decoded ones
+    owned: bool = False
 
     @classmethod
     def of(cls, version: Any, items: Any) -> _Decoded:
@@ -108,18 +110,34 @@ class _Decoded:
         """The next version: ``value``, the graph's list that :meth:`prefix_of` found to extend this one, stored as
         the delta of its tail; ``decode`` what was stored of the tail. None: the next put decodes the stored value.
 
-        Models of the tail are recorded as they are now (:func:`_snapshot`), other items as decoded.
+        Models of the tail are recorded as they are now (:func:`_snapshot`), other items as decoded. The next
+        version takes over this one's lists, extended in place (copying them cost a put O(length): 0.2 ms at
+        10,000 messages), so this one is spent: the index keeps only the version it returns. Decoded items
+        are replaced by the graph's once (a copy of ``value``), so that the identity check finds them.
         """
-        tail = value[len(self.items):]
+        n = len(self.items)
+        tail = value[n:]
         hi = self._older_window()[1]
-        turn = hi if hi < len(self.items) - CHECK_WINDOW else 0  # the last older items compared: start again
-        if not isinstance(self.stored, tuple):
-            return _Decoded(version, list(value), cast(list[Any], self.stored) + decode(), turn)
-        more = _snapshot(tail)
-        if more is None:  # a list of models that stops being one: not worth a mixed representation
-            return None
-        types, dicts, extras = self.stored
-        return _Decoded(version, list(value), (types + more[0], dicts + more[1], extras + more[2]), turn)
+        turn = hi if hi < n - CHECK_WINDOW else 0  # the last older items compared: start again
+        if isinstance(self.stored, tuple):
+            more = _snapshot(tail)
+            if more is None:  # a list of models that stops being one: not worth a mixed representation
+                return None
+            for mine, added in zip(self.stored, more, strict=True):
+                mine.extend(added)
+            stored: _Fields | list[Any] = self.stored
+        else:
+            # Decoded items are their own record (:meth:`of`) until the graph's objects take their place.
+            stored = cast(list[Any], self.stored)
+            if stored is self.items:
+                stored = list(stored)
+            stored.extend(decode())
+        if self.owned:
+            self.items.extend(tail)
+            items = self.items
+        else:
+            items = list(value)
+        return _Decoded(version, items, stored, turn, owned=True)
 
     def prefix_of(self, value: list[Any]) -> bool:
         """Whether ``value`` starts with these items, unchanged (see the class for what is compared)."""
