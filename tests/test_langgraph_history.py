@@ -334,6 +334,46 @@ def test_an_old_message_changed_in_place_is_stored_within_one_round_of_checks(cl
     assert contents == ["m1"] * first_whole + ["m1, edited in place"] * (len(kinds) - first_whole)
 
 
+def test_a_growing_list_is_extended_in_place_not_copied_at_each_put(client: JournalClient, tenant: str) -> None:
+    """A put's record of the message list (the graph's objects, their fields) grows by the new items: the lists
+    are taken over from one version to the next, not copied, so a put costs the same at 50 or 10,000 messages.
+    A saver that decoded the list (a new process) takes the graph's objects once, then extends those; every
+    version reads back as put."""
+    def put(saver: JournalSaver, config: Any, messages: list[Any], step: int) -> Any:
+        messages.append(AIMessage(content=f"reply {step}", id=f"r-{step}"))
+        cp = empty_checkpoint()
+        cp["id"] = str(uuid6(clock_seq=-1))
+        cp["channel_values"] = {"messages": list(messages)}
+        cp["channel_versions"] = {"messages": step + 1}
+        return saver.put(config, cp, {"source": "loop", "step": step}, {"messages": step + 1})
+
+    def record(saver: JournalSaver) -> Any:
+        index = saver._cache.peek((tenant, journal_thread("grow")))
+        assert index is not None
+        return index.decoded[("", "messages")]
+
+    messages: list[Any] = [HumanMessage(content=f"m{i}", id=f"m-{i}") for i in range(50)]
+    saver = JournalSaver(client, tenant=tenant)
+    config = _config("grow", checkpoint_ns="")
+    for step in range(2):
+        config = put(saver, config, messages, step)
+    first = record(saver)
+    for step in range(2, 6):
+        config = put(saver, config, messages, step)
+        now = record(saver)
+        assert now.items is first.items and all(a is b for a, b in zip(now.items, messages, strict=True))
+        assert all(mine is theirs for mine, theirs in zip(now.stored, first.stored, strict=True))
+    fresh = JournalSaver(client, tenant=tenant)
+    config = put(fresh, config, messages, 6)  # decodes the stored list, then the graph's objects take its place
+    taken = record(fresh)
+    assert all(a is b for a, b in zip(taken.items, messages, strict=True))
+    config = put(fresh, config, messages, 7)
+    assert record(fresh).items is taken.items
+    history = list(JournalSaver(client, tenant=tenant).list(_config("grow", checkpoint_ns="")))
+    assert [len(t.checkpoint["channel_values"]["messages"]) for t in reversed(history)] == list(range(51, 59))
+    assert [m.content for m in history[0].checkpoint["channel_values"]["messages"]] == [m.content for m in messages]
+
+
 def test_a_graph_on_langgraphs_delta_channel_reads_back_as_in_memory(client: JournalClient, tenant: str) -> None:
     """LangGraph's DeltaChannel (beta in 1.2) keeps a sentinel in the checkpoint and rebuilds the list from the
     pending writes of the ancestors (the base class's get_delta_channel_history, on get_tuple): every state of
