@@ -29,10 +29,15 @@ drawn from a small vocabulary (seeded), so it compresses about as real text does
   PostgreSQL counted as for the saver;
 * ``get_tuple`` of the latest checkpoint and of the one at the middle step; ``list()`` of the whole
   thread. JournalSaver warm (its in-process index, the steady state of a running service) and
-  cold (a new saver folding the thread from PostgreSQL). Medians of ``--runs``.
+  cold (a new saver folding the thread from PostgreSQL). Medians of ``--runs``;
+* with ``--long N``, JournalSaver alone on one thread of N supersteps (PostgresSaver's puts grow with
+  the thread, so N = 5,000 would take it hours): its ``put`` p50 (wall and thread CPU) at steps 1-10,
+  around the middle and at the last 10, LangGraph's ``"sync"`` with the saver at ``memory``, and the
+  no-checkpointer ms per superstep over the same N steps.
 
     python scripts/bench_langgraph.py                       # 500 steps, embedded stack in a temp dir
     python scripts/bench_langgraph.py --steps 500 --runs 7 --json out.json
+    python scripts/bench_langgraph.py --long 5000        # also: put latency along a 5,000-step thread
 
 The machine may be shared: compare the ratios of one run, and several runs' medians. The script
 never asserts: it reports and exits 0.
@@ -261,6 +266,25 @@ def timed_invokes(saver: BaseCheckpointSaver[Any], thread: str, steps: int, dura
     return (statistics.median(ms), statistics.median(first), statistics.median(last), statistics.median(cpu_ms))
 
 
+def measure_long(saver: JournalSaver, steps: int) -> dict[str, Any]:
+    """JournalSaver's put along one thread of ``steps`` supersteps (LangGraph's "sync", the saver at ``memory``)."""
+    saver.durability = "memory"
+    wall: list[float] = []
+    cpu: list[float] = []
+    try:
+        with timed(saver, ("put",), time.perf_counter, wall.append), \
+                timed(saver, ("put",), time.thread_time, cpu.append):
+            ms = invoke_ms(saver, f"long-{uuid.uuid4().hex[:8]}", steps, "sync")
+    finally:
+        saver.durability = None
+    mid = len(wall) // 2
+    out: dict[str, Any] = {"steps": steps, "ms_per_step": ms, "baseline_ms_per_step": invoke_ms(None, "x", steps, "")}
+    for name, window in (("first", slice(0, 10)), ("middle", slice(mid - 5, mid + 5)), ("last", slice(-10, None))):
+        out[f"put_p50_ms_{name}"] = statistics.median(wall[window])
+        out[f"put_cpu_p50_ms_{name}"] = statistics.median(cpu[window])
+    return out
+
+
 def measure(saver: BaseCheckpointSaver[Any], fresh: Callable[[], BaseCheckpointSaver[Any]] | None, steps: int,
             runs: int, baseline: dict[str, float], invokes: int) -> dict[str, Any]:
     """The figures of one saver (``fresh`` makes a new one for the cold reads, if that means something)."""
@@ -301,6 +325,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=500)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--invokes", type=int, default=3, help="invokes per saver and mode (medians)")
+    ap.add_argument("--long", type=int, default=0, metavar="N",
+                    help="also time JournalSaver's puts along one thread of N supersteps (alone; e.g. 5000)")
     ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = ap.parse_args()
     logs.configure()
@@ -331,6 +357,9 @@ def main() -> None:
                                       args.invokes)
                 with console.status("the journal's own client, native events …"):
                     native = measure_client(client, tenant, args.steps, args.runs)
+                if args.long:
+                    with console.status(f"JournalSaver along one thread of {args.long} supersteps …"):
+                        results["long"] = measure_long(JournalSaver(client, tenant=tenant), args.long)
             finally:
                 worker.terminate()
                 worker.wait(30)
@@ -435,6 +464,15 @@ def report(console: Console, r: dict[str, Any]) -> None:
     ratio = f" ({p['bytes_per_step'] / n['bytes_per_step']:.1f}× under PostgresSaver)" if have_pg else ""
     native.add_row("bytes / step in PostgreSQL (events + snapshots)", f"{n['bytes_per_step']:,.0f} B{ratio}", "≥ 10×")
     console.print(native)
+    if "long" in r:
+        lg = r["long"]
+        long = Table(title=f"JournalSaver along one thread of {lg['steps']:,} supersteps (\"sync\", saver at memory; "
+                           f"{lg['ms_per_step']:.2f} ms/step, no checkpointer {lg['baseline_ms_per_step']:.2f})")
+        for col in ("put p50", "steps 1-10", f"around step {lg['steps'] // 2:,}", f"last 10 (to {lg['steps']:,})"):
+            long.add_column(col, justify="left" if col == "put p50" else "right")
+        for label, key in (("wall", "put_p50_ms"), ("thread CPU", "put_cpu_p50_ms")):
+            long.add_row(label, *(f"{lg[f'{key}_{w}']:.2f} ms" for w in ("first", "middle", "last")))
+        console.print(long)
     if not have_pg:
         console.print(str(p))
 
