@@ -42,7 +42,6 @@ MAX_DELTA_DEPTH = 64
 #: the newest, else within (length / this) + 1 puts.
 CHECK_WINDOW = 16
 
-
 #: An index's memory per event folded is about this plus 1.5x its packed data: fitted to what tracemalloc
 #: counts on two workloads, bench_langgraph's conversation (3,348 B per event, 1,822 B of data) and
 #: tests/test_langgraph_history.py's chat (1,572 B per event, 581 B of data); both within 5%.
@@ -69,7 +68,6 @@ _Memo = dict[_Key, Any]
 _Delta = tuple[dict[str, Any], "_Decoded | None"]
 _FIELDS = attrgetter("__dict__")
 _EXTRA = attrgetter("__pydantic_extra__")
-
 
 #: The pydantic models of a list as :func:`_model_fields` returns them: their types, ``__dict__`` and extras
 _Fields = tuple[list[type], list[Any], list[Any]]

@@ -70,10 +70,8 @@ WRITES_LINGER = 0.005
 #: out (a busy machine); appended alone, the writes would come before their checkpoint in the log.
 WRITES_AWAIT_PUT = 1.0
 
-
 #: Default memory budget of a saver's thread indexes (``cache_bytes``), as :func:`_weight` estimates it.
 CACHE_BYTES = 256 * 2**20
-
 
 #: LangGraph's ``durability`` (``graph.invoke(..., durability=...)``) → the journal's level for the
 #: saver's appends. "sync" waits for the checkpoint before the next step: what LangGraph's own
