@@ -154,7 +154,7 @@ def run_script(r: redis.Redis, script: redis.commands.core.Script, keys: list[st
     ``Retry(NoBackoff(), 0)``: a dropped connection is closed and raised, never resent; a server
     without the script (``NOSCRIPT``) goes through ``script``, which loads it.
     """
-    if type(r) is not redis.Redis or r.connection is not None:  # a cluster client routes by slot
+    if type(r) is not redis.Redis or r.connection is not None:  # a cluster routes by slot; one connection is its own
         return script(keys=keys, args=args)
     pool = r.connection_pool
     conn = pool.get_connection()

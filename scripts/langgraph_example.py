@@ -13,6 +13,7 @@ model would (ask for the ``issue_refund`` tool, then report its result). The gra
                                                                  # and `agent-journal replay --at-seq`
 
 The servers come from the ``JOURNAL_*`` environment, or the embedded ones `agent-journal up` started.
+``start`` and ``resume`` need Redis only; ``all`` migrates the database (idempotent) before it audits.
 """
 
 from __future__ import annotations
@@ -119,6 +120,9 @@ def run_all(tenant: str, thread: str, decision: str) -> None:
                                      check=True, capture_output=True, text=True).stdout)
     print("resumed:", json.dumps(done))
     aj = _agent_journal()
+    # The audit reads PostgreSQL too: its schema and roles must exist (what `agent-journal migrate` does once for a
+    # new database; a projector does it as it starts). Right after `agent-journal up` in a new folder, nothing did.
+    subprocess.run([*aj, "migrate"], check=True, capture_output=True, text=True)
     print(subprocess.run([*aj, "audit", "timeline", tenant, thread], check=True, capture_output=True,
                          text=True).stdout)
     at = subprocess.run([*aj, "replay", tenant, thread, "--at-seq", str(stopped["head"]), "--format", "json"],

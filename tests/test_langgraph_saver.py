@@ -471,19 +471,32 @@ def test_async_graph_and_sync_calls_from_another_thread(settings: Settings, tena
 # -- the example script ------------------------------------------------------------------------------
 
 def test_example_stops_resumes_in_a_new_process_and_audits(migrated: Settings, tmp_path: Any) -> None:
-    """scripts/langgraph_example.py: interrupt in one process, resume in another, audit timeline and replay."""
+    """scripts/langgraph_example.py: interrupt in one process, resume in another, audit timeline and replay, on a
+    database nothing migrated yet (as right after `agent-journal up` in a new folder: the audit failed there)."""
     import os
     import subprocess
     import sys
     from pathlib import Path
+    from urllib.parse import urlsplit
+
+    import psycopg
+    from psycopg import sql
 
     root = Path(__file__).resolve().parent.parent
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JOURNAL_")}
-    env.update(line.removeprefix("export ").split("=", 1) for line in migrated.env_lines())
-    env |= {"JOURNAL_DATA_DIR": str(tmp_path), "PYTHONPATH": str(root)}
-    tenant = _tenant()
-    done = subprocess.run([sys.executable, str(root / "scripts" / "langgraph_example.py"), "all", "--tenant", tenant,
-                           "--thread", "refund-1234"], env=env, capture_output=True, text=True, timeout=240)
+    new_db = f"example_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(str(migrated.database_url), autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(new_db)))
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("JOURNAL_")}
+        env.update(line.removeprefix("export ").split("=", 1) for line in migrated.env_lines())
+        env |= {"JOURNAL_DATA_DIR": str(tmp_path), "PYTHONPATH": str(root),
+                "JOURNAL_DATABASE_URL": urlsplit(str(migrated.database_url))._replace(path=f"/{new_db}").geturl()}
+        tenant = _tenant()
+        done = subprocess.run([sys.executable, str(root / "scripts" / "langgraph_example.py"), "all", "--tenant",
+                               tenant, "--thread", "refund-1234"], env=env, capture_output=True, text=True, timeout=240)
+    finally:
+        with psycopg.connect(str(migrated.database_url), autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(new_db)))
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
     assert '"stopped_at": "approval"' in out and "Refund issued" in out and "r-1234" in out
