@@ -300,6 +300,16 @@ def test_a_message_stored_in_a_tail_then_changed_in_place_is_not_lost(client: Jo
         "channel_values"]["messages"][2]]
 
 
+def _put_reply(saver: JournalSaver, config: Any, messages: list[Any], step: int) -> Any:
+    """Append a reply to the graph's ``messages`` and put a checkpoint of them as step ``step`` (as a loop would)."""
+    messages.append(AIMessage(content=f"reply {step}", id=f"r-{step}"))
+    cp = empty_checkpoint()
+    cp["id"] = str(uuid6(clock_seq=-1))
+    cp["channel_values"] = {"messages": list(messages)}
+    cp["channel_versions"] = {"messages": step + 1}
+    return saver.put(config, cp, {"source": "loop", "step": step}, {"messages": step + 1})
+
+
 def test_an_old_message_changed_in_place_is_stored_within_one_round_of_checks(client: JournalClient,
                                                                              tenant: str) -> None:
     """A put checks every stored message by identity and only CHECK_WINDOW newest and CHECK_WINDOW older ones field by
@@ -310,12 +320,7 @@ def test_an_old_message_changed_in_place_is_stored_within_one_round_of_checks(cl
     messages: list[Any] = [HumanMessage(content=f"m{i}", id=f"m-{i}") for i in range(4 * CHECK_WINDOW)]
 
     def put(step: int) -> Any:
-        messages.append(AIMessage(content=f"reply {step}", id=f"r-{step}"))
-        cp = empty_checkpoint()
-        cp["id"] = str(uuid6(clock_seq=-1))
-        cp["channel_values"] = {"messages": list(messages)}
-        cp["channel_versions"] = {"messages": step + 1}
-        return saver.put(config, cp, {"source": "loop", "step": step}, {"messages": step + 1})
+        return _put_reply(saver, config, messages, step)
 
     for step in range(3):  # whole, then deltas: the saver now holds the graph's own objects
         config = put(step)
@@ -339,14 +344,6 @@ def test_a_growing_list_is_extended_in_place_not_copied_at_each_put(client: Jour
     are taken over from one version to the next, not copied, so a put costs the same at 50 or 10,000 messages.
     A saver that decoded the list (a new process) takes the graph's objects once, then extends those; every
     version reads back as put."""
-    def put(saver: JournalSaver, config: Any, messages: list[Any], step: int) -> Any:
-        messages.append(AIMessage(content=f"reply {step}", id=f"r-{step}"))
-        cp = empty_checkpoint()
-        cp["id"] = str(uuid6(clock_seq=-1))
-        cp["channel_values"] = {"messages": list(messages)}
-        cp["channel_versions"] = {"messages": step + 1}
-        return saver.put(config, cp, {"source": "loop", "step": step}, {"messages": step + 1})
-
     def record(saver: JournalSaver) -> Any:
         index = saver._cache.peek((tenant, journal_thread("grow")))
         assert index is not None
@@ -356,18 +353,18 @@ def test_a_growing_list_is_extended_in_place_not_copied_at_each_put(client: Jour
     saver = JournalSaver(client, tenant=tenant)
     config = _config("grow", checkpoint_ns="")
     for step in range(2):
-        config = put(saver, config, messages, step)
+        config = _put_reply(saver, config, messages, step)
     first = record(saver)
     for step in range(2, 6):
-        config = put(saver, config, messages, step)
+        config = _put_reply(saver, config, messages, step)
         now = record(saver)
         assert now.items is first.items and all(a is b for a, b in zip(now.items, messages, strict=True))
         assert all(mine is theirs for mine, theirs in zip(now.stored, first.stored, strict=True))
     fresh = JournalSaver(client, tenant=tenant)
-    config = put(fresh, config, messages, 6)  # decodes the stored list, then the graph's objects take its place
+    config = _put_reply(fresh, config, messages, 6)  # decodes the stored list, then the graph's objects take its place
     taken = record(fresh)
     assert all(a is b for a, b in zip(taken.items, messages, strict=True))
-    config = put(fresh, config, messages, 7)
+    config = _put_reply(fresh, config, messages, 7)
     assert record(fresh).items is taken.items
     history = list(JournalSaver(client, tenant=tenant).list(_config("grow", checkpoint_ns="")))
     assert [len(t.checkpoint["channel_values"]["messages"]) for t in reversed(history)] == list(range(51, 59))
