@@ -327,7 +327,21 @@ def _global_select(threads: Iterable[Callable[[int | None], list[CheckpointTuple
 
 # -- the savers ------------------------------------------------------------------------------------
 
-class JournalSaver(BaseCheckpointSaver[str]):
+class _Saver(BaseCheckpointSaver[str]):
+    """What both savers hold besides their client: the default tenant, the durability, the TTL and the thread
+    indexes' cache (arguments checked before anything is kept)."""
+
+    def __init__(self, *, tenant: str, serde: SerializerProtocol | None, durability: str | None,
+                 cache_threads: int, cache_bytes: int, ttl: timedelta | float | None) -> None:
+        super().__init__(serde=serde)
+        _saver_options(durability, cache_threads, cache_bytes)
+        self.tenant = validate_id(tenant, "tenant")
+        self.durability = durability
+        self.ttl_ms = _ttl_ms(ttl)
+        self._cache = _Cache(cache_threads, cache_bytes)
+
+
+class JournalSaver(_Saver):
     """LangGraph checkpointer on a ``JournalClient``; the async methods run the sync ones in a worker thread.
 
     ``durability``: the journal level of every append (default: the one LangGraph's ``durability``
@@ -341,13 +355,9 @@ class JournalSaver(BaseCheckpointSaver[str]):
     def __init__(self, client: JournalClient, *, tenant: str, serde: SerializerProtocol | None = None,
                  durability: str | None = None, cache_threads: int = 256, cache_bytes: int = CACHE_BYTES,
                  ttl: timedelta | float | None = None) -> None:
-        super().__init__(serde=serde)
-        _saver_options(durability, cache_threads, cache_bytes)
+        super().__init__(tenant=tenant, serde=serde, durability=durability, cache_threads=cache_threads,
+                         cache_bytes=cache_bytes, ttl=ttl)
         self.client = client
-        self.tenant = validate_id(tenant, "tenant")
-        self.durability = durability
-        self.ttl_ms = _ttl_ms(ttl)
-        self._cache = _Cache(cache_threads, cache_bytes)
         # LangGraph calls put_writes from several worker threads at once, and a server runs many graphs on one
         # saver. Locks, always taken in this order: a thread's writer, its guard, then ``_lock``.
         #: the cache, the outbox and the lock tables; held for their own operations only, never over I/O
@@ -605,7 +615,7 @@ class JournalSaver(BaseCheckpointSaver[str]):
         await asyncio.to_thread(lambda: self.copy_thread(source_thread_id, target_thread_id, tenant=tenant))
 
 
-class AsyncJournalSaver(BaseCheckpointSaver[str]):
+class AsyncJournalSaver(_Saver):
     """LangGraph checkpointer on an ``AsyncJournalClient`` (``durability`` and ``ttl`` as :class:`JournalSaver`'s).
 
     The sync methods (for ``graph.invoke`` / ``get_state`` from another thread) run the async ones
@@ -616,13 +626,9 @@ class AsyncJournalSaver(BaseCheckpointSaver[str]):
     def __init__(self, client: AsyncJournalClient, *, tenant: str, serde: SerializerProtocol | None = None,
                  durability: str | None = None, cache_threads: int = 256, cache_bytes: int = CACHE_BYTES,
                  ttl: timedelta | float | None = None) -> None:
-        super().__init__(serde=serde)
-        _saver_options(durability, cache_threads, cache_bytes)
+        super().__init__(tenant=tenant, serde=serde, durability=durability, cache_threads=cache_threads,
+                         cache_bytes=cache_bytes, ttl=ttl)
         self.client = client
-        self.tenant = validate_id(tenant, "tenant")
-        self.durability = durability
-        self.ttl_ms = _ttl_ms(ttl)
-        self._cache = _Cache(cache_threads, cache_bytes)
         self._lock: asyncio.Lock | None = None
         self._writers: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = weakref.WeakValueDictionary()
         #: (tenant, journal thread) -> the lock of its index's catching up: one read at a time per thread, while
